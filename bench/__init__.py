@@ -1,0 +1,1 @@
+"""Custody's benchmarks (``make bench``): each reports ratios against a baseline of the same run."""

@@ -1,0 +1,89 @@
+"""Gemini-compatible routes: ``/{v1,v1beta}/models/{model}:generateContent`` and the SSE stream.
+
+An app using the official google-genai SDK changes only its base URL and API key to come here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from governance.api.deps import authenticate, get_services
+from governance.api.errors import GeminiError
+from governance.auth.principal import Principal
+from governance.pipeline.turn import TurnRequest, dumps
+
+router = APIRouter()
+
+API_VERSIONS = ("v1", "v1beta")
+METHODS = ("generateContent", "streamGenerateContent")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with a Gemini-shaped 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> GeminiError:
+    return GeminiError(
+        413,
+        f"Request payload size exceeds the limit: {size:,} bytes sent, Custody accepts at most"
+        f" {limit:,} (CUSTODY_MAX_REQUEST_BYTES).",
+        status="INVALID_ARGUMENT",
+        reason="PAYLOAD_TOO_LARGE",
+    )
+
+
+@router.post("/{api_version}/models/{model_action}")
+async def generate(
+    api_version: str,
+    model_action: str,
+    request: Request,
+    principal: Principal = Depends(authenticate),  # noqa: B008
+) -> Response:
+    """Run one turn through the pipeline and answer as Gemini would (HTTP 200 exactly)."""
+    model, _, method = model_action.partition(":")
+    if api_version not in API_VERSIONS or method not in METHODS or not model:
+        raise GeminiError(
+            404,
+            f"Custody serves models/{{model}}:generateContent and :streamGenerateContent under"
+            f" /v1 and /v1beta; {request.url.path} is not one of them.",
+            status="NOT_FOUND",
+        )
+    services = get_services(request)
+    body = await read_body(request, services.settings.max_request_bytes)
+    turn = TurnRequest(
+        api_version=api_version,
+        model=model.removeprefix("models/"),
+        method=method,
+        body=body,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        params=dict(request.query_params),
+    )
+    outcome = await services.pipeline.run(turn, principal)
+    headers = {"x-custody-turn": outcome.turn_id}
+    if outcome.stream:
+        if request.query_params.get("alt") == "sse":
+            return StreamingResponse(
+                _sse(outcome.documents), media_type="text/event-stream", headers=headers
+            )
+        # Without alt=sse Gemini streams one JSON array.
+        return Response(dumps(outcome.documents), media_type="application/json", headers=headers)
+    return Response(dumps(outcome.documents[0]), media_type="application/json", headers=headers)
+
+
+async def _sse(documents: list[dict[str, object]]) -> AsyncIterator[bytes]:
+    for doc in documents:
+        yield b"data: " + dumps(doc) + b"\r\n\r\n"

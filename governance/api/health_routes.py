@@ -1,0 +1,54 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from governance.api.deps import get_services, require_role
+from governance.auth.principal import Principal
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and serving."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers and the upstream is reachable; 503 with the reason if not.
+
+    Open to load balancers without a key, so it says nothing beyond ok / unreachable.
+    """
+    services = get_services(request)
+    checks: dict[str, str] = {}
+    try:
+        await services.run_blocking(_ping_database, services)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {exc}"
+    status = await services.upstream.get("/v1beta/models")
+    checks["upstream"] = "ok" if 0 < status < 500 else f"unreachable (HTTP {status or 'none'})"
+    ready = checks["database"] == "ok" and checks["upstream"] == "ok"
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+def _ping_database(services: object) -> None:
+    engine = services.read_engine  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+@router.get("/metrics")
+async def metrics(
+    request: Request,
+    _: Principal = Depends(require_role("auditor")),  # noqa: B008
+) -> Response:
+    """Prometheus text exposition of this process's metrics (an auditor key as Bearer token)."""
+    registry = get_services(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

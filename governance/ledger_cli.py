@@ -1,0 +1,163 @@
+"""``custody ledger …``: verify the whole log, print checkpoints and offline proofs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from governance.settings import Settings
+
+
+def _open(settings: Settings):  # type: ignore[no-untyped-def]
+    from storage.ledger.log import load_or_create_note_signer
+
+    from storage.db import make_engine, migrate
+
+    url = settings.effective_database_url
+    migrate(url)
+    engine = make_engine(url)
+    signer = load_or_create_note_signer(
+        settings.log_key_file or settings.data_dir / "ledger-note.key", settings.log_origin
+    )
+    return engine, signer
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from storage.blobs import Commitments, open_blob_store
+    from storage.ledger.note import NoteVerifier
+    from storage.ledger.verify import verify_ledger
+    from tqdm import tqdm
+
+    settings = Settings()
+    engine, signer = _open(settings)
+    verifier = NoteVerifier.from_key_string(args.vkey or signer.verifier_key())
+    blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
+    published = [Path(p).read_text() for p in args.checkpoint or []]
+    bar = tqdm(
+        total=0,
+        unit="entry",
+        disable=args.json or (not sys.stderr.isatty() and not args.progress),
+        file=sys.stderr,
+        desc="verifying",
+    )
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    report = verify_ledger(
+        engine,
+        origin=settings.log_origin,
+        verifier=verifier,
+        commitments=Commitments(engine, blobs),
+        trusted_checkpoints=published,
+        progress=progress,
+    )
+    bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from storage.ledger.log import Ledger
+
+    settings = Settings()
+    engine, signer = _open(settings)
+    ledger = Ledger.open(engine, origin=settings.log_origin, signer=signer)
+    try:
+        cp = ledger.issue_checkpoint() if args.issue else ledger.latest_checkpoint()
+    finally:
+        ledger.close()
+    sys.stdout.write(cp.note)
+    return 0
+
+
+def _vkey(_: argparse.Namespace) -> int:
+    _, signer = _open(Settings())
+    print(signer.verifier_key())
+    return 0
+
+
+def _proof(args: argparse.Namespace) -> int:
+    from storage.ledger.log import Ledger
+    from storage.ledger.proof_file import format_proof
+
+    settings = Settings()
+    engine, signer = _open(settings)
+    ledger = Ledger.open(engine, origin=settings.log_origin, signer=signer)
+    try:
+        cp = ledger.latest_checkpoint()
+        if args.index >= cp.size:
+            cp = ledger.issue_checkpoint()
+        if args.index >= cp.size:
+            print(
+                f"custody ledger proof: entry {args.index} does not exist ({cp.size} entries)",
+                file=sys.stderr,
+            )
+            return 2
+        path = ledger.prove_inclusion(args.index, cp.size)
+        sys.stdout.write(format_proof(args.index, path, cp.note))
+        if args.leaf_out:
+            Path(args.leaf_out).write_bytes(ledger.entry(args.index).leaf)
+    finally:
+        ledger.close()
+    return 0
+
+
+def _verify_proof(args: argparse.Namespace) -> int:
+    from storage.ledger.note import NoteError, NoteVerifier
+    from storage.ledger.proof_file import verify_proof
+
+    text = Path(args.proof).read_text()
+    leaf = Path(args.leaf).read_bytes()
+    try:
+        cp = verify_proof(text, leaf, NoteVerifier.from_key_string(args.vkey), args.origin)
+    except (ValueError, NoteError) as exc:
+        print(f"INVALID: {exc}")
+        return 1
+    print(f"OK: the leaf is entry of the log {cp.origin!r} at tree size {cp.size}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``custody ledger`` and its subcommands."""
+    ledger = sub.add_parser("ledger", help="verify the ledger, print checkpoints and proofs")
+    cmds = ledger.add_subparsers(dest="ledger_command", required=True)
+
+    verify = cmds.add_parser("verify", help="recompute every leaf, the tree and every checkpoint")
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        help="an earlier published checkpoint note to check consistency against",
+    )
+    verify.add_argument("--vkey", help="the log's verifier key (default: this installation's)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--progress", action="store_true", help="show the progress bar")
+    verify.set_defaults(func=_verify)
+
+    checkpoint = cmds.add_parser("checkpoint", help="print the latest signed checkpoint")
+    checkpoint.add_argument("--issue", action="store_true", help="sign a new one now")
+    checkpoint.set_defaults(func=_checkpoint)
+
+    vkey = cmds.add_parser("vkey", help="print the log's verifier key (publish it)")
+    vkey.set_defaults(func=_vkey)
+
+    proof = cmds.add_parser("proof", help="print an offline inclusion proof (C2SP tlog-proof)")
+    proof.add_argument("index", type=int)
+    proof.add_argument("--leaf-out", help="also write the entry's leaf bytes to this file")
+    proof.set_defaults(func=_proof)
+
+    vproof = cmds.add_parser("verify-proof", help="check an offline proof, without the database")
+    vproof.add_argument("proof")
+    vproof.add_argument(
+        "--leaf", required=True, help="the leaf bytes (from `ledger proof --leaf-out`)"
+    )
+    vproof.add_argument("--vkey", required=True)
+    vproof.add_argument("--origin", required=True)
+    vproof.set_defaults(func=_verify_proof)

@@ -1,0 +1,137 @@
+"""Sign every output image of a turn with C2PA Content Credentials, in parallel worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from governance import __version__
+from governance.auth.principal import Principal
+from governance.pipeline.parse import ParsedRequest
+from governance.pipeline.response import ResponseSummary
+from governance.provenance.signer import InputImage as ProvenanceInput
+from governance.provenance.signer import ProvenanceContext, SignedOutput
+
+if TYPE_CHECKING:
+    from governance.pipeline.turn import TurnRequest
+    from governance.policy.decision import Decision
+    from governance.services import Services
+
+
+@dataclass(frozen=True)
+class SignedItem:
+    """One signed output and where it goes back into the response."""
+
+    position: tuple[int, int, int]  # (stream chunk, candidate, part)
+    upstream_sha256: str
+    output: SignedOutput
+    manifest_ref: dict[str, Any]
+
+    def ledger_body(self) -> dict[str, Any]:
+        """The ``output.signed`` event: published hashes (the file is public once released)."""
+        chunk, candidate, part = self.position
+        return {
+            "chunk": chunk,
+            "candidate": candidate,
+            "part": part,
+            "mime_type": self.output.mime_type,
+            "upstream_sha256": self.upstream_sha256,
+            "signed_sha256": self.output.sha256,
+            "manifest_sha256": self.output.manifest_sha256,
+            "upstream_had_credentials": self.output.upstream_had_credentials,
+            **self.manifest_ref,
+        }
+
+
+def _context(
+    s: Services,
+    turn_id: str,
+    principal: Principal,
+    request: TurnRequest,
+    parsed: ParsedRequest,
+    summary: ResponseSummary,
+    decision: Decision,
+    leaf_index: int | None,
+    prompt_commitment: str | None,
+) -> ProvenanceContext:
+    inputs = [
+        ProvenanceInput(
+            data=img.data,
+            mime_type=img.mime_type,
+            sha256=img.sha256,
+            role=img.role,  # type: ignore[arg-type]
+            title=f"input {n + 1} ({img.mime_type})",
+        )
+        for n, img in enumerate(parsed.edited_images)
+    ]
+    disclose = bool(decision.obligations.get("disclose_prompt"))
+    return ProvenanceContext(
+        turn_id=turn_id,
+        tenant=principal.tenant,
+        actor=principal.actor,
+        model=request.model,
+        model_version=summary.model_version or request.model,
+        is_emulator=s.upstream.is_emulator,
+        inputs=inputs,
+        prompt_commitment=prompt_commitment,
+        prompt_text=parsed.prompt if disclose else None,
+        mask_commitments=[],
+        policy={
+            "bundle_revision": decision.bundle_revision,
+            "outcome": decision.outcome,
+            "reasons": list(decision.reasons),
+        },
+        approvals=[],
+        ledger_ref={
+            "log_origin": s.settings.log_origin,
+            "turn_id": turn_id,
+            "leaf_index": leaf_index,
+        },
+        gateway_version=__version__,
+        training_mining=s.settings.training_mining,
+        thumbnails=bool(decision.obligations.get("thumbnails", False)),
+    )
+
+
+async def sign_outputs(
+    s: Services,
+    turn_id: str,
+    principal: Principal,
+    request: TurnRequest,
+    parsed: ParsedRequest,
+    summary: ResponseSummary,
+    decision: Decision,
+    leaf_index: int | None,
+    prompt_commitment: str | None,
+) -> list[SignedItem]:
+    """Sign each output image (never re-encoded) and keep the signed file and manifest as blobs."""
+    if not summary.images:
+        return []
+    ctx = _context(
+        s,
+        turn_id,
+        principal,
+        request,
+        parsed,
+        summary,
+        decision,
+        leaf_index,
+        prompt_commitment,
+    )
+    signed = await asyncio.gather(
+        *(
+            s.run_blocking(s.signer.sign_output, img.data, img.mime_type, ctx)
+            for img in summary.images
+        )
+    )
+    items: list[SignedItem] = []
+    for img, out in zip(summary.images, signed, strict=True):
+        ref = await s.content.record_signed_output(img.data, out)
+        items.append(
+            SignedItem(
+                (img.chunk, img.candidate, img.part), hashlib.sha256(img.data).hexdigest(), out, ref
+            )
+        )
+    return items

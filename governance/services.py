@@ -1,0 +1,130 @@
+"""The process-wide service container: database, ledger, blobs, upstream, policy, signer.
+
+Built once per app by ``build_services``; routes reach it through ``api.deps.get_services``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from storage.blobs import BlobStore, open_blob_store
+from storage.ledger.log import Ledger, load_or_create_note_signer
+
+from governance.auth.keys import KeyRing
+from governance.content import ContentRecorder
+from governance.metrics import Metrics
+from governance.policy.service import PolicyService
+from governance.provenance.signer import OutputSigner
+from governance.settings import GOOGLE_GEMINI_URL, Settings
+from governance.upstream.client import UpstreamClient
+from governance.upstream.embedded import EmbeddedEmulator
+from storage.db import make_engine, migrate
+
+log = logging.getLogger("custody")
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    """Everything a request may need, created at start-up and closed at shutdown."""
+
+    settings: Settings
+    engine: Engine
+    read_engine: Engine
+    keys: KeyRing
+    ledger: Ledger
+    blobs: BlobStore
+    content: ContentRecorder
+    upstream: UpstreamClient
+    policy: PolicyService
+    signer: OutputSigner
+    metrics: Metrics
+    executor: ThreadPoolExecutor
+    ledger_verifier_key: str = ""  # the note verifier key operators publish beside checkpoints
+    emulator: EmbeddedEmulator | None = None
+    pipeline: Any = field(default=None)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking work (database, hashing, signing, Rego) off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, partial(fn, *args, **kwargs))
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+        self.ledger.close()
+        if self.emulator is not None:
+            self.emulator.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+
+def _upstream(settings: Settings) -> tuple[UpstreamClient, EmbeddedEmulator | None]:
+    if settings.uses_emulator and not settings.upstream_base_url:
+        emulator = EmbeddedEmulator.start(settings)
+        client = UpstreamClient(
+            emulator.base_url,
+            "",
+            timeout_s=settings.upstream_timeout_s,
+            label=f"custody-emulator (built in, {emulator.base_url})",
+            is_emulator=True,
+        )
+        return client, emulator
+    base = settings.upstream_base_url or GOOGLE_GEMINI_URL
+    label = "Google Gemini API" if base == GOOGLE_GEMINI_URL else base
+    client = UpstreamClient(
+        base,
+        settings.resolved_upstream_key,
+        timeout_s=settings.upstream_timeout_s,
+        label=label,
+        is_emulator=settings.emulator == "on",
+    )
+    return client, None
+
+
+def build_services(settings: Settings) -> Services:
+    """Open (and migrate) the database, the ledger and the stores; start the upstream client."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.effective_database_url
+    migrate(url)
+    engine = make_engine(url)
+    read_engine = make_engine(url, immediate=False)
+    note_signer = load_or_create_note_signer(
+        settings.log_key_file or settings.data_dir / "ledger-note.key", settings.log_origin
+    )
+    ledger = Ledger.open(
+        engine,
+        origin=settings.log_origin,
+        signer=note_signer,
+        checkpoint_every_entries=settings.checkpoint_every_entries,
+        checkpoint_every_ms=settings.checkpoint_every_ms,
+    )
+    blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
+    upstream, emulator = _upstream(settings)
+    services = Services(
+        settings=settings,
+        engine=engine,
+        read_engine=read_engine,
+        keys=KeyRing(read_engine),
+        ledger=ledger,
+        blobs=blobs,
+        content=ContentRecorder(engine, blobs),
+        upstream=upstream,
+        policy=PolicyService.from_settings(settings),
+        signer=OutputSigner.from_settings(settings),
+        metrics=Metrics(),
+        executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="custody"),
+        ledger_verifier_key=note_signer.verifier_key(),
+        emulator=emulator,
+    )
+    from governance.pipeline.turn import TurnPipeline
+
+    services.pipeline = TurnPipeline(services)
+    return services

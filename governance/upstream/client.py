@@ -1,0 +1,196 @@
+"""The forwarding client: the caller's bytes go upstream unchanged, the answer comes back raw.
+
+Why raw HTTP (httpx) and not google-genai's typed client: the SDK's pydantic models are declared
+``extra='forbid'``, so a field Custody does not know yet would be rejected or dropped, and its
+client re-serialises the body. Custody must forward every field and every ``thoughtSignature``
+byte for byte, so the body is passed through as the caller sent it; only the credential changes
+(the caller's Custody key is never forwarded; the upstream key is added here and nowhere else).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+FORWARDED_HEADERS = ("content-type", "accept", "x-goog-api-client", "user-agent")
+EMULATOR_HEADERS = ("x-emulator-fault",)
+
+
+@dataclass
+class UpstreamResult:
+    """What the upstream answered: status, raw body (or SSE events) and timing."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    elapsed_ms: float
+    events: list[bytes] = field(default_factory=list)  # SSE ``data:`` payloads, in order
+    stream_complete: bool = True  # False when a stream ended without its final chunk
+    transport_error: str | None = None
+
+
+class UpstreamClient:
+    """Posts raw Gemini requests to one upstream (Google, any compatible endpoint, the emulator)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+        label: str,
+        is_emulator: bool,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.label = label
+        self.is_emulator = is_emulator
+        self._api_key = api_key
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            limits=limits,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _headers(self, incoming: dict[str, str]) -> dict[str, str]:
+        names = FORWARDED_HEADERS + (EMULATOR_HEADERS if self.is_emulator else ())
+        headers = {n: incoming[n] for n in names if n in incoming}
+        headers.setdefault("content-type", "application/json")
+        if self._api_key:
+            headers["x-goog-api-key"] = self._api_key
+        return headers
+
+    async def post(
+        self, path: str, body: bytes, incoming: dict[str, str], params: dict[str, str]
+    ) -> UpstreamResult:
+        """POST ``body`` to ``path``; a transport failure becomes status 0 with its reason."""
+        start = time.perf_counter()
+        try:
+            resp = await self._http.post(
+                path, content=body, headers=self._headers(incoming), params=params
+            )
+        except httpx.HTTPError as exc:
+            return UpstreamResult(
+                0, b"", {}, (time.perf_counter() - start) * 1000, transport_error=_describe(exc)
+            )
+        return UpstreamResult(
+            resp.status_code,
+            resp.content,
+            dict(resp.headers),
+            (time.perf_counter() - start) * 1000,
+        )
+
+    async def post_stream(
+        self, path: str, body: bytes, incoming: dict[str, str], params: dict[str, str]
+    ) -> UpstreamResult:
+        """POST a streaming request and collect every SSE event (Custody signs before release)."""
+        start = time.perf_counter()
+        events: list[bytes] = []
+        try:
+            async with self._http.stream(
+                "POST", path, content=body, headers=self._headers(incoming), params=params
+            ) as resp:
+                if resp.status_code != 200:
+                    content = await resp.aread()
+                    return UpstreamResult(
+                        resp.status_code,
+                        content,
+                        dict(resp.headers),
+                        (time.perf_counter() - start) * 1000,
+                    )
+                complete = True
+                try:
+                    async for payload in _sse_payloads(resp.aiter_bytes()):
+                        events.append(payload)
+                except httpx.HTTPError:
+                    complete = False
+                return UpstreamResult(
+                    200,
+                    b"",
+                    dict(resp.headers),
+                    (time.perf_counter() - start) * 1000,
+                    events=events,
+                    stream_complete=complete and _has_final_chunk(events),
+                )
+        except httpx.HTTPError as exc:
+            return UpstreamResult(
+                0,
+                b"",
+                {},
+                (time.perf_counter() - start) * 1000,
+                events=events,
+                transport_error=_describe(exc),
+            )
+
+    async def get(self, path: str) -> int:
+        """GET ``path`` upstream (readiness); returns the status, 0 when unreachable."""
+        try:
+            resp = await self._http.get(path, headers=self._headers({}), timeout=5.0)
+        except httpx.HTTPError:
+            return 0
+        return resp.status_code
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _has_final_chunk(events: list[bytes]) -> bool:
+    """Gemini's last stream chunk carries a finishReason (or a promptFeedback block)."""
+    if not events:
+        return False
+    last = events[-1]
+    return b"finishReason" in last or b"blockReason" in last
+
+
+async def _sse_payloads(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Split an SSE byte stream into the ``data:`` payload of each event."""
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        while True:
+            cut = _event_end(buffer)
+            if cut is None:
+                break
+            raw, buffer = buffer[: cut[0]], buffer[cut[1] :]
+            payload = _data_of(raw)
+            if payload is not None:
+                yield payload
+    if buffer.strip():
+        payload = _data_of(buffer)
+        if payload is not None:
+            yield payload
+
+
+def _event_end(buffer: bytes) -> tuple[int, int] | None:
+    best: tuple[int, int] | None = None
+    for sep in (b"\r\n\r\n", b"\n\n", b"\r\r"):
+        at = buffer.find(sep)
+        if at != -1 and (best is None or at < best[0]):
+            best = (at, at + len(sep))
+    return best
+
+
+def _data_of(raw: bytes) -> bytes | None:
+    lines = [ln[5:].lstrip(b" ") for ln in raw.splitlines() if ln.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
+
+
+def parse_json_object(body: bytes) -> dict[str, Any] | None:
+    """The upstream body as a JSON object, or None when it is not one."""
+    import orjson
+
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,149 @@
+"""Gemini's error envelope and the faults a test can inject per request.
+
+Fault directive syntax (either works; the header wins when both are given):
+
+- in the last user turn's text: ``[emulator:fault=KIND]`` (removed from the prompt before editing)
+- as a request header: ``x-emulator-fault: KIND``
+
+KIND is one of:
+
+=========  =====================================================================================
+``429``    RESOURCE_EXHAUSTED with ``google.rpc.QuotaFailure`` and ``google.rpc.RetryInfo``
+           (``retryDelay: "2s"``) details
+``500``    INTERNAL
+``503``    UNAVAILABLE ("The model is overloaded")
+``400``    INVALID_ARGUMENT
+``slow:MS`` the normal answer, after sleeping MS milliseconds (at most 120 000)
+``cut``    stream: the first chunk, then the connection closes with no final chunk;
+           non-stream: headers and half the body, then the connection closes
+=========  =====================================================================================
+
+An unknown KIND is itself a 400, so a typo in a test never silently passes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+from starlette.responses import Response
+
+FAULT_DIRECTIVE = re.compile(r"\[emulator:fault=([^\]\s]+)\]", re.IGNORECASE)
+MAX_SLOW_MS = 120_000
+INJECTED = " (custody emulator: injected fault)"
+
+STATUS_BY_CODE = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+class GeminiError(Exception):
+    """An error to answer in Gemini's envelope: ``{"error": {code, message, status, details}}``."""
+
+    def __init__(self, code: int, message: str, details: list[dict[str, object]] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or []
+
+    def body(self) -> dict[str, object]:
+        error: dict[str, object] = {
+            "code": self.code,
+            "message": self.message,
+            "status": STATUS_BY_CODE.get(self.code, "UNKNOWN"),
+        }
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+    def response(self) -> Response:
+        return Response(
+            orjson.dumps(self.body()),
+            status_code=self.code,
+            media_type="application/json; charset=UTF-8",
+            headers={"x-custody-emulator": "1"},
+        )
+
+
+def invalid_argument(message: str) -> GeminiError:
+    """A 400 INVALID_ARGUMENT with a plain message, as Gemini words most of its 400s."""
+    return GeminiError(400, message)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault: ``kind`` in {"429", "500", "503", "400", "slow", "cut"}."""
+
+    kind: str
+    slow_ms: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"slow:{self.slow_ms}" if self.kind == "slow" else self.kind
+
+
+def parse_fault(spec: str) -> Fault:
+    """``"429"`` / ``"slow:250"`` / ``"cut"`` … → a Fault; anything else → GeminiError 400."""
+    kind = spec.strip().lower()
+    if kind in ("429", "500", "503", "400", "cut"):
+        return Fault(kind)
+    if kind.startswith("slow:") and kind[5:].isdigit():
+        return Fault("slow", min(int(kind[5:]), MAX_SLOW_MS))
+    raise invalid_argument(
+        f"Unknown emulator fault {spec!r}: use 429, 500, 503, 400, slow:MS or cut.{INJECTED}"
+    )
+
+
+def find_fault(header: str | None, prompt: str) -> tuple[Fault | None, str]:
+    """The fault asked for (header first, then the prompt directive) and the prompt without it."""
+    match = FAULT_DIRECTIVE.search(prompt)
+    cleaned = FAULT_DIRECTIVE.sub("", prompt).strip() if match else prompt
+    if header:
+        return parse_fault(header), cleaned
+    if match:
+        return parse_fault(match.group(1)), cleaned
+    return None, cleaned
+
+
+def fault_error(fault: Fault, model: str) -> GeminiError | None:
+    """The Gemini error an error-kind fault answers with; None for ``slow`` and ``cut``."""
+    if fault.kind == "429":
+        return GeminiError(
+            429,
+            "You exceeded your current quota, please check your plan and billing details. For more "
+            "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."
+            + INJECTED,
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": "generativelanguage.googleapis.com/"
+                            "generate_content_free_tier_requests",
+                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                            "quotaDimensions": {"location": "global", "model": model},
+                            "quotaValue": "10",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"},
+            ],
+        )
+    if fault.kind == "500":
+        return GeminiError(
+            500,
+            "An internal error has occurred. Please retry or report in "
+            "https://developers.generativeai.google/guide/troubleshooting" + INJECTED,
+        )
+    if fault.kind == "503":
+        return GeminiError(503, "The model is overloaded. Please try again later." + INJECTED)
+    if fault.kind == "400":
+        return GeminiError(400, "Request contains an invalid argument." + INJECTED)
+    return None

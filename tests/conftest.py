@@ -1,0 +1,161 @@
+"""Fixtures shared by every test: data directories, SQLite and PostgreSQL databases.
+
+PostgreSQL tests run against the server at 127.0.0.1:5432 (trust auth, database ``test``). On a
+laptop without it they skip with a clear message; under CI (``CI=true``) a missing server fails.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("CUSTODY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+if not SHARED.exists():  # CI clones main with shared/ beside it
+    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _skip_or_fail(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: nothing may skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The project's shared/ folder: fixtures, vectors."""
+    if not SHARED.exists():
+        _skip_or_fail(f"shared/ not found beside the repository (looked at {SHARED})")
+    return SHARED
+
+
+def _pg_available() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}"
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    problem = _pg_available()
+    if problem:
+        _skip_or_fail(problem)
+    import psycopg
+
+    name = f"custody_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file for one test."""
+    return f"sqlite:///{tmp_path / 'custody.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test using this runs twice: on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'custody.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+# --- a real Custody server on 127.0.0.1, driven by the real google-genai SDK -------------------
+
+
+class RunningCustody:
+    """A Custody gateway serving on loopback, with keys for each role."""
+
+    def __init__(self, server: object, services: object, keys: dict[str, str]) -> None:
+        self.server = server
+        self.services = services
+        self.keys = keys
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url  # type: ignore[attr-defined,no-any-return]
+
+    def client(self, role: str = "editor", api_version: str | None = None) -> object:
+        """A google-genai client pointed at this gateway, as an integrating app would set it up."""
+        from google import genai
+        from google.genai import types
+
+        opts = types.HttpOptions(base_url=self.base_url, api_version=api_version)
+        return genai.Client(api_key=self.keys[role], http_options=opts)
+
+    def ledger_events(self, turn_id: str | None = None) -> list[dict[str, object]]:
+        """Every ledger event (decoded leaf), optionally of one turn."""
+        from storage.ledger.leaf import decode_leaf
+
+        ledger = self.services.ledger  # type: ignore[attr-defined]
+        out = []
+        size = ledger.size()
+        for start in range(0, size, 1000):
+            for entry in ledger.entries(start, min(size, start + 1000)):
+                leaf = decode_leaf(entry.leaf)
+                leaf["index"] = entry.index
+                if turn_id is None or leaf.get("turn") == turn_id:
+                    out.append(leaf)
+        return out
+
+
+def start_custody(data_dir: Path, database_url: str = "", **overrides: object) -> RunningCustody:
+    """Build services, create one key per role, serve the app on a free loopback port."""
+    from governance.app import create_app
+    from governance.auth.keys import create_key
+    from governance.services import build_services
+    from governance.settings import Settings
+    from governance.upstream.embedded import ThreadedServer
+
+    settings = Settings(
+        data_dir=data_dir, database_url=database_url, checkpoint_every_ms=200, **overrides
+    )
+    services = build_services(settings)
+    keys = {
+        role: create_key(services.engine, tenant="acme", actor=f"{role}@acme", roles=[role])
+        for role in ("editor", "reviewer", "auditor", "admin")
+    }
+    keys["other-tenant-editor"] = create_key(
+        services.engine, tenant="globex", actor="editor@globex", roles=["editor"]
+    )
+    server = ThreadedServer(create_app(settings, services=services)).start()
+    return RunningCustody(server, services, keys)
+
+
+@pytest.fixture()
+def custody(tmp_path: Path) -> Iterator[RunningCustody]:
+    """A running gateway on SQLite with the built-in emulator upstream."""
+    running = start_custody(tmp_path / "custody")
+    try:
+        yield running
+    finally:
+        import asyncio
+
+        running.server.stop()  # type: ignore[attr-defined]
+        asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def photo_bytes(shared_dir: Path) -> dict[str, bytes]:
+    """The real photographs of shared/fixtures/photos, by file name."""
+    folder = shared_dir / "fixtures" / "photos"
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
