@@ -12,8 +12,9 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from governance import __version__
-from governance.api import gemini_routes, health_routes
+from governance.api import gemini_routes, health_routes, ledger_routes, verify_routes
 from governance.api.errors import GeminiError
+from governance.background import background_jobs
 from governance.services import Services, build_services
 from governance.settings import Settings
 
@@ -30,7 +31,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.services = services or build_services(settings)
         announce(app.state.services)
         try:
-            yield
+            async with background_jobs(app.state.services):
+                yield
         finally:
             if own:
                 await app.state.services.aclose()
@@ -44,8 +46,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         openapi_url="/api/v1/openapi.json",
     )
     app.include_router(health_routes.router)
-    for module in _optional_routers():
-        app.include_router(module.router)
+    app.include_router(ledger_routes.router)
+    app.include_router(verify_routes.router)
     app.include_router(gemini_routes.router)
 
     @app.exception_handler(GeminiError)
@@ -63,20 +65,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return GeminiError(exc.status_code, str(exc.detail)).response()
 
     return app
-
-
-def _optional_routers() -> list[object]:
-    """Routers of the native API (ledger, verify, ...), each in its own module."""
-    import importlib
-
-    modules = []
-    for name in ("ledger_routes", "verify_routes"):
-        try:
-            modules.append(importlib.import_module(f"governance.api.{name}"))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"governance.api.{name}":
-                raise
-    return modules
 
 
 def announce(services: Services) -> None:

@@ -11,9 +11,8 @@ from governance.settings import Settings
 
 
 def _open(settings: Settings):  # type: ignore[no-untyped-def]
-    from storage.ledger.log import load_or_create_note_signer
-
     from storage.db import make_engine, migrate
+    from storage.ledger.log import load_or_create_note_signer
 
     url = settings.effective_database_url
     migrate(url)
@@ -25,10 +24,11 @@ def _open(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from storage.blobs import Commitments, open_blob_store
     from storage.ledger.note import NoteVerifier
     from storage.ledger.verify import verify_ledger
-    from tqdm import tqdm
 
     settings = Settings()
     engine, signer = _open(settings)

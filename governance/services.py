@@ -14,8 +14,6 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
-from storage.blobs import BlobStore, open_blob_store
-from storage.ledger.log import Ledger, load_or_create_note_signer
 
 from governance.auth.keys import KeyRing
 from governance.content import ContentRecorder
@@ -25,7 +23,9 @@ from governance.provenance.signer import OutputSigner
 from governance.settings import GOOGLE_GEMINI_URL, Settings
 from governance.upstream.client import UpstreamClient
 from governance.upstream.embedded import EmbeddedEmulator
+from storage.blobs import BlobStore, Commitments, open_blob_store
 from storage.db import make_engine, migrate
+from storage.ledger.log import Ledger, load_or_create_note_signer
 
 log = logging.getLogger("custody")
 T = TypeVar("T")
@@ -108,6 +108,7 @@ def build_services(settings: Settings) -> Services:
     )
     blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
     upstream, emulator = _upstream(settings)
+    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="custody")
     services = Services(
         settings=settings,
         engine=engine,
@@ -115,12 +116,12 @@ def build_services(settings: Settings) -> Services:
         keys=KeyRing(read_engine),
         ledger=ledger,
         blobs=blobs,
-        content=ContentRecorder(engine, blobs),
+        content=ContentRecorder(engine, Commitments(engine, blobs), executor),
         upstream=upstream,
         policy=PolicyService.from_settings(settings),
         signer=OutputSigner.from_settings(settings),
         metrics=Metrics(),
-        executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="custody"),
+        executor=executor,
         ledger_verifier_key=note_signer.verifier_key(),
         emulator=emulator,
     )

@@ -99,8 +99,13 @@ class RunningCustody:
         from google import genai
         from google.genai import types
 
-        opts = types.HttpOptions(base_url=self.base_url, api_version=api_version)
-        return genai.Client(api_key=self.keys[role], http_options=opts)
+        # Kept alive with the server: google-genai 3.x closes its HTTP client when the Client
+        # object is collected, which a chained ``custody.client().models...`` call would trigger.
+        cache = self.__dict__.setdefault("_clients", {})
+        if (role, api_version) not in cache:
+            opts = types.HttpOptions(base_url=self.base_url, api_version=api_version)
+            cache[(role, api_version)] = genai.Client(api_key=self.keys[role], http_options=opts)
+        return cache[(role, api_version)]
 
     def ledger_events(self, turn_id: str | None = None) -> list[dict[str, object]]:
         """Every ledger event (decoded leaf), optionally of one turn."""

@@ -11,13 +11,13 @@ import base64
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
-from storage.ledger.leaf import decode_leaf
-from storage.ledger.proof_file import format_proof
 
 from governance.api.deps import get_services, require_role
 from governance.api.errors import GeminiError
 from governance.auth.principal import Principal
 from storage.ledger.events import Entry
+from storage.ledger.leaf import decode_leaf
+from storage.ledger.proof_file import format_proof
 
 router = APIRouter(prefix="/api/v1/ledger", tags=["ledger"])
 MAX_ENTRIES = 1000

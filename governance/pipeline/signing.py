@@ -27,7 +27,6 @@ class SignedItem:
     position: tuple[int, int, int]  # (stream chunk, candidate, part)
     upstream_sha256: str
     output: SignedOutput
-    manifest_ref: dict[str, Any]
 
     def ledger_body(self) -> dict[str, Any]:
         """The ``output.signed`` event: published hashes (the file is public once released)."""
@@ -41,7 +40,6 @@ class SignedItem:
             "signed_sha256": self.output.sha256,
             "manifest_sha256": self.output.manifest_sha256,
             "upstream_had_credentials": self.output.upstream_had_credentials,
-            **self.manifest_ref,
         }
 
 
@@ -126,12 +124,7 @@ async def sign_outputs(
             for img in summary.images
         )
     )
-    items: list[SignedItem] = []
-    for img, out in zip(summary.images, signed, strict=True):
-        ref = await s.content.record_signed_output(img.data, out)
-        items.append(
-            SignedItem(
-                (img.chunk, img.candidate, img.part), hashlib.sha256(img.data).hexdigest(), out, ref
-            )
-        )
-    return items
+    return [
+        SignedItem((img.chunk, img.candidate, img.part), hashlib.sha256(img.data).hexdigest(), out)
+        for img, out in zip(summary.images, signed, strict=True)
+    ]

@@ -17,6 +17,7 @@ import orjson
 from governance import __version__
 from governance.api.errors import GeminiError
 from governance.auth.principal import Principal
+from governance.content import TurnContent
 from governance.pipeline.parse import ParsedRequest, parse_request
 from governance.pipeline.policy_facts import request_facts, response_facts
 from governance.pipeline.response import ResponseSummary, replace_images, summarise
@@ -66,6 +67,7 @@ class _Turn:
     principal: Principal
     turn_id: str
     started: float
+    content: TurnContent
     upstream_ms: float = 0.0
     events: list[LedgerEvent] = field(default_factory=list)
     first_index: int | None = None
@@ -100,7 +102,10 @@ class TurnPipeline:
 
     async def run(self, request: TurnRequest, principal: Principal) -> TurnOutcome:
         """Run one turn; raises ``GeminiError`` for anything the caller must see as an error."""
-        turn = _Turn(request, principal, uuid.uuid4().hex, time.perf_counter())
+        turn_id = uuid.uuid4().hex
+        turn = _Turn(
+            request, principal, turn_id, time.perf_counter(), self.s.content.begin(turn_id)
+        )
         parsed: ParsedRequest | None = None
         try:
             parsed = await self.s.run_blocking(
@@ -118,12 +123,12 @@ class TurnPipeline:
     async def _run_parsed(self, turn: _Turn, parsed: ParsedRequest) -> TurnOutcome:
         s = self.s
         request = turn.request
-        stored = await s.content.record_request(parsed)
+        stored = await turn.content.request(parsed)
         turn.event("turn.received", stored.received_body(request, parsed))
 
         facts = request_facts(turn.principal, request, parsed)
         decision = await s.run_blocking(s.policy.decide_request, facts)
-        input_ref = await s.content.record_decision_input(facts, None)
+        input_ref = await turn.content.decision_input("request", decision.input_document)
         turn.event("policy.decided", _decision_body(decision, "request", input_ref))
         if decision.outcome == "deny":
             await self._append(turn)
@@ -139,6 +144,8 @@ class TurnPipeline:
         await self._append(turn)  # the intent is durable before anything leaves for upstream
 
         params = {k: v for k, v in request.params.items() if k != "key"}
+        if request.stream:  # always SSE upstream; the route answers a JSON array when asked
+            params["alt"] = "sse"
         if request.stream:
             result = await s.upstream.post_stream(
                 request.upstream_path, request.body, request.headers, params
@@ -152,7 +159,7 @@ class TurnPipeline:
 
         documents, upstream_error = _documents_of(result)
         summary = summarise(documents) if upstream_error is None else ResponseSummary()
-        response_ref = await s.content.record_upstream_response(result)
+        response_ref = await turn.content.upstream_response(result)
         turn.event(
             "upstream.returned", _upstream_body(result, summary, response_ref, upstream_error)
         )
@@ -163,9 +170,11 @@ class TurnPipeline:
         out_decision = await s.run_blocking(
             s.policy.decide_response, facts, response_facts(summary)
         )
-        out_ref = await s.content.record_decision_input(facts, summary)
+        out_ref = await turn.content.decision_input("response", out_decision.input_document)
         turn.event("policy.decided", _decision_body(out_decision, "response", out_ref))
         if out_decision.outcome == "deny":
+            # Nothing is released, so the turn does not count against the caller's budget.
+            await s.run_blocking(s.policy.release_reservation, decision.decision_id)
             await self._append(turn)
             raise _denied(out_decision)
         if (
@@ -190,7 +199,8 @@ class TurnPipeline:
             stored.prompt_commitment,
         )
         for item in signed:
-            turn.event("output.signed", item.ledger_body())
+            ref = await turn.content.signed_output(item.output)
+            turn.event("output.signed", {**item.ledger_body(), **ref})
         replace_images(documents, {item.position: item.output.data for item in signed})
 
         total_ms = (time.perf_counter() - turn.started) * 1000
@@ -205,9 +215,9 @@ class TurnPipeline:
             "gateway_version": __version__,
         }
         turn.event("turn.released", released_body)
-        await self._append(turn)  # durable before a single byte goes back to the caller
-        await s.content.finish_turn(
-            turn.turn_id,
+        await turn.content.flush()  # every blob of the turn is durable ...
+        await self._append(turn)  # ... and so are its events, before a byte goes back
+        await turn.content.finish(
             turn.principal,
             request,
             parsed,
@@ -217,6 +227,7 @@ class TurnPipeline:
             outcome=summary.safety_outcome,
             first_index=turn.first_index,
             timings={"upstream_ms": turn.upstream_ms, "total_ms": total_ms},
+            upstream_label=s.upstream.label,
             upstream_status=result.status,
         )
         outcome = (
@@ -228,14 +239,19 @@ class TurnPipeline:
 
     async def _fail(self, turn: _Turn, parsed: ParsedRequest | None, err: GeminiError) -> None:
         """Record why the turn ended without a release; the error still reaches the caller."""
-        turn.event(
-            "turn.failed",
-            {"code": err.code, "status": err.status, "reason": err.reason, "message": err.message},
-        )
+        body: dict[str, Any] = {
+            "code": err.code,
+            "status": err.status,
+            "reason": err.reason,
+            "message": err.message,
+        }
         try:
+            if parsed is None:  # refused before parsing: keep what was sent, as a commitment
+                body.update(await turn.content.rejected_body(turn.request.body))
+            turn.event("turn.failed", body)
+            await turn.content.flush()
             await self._append(turn)
-            await self.s.content.finish_turn(
-                turn.turn_id,
+            await turn.content.finish(
                 turn.principal,
                 turn.request,
                 parsed,
@@ -248,6 +264,7 @@ class TurnPipeline:
                     "upstream_ms": turn.upstream_ms,
                     "total_ms": (time.perf_counter() - turn.started) * 1000,
                 },
+                upstream_label=self.s.upstream.label,
                 upstream_status=None,
                 error=err.message,
             )

@@ -1,0 +1,65 @@
+"""Periodic work of a gateway process: policy hot reload and timed checkpoints.
+
+Each job runs in the service executor (it touches files, Rego and the database) on its own timer;
+a failing job is logged and retried on the next tick, never fatal to the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from storage.ledger.events import LedgerEvent
+
+if TYPE_CHECKING:
+    from governance.services import Services
+
+log = logging.getLogger("custody")
+
+
+def reload_policy(services: Services) -> dict[str, Any] | None:
+    """Reload changed policy files; the change is a ledger event of its own."""
+    body = services.policy.reload_if_changed()
+    if body:
+        services.ledger.append(
+            [LedgerEvent(type="policy.reloaded", tenant="*", actor="custody", body=body)]
+        )
+        log.warning(
+            "policy reloaded: revision %s -> %s", body.get("old_revision"), body["new_revision"]
+        )
+    return body
+
+
+def checkpoint_if_due(services: Services) -> None:
+    """Sign a checkpoint when entries arrived since the last one and its interval has passed."""
+    services.ledger.checkpoint_if_due()
+
+
+async def _every(services: Services, period_ms: int, job: Callable[[Services], Any]) -> None:
+    while True:
+        await asyncio.sleep(period_ms / 1000)
+        try:
+            await services.run_blocking(job, services)
+        except Exception:
+            log.exception("background job %s failed; retrying next tick", job.__name__)
+
+
+@contextlib.asynccontextmanager
+async def background_jobs(services: Services) -> AsyncIterator[None]:
+    """Run the periodic jobs for as long as the app serves."""
+    settings = services.settings
+    jobs = []
+    if settings.policy_reload_ms > 0:
+        jobs.append((settings.policy_reload_ms, reload_policy))
+    if settings.checkpoint_every_ms > 0:
+        jobs.append((max(settings.checkpoint_every_ms // 2, 50), checkpoint_if_due))
+    tasks = [asyncio.create_task(_every(services, ms, job)) for ms, job in jobs]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

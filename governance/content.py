@@ -1,0 +1,353 @@
+"""What a turn keeps besides its ledger events: the content, committed to and stored as blobs.
+
+Ledger leaves carry *salted commitments* (``storage.ledger.leaf.commit_content``), never content.
+The content itself — the request as it arrived, the prompt, every input image, the upstream's
+answer, each signed file and its manifest, each decision input — goes to the blob store, where a
+lawful erasure can destroy it without breaking the tree.
+
+Blob writes are slow (an fsync each), so a turn computes its commitments at once (hashing only)
+and writes the blobs in the background while the turn goes on (the upstream call is the long
+wait). ``flush`` waits for every write; the pipeline calls it before the events that release the
+response are appended, so nothing is released whose content is not durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Engine, text
+
+from storage.blobs import Commitments
+from storage.ledger.leaf import commit_content, new_salt
+
+if TYPE_CHECKING:
+    from governance.auth.principal import Principal
+    from governance.pipeline.parse import ParsedRequest
+    from governance.pipeline.response import ResponseSummary
+    from governance.pipeline.signing import SignedItem
+    from governance.pipeline.turn import TurnRequest
+    from governance.provenance.signer import SignedOutput
+    from governance.upstream.client import UpstreamResult
+
+Runner = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """The commitments of a request's content, for the ``turn.received`` event."""
+
+    request_commitment: str
+    prompt_commitment: str | None
+    image_commitments: list[str]
+
+    def received_body(self, request: TurnRequest, parsed: ParsedRequest) -> dict[str, Any]:
+        """The ``turn.received`` body: what came in, as commitments and plain facts."""
+        images = []
+        for img, commitment in zip(parsed.edited_images, self.image_commitments, strict=True):
+            images.append(
+                {
+                    "role": img.role,
+                    "content": img.content_index,
+                    "part": img.part_index,
+                    "mime_type": img.mime_type,
+                    "bytes": len(img.data),
+                    "width": img.width,
+                    "height": img.height,
+                    "commitment": commitment,
+                }
+            )
+        return {
+            "api_version": request.api_version,
+            "model": request.model,
+            "method": request.method,
+            "stream": request.stream,
+            "request": self.request_commitment,
+            "request_bytes": len(request.body),
+            "prompt": self.prompt_commitment,
+            "prompt_chars": len(parsed.prompt),
+            "images": images,
+            "history_images": sum(1 for i in parsed.images if i.role == "history"),
+            "file_uris": len(parsed.file_uris),
+        }
+
+
+@dataclass
+class TurnContent:
+    """The content of one turn: commitments now, durable blobs by ``flush``."""
+
+    recorder: ContentRecorder
+    turn_id: str
+    pending: list[asyncio.Future[Any]] = field(default_factory=list)
+    decision_inputs: list[tuple[str, bytes]] = field(default_factory=list)
+
+    async def commit(self, *items: bytes) -> list[str]:
+        """Salted commitments to ``items`` (hashed off the event loop); their blobs and salts are
+        written in the background until ``flush``."""
+        loop = asyncio.get_running_loop()
+        salted = await loop.run_in_executor(self.recorder.executor, _commit_all, items)
+        for data, (salt, _) in zip(items, salted, strict=True):
+            write = partial(self.recorder.commitments.put_committed, data, salt=salt)
+            self.pending.append(loop.run_in_executor(self.recorder.executor, write))
+        return [commitment for _, commitment in salted]
+
+    async def request(self, parsed: ParsedRequest) -> StoredRequest:
+        """Commit to the request as it arrived, its prompt and every image the turn works on."""
+        items = [parsed.body, parsed.prompt.encode(), *(i.data for i in parsed.edited_images)]
+        request_c, prompt_c, *image_cs = await self.commit(*items)
+        return StoredRequest(request_c, prompt_c if parsed.prompt else None, image_cs)
+
+    async def decision_input(self, stage: str, document: dict[str, Any]) -> dict[str, Any]:
+        """Keep the full input a decision was made on (for replay); the event gets a commitment."""
+        data = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+        self.decision_inputs.append((stage, data))
+        return {"input": (await self.commit(data))[0]}
+
+    async def upstream_response(self, result: UpstreamResult) -> dict[str, Any]:
+        """Commit to the upstream's answer exactly as it arrived (unsigned images included)."""
+        raw = result.body if not result.events else b"\n".join(result.events)
+        if not raw:
+            return {}
+        return {"response": (await self.commit(raw))[0], "response_bytes": len(raw)}
+
+    async def signed_output(self, output: SignedOutput) -> dict[str, Any]:
+        """Keep the released file and its manifest; the file is public, so its hash is too."""
+        manifest, signed_file = await self.commit(output.manifest, output.data)
+        return {"manifest": manifest, "signed_file": signed_file}
+
+    async def rejected_body(self, body: bytes) -> dict[str, Any]:
+        """A request refused before parsing is kept too: bad input is recorded, never lost."""
+        if not body:
+            return {}
+        return {"request": (await self.commit(body))[0], "request_bytes": len(body)}
+
+    async def flush(self) -> None:
+        """Wait until every blob of this turn is durable."""
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def finish(
+        self,
+        principal: Principal,
+        request: TurnRequest,
+        parsed: ParsedRequest | None,
+        summary: ResponseSummary | None,
+        signed: list[SignedItem],
+        *,
+        status: str,
+        outcome: str,
+        first_index: int | None,
+        timings: dict[str, float],
+        upstream_label: str,
+        upstream_status: int | None,
+        error: str | None = None,
+    ) -> None:
+        """Write the turn's index rows (turns, turn_images, decision_inputs) after its events."""
+        await self.flush()
+        row = _turn_row(
+            self.turn_id,
+            principal,
+            request,
+            parsed,
+            summary,
+            status=status,
+            outcome=outcome,
+            first_index=first_index,
+            timings=timings,
+            upstream_label=upstream_label,
+            upstream_status=upstream_status,
+            error=error,
+        )
+        images = _image_rows(self.turn_id, parsed, signed)
+        inputs = [
+            {
+                "turn_id": self.turn_id,
+                "stage": stage,
+                "input_json": data.decode(),
+                "created_ms": row["created_ms"],
+            }
+            for stage, data in self.decision_inputs
+        ]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self.recorder.executor, self.recorder.write_rows, row, images, inputs
+        )
+
+
+def _commit_all(items: tuple[bytes, ...]) -> list[tuple[bytes, str]]:
+    out = []
+    for data in items:
+        salt = new_salt()
+        out.append((salt, commit_content(data, salt)))
+    return out
+
+
+class ContentRecorder:
+    """Commitments and index rows for turns; one per process."""
+
+    def __init__(self, engine: Engine, commitments: Commitments, executor: Any) -> None:
+        self.engine = engine
+        self.commitments = commitments
+        self.executor = executor
+
+    def begin(self, turn_id: str) -> TurnContent:
+        return TurnContent(self, turn_id)
+
+    def write_rows(
+        self, turn: dict[str, Any], images: list[dict[str, Any]], inputs: list[dict[str, Any]]
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_INSERT_TURN, turn)
+            if images:
+                conn.execute(_INSERT_IMAGE, images)
+            if inputs:
+                conn.execute(_INSERT_INPUT, inputs)
+
+
+_TURN_COLUMNS = (
+    "turn_id",
+    "tenant",
+    "actor",
+    "session_id",
+    "model",
+    "api_version",
+    "method",
+    "status",
+    "outcome",
+    "prompt_sha256",
+    "request_sha256",
+    "response_sha256",
+    "upstream",
+    "upstream_status",
+    "model_version",
+    "finish_reason",
+    "block_reason",
+    "error",
+    "usage_json",
+    "timings_json",
+    "first_entry_index",
+    "created_ms",
+    "finished_ms",
+)
+_IMAGE_COLUMNS = (
+    "turn_id",
+    "direction",
+    "role",
+    "content_index",
+    "part_index",
+    "mime_type",
+    "sha256",
+    "size",
+    "width",
+    "height",
+    "signed_sha256",
+    "manifest_sha256",
+)
+
+
+def _insert(table: str, columns: tuple[str, ...]) -> Any:
+    names = ", ".join(columns)
+    values = ", ".join(f":{c}" for c in columns)
+    return text(f"INSERT INTO {table} ({names}) VALUES ({values})")
+
+
+_INSERT_TURN = _insert("turns", _TURN_COLUMNS)
+_INSERT_IMAGE = _insert("turn_images", _IMAGE_COLUMNS)
+_INSERT_INPUT = _insert("decision_inputs", ("turn_id", "stage", "input_json", "created_ms"))
+
+
+def _turn_row(
+    turn_id: str,
+    principal: Principal,
+    request: TurnRequest,
+    parsed: ParsedRequest | None,
+    summary: ResponseSummary | None,
+    *,
+    status: str,
+    outcome: str,
+    first_index: int | None,
+    timings: dict[str, float],
+    upstream_label: str,
+    upstream_status: int | None,
+    error: str | None,
+) -> dict[str, Any]:
+    import hashlib
+
+    now = int(time.time() * 1000)
+    started = now - int(timings.get("total_ms", 0))
+    return {
+        "turn_id": turn_id,
+        "tenant": principal.tenant,
+        "actor": principal.actor,
+        "session_id": request.headers.get("x-custody-session"),
+        "model": request.model,
+        "api_version": request.api_version,
+        "method": request.method,
+        "status": status,
+        "outcome": outcome,
+        # Plain hashes live only in this erasable index, never in ledger leaves.
+        "prompt_sha256": hashlib.sha256(parsed.prompt.encode()).hexdigest() if parsed else None,
+        "request_sha256": hashlib.sha256(request.body).hexdigest(),
+        "response_sha256": None,
+        "upstream": upstream_label,
+        "upstream_status": upstream_status,
+        "model_version": summary.model_version if summary else None,
+        "finish_reason": (
+            summary.finish_reasons[0] if summary and summary.finish_reasons else None
+        ),
+        "block_reason": summary.block_reason if summary else None,
+        "error": error,
+        "usage_json": orjson.dumps(summary.usage).decode() if summary and summary.usage else None,
+        "timings_json": orjson.dumps(timings).decode(),
+        "first_entry_index": first_index,
+        "created_ms": started,
+        "finished_ms": now,
+    }
+
+
+def _image_rows(
+    turn_id: str, parsed: ParsedRequest | None, signed: list[SignedItem]
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for img in parsed.edited_images if parsed else []:
+        rows.append(
+            {
+                "turn_id": turn_id,
+                "direction": "input",
+                "role": img.role,
+                "content_index": img.content_index,
+                "part_index": img.part_index,
+                "mime_type": img.mime_type,
+                "sha256": img.sha256,
+                "size": len(img.data),
+                "width": img.width,
+                "height": img.height,
+                "signed_sha256": None,
+                "manifest_sha256": None,
+            }
+        )
+    for item in signed:
+        chunk, candidate, part = item.position
+        rows.append(
+            {
+                "turn_id": turn_id,
+                "direction": "output",
+                "role": "output",
+                "content_index": candidate,
+                "part_index": part if chunk == 0 else chunk * 1000 + part,
+                "mime_type": item.output.mime_type,
+                "sha256": item.upstream_sha256,
+                "size": len(item.output.data),
+                "width": None,
+                "height": None,
+                "signed_sha256": item.output.sha256,
+                "manifest_sha256": item.output.manifest_sha256,
+            }
+        )
+    return rows

@@ -1,0 +1,435 @@
+"""The policy decision point the pipeline calls: facts in, a recorded ``Decision`` out.
+
+It builds the contract input (actor, request, session, counters, signals, stage, response),
+evaluates ``data.custody.decision`` on the loaded bundle (regopy in-process, or an OPA server when
+``CUSTODY_OPA_URL`` is set) and FAILS CLOSED: a missing or broken policy, an engine error, a
+timeout or a malformed result is a ``deny`` whose reason says the policy engine failed — never an
+exception to the caller. Hot reload swaps the whole loaded state at once, so a decision always
+runs on one revision and records that revision.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from governance.policy import EngineError, PolicyEngine
+from governance.policy.bundle import (
+    BundleError,
+    PolicyBundle,
+    load_bundle,
+    revision_of_dir,
+    scan_signature,
+)
+from governance.policy.classifier import Detector, PromptClassifier, run_detectors
+from governance.policy.decision import (
+    DECISION_PATH,
+    OUTCOMES,
+    Decision,
+    RequestFacts,
+    ResponseFacts,
+    mask_input,
+)
+from governance.policy.ratelimit import RateLimiter, Window, windows_from_limits
+
+if TYPE_CHECKING:
+    from governance.settings import Settings
+
+log = logging.getLogger("custody.policy")
+
+# Masked in every record whatever the policy says; the policy's custody/log/data.json adds more.
+ALWAYS_MASKED = ("/request/prompt", "/response/text")
+ERROR_ENGINE = "error"
+SAFETY_FINISH_REASONS = frozenset(
+    {"IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "PROHIBITED_CONTENT", "SAFETY", "NO_IMAGE"}
+)
+EngineFactory = Callable[[PolicyBundle], PolicyEngine]
+
+
+def regopy_factory(bundle: PolicyBundle) -> PolicyEngine:
+    from governance.policy.engine_regopy import RegopyEngine
+
+    return RegopyEngine(bundle)
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """Everything one revision decides with; replaced as a whole on reload."""
+
+    revision: str
+    bundle: PolicyBundle | None
+    engine: PolicyEngine | None
+    detectors: tuple[Detector, ...]
+    mask: tuple[str, ...]
+    error: str | None  # why every decision denies, when the policy could not be loaded
+    files: dict[str, str]  # relative path → sha256, for the reload record
+
+    def tenant_settings(self, tenant: str) -> dict[str, Any]:
+        tenants = self.bundle.data_at("custody", "tenants", default={}) if self.bundle else {}
+        if not isinstance(tenants, dict):
+            return {}
+        chosen = tenants.get(tenant, tenants.get("default", {}))
+        return chosen if isinstance(chosen, dict) else {}
+
+    def windows_for(self, tenant: str) -> tuple[Window, ...]:
+        return windows_from_limits(self.tenant_settings(tenant).get("rate_limits"))
+
+
+def load_policy(root: Path, engine_factory: EngineFactory) -> LoadedPolicy:
+    """Load, compile and check a policy directory; a failure yields a deny-everything state."""
+    try:
+        bundle = load_bundle(root)
+    except (BundleError, OSError) as exc:
+        return LoadedPolicy(revision_of_dir(root), None, None, (), ALWAYS_MASKED, str(exc), {})
+    try:
+        detectors: tuple[Detector, ...] = (PromptClassifier.from_bundle(bundle),)
+        engine = engine_factory(bundle)
+    except (EngineError, ValueError, OSError) as exc:
+        return LoadedPolicy(
+            bundle.revision, bundle, None, (), ALWAYS_MASKED, str(exc), bundle.file_hashes
+        )
+    extra = bundle.data_at("custody", "log", "mask", default=[])
+    mask = tuple(dict.fromkeys([*ALWAYS_MASKED, *(p for p in extra if isinstance(p, str))]))
+    return LoadedPolicy(bundle.revision, bundle, engine, detectors, mask, None, bundle.file_hashes)
+
+
+class PolicyService:
+    """Decides every turn on the policy in force; thread-safe; never raises to its caller."""
+
+    def __init__(
+        self,
+        policy_dir: Path,
+        *,
+        engine_factory: EngineFactory = regopy_factory,
+        timeout_ms: int = 2_000,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.policy_dir = Path(policy_dir)
+        self.timeout_ms = timeout_ms
+        self.limiter = limiter or RateLimiter()
+        self.on_reload: Callable[[dict[str, Any]], None] | None = None
+        self._engine_factory = engine_factory
+        self._reload_lock = threading.Lock()
+        self._signature = scan_signature(self.policy_dir)
+        self._state = load_policy(self.policy_dir, engine_factory)
+        self._reservations: dict[str, str] = {}  # decision id → rate-limit reservation id
+        self._reservations_lock = threading.Lock()
+        if self._state.error:
+            log.error("policy at %s denies every turn: %s", self.policy_dir, self._state.error)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PolicyService:
+        """The service the settings describe: OPA when ``opa_url`` is set, else in-process."""
+        factory: EngineFactory = regopy_factory
+        if settings.opa_url:
+            from governance.policy.engine_opa import OpaEngine
+
+            url, timeout = settings.opa_url, settings.policy_timeout_ms
+
+            def factory(bundle: PolicyBundle) -> PolicyEngine:
+                return OpaEngine(url, bundle, timeout_ms=timeout)
+
+        return cls(
+            settings.policy_dir, engine_factory=factory, timeout_ms=settings.policy_timeout_ms
+        )
+
+    # -- what the pipeline calls
+
+    @property
+    def bundle_revision(self) -> str:
+        """The revision of the policy deciding now (SHA-256 over every policy and data file)."""
+        return self._state.revision
+
+    @property
+    def load_error(self) -> str | None:
+        """Why every decision denies, or None when the policy loaded."""
+        return self._state.error
+
+    def decide_request(self, facts: RequestFacts) -> Decision:
+        """Decide a turn before the upstream call; reserves its rate-limit place unless denied."""
+        state = self._state
+        reservation_id: str | None = None
+        try:
+            signals = run_detectors(state.detectors, facts)
+            counters: dict[str, Any] = {}
+            if state.error is None:
+                reservation = self.limiter.reserve(
+                    facts.tenant, facts.actor, len(facts.images), state.windows_for(facts.tenant)
+                )
+                reservation_id = reservation.reservation_id if reservation.keys else None
+                counters = reservation.counters
+            document = request_input(facts, counters, signals)
+        except Exception as exc:  # a detector or the limiter broke: still an answer, a denial
+            if reservation_id:
+                self.limiter.release(reservation_id)
+            return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
+        decision = self._decide(state, document, signals)
+        if reservation_id:
+            if decision.outcome == "deny":
+                self.limiter.release(reservation_id)
+            else:
+                with self._reservations_lock:
+                    self._reservations[decision.decision_id] = reservation_id
+                    while len(self._reservations) > 100_000:
+                        self._reservations.pop(next(iter(self._reservations)))
+        return decision
+
+    def decide_response(self, facts: RequestFacts, response: ResponseFacts) -> Decision:
+        """Decide on the upstream's answer, before anything is signed and released."""
+        state = self._state
+        try:
+            signals = run_detectors(state.detectors, facts)
+            counters = (
+                self.limiter.peek(facts.tenant, facts.actor, state.windows_for(facts.tenant))
+                if state.error is None
+                else {}
+            )
+            document = request_input(facts, counters, signals, stage="response")
+            document["response"] = response_input(response)
+        except Exception as exc:
+            return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
+        return self._decide(state, document, signals)
+
+    def release_reservation(self, decision_id: str) -> bool:
+        """Give back the rate-limit place of a turn denied after its request decision."""
+        with self._reservations_lock:
+            reservation_id = self._reservations.pop(decision_id, None)
+        return self.limiter.release(reservation_id) if reservation_id else False
+
+    def rate_limit_for(self, tenant: str) -> int | None:
+        """The smallest per-window turn limit that applies to one actor of ``tenant``."""
+        limits = self._state.tenant_settings(tenant).get("rate_limits")
+        found = [
+            spec[metric]
+            for spec in (limits.values() if isinstance(limits, dict) else [])
+            if isinstance(spec, dict)
+            for metric in ("actor_turns", "tenant_turns")
+            if isinstance(spec.get(metric), int)
+        ]
+        return min(found) if found else None
+
+    def evaluate_document(
+        self, document: dict[str, Any], *, fresh_signals: bool = True
+    ) -> Decision:
+        """Decide a recorded or hand-written input as-is (no reservation): eval and replay.
+
+        With ``fresh_signals`` the prompt is re-classified with this policy's term lists.
+        """
+        state = self._state
+        doc = dict(document)
+        signals = dict(doc.get("signals") or {})
+        if fresh_signals and state.detectors:
+            prompt = str((doc.get("request") or {}).get("prompt") or "")
+            facts = _prompt_only_facts(prompt)
+            signals = run_detectors(state.detectors, facts)
+            doc["signals"] = signals
+        return self._decide(state, doc, signals)
+
+    # -- hot reload
+
+    def reload_if_changed(self) -> dict[str, Any] | None:
+        """Reload when a policy file changed; the ``policy.reloaded`` event body, or None."""
+        with self._reload_lock:
+            signature = scan_signature(self.policy_dir)
+            if signature == self._signature:
+                return None
+            self._signature = signature
+            old = self._state
+            if revision_of_dir(self.policy_dir) == old.revision and old.error is None:
+                return None  # touched, not changed
+            new = load_policy(self.policy_dir, self._engine_factory)
+            if new.revision == old.revision and new.error == old.error:
+                return None
+            self._state = new
+            _close(old.engine)
+        changed = sorted(
+            rel
+            for rel in set(old.files) | set(new.files)
+            if old.files.get(rel) != new.files.get(rel)
+        )
+        body: dict[str, Any] = {
+            "old_revision": old.revision,
+            "new_revision": new.revision,
+            "files": changed,
+            "engine": new.engine.name if new.engine else ERROR_ENGINE,
+        }
+        if new.error:
+            body["error"] = new.error
+            log.error("reloaded policy denies every turn: %s", new.error)
+        if self.on_reload is not None:
+            try:
+                self.on_reload(body)
+            except Exception:
+                log.exception("policy on_reload callback failed")
+        return body
+
+    def close(self) -> None:
+        _close(self._state.engine)
+
+    # -- internals
+
+    def _decide(
+        self, state: LoadedPolicy, document: dict[str, Any], signals: dict[str, Any]
+    ) -> Decision:
+        if state.error is not None or state.engine is None:
+            return self._failed(
+                state, document, signals, f"the policy could not be loaded: {state.error}", 0
+            )
+        started = time.perf_counter_ns()
+        try:
+            result = state.engine.evaluate(document, self.timeout_ms)
+        except EngineError as exc:
+            return self._failed(state, document, signals, str(exc), _us_since(started))
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            return self._failed(state, document, signals, detail, _us_since(started))
+        elapsed_us = _us_since(started)
+        if elapsed_us > self.timeout_ms * 1000:
+            return self._failed(
+                state,
+                document,
+                signals,
+                f"the decision took {elapsed_us // 1000} ms, over the {self.timeout_ms} ms limit",
+                elapsed_us,
+            )
+        problem = malformed(result)
+        if problem:
+            return self._failed(state, document, signals, problem, elapsed_us)
+        return Decision(
+            decision_id=uuid.uuid4().hex,
+            path=DECISION_PATH,
+            outcome=result["outcome"],
+            reasons=tuple(result.get("reasons") or ()),
+            obligations=dict(result.get("obligations") or {}),
+            bundle_revision=state.revision,
+            signals=signals,
+            input_masked=mask_input(document, state.mask),
+            elapsed_us=elapsed_us,
+            engine=state.engine.name,
+            input_document=document,
+        )
+
+    def _failed(
+        self,
+        state: LoadedPolicy,
+        document: dict[str, Any],
+        signals: dict[str, Any],
+        detail: str,
+        elapsed_us: int,
+    ) -> Decision:
+        log.error("policy engine failed, denying the turn: %s", detail)
+        return Decision(
+            decision_id=uuid.uuid4().hex,
+            path=DECISION_PATH,
+            outcome="deny",
+            reasons=(f"the policy engine failed, so the turn is denied: {detail}"[:2000],),
+            obligations={"engine_error": True},
+            bundle_revision=state.revision,
+            signals=signals,
+            input_masked=mask_input(document, state.mask),
+            elapsed_us=elapsed_us,
+            engine=ERROR_ENGINE,
+            input_document=document,
+        )
+
+
+def malformed(result: Any) -> str | None:
+    """Why ``result`` is not a decision (None when it is one)."""
+    if result is None:
+        path = DECISION_PATH.replace("/", ".")
+        return f"the policy returned no decision (data.{path} is undefined)"
+    if not isinstance(result, dict):
+        return f"the policy returned a malformed decision: {type(result).__name__}, not an object"
+    if result.get("outcome") not in OUTCOMES:
+        return f"the policy returned a malformed decision: outcome {result.get('outcome')!r}"
+    reasons = result.get("reasons", [])
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        return "the policy returned a malformed decision: reasons must be a list of strings"
+    if not isinstance(result.get("obligations", {}), dict):
+        return "the policy returned a malformed decision: obligations must be an object"
+    return None
+
+
+def _image(img: Any) -> dict[str, Any]:
+    return {
+        "role": img.role,
+        "mime_type": img.mime_type,
+        "size": int(img.size),
+        "width": int(img.width),
+        "height": int(img.height),
+        "sha256": img.sha256,
+        "has_content_credentials": bool(img.has_content_credentials),
+    }
+
+
+def request_input(
+    facts: RequestFacts,
+    counters: dict[str, Any],
+    signals: dict[str, Any],
+    stage: str = "request",
+) -> dict[str, Any]:
+    """The contract input document for a request (see docs/policy-guide.md)."""
+    images = [_image(i) for i in facts.images]
+    return {
+        "actor": {"id": facts.actor, "roles": sorted(facts.roles), "tenant": facts.tenant},
+        "request": {
+            "model": facts.model,
+            "prompt": facts.prompt,
+            "images": images,
+            "masks": [i for i in images if i["role"] == "mask"],
+            "references": [i for i in images if i["role"] == "reference"],
+            "labels": dict(facts.labels),
+        },
+        "session": {
+            "id": facts.session_id,
+            "turn_count": int(facts.session_turn_count),
+            "lineage": list(facts.lineage),
+        },
+        "counters": counters,
+        # matched and terms only: the rest is in the record; a smaller input evaluates faster
+        "signals": {
+            name: {"matched": bool(s.get("matched")), "terms": list(s.get("terms") or [])}
+            if isinstance(s, dict)
+            else {"matched": bool(s), "terms": []}
+            for name, s in signals.items()
+        },
+        "stage": stage,
+    }
+
+
+def response_input(response: ResponseFacts) -> dict[str, Any]:
+    """The ``input.response`` part of the contract."""
+    blocked = response.block_reason is not None or any(
+        r in SAFETY_FINISH_REASONS for r in response.finish_reasons
+    )
+    return {
+        "model_version": response.model_version,
+        "finish_reasons": list(response.finish_reasons),
+        "block_reason": response.block_reason,
+        "safety": "blocked" if blocked else "ok",
+        "text": response.text,
+        "output_count": int(response.output_count),
+        "output_sizes": [{"width": int(w), "height": int(h)} for w, h in response.output_sizes],
+    }
+
+
+def _prompt_only_facts(prompt: str) -> RequestFacts:
+    return RequestFacts("", "", (), "", prompt, (), None, 0, (), {})
+
+
+def _us_since(started_ns: int) -> int:
+    return (time.perf_counter_ns() - started_ns) // 1000
+
+
+def _close(engine: PolicyEngine | None) -> None:
+    if engine is not None:
+        try:
+            engine.close()
+        except Exception:
+            log.exception("closing the old policy engine failed")

@@ -1,0 +1,110 @@
+"""``custody verify IMAGE``: Content Credentials state, ingredient chain and the ledger record."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from governance.provenance.signer import OutputSigner
+    from governance.provenance.verify import verify_image, verify_independently
+    from governance.settings import Settings
+
+    settings = Settings()
+    data = Path(args.image).read_bytes()
+    anchors = (
+        Path(args.anchors).read_text()
+        if args.anchors
+        else OutputSigner.from_settings(settings).trust_anchors_pem()
+    )
+    result = verify_image(data, None, anchors)
+    independent = verify_independently(data, None, anchors) if result.state != "none" else None
+    record = None if args.no_ledger else _ledger_record(settings, data, result.custody)
+    if args.json:
+        out = {"c2pa": result.to_dict(), "ledger": record}
+        out["independent"] = independent.__dict__ if independent else None
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        _print(args.image, result, independent, record)
+    return 1 if result.state == "Invalid" else 0
+
+
+def _ledger_record(settings, data: bytes, custody: dict | None):  # type: ignore[no-untyped-def]
+    from governance.provenance.lookup import turn_for_hash, turn_record
+    from storage.blobs import Commitments, open_blob_store
+    from storage.db import make_engine, migrate
+    from storage.ledger.log import Ledger, load_or_create_note_signer
+
+    url = settings.effective_database_url
+    migrate(url)
+    engine = make_engine(url)
+    signer = load_or_create_note_signer(
+        settings.log_key_file or settings.data_dir / "ledger-note.key", settings.log_origin
+    )
+    ledger = Ledger.open(engine, origin=settings.log_origin, signer=signer)
+    try:
+        ref = (custody or {}).get("ledger") or {}
+        turn_id = ref.get("turn_id") if ref.get("log_origin") == settings.log_origin else None
+        turn_id = turn_id or turn_for_hash(ledger.read_engine, hashlib.sha256(data).hexdigest())
+        if not turn_id:
+            return None
+        blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
+        return turn_record(
+            ledger, turn_id, viewer_tenant=None, commitments=Commitments(engine, blobs)
+        )
+    finally:
+        ledger.close()
+        engine.dispose()
+
+
+def _print(name, result, independent, record) -> None:  # type: ignore[no-untyped-def]
+    labels = {
+        "Trusted": "Trusted — intact, signed by a certificate under a trusted anchor",
+        "Valid": "Valid — intact, but the signer is not under a trusted anchor",
+        "Invalid": "Invalid — the Content Credentials do not verify",
+        "none": "no Content Credentials in this file",
+    }
+    print(f"{name}: {labels.get(result.state, result.state)}")
+    for reason in result.reasons:
+        print(f"  why: {reason}")
+    if result.error:
+        print(f"  error: {result.error}")
+    if result.signer:
+        print(f"  signed by: {result.signer}")
+    if independent is not None:
+        verdict = "agrees: valid" if independent.ok else "does NOT validate it"
+        print(
+            f"  independent check (encypher-c2pa): {verdict} "
+            f"(integrity {independent.integrity}, trust {independent.trust})"
+        )
+    for ing in result.ingredients:
+        line = f"  ingredient [{ing['relationship']}] {ing['title']}: {ing['state']}"
+        print(line + ("; " + "; ".join(ing["reasons"]) if ing["reasons"] else ""))
+    if result.custody:
+        c = result.custody
+        print(
+            f"  Custody turn {c.get('turn_id')} by {c.get('actor')} ({c.get('tenant')}),"
+            f" model {c.get('model_version')}"
+        )
+        policy = c.get("policy") or {}
+        revision = str(policy.get("bundle_revision"))[:12]
+        print(f"  policy: {policy.get('outcome')} (revision {revision})")
+    if record:
+        state = "every entry proven" if record["proofs_verified"] else "PROOF FAILED"
+        cp = record["checkpoint"]
+        count = len(record["events"])
+        print(f"  ledger: {count} events, {state} against checkpoint size {cp['size']}")
+        for ev in record["events"]:
+            print(f"    #{ev['index']} {ev['type']}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("verify", help="verify an image's Content Credentials and its record")
+    parser.add_argument("image")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--anchors", help="PEM trust anchors (default: the configured ones)")
+    parser.add_argument("--no-ledger", action="store_true", help="do not look the image up")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,80 @@
+# Custody's default policy: the decision on every edit turn, before and after the upstream call.
+#
+# Entry point: data.custody.decision -> {"outcome", "reasons", "obligations"}.
+# The input contract is described in docs/policy-guide.md; signals come from the prompt classifier
+# (its term lists are in custody/classifier/data.json), counters from the rate limiter, and the
+# per-tenant settings from custody/tenants/data.json ("default" applies to unknown tenants).
+package custody
+
+import rego.v1
+
+tenant := t if {
+	t := data.custody.tenants[input.actor.tenant]
+} else := data.custody.tenants["default"]
+
+# The names of the detector signals that matched (input.signals.<name>.matched).
+matched contains name if {
+	some name, signal in input.signals
+	signal.matched == true
+}
+
+has_images if count(input.request.images) > 0
+
+labels := object.get(input.request, "labels", {})
+
+# -- outcome, by precedence: deny > rate limit > review > review_output > allow
+
+default decision := {"outcome": "allow", "reasons": [], "obligations": {}}
+
+decision := {"outcome": "deny", "reasons": sort(deny), "obligations": base_obligations} if {
+	count(deny) > 0
+}
+
+decision := {
+	"outcome": "deny",
+	"reasons": sort(rate_limited),
+	"obligations": object.union(base_obligations, {"status_code": 429}),
+} if {
+	count(deny) == 0
+	count(rate_limited) > 0
+}
+
+decision := {"outcome": "review", "reasons": sort(review), "obligations": review_obligations} if {
+	count(deny) == 0
+	count(rate_limited) == 0
+	count(review) > 0
+}
+
+decision := {
+	"outcome": "review_output",
+	"reasons": sort(review_output),
+	"obligations": review_obligations,
+} if {
+	count(deny) == 0
+	count(rate_limited) == 0
+	count(review) == 0
+	count(review_output) > 0
+}
+
+decision := {"outcome": "allow", "reasons": sort(notes), "obligations": base_obligations} if {
+	count(deny) == 0
+	count(rate_limited) == 0
+	count(review) == 0
+	count(review_output) == 0
+}
+
+base_obligations := {
+	"disclose_prompt": object.get(tenant, "disclose_prompt", false),
+	"thumbnails": object.get(tenant, "thumbnails", false),
+}
+
+review_obligations := object.union(base_obligations, {
+	"reviewer_group": object.get(tenant, "reviewer_group", "reviewers"),
+	"approvals_required": approvals_required,
+})
+
+approvals_required := object.get(tenant, "production_approvals", 1) if {
+	labels.asset == "production"
+}
+
+else := 1

@@ -1,0 +1,138 @@
+# Unit tests of the default policy: `custody policy test` (or `opa test policies/`).
+# rego-cpp 1.5 crashes on `with input as {...}` when the rules call built-ins, so each test
+# overrides the parts of the input it needs (`with input.request as r`), bound to locals first.
+package custody_test
+
+import rego.v1
+
+editor := {"id": "e@acme", "roles": ["editor"], "tenant": "acme"}
+
+request(prompt, images, labels) := {
+	"model": "gemini-2.5-flash-image", "prompt": prompt, "images": images,
+	"masks": [], "references": [], "labels": labels,
+}
+
+signals(names) := {name: {"matched": true, "terms": []} | some name in names}
+
+photo := {"role": "parent", "mime_type": "image/png", "size": 10, "width": 1, "height": 1,
+	"sha256": "00", "has_content_credentials": false}
+
+decide(actor, req, sigs, counters) := d if {
+	d := data.custody.decision with input.stage as "request"
+		with input.actor as actor
+		with input.request as req
+		with input.signals as sigs
+		with input.counters as counters
+}
+
+test_plain_edit_is_allowed if {
+	a := editor
+	r := request("make the sofa teal", [photo], {})
+	d := decide(a, r, {}, {})
+	d.outcome == "allow"
+}
+
+test_public_figure_likeness_is_denied if {
+	a := editor
+	r := request("x", [photo], {})
+	s := signals(["public_figure_likeness"])
+	d := decide(a, r, s, {})
+	d.outcome == "deny"
+}
+
+test_intimate_imagery_of_a_real_person_is_denied if {
+	a := editor
+	r := request("x", [photo], {})
+	s := signals(["intimate_imagery"])
+	d := decide(a, r, s, {})
+	d.outcome == "deny"
+}
+
+test_watermark_removal_is_denied if {
+	a := editor
+	r := request("x", [photo], {})
+	s := signals(["watermark_removal"])
+	d := decide(a, r, s, {})
+	d.outcome == "deny"
+}
+
+test_identifiable_people_with_consent_go_to_review if {
+	a := editor
+	r := request("x", [photo], {"consent": "obtained"})
+	s := signals(["identifiable_people"])
+	d := decide(a, r, s, {})
+	d.outcome == "review"
+	d.obligations.reviewer_group == "acme-brand-review"
+}
+
+test_acme_requires_consent_for_people if {
+	a := editor
+	r := request("x", [photo], {})
+	s := signals(["identifiable_people"])
+	d := decide(a, r, s, {})
+	d.outcome == "deny"
+}
+
+test_production_assets_hold_the_output if {
+	a := editor
+	r := request("x", [photo], {"asset": "production"})
+	d := decide(a, r, {}, {})
+	d.outcome == "review_output"
+	d.obligations.approvals_required == 2
+}
+
+test_rate_limit_denies_with_429 if {
+	a := {"id": "b@ratelimited", "roles": ["editor"], "tenant": "ratelimited"}
+	r := request("x", [], {})
+	c := {"per_minute": {"window_s": 60, "actor_turns": 6, "tenant_turns": 6}}
+	d := decide(a, r, {}, c)
+	d.outcome == "deny"
+	d.obligations.status_code == 429
+}
+
+test_rate_limit_allows_the_last_turn_within_the_limit if {
+	a := {"id": "b@ratelimited", "roles": ["editor"], "tenant": "ratelimited"}
+	r := request("x", [], {})
+	c := {"per_minute": {"window_s": 60, "actor_turns": 5, "tenant_turns": 5}}
+	d := decide(a, r, {}, c)
+	d.outcome == "allow"
+}
+
+test_rights_label_required_by_tenant if {
+	a := {"id": "l@licensed-only", "roles": ["editor"], "tenant": "licensed-only"}
+	r := request("x", [photo], {})
+	d := decide(a, r, {}, {})
+	d.outcome == "deny"
+	r2 := request("x", [photo], {"rights": "licensed"})
+	d2 := decide(a, r2, {}, {})
+	d2.outcome == "allow"
+}
+
+test_auditors_cannot_edit if {
+	a := {"id": "au@acme", "roles": ["auditor"], "tenant": "acme"}
+	r := request("x", [], {})
+	d := decide(a, r, {}, {})
+	d.outcome == "deny"
+}
+
+test_unknown_tenant_uses_default_settings if {
+	a := {"id": "x@nowhere", "roles": ["editor"], "tenant": "nowhere"}
+	r := request("x", [photo], {})
+	s := signals(["identifiable_people"])
+	d := decide(a, r, s, {})
+	d.outcome == "review"
+	d.obligations.reviewer_group == "reviewers"
+}
+
+test_upstream_safety_block_is_passed_through if {
+	a := editor
+	r := request("x", [photo], {})
+	resp := {"block_reason": null, "finish_reasons": ["IMAGE_SAFETY"], "text": "", "output_count": 0}
+	d := data.custody.decision with input.stage as "response"
+		with input.actor as a
+		with input.request as r
+		with input.signals as {}
+		with input.response as resp
+	d.outcome == "allow"
+	count(d.reasons) == 1
+}

@@ -1,0 +1,87 @@
+# Request-stage rules: what may be sent to the model at all, and what needs a human first.
+package custody
+
+import rego.v1
+
+deny contains msg if {
+	input.stage == "request"
+	edit_roles := object.get(tenant, "edit_roles", ["editor", "admin"])
+	count({r | some r in input.actor.roles; r in edit_roles}) == 0
+	msg := concat("", [
+		"actor ", input.actor.id, " holds none of the roles allowed to edit (",
+		concat(", ", edit_roles), ")",
+	])
+}
+
+deny contains "likeness edit of a public figure (deepfake) is not allowed" if {
+	input.stage == "request"
+	"public_figure_likeness" in matched
+}
+
+deny contains "sexualised or intimate imagery of a real person is not allowed" if {
+	input.stage == "request"
+	"intimate_imagery" in matched
+	real_person
+}
+
+deny contains "sexualised imagery involving a minor is never allowed" if {
+	"intimate_imagery" in matched
+	"minors" in matched
+}
+
+deny contains "removing a watermark, logo or credit from an image is not allowed" if {
+	input.stage == "request"
+	"watermark_removal" in matched
+}
+
+deny contains msg if {
+	input.stage == "request"
+	tenant.require_rights_label == true
+	has_images
+	not labels.rights in rights_values
+	msg := concat("", [
+		"tenant ", input.actor.tenant,
+		" requires the rights status of input images: send x-custody-labels rights=<",
+		concat("|", rights_values), ">",
+	])
+}
+
+deny contains msg if {
+	input.stage == "request"
+	tenant.require_consent_for_people == true
+	depicts_people
+	not labels.consent in consent_values
+	msg := concat("", [
+		"tenant ", input.actor.tenant,
+		" requires consent for edits of identifiable people: send x-custody-labels consent=<",
+		concat("|", consent_values), ">",
+	])
+}
+
+rights_values := object.get(tenant, "rights_values", ["owned", "licensed", "public-domain"])
+
+consent_values := object.get(tenant, "consent_values", ["obtained"])
+
+real_person if has_images
+
+real_person if "identifiable_people" in matched
+
+real_person if "public_figure_likeness" in matched
+
+depicts_people if "identifiable_people" in matched
+
+depicts_people if "minors" in matched
+
+review contains "the edit involves identifiable people" if {
+	input.stage == "request"
+	"identifiable_people" in matched
+}
+
+review contains "the edit involves a minor" if {
+	input.stage == "request"
+	"minors" in matched
+}
+
+review_output contains "production assets are reviewed before release" if {
+	labels.asset == "production"
+}

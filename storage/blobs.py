@@ -1,0 +1,241 @@
+"""The content-addressed blob store, and the salted commitments ledger leaves make to its blobs.
+
+Blobs are addressed by the SHA-256 of their bytes. ``FileBlobStore`` (the embedded default) keeps
+them in sharded directories with atomic, fsynced writes; ``PostgresBlobStore`` keeps them in the
+database so several gateway replicas share one store. Anything with ``put/get/exists/erase`` (an
+object store, for instance) can stand in: see ``BlobStore``.
+
+``Commitments`` ties a blob to the commitment a leaf holds: it keeps each commitment's salt, checks
+a commitment against the blob that remains, and erases a blob on an authorised request, recording
+the erasure. The tree stays valid after an erasure because leaves hold only commitments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from sqlalchemy import Engine, text
+
+from storage.ledger.leaf import commit_digest, new_salt
+
+
+class BlobStore(Protocol):
+    """Content-addressed bytes: the key is the hex SHA-256 of the value."""
+
+    def put(self, data: bytes, digest: str | None = None) -> str: ...
+    def get(self, digest: str) -> bytes | None: ...
+    def exists(self, digest: str) -> bool: ...
+    def erase(self, digest: str) -> bool: ...
+
+
+def _check_digest(digest: str) -> None:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a hex SHA-256 digest: {digest!r}")
+
+
+class FileBlobStore:
+    """Blobs as files ``root/ab/cd/<digest>``: written to a temporary file, fsynced, renamed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        _check_digest(digest)
+        return self.root / digest[:2] / digest[2:4] / digest
+
+    def put(self, data: bytes, digest: str | None = None) -> str:
+        digest = digest or hashlib.sha256(data).hexdigest()
+        path = self.path(digest)
+        if path.exists():
+            return digest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+        return digest
+
+    def get(self, digest: str) -> bytes | None:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).exists()
+
+    def erase(self, digest: str) -> bool:
+        path = self.path(digest)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(path.parent)
+        return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PostgresBlobStore:
+    """Blobs in the ``blobs`` table, shared by every replica using the database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def put(self, data: bytes, digest: str | None = None) -> str:
+        digest = digest or hashlib.sha256(data).hexdigest()
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO blobs (digest, data, size, created_ms) "
+                    "VALUES (:d, :data, :size, :t) ON CONFLICT (digest) DO NOTHING"
+                ),
+                {"d": digest, "data": data, "size": len(data), "t": _now_ms()},
+            )
+        return digest
+
+    def get(self, digest: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT data FROM blobs WHERE digest = :d"), {"d": digest}
+            ).first()
+        return bytes(row[0]) if row else None
+
+    def exists(self, digest: str) -> bool:
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT 1 FROM blobs WHERE digest = :d"), {"d": digest})
+            return row.first() is not None
+
+    def erase(self, digest: str) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(text("DELETE FROM blobs WHERE digest = :d"), {"d": digest})
+        return bool(result.rowcount)
+
+
+def open_blob_store(spec: str, *, data_dir: Path, engine: Engine) -> BlobStore:
+    """``file`` (default: ``data_dir/blobs``), ``file:/some/path``, or ``database``."""
+    spec = spec or "file"
+    if spec == "file":
+        return FileBlobStore(data_dir / "blobs")
+    if spec.startswith("file:"):
+        return FileBlobStore(Path(spec[5:]))
+    if spec in ("database", "postgres", "postgresql"):
+        if engine.dialect.name != "postgresql":
+            raise ValueError("the database blob store needs PostgreSQL (CUSTODY_DATABASE_URL)")
+        return PostgresBlobStore(engine)
+    raise ValueError(f"unknown blob store {spec!r}: use 'file', 'file:/path' or 'database'")
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """A commitment a leaf holds, and what it commits to."""
+
+    commitment: str
+    digest: str
+    salt: bytes
+
+
+CheckResult = Literal["ok", "erased", "missing", "mismatch"]
+
+
+class Commitments:
+    """Salts of commitments (table ``blob_salts``) beside the blobs they commit to."""
+
+    def __init__(self, engine: Engine, blobs: BlobStore) -> None:
+        self.engine = engine
+        self.blobs = blobs
+
+    def put_committed(self, data: bytes, *, salt: bytes | None = None) -> Commitment:
+        """Store ``data`` and the salt of its commitment; returns the commitment."""
+        salt = salt or new_salt()
+        raw = hashlib.sha256(data).digest()
+        digest = raw.hex()
+        commitment = commit_digest(raw, salt)
+        self.blobs.put(data, digest)
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO blob_salts (commitment, digest, salt, created_ms) "
+                    "VALUES (:c, :d, :s, :t)"
+                ),
+                {"c": commitment, "d": digest, "s": salt, "t": _now_ms()},
+            )
+        return Commitment(commitment, digest, salt)
+
+    def check(self, commitment: str) -> CheckResult:
+        """Whether the blob behind ``commitment`` is intact, erased or missing."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT digest, salt FROM blob_salts WHERE commitment = :c"),
+                {"c": commitment},
+            ).first()
+            if row is None:
+                return "missing"
+            digest, salt = str(row[0]), bytes(row[1])
+        if not salt:  # the salt is destroyed with the blob
+            return "erased"
+        data = self.blobs.get(digest)
+        if data is None:
+            return "missing"
+        if commit_digest(hashlib.sha256(data).digest(), salt) != commitment:
+            return "mismatch"
+        return "ok"
+
+    def open(self, commitment: str) -> bytes | None:
+        """The content behind ``commitment`` when it remains and still matches, else None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT digest, salt FROM blob_salts WHERE commitment = :c"),
+                {"c": commitment},
+            ).first()
+        if row is None or not row[1]:
+            return None
+        data = self.blobs.get(str(row[0]))
+        if (
+            data is None
+            or commit_digest(hashlib.sha256(data).digest(), bytes(row[1])) != commitment
+        ):
+            return None
+        return data
+
+    def erase(self, digest: str, *, reason: str, actor: str) -> bool:
+        """Destroy a blob and the salts of its commitments on an authorised request (without the
+        salt nobody can test a guess against the commitment); the erasure itself is recorded."""
+        _check_digest(digest)
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE blob_salts SET salt = :empty WHERE digest = :d"),
+                {"empty": b"", "d": digest},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO blob_erasures (digest, time_ms, reason, actor) "
+                    "VALUES (:d, :t, :r, :a)"
+                ),
+                {"d": digest, "t": _now_ms(), "r": reason, "a": actor},
+            )
+        return self.blobs.erase(digest)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,293 @@
+"""Verify a whole ledger from its stored bytes, trusting nothing the database says about itself.
+
+Streams the entries in index order and recomputes: every leaf hash from the leaf bytes (and that
+each leaf is a canonical, well-formed leaf of this log), every stored interior hash, the head
+counter, every stored checkpoint's signature and root, and the roots of checkpoints published
+earlier (a rewritten history with a re-signed checkpoint fails here). Where blobs remain, each
+commitment is checked against its blob; erased blobs are counted, not faults.
+
+Memory stays O(log n): the tree is rebuilt from its right edge (the stack of complete subtrees).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, text
+
+from storage.ledger.checkpoint import CheckpointError, open_checkpoint
+from storage.ledger.leaf import LeafError, decode_leaf, is_canonical, iter_commitments
+from storage.ledger.merkle import EMPTY_TREE_HASH, leaf_hash, node_hash
+from storage.ledger.note import NoteVerifier
+
+BATCH = 5_000
+
+
+class CommitmentChecker(Protocol):
+    def check(self, commitment: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One thing wrong, in plain words; ``index`` is the entry it concerns (None: the log)."""
+
+    index: int | None
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"entry {self.index}" if self.index is not None else "the log"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    entries: int = 0
+    checkpoints: int = 0
+    published_checkpoints: int = 0
+    commitments_checked: int = 0
+    erased: int = 0
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+    @property
+    def first_fault(self) -> Fault | None:
+        indexed = [f for f in self.faults if f.index is not None]
+        if indexed:
+            return min(indexed, key=lambda f: f.index if f.index is not None else -1)
+        return self.faults[0] if self.faults else None
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.first_fault
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "checkpoints": self.checkpoints,
+            "published_checkpoints": self.published_checkpoints,
+            "commitments_checked": self.commitments_checked,
+            "erased_blobs": self.erased,
+            "first_bad_entry": first.index if first else None,
+            "faults": [
+                {"index": f.index, "kind": f.kind, "message": f.message} for f in self.faults
+            ],
+        }
+
+    def summary(self) -> str:
+        head = (
+            f"{self.entries:,} entries, {self.checkpoints} checkpoints, "
+            f"{self.published_checkpoints} published checkpoints, "
+            f"{self.commitments_checked:,} commitments checked, {self.erased} erased blobs"
+        )
+        if self.ok:
+            return f"OK: the ledger verifies ({head})."
+        first = self.first_fault
+        lines = [f"FAILED: {len(self.faults)} fault(s) ({head})."]
+        if first is not None:
+            lines.append(f"First bad: {first}")
+        lines.extend(f"  - {f}" for f in self.faults[:50])
+        if len(self.faults) > 50:
+            lines.append(f"  ... and {len(self.faults) - 50} more")
+        return "\n".join(lines)
+
+
+class _RightEdge:
+    """The stack of complete subtrees of the tree built so far; yields the stored hashes."""
+
+    def __init__(self) -> None:
+        self.stack: list[bytes] = []
+        self.size = 0
+
+    def add(self, h: bytes) -> list[bytes]:
+        new = [h]
+        n = self.size
+        while n & 1:
+            h = node_hash(self.stack.pop(), h)
+            new.append(h)
+            n >>= 1
+        self.stack.append(h)
+        self.size += 1
+        return new
+
+    def root(self) -> bytes:
+        if not self.stack:
+            return EMPTY_TREE_HASH
+        h = self.stack[-1]
+        for left in reversed(self.stack[:-1]):
+            h = node_hash(left, h)
+        return h
+
+
+def verify_ledger(
+    engine: Engine,
+    *,
+    origin: str,
+    verifier: NoteVerifier,
+    commitments: CommitmentChecker | None = None,
+    trusted_checkpoints: Sequence[str] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Recompute everything; the report lists every fault, the first bad entry first."""
+    report = VerifyReport()
+    with engine.connect() as conn:
+        head = int(conn.execute(text("SELECT size FROM ledger_head WHERE id = 1")).one()[0])
+        count = int(conn.execute(text("SELECT count(*) FROM ledger_entries")).one()[0])
+        stored_cps = [
+            (int(s), bytes(r), str(n))
+            for s, r, n in conn.execute(
+                text("SELECT size, root, note FROM ledger_checkpoints ORDER BY size")
+            ).all()
+        ]
+    total = max(head, count)
+    if count != head:
+        report.faults.append(
+            Fault(None, "head", f"the head counter says {head} entries but {count} are stored")
+        )
+    # Which roots must match at which sizes: stored checkpoints and published ones.
+    expect: dict[int, list[tuple[str, bytes]]] = {}
+    for size, root, note in stored_cps:
+        report.checkpoints += 1
+        try:
+            cp = open_checkpoint(note, verifier, origin)
+        except CheckpointError as exc:
+            report.faults.append(Fault(None, "checkpoint", f"checkpoint at size {size}: {exc}"))
+            continue
+        if cp.size != size or cp.root != root:
+            report.faults.append(
+                Fault(None, "checkpoint", f"checkpoint at size {size}: its row and note disagree")
+            )
+        expect.setdefault(cp.size, []).append((f"the stored checkpoint at size {size}", cp.root))
+    for n, note in enumerate(trusted_checkpoints):
+        report.published_checkpoints += 1
+        try:
+            cp = open_checkpoint(note, verifier, origin)
+        except CheckpointError as exc:
+            report.faults.append(Fault(None, "published", f"published checkpoint {n + 1}: {exc}"))
+            continue
+        if cp.size > total:
+            report.faults.append(
+                Fault(
+                    None,
+                    "published",
+                    f"a published checkpoint covers {cp.size} entries but the log now has {total}:"
+                    " entries were removed",
+                )
+            )
+        expect.setdefault(cp.size, []).append(
+            (f"the published checkpoint at size {cp.size}", cp.root)
+        )
+
+    edge = _RightEdge()
+    _check_root(edge, expect, report)
+    next_hash = 0
+    for start in range(0, total, BATCH):
+        end = min(start + BATCH, total)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT idx, leaf, leaf_hash FROM ledger_entries"
+                    " WHERE idx >= :a AND idx < :b ORDER BY idx"
+                ),
+                {"a": start, "b": end},
+            ).all()
+            first_hash = next_hash
+            hash_rows = conn.execute(
+                text("SELECT idx, hash FROM ledger_hashes WHERE idx >= :a ORDER BY idx LIMIT :n"),
+                {"a": first_hash, "n": (end - start) * 2 + 64},
+            ).all()
+        stored_hashes = {int(i): bytes(h) for i, h in hash_rows}
+        expected_idx = start
+        for idx, leaf_b, lh_b in rows:
+            idx, leaf, stored_lh = int(idx), bytes(leaf_b), bytes(lh_b)
+            while expected_idx < idx:
+                report.faults.append(Fault(expected_idx, "gap", "this entry is missing (a gap)"))
+                expected_idx += 1
+            expected_idx = idx + 1
+            report.entries += 1
+            computed = leaf_hash(leaf)
+            if computed != stored_lh:
+                report.faults.append(
+                    Fault(idx, "leaf", "the leaf's bytes do not match its stored leaf hash")
+                )
+            _check_leaf(idx, leaf, origin, commitments, report)
+            for h in edge.add(computed):
+                stored = stored_hashes.get(next_hash)
+                if stored != h:
+                    what = "missing" if stored is None else "different from the recomputed hash"
+                    report.faults.append(
+                        Fault(idx, "tree", f"stored tree hash #{next_hash} is {what}")
+                    )
+                next_hash += 1
+            _check_root(edge, expect, report, idx)
+        while expected_idx < end:
+            report.faults.append(Fault(expected_idx, "gap", "this entry is missing (a gap)"))
+            expected_idx += 1
+        if progress:
+            progress(end, total)
+    return report
+
+
+def _check_root(
+    edge: _RightEdge,
+    expect: dict[int, list[tuple[str, bytes]]],
+    report: VerifyReport,
+    idx: int | None = None,
+) -> None:
+    wanted = expect.get(edge.size)
+    if not wanted:
+        return
+    root = edge.root()
+    for what, expected in wanted:
+        if expected != root:
+            report.faults.append(
+                Fault(
+                    idx,
+                    "root",
+                    f"{what} does not match the tree rebuilt from the stored entries "
+                    f"(history before entry {edge.size} was changed)",
+                )
+            )
+
+
+def _check_leaf(
+    idx: int,
+    leaf: bytes,
+    origin: str,
+    commitments: CommitmentChecker | None,
+    report: VerifyReport,
+) -> None:
+    try:
+        doc = decode_leaf(leaf)
+    except LeafError as exc:
+        report.faults.append(Fault(idx, "leaf", f"the leaf is not readable: {exc}"))
+        return
+    if not is_canonical(leaf):
+        report.faults.append(Fault(idx, "leaf", "the leaf is not canonical RFC 8785 JSON"))
+    if doc.get("origin") != origin:
+        report.faults.append(
+            Fault(idx, "leaf", f"the leaf names log {doc.get('origin')!r}, not {origin!r}")
+        )
+    if commitments is None:
+        return
+    for path, commitment in iter_commitments(doc.get("body")):
+        state = commitments.check(commitment)
+        report.commitments_checked += 1
+        if state == "erased":
+            report.erased += 1
+        elif state == "mismatch":
+            report.faults.append(
+                Fault(idx, "blob", f"{path}: the stored blob no longer matches its commitment")
+            )
+        elif state == "missing":
+            report.faults.append(
+                Fault(idx, "blob", f"{path}: the committed blob is missing (and was not erased)")
+            )
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
