@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy import Engine, text
 
 from storage.blobs import Commitments
-from storage.ledger.leaf import commit_content, new_salt
+from storage.ledger.leaf import commit_content, commit_digest, new_salt
 
 if TYPE_CHECKING:
     from governance.auth.principal import Principal
@@ -116,9 +116,20 @@ class TurnContent:
         return {"response": (await self.commit(raw))[0], "response_bytes": len(raw)}
 
     async def signed_output(self, output: SignedOutput) -> dict[str, Any]:
-        """Keep the released file and its manifest; the file is public, so its hash is too."""
-        manifest, signed_file = await self.commit(output.manifest, output.data)
-        return {"manifest": manifest, "signed_file": signed_file}
+        """Keep the released file and its manifest; the file is public, so its hash is too.
+
+        The signer already hashed both, so the commitments reuse those digests."""
+        loop = asyncio.get_running_loop()
+        refs = {}
+        for name, data, digest in (
+            ("manifest", output.manifest, output.manifest_sha256),
+            ("signed_file", output.data, output.sha256),
+        ):
+            salt = new_salt()
+            refs[name] = commit_digest(bytes.fromhex(digest), salt)
+            write = partial(self.recorder.commitments.put_committed, data, salt=salt)
+            self.pending.append(loop.run_in_executor(self.recorder.executor, write))
+        return refs
 
     async def rejected_body(self, body: bytes) -> dict[str, Any]:
         """A request refused before parsing is kept too: bad input is recorded, never lost."""
