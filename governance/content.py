@@ -14,6 +14,7 @@ response are appended, so nothing is released whose content is not durable.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import Engine, text
 
-from storage.blobs import Commitments
-from storage.ledger.leaf import commit_content, commit_digest, new_salt
+from storage.blobs import Commitment, Commitments
+from storage.ledger.leaf import commit_digest, new_salt
 
 if TYPE_CHECKING:
     from governance.auth.principal import Principal
@@ -84,17 +85,22 @@ class TurnContent:
     recorder: ContentRecorder
     turn_id: str
     pending: list[asyncio.Future[Any]] = field(default_factory=list)
+    made: list[Commitment] = field(default_factory=list)
     decision_inputs: list[tuple[str, bytes]] = field(default_factory=list)
 
     async def commit(self, *items: bytes) -> list[str]:
-        """Salted commitments to ``items`` (hashed off the event loop); their blobs and salts are
-        written in the background until ``flush``."""
+        """Salted commitments to ``items`` (hashed once, off the event loop); their blobs are
+        written in the background and their salts recorded together by ``flush``."""
         loop = asyncio.get_running_loop()
-        salted = await loop.run_in_executor(self.recorder.executor, _commit_all, items)
-        for data, (salt, _) in zip(items, salted, strict=True):
-            write = partial(self.recorder.commitments.put_committed, data, salt=salt)
-            self.pending.append(loop.run_in_executor(self.recorder.executor, write))
-        return [commitment for _, commitment in salted]
+        made = await loop.run_in_executor(self.recorder.executor, _commit_all, items)
+        for data, c in zip(items, made, strict=True):
+            self._store(loop, data, c)
+        return [c.commitment for c in made]
+
+    def _store(self, loop: asyncio.AbstractEventLoop, data: bytes, c: Commitment) -> None:
+        put = partial(self.recorder.commitments.blobs.put, data, c.digest)
+        self.pending.append(loop.run_in_executor(self.recorder.executor, put))
+        self.made.append(c)
 
     async def request(self, parsed: ParsedRequest) -> StoredRequest:
         """Commit to the request as it arrived, its prompt and every image the turn works on."""
@@ -126,9 +132,9 @@ class TurnContent:
             ("signed_file", output.data, output.sha256),
         ):
             salt = new_salt()
-            refs[name] = commit_digest(bytes.fromhex(digest), salt)
-            write = partial(self.recorder.commitments.put_committed, data, salt=salt)
-            self.pending.append(loop.run_in_executor(self.recorder.executor, write))
+            c = Commitment(commit_digest(bytes.fromhex(digest), salt), digest, salt)
+            self._store(loop, data, c)
+            refs[name] = c.commitment
         return refs
 
     async def rejected_body(self, body: bytes) -> dict[str, Any]:
@@ -138,10 +144,16 @@ class TurnContent:
         return {"request": (await self.commit(body))[0], "request_bytes": len(body)}
 
     async def flush(self) -> None:
-        """Wait until every blob of this turn is durable."""
+        """Wait until every blob of this turn is durable, then record their salts at once."""
         pending, self.pending = self.pending, []
+        made, self.made = self.made, []
         if pending:
             await asyncio.gather(*pending)
+        if made:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                self.recorder.executor, self.recorder.commitments.record, made
+            )
 
     async def finish(
         self,
@@ -191,11 +203,12 @@ class TurnContent:
         )
 
 
-def _commit_all(items: tuple[bytes, ...]) -> list[tuple[bytes, str]]:
+def _commit_all(items: tuple[bytes, ...]) -> list[Commitment]:
     out = []
     for data in items:
         salt = new_salt()
-        out.append((salt, commit_content(data, salt)))
+        raw = hashlib.sha256(data).digest()
+        out.append(Commitment(commit_digest(raw, salt), raw.hex(), salt))
     return out
 
 
@@ -288,8 +301,6 @@ def _turn_row(
     upstream_status: int | None,
     error: str | None,
 ) -> dict[str, Any]:
-    import hashlib
-
     now = int(time.time() * 1000)
     started = now - int(timings.get("total_ms", 0))
     return {

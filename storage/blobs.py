@@ -16,6 +16,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -159,7 +160,12 @@ CheckResult = Literal["ok", "erased", "missing", "mismatch"]
 
 
 class Commitments:
-    """Salts of commitments (table ``blob_salts``) beside the blobs they commit to."""
+    """Salts of commitments (table ``blob_commitments``) beside the blobs they commit to.
+
+    Erasure destroys the blob and empties the salt of every commitment to it (without the salt
+    nobody can test a guess of the content against the leaf); the commitment row stays, so a
+    later check reports "erased" rather than "missing", and ``blob_erasures`` records who and why.
+    """
 
     def __init__(self, engine: Engine, blobs: BlobStore) -> None:
         self.engine = engine
@@ -167,32 +173,64 @@ class Commitments:
 
     def put_committed(self, data: bytes, *, salt: bytes | None = None) -> Commitment:
         """Store ``data`` and the salt of its commitment; returns the commitment."""
-        salt = salt or new_salt()
-        raw = hashlib.sha256(data).digest()
-        digest = raw.hex()
-        commitment = commit_digest(raw, salt)
-        self.blobs.put(data, digest)
+        return self.put_committed_many([(data, salt)])[0]
+
+    def put_committed_many(self, items: Sequence[tuple[bytes, bytes | None]]) -> list[Commitment]:
+        """Store several contents (each with its salt, or None for a fresh one) and record all
+        their commitments in one transaction. Each content is hashed once."""
+        out: list[Commitment] = []
+        for data, salt in items:
+            salt = salt or new_salt()
+            raw = hashlib.sha256(data).digest()
+            digest = raw.hex()
+            self.blobs.put(data, digest)
+            out.append(Commitment(commit_digest(raw, salt), digest, salt))
+        if not out:
+            return out
+        now = _now_ms()
+        insert = (
+            "INSERT INTO blob_commitments (commitment, digest, salt, created_ms) "
+            "VALUES (:c, :d, :s, :t) ON CONFLICT (commitment) DO NOTHING"
+        )
         with self.engine.begin() as conn:
             conn.execute(
-                text(
-                    "INSERT INTO blob_salts (commitment, digest, salt, created_ms) "
-                    "VALUES (:c, :d, :s, :t)"
-                ),
-                {"c": commitment, "d": digest, "s": salt, "t": _now_ms()},
+                text(insert),
+                [{"c": c.commitment, "d": c.digest, "s": c.salt, "t": now} for c in out],
             )
-        return Commitment(commitment, digest, salt)
+        return out
 
-    def check(self, commitment: str) -> CheckResult:
-        """Whether the blob behind ``commitment`` is intact, erased or missing."""
+    def record(self, items: Sequence[Commitment]) -> None:
+        """Record commitments whose blobs the caller already stored (``blobs.put``), all in one
+        transaction: a turn writes its blobs in parallel, then its salts at once."""
+        if not items:
+            return
+        now = _now_ms()
+        insert = (
+            "INSERT INTO blob_commitments (commitment, digest, salt, created_ms) "
+            "VALUES (:c, :d, :s, :t) ON CONFLICT (commitment) DO NOTHING"
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(insert),
+                [{"c": c.commitment, "d": c.digest, "s": c.salt, "t": now} for c in items],
+            )
+
+    def _row(self, commitment: str) -> tuple[str, bytes] | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                text("SELECT digest, salt FROM blob_salts WHERE commitment = :c"),
+                text("SELECT digest, salt FROM blob_commitments WHERE commitment = :c"),
                 {"c": commitment},
             ).first()
-            if row is None:
-                return "missing"
-            digest, salt = str(row[0]), bytes(row[1])
-        if not salt:  # the salt is destroyed with the blob
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def check(self, commitment: str) -> CheckResult:
+        """Whether the blob behind ``commitment`` is intact ("ok"), "erased" on request,
+        "missing" (gone without an erasure, or never recorded) or changed ("mismatch")."""
+        row = self._row(commitment)
+        if row is None:
+            return "missing"
+        digest, salt = row
+        if not salt:
             return "erased"
         data = self.blobs.get(digest)
         if data is None:
@@ -203,28 +241,22 @@ class Commitments:
 
     def open(self, commitment: str) -> bytes | None:
         """The content behind ``commitment`` when it remains and still matches, else None."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT digest, salt FROM blob_salts WHERE commitment = :c"),
-                {"c": commitment},
-            ).first()
+        row = self._row(commitment)
         if row is None or not row[1]:
             return None
-        data = self.blobs.get(str(row[0]))
-        if (
-            data is None
-            or commit_digest(hashlib.sha256(data).digest(), bytes(row[1])) != commitment
-        ):
+        data = self.blobs.get(row[0])
+        if data is None or commit_digest(hashlib.sha256(data).digest(), row[1]) != commitment:
             return None
         return data
 
     def erase(self, digest: str, *, reason: str, actor: str) -> bool:
-        """Destroy a blob and the salts of its commitments on an authorised request (without the
-        salt nobody can test a guess against the commitment); the erasure itself is recorded."""
+        """Destroy a blob and the salts of its commitments on an authorised request, recording
+        the erasure (the caller also appends an erasure event to the ledger). Returns whether
+        blob bytes were present."""
         _check_digest(digest)
         with self.engine.begin() as conn:
             conn.execute(
-                text("UPDATE blob_salts SET salt = :empty WHERE digest = :d"),
+                text("UPDATE blob_commitments SET salt = :empty WHERE digest = :d"),
                 {"empty": b"", "d": digest},
             )
             conn.execute(
@@ -235,6 +267,14 @@ class Commitments:
                 {"d": digest, "t": _now_ms(), "r": reason, "a": actor},
             )
         return self.blobs.erase(digest)
+
+    def erased(self, digest: str) -> bool:
+        """True when an erasure of ``digest`` was recorded."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT 1 FROM blob_erasures WHERE digest = :d LIMIT 1"), {"d": digest}
+            ).first()
+        return row is not None
 
 
 def _now_ms() -> int:

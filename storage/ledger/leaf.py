@@ -4,13 +4,15 @@ A leaf is ``{"v", "origin", "type", "tenant", "actor", "session", "turn", "time_
 serialised by RFC 8785 (JCS), so any implementation reproduces the exact bytes. Leaves hold no
 floats (number formatting differs between languages) and stay under 64 KiB.
 
-Content (prompts, images, masks, manifests) appears only as a *salted commitment*::
+Content (prompts, images, masks, manifests) appears only as a *salted commitment*. The canonical
+scheme, ``commit_content``, commits to the content's SHA-256 digest::
 
-    "salted-sha256:" + base64url(SHA-256(salt || SHA-256(content)))
+    "salted-sha256:" + base64url-nopad(SHA-256(salt || SHA-256(content)))
 
-The content and its 16-byte salt live in the blob store. Anyone holding both can check the
-commitment; nobody can guess the content from the leaf (the salt defeats dictionary attacks on
-short prompts); erasing the content and salt leaves the tree intact.
+so the blob store hashes the content once and commits to that digest (``commit_digest``). The
+content and its 16-byte salt live in the blob store: anyone holding both can check the commitment;
+nobody can guess short content from the leaf (the salt defeats dictionary attacks); erasing the
+content and the salt leaves the tree intact.
 """
 
 from __future__ import annotations
@@ -28,24 +30,32 @@ from storage.ledger.events import LedgerEvent
 
 LEAF_VERSION = 1
 MAX_LEAF_BYTES = 65_535
+SALT_SIZE = 16
 COMMITMENT_PREFIX = "salted-sha256:"
 
 
 class LeafError(ValueError):
-    """An event that cannot become a leaf (floats, too large, malformed)."""
+    """An event that cannot become a leaf, or bytes that are not a leaf."""
 
 
-def _no_floats(value: Any, path: str) -> None:
+def _child(path: str, key: str) -> str:
+    return f"{path}.{key}" if key.isidentifier() else f"{path}[{json.dumps(key)}]"
+
+
+def _check_json(value: Any, path: str) -> None:
+    """Refuse what RFC 8785 leaves would render differently across languages (floats)."""
     if isinstance(value, float):
-        raise LeafError(f"ledger leaves hold no floats; {path} is {value!r} (use integers)")
+        raise LeafError(f"ledger leaves hold no floats, but {path} is {value!r}: use an integer")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise LeafError(f"{path} has a non-string key {key!r}")
-            _no_floats(item, f"{path}.{key}")
+                raise LeafError(f"{path} has the non-string key {key!r}")
+            _check_json(item, _child(path, key))
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            _no_floats(item, f"{path}[{i}]")
+            _check_json(item, f"{path}[{i}]")
+    elif not (value is None or isinstance(value, str | int | bool)):
+        raise LeafError(f"{path} is a {type(value).__name__}, which JSON cannot hold")
 
 
 def leaf_document(origin: str, event: LedgerEvent, time_ms: int) -> dict[str, Any]:
@@ -58,70 +68,114 @@ def leaf_document(origin: str, event: LedgerEvent, time_ms: int) -> dict[str, An
         "actor": event.actor,
         "session": event.session,
         "turn": event.turn,
-        "time_ms": int(time_ms),
+        "time_ms": time_ms,
         "body": event.body,
     }
 
 
 def encode_leaf(origin: str, event: LedgerEvent, time_ms: int) -> bytes:
     """The canonical bytes of one event's leaf; refuses floats and leaves of 64 KiB or more."""
+    if isinstance(time_ms, bool) or not isinstance(time_ms, int) or time_ms < 0:
+        raise LeafError(f"time_ms must be a non-negative integer of milliseconds, not {time_ms!r}")
+    for name in ("type", "tenant", "actor"):
+        if not isinstance(getattr(event, name), str) or not getattr(event, name):
+            raise LeafError(f"the event's {name} must be a non-empty string")
+    for name in ("session", "turn"):
+        if not isinstance(getattr(event, name), str | None):
+            raise LeafError(f"the event's {name} must be a string or None")
+    if not isinstance(event.body, dict):
+        raise LeafError(f"the {event.type} event's body must be a JSON object")
     doc = leaf_document(origin, event, time_ms)
-    _no_floats(doc, "leaf")
+    _check_json(doc, "leaf")
     try:
         data = rfc8785.dumps(doc)
-    except Exception as exc:  # rfc8785 raises its own types for unsupported values
+    except (rfc8785.CanonicalizationError, UnicodeError) as exc:
         raise LeafError(f"the {event.type} event cannot be canonicalised: {exc}") from exc
     if len(data) > MAX_LEAF_BYTES:
         raise LeafError(
-            f"the {event.type} leaf is {len(data):,} bytes; leaves stay under 64 KiB "
-            "(put content in the blob store and commit to it)"
+            f"the {event.type} leaf is {len(data):,} bytes; leaves must stay under 64 KiB "
+            f"({MAX_LEAF_BYTES:,} bytes at most): put content in the blob store and commit to it"
         )
     return data
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise LeafError(f"the leaf repeats the key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise LeafError(f"the leaf holds {name}, which is not JSON")
 
 
 def decode_leaf(leaf: bytes) -> dict[str, Any]:
     """Parse a leaf; raises ``LeafError`` when it is not a version-1 leaf."""
     try:
-        doc = json.loads(leaf)
-    except ValueError as exc:
-        raise LeafError(f"the leaf is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("v") != LEAF_VERSION:
-        raise LeafError("the leaf is not a version-1 Custody leaf")
+        doc = json.loads(
+            leaf.decode("utf-8"),
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constants,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LeafError(f"the leaf is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise LeafError("the leaf is not a JSON object")
+    if doc.get("v") != LEAF_VERSION:
+        raise LeafError(f"the leaf has version {doc.get('v')!r}; this code reads version 1")
     return doc
 
 
 def is_canonical(leaf: bytes) -> bool:
     """True when ``leaf`` is exactly the RFC 8785 serialisation of itself."""
     try:
-        return bool(rfc8785.dumps(json.loads(leaf)) == leaf)
-    except Exception:
+        return bool(rfc8785.dumps(decode_leaf(leaf)) == leaf)
+    except (LeafError, rfc8785.CanonicalizationError, UnicodeError):
         return False
 
 
+# --- commitments -------------------------------------------------------------------------------
+
+
 def new_salt() -> bytes:
-    """A fresh 16-byte salt for one commitment."""
-    return os.urandom(16)
+    """A fresh random 16-byte salt for one commitment."""
+    return os.urandom(SALT_SIZE)
 
 
-def commit_digest(content_sha256: bytes, salt: bytes) -> str:
-    """The commitment to content whose SHA-256 digest is ``content_sha256``."""
-    digest = hashlib.sha256(salt + content_sha256).digest()
+def commit(data: bytes, salt: bytes) -> str:
+    """The primitive: "salted-sha256:" + base64url-nopad(SHA-256(salt || data)).
+
+    Ledger content is committed with ``commit_content``, not with this over raw content. Salts
+    come from ``new_salt`` (16 bytes); any other length is accepted here and simply won't match.
+    """
+    digest = hashlib.sha256(bytes(salt) + bytes(data)).digest()
     return COMMITMENT_PREFIX + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+def commit_digest(content_sha256: bytes, salt: bytes) -> str:
+    """The commitment to content whose SHA-256 digest is ``content_sha256``:
+    SHA-256(salt || SHA-256(content)); equals ``commit_content(content, salt)``."""
+    if len(content_sha256) != hashlib.sha256().digest_size:
+        raise ValueError(f"a SHA-256 digest is 32 bytes, not {len(content_sha256)}")
+    return commit(content_sha256, salt)
+
+
 def commit_content(data: bytes, salt: bytes) -> str:
-    """The salted commitment to ``data``: SHA-256(salt || SHA-256(data)), base64url."""
+    """The canonical commitment to ``data``: base64url-nopad(SHA-256(salt || SHA-256(data)))."""
     return commit_digest(hashlib.sha256(data).digest(), salt)
 
 
 def iter_commitments(body: Any, path: str = "body") -> Iterator[tuple[str, str]]:
-    """Every (json-path, commitment) inside an event body."""
+    """Every (json-path, commitment) inside an event body, in document order."""
     if isinstance(body, str):
         if body.startswith(COMMITMENT_PREFIX):
             yield path, body
     elif isinstance(body, dict):
         for key, value in body.items():
-            yield from iter_commitments(value, f"{path}.{key}")
-    elif isinstance(body, list):
+            yield from iter_commitments(value, _child(path, str(key)))
+    elif isinstance(body, list | tuple):
         for i, value in enumerate(body):
             yield from iter_commitments(value, f"{path}[{i}]")

@@ -17,20 +17,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 
 from storage.db import make_engine
 from storage.ledger.checkpoint import Checkpoint, sign_checkpoint
 from storage.ledger.events import Entry, LedgerEvent
 from storage.ledger.leaf import decode_leaf, encode_leaf
 from storage.ledger.merkle import (
+    HashReader,
     ProofError,
     check_consistency,
     leaf_hash,
     prove_consistency,
     prove_inclusion,
     stored_hash_count,
+    stored_hash_index,
     stored_hashes_for_records,
     tree_hash,
 )
@@ -57,6 +60,112 @@ class ConnectionHashReader:
         return [found[i] for i in indexes]
 
 
+# time_ms, type, tenant, turn, leaf, leaf hash
+_Row = tuple[int, str, str, "str | None", bytes, bytes]
+
+
+class _CursorHashReader:
+    """Stored hashes read through a raw DB-API cursor, in one query per batch."""
+
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        if not indexes:
+            return []
+        self.cur.execute(f"SELECT idx, hash FROM ledger_hashes WHERE idx IN ({_ints(indexes)})")
+        found = {int(i): bytes(h) for i, h in self.cur.fetchall()}
+        missing = [i for i in indexes if i not in found]
+        if missing:
+            raise ProofError(f"stored hashes {missing[:5]} are missing from the ledger")
+        return [found[i] for i in indexes]
+
+
+def _insert_sqlite(
+    cur: Any, size: int, rows: list[_Row], first_hash: int, stored: list[bytes]
+) -> None:
+    cur.executemany(
+        "INSERT INTO ledger_entries (idx, time_ms, type, tenant, turn_id, leaf, leaf_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(size + i, *row) for i, row in enumerate(rows)],
+    )
+    cur.executemany(
+        "INSERT INTO ledger_hashes (idx, hash) VALUES (?, ?)",
+        [(first_hash + i, h) for i, h in enumerate(stored)],
+    )
+    cur.execute("UPDATE ledger_head SET size = ? WHERE id = 1", (size + len(rows),))
+
+
+def _insert_postgres(
+    cur: Any, size: int, rows: list[_Row], first_hash: int, stored: list[bytes]
+) -> int:
+    """One round trip through the SECURITY DEFINER append function (migration 0002): the new
+    size, or -(actual size) - 1 when the head is not at ``size`` (nothing inserted)."""
+    cur.execute(
+        "SELECT custody_ledger_append(%s, %s::bigint[], %s::text[], %s::text[], %s::text[],"
+        " %s::bytea[], %s::bytea[], %s, %s::bytea[])",
+        (
+            size,
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+            [r[4] for r in rows],
+            [r[5] for r in rows],
+            first_hash,
+            stored,
+        ),
+    )
+    return int(cur.fetchone()[0])
+
+
+class _HashCache:
+    """Stored hashes this process has seen, kept for the current frontier only.
+
+    Stored hashes never change once committed, so a cached one is always right; after each
+    commit only the frontier of the new size is kept (the hashes the next append needs). When
+    another process appended meanwhile, the hashes it added are read in one batch.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[int, bytes] = {}
+        self.hits = 0
+
+    def bind(self, db: HashReader) -> _CachedReader:
+        return _CachedReader(self, db)
+
+    def committed(self, size: int, first: int, stored: Sequence[bytes]) -> None:
+        self.known.update((first + i, h) for i, h in enumerate(stored))
+        keep = frontier_indexes(size)
+        self.known = {i: self.known[i] for i in keep if i in self.known}
+
+
+class _CachedReader:
+    def __init__(self, cache: _HashCache, db: HashReader) -> None:
+        self.cache = cache
+        self.db = db
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        known = self.cache.known
+        missing = [i for i in indexes if i not in known]
+        if missing:
+            known.update(zip(missing, self.db.read_hashes(missing), strict=True))
+        else:
+            self.cache.hits += 1
+        return [known[i] for i in indexes]
+
+
+def frontier_indexes(size: int) -> list[int]:
+    """Stored-hash indexes of the complete subtrees whose concatenation is leaves [0, size)."""
+    out = []
+    lo = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            out.append(stored_hash_index(level, lo >> level))
+            lo += 1 << level
+    return out
+
+
 def _ints(values: Sequence[int]) -> str:
     return ",".join(str(int(v)) for v in values)
 
@@ -64,6 +173,9 @@ def _ints(values: Sequence[int]) -> str:
 @dataclass
 class _Pending:
     events: list[LedgerEvent]
+    time_ms: int
+    leaves: list[bytes]
+    hashes: list[bytes]
     entries: list[Entry] = field(default_factory=list)
     error: BaseException | None = None
     done: bool = False
@@ -93,11 +205,10 @@ class Ledger:
         signer: NoteSigner,
         checkpoint_every_entries: int = 256,
         checkpoint_every_ms: int = 5_000,
+        commit_delay_ms: float = 1.0,
     ) -> None:
         self.engine = engine
-        self.read_engine = make_engine(
-            engine.url.render_as_string(hide_password=False), immediate=False
-        )
+        self.read_engine = _read_engine(engine)
         self.origin = origin
         self.signer = signer
         self.checkpoint_every_entries = checkpoint_every_entries
@@ -106,12 +217,20 @@ class Ledger:
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
         self._writing = False
-        self._last_time_ms = 0
         self._cp_size = -1
-        self._cp_time = 0.0
+        self._cp_time = time.monotonic()
         self._head = 0
+        self._cp_lock = threading.Lock()
+        self._gathering = False
+        self._last_callers = 1
+        self._last_commit_s = 0.0
+        self.commit_delay_ms = commit_delay_ms
+        self._hashes = _HashCache()
+        self._writer: Any = None  # the leader's DB-API connection
+        self.head_moved = 0  # optimistic appends that found another process had appended
         self.transactions = 0  # append transactions committed by this process (group commit)
-        self.appended = 0
+        self.appended = 0  # entries appended by this process
+        self.checkpoints_issued = 0  # checkpoints this process signed
 
     @classmethod
     def open(
@@ -122,108 +241,188 @@ class Ledger:
         signer: NoteSigner,
         checkpoint_every_entries: int = 256,
         checkpoint_every_ms: int = 5_000,
+        commit_delay_ms: float = 1.0,
     ) -> Ledger:
+        """A handle on the log in ``engine`` (migrated), signing checkpoints with ``signer``:
+        one every ``checkpoint_every_entries`` entries or ``checkpoint_every_ms`` ms."""
         return cls(
             engine,
             origin=origin,
             signer=signer,
             checkpoint_every_entries=checkpoint_every_entries,
             checkpoint_every_ms=checkpoint_every_ms,
+            commit_delay_ms=commit_delay_ms,
         )
 
     def close(self) -> None:
+        """Release this handle's connections (appends must have returned)."""
+        with self._cond:
+            self._drop_writer(failed=False)
         self.read_engine.dispose()
 
     # --- appending ------------------------------------------------------------------------------
 
     def append(self, events: Sequence[LedgerEvent]) -> list[Entry]:
         """Append ``events`` in order; returns once they are durable, with their indexes."""
-        pending = _Pending(list(events))
-        if not pending.events:
+        if not events:
             return []
+        # Encoding and hashing happen here, in the caller's thread, overlapping the leader's
+        # fsync; the leader only talks to the database. ``time_ms`` is when the ledger received
+        # the event (entries from concurrent writers may differ in order by a millisecond).
+        now = int(time.time() * 1000)
+        leaves = [encode_leaf(self.origin, ev, now) for ev in events]
+        pending = _Pending(list(events), now, leaves, [leaf_hash(leaf) for leaf in leaves])
         with self._cond:
             self._queue.append(pending)
+            if self._gathering:
+                self._cond.notify_all()
             while self._writing and not pending.done:
                 self._cond.wait()
-            if not pending.done:
-                self._writing = True
-                batch, self._queue = self._queue, []
+            if pending.done:
+                batch: list[_Pending] = []
             else:
-                batch = []
+                self._writing = True
+                self._gather()
+                batch, self._queue = self._queue, []
         if batch:
+            started = time.monotonic()
             try:
                 self._commit(batch)
+                self._last_callers = len(batch)
+                self._last_commit_s = time.monotonic() - started
+            except BaseException as exc:  # never leave a follower waiting on a dead leader
+                for p in batch:
+                    if not p.done:
+                        p.error, p.done = exc, True
             finally:
                 with self._cond:
                     self._writing = False
                     self._cond.notify_all()
-            self._maybe_checkpoint_by_count()
+            if pending.error is None:
+                self._checkpoint_after_append()
         if pending.error is not None:
             raise pending.error
         return pending.entries
 
-    def _commit(self, batch: list[_Pending]) -> None:
-        now = max(int(time.time() * 1000), self._last_time_ms)
-        self._last_time_ms = now
-        leaves: list[tuple[_Pending, LedgerEvent, bytes]] = []
-        for p in batch:
-            try:
-                encoded = [(p, ev, encode_leaf(self.origin, ev, now)) for ev in p.events]
-            except Exception as exc:  # a bad event fails its own caller, not the batch
-                p.error, p.done = exc, True
-                continue
-            leaves.extend(encoded)
-        if not leaves:
+    def _gather(self) -> None:
+        """As a new leader, wait briefly for the callers of the previous batch to come back.
+
+        Without this, callers that just returned arrive a moment after a new leader started
+        alone, and batches alternate 1, n-1, 1, ... (PostgreSQL's ``commit_delay`` idea). The
+        wait is skipped for a lone writer and never exceeds the last commit's duration or
+        ``commit_delay_ms``. Called with ``self._cond`` held.
+        """
+        want = self._last_callers
+        if want <= 1 or self.commit_delay_ms <= 0 or len(self._queue) >= want:
             return
-        hashes = [leaf_hash(leaf) for _, _, leaf in leaves]
+        delay = min(self.commit_delay_ms / 1000, self._last_commit_s)
+        deadline = time.monotonic() + delay
+        self._gathering = True
         try:
-            with self.engine.begin() as conn:
-                size = self._lock_head(conn)
-                stored = stored_hashes_for_records(size, hashes, ConnectionHashReader(conn))
-                conn.execute(
-                    text(
-                        "INSERT INTO ledger_entries (idx, time_ms, type, tenant, turn_id, leaf,"
-                        " leaf_hash) VALUES (:idx, :t, :type, :tenant, :turn, :leaf, :lh)"
-                    ),
-                    [
-                        {
-                            "idx": size + i,
-                            "t": now,
-                            "type": ev.type,
-                            "tenant": ev.tenant,
-                            "turn": ev.turn,
-                            "leaf": leaf,
-                            "lh": lh,
-                        }
-                        for i, ((_, ev, leaf), lh) in enumerate(zip(leaves, hashes, strict=True))
-                    ],
-                )
-                first_hash = stored_hash_count(size)
-                conn.execute(
-                    text("INSERT INTO ledger_hashes (idx, hash) VALUES (:idx, :h)"),
-                    [{"idx": first_hash + i, "h": h} for i, h in enumerate(stored)],
-                )
-                conn.execute(
-                    text("UPDATE ledger_head SET size = :s WHERE id = 1"),
-                    {"s": size + len(leaves)},
-                )
+            while len(self._queue) < want:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        finally:
+            self._gathering = False
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        rows: list[_Row] = [
+            (p.time_ms, ev.type, ev.tenant, ev.turn, leaf, lh)
+            for p in batch
+            for ev, leaf, lh in zip(p.events, p.leaves, p.hashes, strict=True)
+        ]
+        try:
+            size, first_hash, stored = self._write(rows)
         except Exception as exc:
             for p in batch:
-                if not p.done:
-                    p.error, p.done = exc, True
+                p.error, p.done = exc, True
             return
+        self._hashes.committed(size + len(rows), first_hash, stored)
         self.transactions += 1
-        self.appended += len(leaves)
-        self._head = size + len(leaves)
-        for i, ((p, ev, leaf), lh) in enumerate(zip(leaves, hashes, strict=True)):
-            p.entries.append(Entry(size + i, now, leaf, lh, ev))
+        self.appended += len(rows)
+        self._head = size + len(rows)
+        index = size
         for p in batch:
+            for ev, leaf, lh in zip(p.events, p.leaves, p.hashes, strict=True):
+                p.entries.append(Entry(index, p.time_ms, leaf, lh, ev))
+                index += 1
             p.done = True
 
+    def _write(self, rows: list[_Row]) -> tuple[int, int, list[bytes]]:
+        """One append transaction on the leader's own DB-API connection (the hot path skips
+        the pool and SQLAlchemy's per-statement overhead): lock the head, compute the new stored
+        hashes, insert, commit. Returns the old size, the first new stored-hash index and the
+        new stored hashes."""
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+        raw = self._writer
+        cur = raw.cursor()
+        try:
+            if self.is_postgres:
+                result = self._write_postgres(cur, rows)
+            else:
+                result = self._write_sqlite(cur, rows)
+            raw.commit()
+        except BaseException:
+            self._drop_writer(failed=True)
+            raise
+        finally:
+            cur.close()
+        return result
+
+    def _write_sqlite(self, cur: Any, rows: list[_Row]) -> tuple[int, int, list[bytes]]:
+        cur.execute("BEGIN IMMEDIATE")  # the write lock, before the head is read
+        cur.execute("SELECT size FROM ledger_head WHERE id = 1")
+        size = int(cur.fetchone()[0])
+        stored = stored_hashes_for_records(
+            size, [r[5] for r in rows], self._hashes.bind(_CursorHashReader(cur))
+        )
+        _insert_sqlite(cur, size, rows, stored_hash_count(size), stored)
+        return size, stored_hash_count(size), stored
+
+    def _write_postgres(self, cur: Any, rows: list[_Row]) -> tuple[int, int, list[bytes]]:
+        # Optimistic first: assume nobody else appended since our last commit (one process
+        # per database is the common case), so the frontier is cached and the append is one
+        # round trip. ``custody_ledger_append`` locks the head row and, when the head moved,
+        # inserts nothing and returns -(actual size) - 1 with the lock still held: then the
+        # frontier is read under the lock and the append repeated.
+        size = self._head
+        for _ in range(2):
+            reader = self._hashes.bind(_CursorHashReader(cur))
+            stored = stored_hashes_for_records(size, [r[5] for r in rows], reader)
+            first_hash = stored_hash_count(size)
+            got = _insert_postgres(cur, size, rows, first_hash, stored)
+            if got >= 0:
+                return size, first_hash, stored
+            size = -got - 1
+            self.head_moved += 1
+        raise RuntimeError("bad math: the ledger head moved while its row was locked")
+
+    def _drop_writer(self, *, failed: bool) -> None:
+        raw, self._writer = self._writer, None
+        if raw is None:
+            return
+        try:
+            if failed:
+                raw.rollback()
+            raw.close()
+        except Exception:  # a broken connection: let the pool forget it
+            raw.invalidate()
+
     def _lock_head(self, conn: Connection) -> int:
-        """The current size, with the counter row locked until the transaction ends."""
-        lock = " FOR UPDATE" if self.is_postgres else ""
-        return int(conn.execute(text(f"SELECT size FROM ledger_head WHERE id = 1{lock}")).one()[0])
+        """The current size, with the counter row locked until the transaction ends.
+
+        PostgreSQL: the row lock (``FOR UPDATE`` inside ``custody_ledger_lock_head``); SQLite:
+        the write lock ``BEGIN IMMEDIATE`` took before this read.
+        """
+        sql = (
+            "SELECT custody_ledger_lock_head()"
+            if self.is_postgres
+            else "SELECT size FROM ledger_head WHERE id = 1"
+        )
+        return int(conn.execute(text(sql)).one()[0])
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -282,16 +481,25 @@ class Ledger:
 
     def latest_checkpoint(self) -> Checkpoint:
         """The newest signed checkpoint (one is issued if the log has none yet)."""
+        return self._newest_stored_checkpoint() or self.issue_checkpoint()
+
+    def _newest_stored_checkpoint(self) -> Checkpoint | None:
         with self.read_engine.connect() as conn:
             row = conn.execute(
                 text("SELECT size, root, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1")
             ).first()
-        if row is None:
-            return self.issue_checkpoint()
-        return Checkpoint(self.origin, int(row[0]), bytes(row[1]), str(row[2]))
+        return (
+            None
+            if row is None
+            else Checkpoint(self.origin, int(row[0]), bytes(row[1]), str(row[2]))
+        )
 
     def issue_checkpoint(self) -> Checkpoint:
-        """Sign a checkpoint of the current size, never one inconsistent with the last one."""
+        """Sign a checkpoint of the current size, never one inconsistent with the last one.
+
+        Under the head lock, so no append or other signer interleaves; when the newest stored
+        checkpoint already covers the current size it is returned instead of a new one.
+        """
         with self.engine.begin() as conn:
             size = self._lock_head(conn)
             reader = ConnectionHashReader(conn)
@@ -304,16 +512,23 @@ class Ledger:
                 root = tree_hash(size, reader)
                 if row is not None and int(row[0]) > 0:
                     old_size, old_root = int(row[0]), bytes(row[1])
+                    if old_size > size:
+                        raise ProofError(
+                            f"refusing to sign: a checkpoint of size {old_size} exists but the"
+                            f" log has only {size} entries"
+                        )
                     proof = prove_consistency(size, old_size, reader)
                     check_consistency(proof, size, root, old_size, old_root)
                 cp = sign_checkpoint(self.signer, self.origin, size, root)
-                conn.execute(
-                    text(
-                        "INSERT INTO ledger_checkpoints (size, time_ms, root, note)"
-                        " VALUES (:s, :t, :r, :n)"
-                    ),
-                    {"s": size, "t": int(time.time() * 1000), "r": root, "n": cp.note},
+                params = {"s": size, "t": int(time.time() * 1000), "r": root, "n": cp.note}
+                sql = (
+                    "SELECT custody_ledger_add_checkpoint(:s, :t, :r, :n)"
+                    if self.is_postgres
+                    else "INSERT INTO ledger_checkpoints (size, time_ms, root, note)"
+                    " VALUES (:s, :t, :r, :n)"
                 )
+                conn.execute(text(sql), params)
+                self.checkpoints_issued += 1
         self._cp_size, self._cp_time = cp.size, time.monotonic()
         return cp
 
@@ -326,12 +541,39 @@ class Ledger:
             return None
         return self.issue_checkpoint()
 
-    def _maybe_checkpoint_by_count(self) -> None:
-        if self._cp_size < 0:
-            self._cp_size = self.latest_checkpoint().size
-        due = self._head - self._cp_size >= self.checkpoint_every_entries
-        if self.checkpoint_every_entries > 0 and due:
-            self.issue_checkpoint()
+    def _checkpoint_after_append(self) -> None:
+        """Every ``checkpoint_every_entries`` entries, or ``checkpoint_every_ms`` after the last
+        checkpoint, whichever comes first (0 turns a trigger off)."""
+        if self.checkpoint_every_entries <= 0 and self.checkpoint_every_ms <= 0:
+            return
+        with self._cp_lock:
+            if self._cp_size < 0:
+                stored = self._newest_stored_checkpoint()
+                self._cp_size = stored.size if stored else 0
+            if self._head <= self._cp_size:
+                return
+            by_count = (
+                self.checkpoint_every_entries > 0
+                and self._head - self._cp_size >= self.checkpoint_every_entries
+            )
+            by_time = (
+                self.checkpoint_every_ms > 0
+                and (time.monotonic() - self._cp_time) * 1000 >= self.checkpoint_every_ms
+            )
+            if by_count or by_time:
+                self.issue_checkpoint()
+
+
+def _read_engine(engine: Engine) -> Engine:
+    """An engine for proofs and reads. SQLite: no write lock at BEGIN. PostgreSQL: autocommit
+    and no pre-ping, so a proof is one round trip (a dropped connection fails one read and is
+    replaced)."""
+    url = engine.url.render_as_string(hide_password=False)
+    if engine.dialect.name == "sqlite":
+        return make_engine(url, immediate=False)
+    return create_engine(
+        url, pool_size=10, max_overflow=10, isolation_level="AUTOCOMMIT", pool_recycle=300
+    )
 
 
 def load_or_create_note_signer(path: Path, origin: str) -> NoteSigner:

@@ -1,12 +1,13 @@
 """RFC 6962 Merkle tree math over stored hashes, as pure functions.
 
-The layout is the one of Go's ``golang.org/x/mod/sumdb/tlog``: every complete subtree's hash is
-stored once, at a fixed index (``stored_hash_index``), when its last leaf is appended. A tree hash,
-an inclusion proof or a consistency proof then needs O(log n) stored hashes, read in one batch
-through a ``HashReader`` — the only thing storage has to provide.
+A port of Go's ``golang.org/x/mod/sumdb/tlog`` layout: the hash of every complete subtree is stored
+once, at a fixed index (``stored_hash_index``, after Crosby and Wallach), when its last leaf is
+appended. A tree hash, an inclusion proof or a consistency proof then needs O(log n) stored hashes,
+read in one batch through a ``HashReader`` — the only thing storage has to provide.
 
-Proofs come out in RFC 6962 order (the sibling nearest the leaf first), so any RFC 6962 verifier
-(Certificate Transparency, Sigstore, Trillian) accepts them.
+Proofs come out in RFC 6962 order (the hash nearest the leaf first), so any RFC 6962 verifier
+(Certificate Transparency, Sigstore, Trillian) accepts them; ``tests/test_merkle.py`` checks them
+against a naive RFC 6962 implementation and real Certificate Transparency (Argon 2020) proofs.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ EMPTY_TREE_HASH = hashlib.sha256(b"").digest()
 
 
 class ProofError(ValueError):
-    """A proof does not prove what it claims (or was asked for impossible sizes)."""
+    """A proof does not prove what it claims, or was asked for sizes that cannot exist."""
+
+
+class HashReaderError(RuntimeError):
+    """A ``HashReader`` broke its contract (wrong count, wrong size, missing index)."""
 
 
 class HashReader(Protocol):
-    """Returns the stored hashes at ``indexes``, in the same order."""
+    """Storage of the stored hashes: returns the hashes at ``indexes``, in the same order."""
 
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]: ...
 
@@ -39,14 +44,41 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
+def _read(reader: HashReader, indexes: Sequence[int]) -> list[bytes]:
+    """Read through ``reader``, failing loudly if it does not keep its contract."""
+    if not indexes:
+        return []
+    hashes = reader.read_hashes(indexes)
+    if len(hashes) != len(indexes):
+        raise HashReaderError(
+            f"the hash reader returned {len(hashes)} hashes for {len(indexes)} indexes"
+        )
+    for index, h in zip(indexes, hashes, strict=True):
+        if len(h) != HASH_SIZE:
+            raise HashReaderError(f"stored hash {index} is {len(h)} bytes, not {HASH_SIZE}")
+    return hashes
+
+
 def _maxpow2(n: int) -> tuple[int, int]:
     """The largest power of two strictly below ``n`` (n >= 2), and its log2."""
+    if n < 2:
+        raise RuntimeError(f"bad math: no power of two below {n}")
     level = (n - 1).bit_length() - 1
     return 1 << level, level
 
 
+def _trailing_zeros(x: int) -> int:
+    return (x & -x).bit_length() - 1
+
+
+# --- the stored-hash layout --------------------------------------------------------------------
+
+
 def stored_hash_index(level: int, n: int) -> int:
-    """Where the hash of the ``n``-th subtree of height ``level`` is stored."""
+    """Where the hash of the ``n``-th complete subtree of height ``level`` is stored."""
+    if level < 0 or n < 0:
+        raise ValueError(f"no stored hash for level {level}, subtree {n}")
+    # The subtree's last leaf is leaf n'; its hash is stored right after those of leaves < n'.
     for _ in range(level):
         n = 2 * n + 1
     i = 0
@@ -57,9 +89,13 @@ def stored_hash_index(level: int, n: int) -> int:
 
 
 def split_stored_hash_index(index: int) -> tuple[int, int]:
-    """The inverse of ``stored_hash_index``: (level, n)."""
+    """The inverse of ``stored_hash_index``: the (level, n) stored at ``index``."""
+    if index < 0:
+        raise ValueError(f"no stored hash at index {index}")
     n = index // 2
     index_n = stored_hash_index(0, n)
+    if index_n > index:
+        raise RuntimeError(f"bad math: leaf {n} is stored after index {index}")
     while True:
         x = index_n + 1 + _trailing_zeros(n + 1)
         if x > index:
@@ -70,12 +106,10 @@ def split_stored_hash_index(index: int) -> tuple[int, int]:
     return level, n >> level
 
 
-def _trailing_zeros(x: int) -> int:
-    return (x & -x).bit_length() - 1
-
-
 def stored_hash_count(n: int) -> int:
     """How many hashes are stored for a tree of ``n`` leaves."""
+    if n < 0:
+        raise ValueError(f"no tree has {n} leaves")
     if n == 0:
         return 0
     count = stored_hash_index(0, n - 1) + 1
@@ -87,10 +121,13 @@ def stored_hash_count(n: int) -> int:
 
 
 def stored_hashes_for_record_hash(n: int, h: bytes, reader: HashReader) -> list[bytes]:
-    """The hashes to store when leaf ``n`` with leaf hash ``h`` is appended."""
+    """The hashes to store, in order, when leaf ``n`` with leaf hash ``h`` is appended."""
+    if n < 0 or len(h) != HASH_SIZE:
+        raise ValueError(f"cannot append leaf {n} with a {len(h)}-byte hash")
+    # Each trailing 1 bit of n completes a subtree, whose left half is already stored.
     m = _trailing_zeros(n + 1)
     indexes = [stored_hash_index(m - 1 - j, (n >> (m - 1 - j)) - 1) for j in range(m)]
-    old = reader.read_hashes(indexes) if m else []
+    old = _read(reader, indexes)
     hashes = [h]
     for i in range(m):
         h = node_hash(old[m - 1 - i], h)
@@ -98,23 +135,8 @@ def stored_hashes_for_record_hash(n: int, h: bytes, reader: HashReader) -> list[
     return hashes
 
 
-class MemoryHashReader:
-    """Stored hashes in a list: for tests, tools and batch overlays."""
-
-    def __init__(self, hashes: Sequence[bytes] = ()) -> None:
-        self.hashes = list(hashes)
-
-    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
-        return [self.hashes[i] for i in indexes]
-
-    def append_record(self, h: bytes) -> None:
-        """Append one leaf by its leaf hash (counting leaves from the stored hashes)."""
-        n = _records_of(len(self.hashes))
-        self.hashes.extend(stored_hashes_for_record_hash(n, h, self))
-
-
-def _records_of(count: int) -> int:
-    """The number of leaves whose stored hashes number ``count`` (inverse of the count)."""
+def _records_for_count(count: int) -> int:
+    """The number of leaves whose stored hashes number exactly ``count``."""
     lo, hi = 0, count
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -122,23 +144,56 @@ def _records_of(count: int) -> int:
             lo = mid
         else:
             hi = mid - 1
+    if stored_hash_count(lo) != count:
+        raise ValueError(f"{count} stored hashes is not a whole tree")
     return lo
 
 
+class MemoryHashReader:
+    """Stored hashes in a list: for tests, tools and offline rebuilding.
+
+    ``append`` adds one *leaf* (by its leaf hash) and stores every hash it completes.
+    """
+
+    def __init__(self, hashes: Sequence[bytes] = ()) -> None:
+        self.hashes = list(hashes)
+        self.size = _records_for_count(len(self.hashes))
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        try:
+            return [self.hashes[i] for i in indexes]
+        except IndexError:
+            raise HashReaderError(
+                f"asked for stored hash {max(indexes)} of {len(self.hashes)}"
+            ) from None
+
+    def append(self, leaf_hash: bytes) -> None:
+        """Append one leaf by its leaf hash."""
+        self.hashes.extend(stored_hashes_for_record_hash(self.size, leaf_hash, self))
+        self.size += 1
+
+    def extend(self, leaf_hashes: Sequence[bytes]) -> None:
+        """Append several leaves at once (one batch, as group commit does)."""
+        self.hashes.extend(stored_hashes_for_records(self.size, leaf_hashes, self))
+        self.size += len(leaf_hashes)
+
+
 class _Overlay:
-    """Stored hashes of the existing tree (read once) plus those of a batch being appended."""
+    """The existing tree's stored hashes (frontier read once) plus those of a batch in progress."""
 
     def __init__(self, start: int, reader: HashReader) -> None:
         self.base = reader
         self.first_new = stored_hash_count(start)
         self.new: list[bytes] = []
-        frontier = _subtree_index(0, start, []) if start else []
-        self.cache = dict(zip(frontier, reader.read_hashes(frontier), strict=True))
+        # Appends only ever read the left siblings of the new leaves' ancestors; those inside the
+        # existing tree are exactly its maximal complete subtrees (its frontier).
+        frontier = _subtree_index(0, start, [])
+        self.cache = dict(zip(frontier, _read(reader, frontier), strict=True))
 
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
         missing = [i for i in indexes if i < self.first_new and i not in self.cache]
         if missing:
-            self.cache.update(zip(missing, self.base.read_hashes(missing), strict=True))
+            self.cache.update(zip(missing, _read(self.base, missing), strict=True))
         return [
             self.new[i - self.first_new] if i >= self.first_new else self.cache[i] for i in indexes
         ]
@@ -149,7 +204,8 @@ def stored_hashes_for_records(
 ) -> list[bytes]:
     """The hashes to store when leaves ``start, start+1, ...`` are appended in one batch.
 
-    The existing tree's frontier is read in one batch; everything else comes from the batch.
+    Equal to concatenating ``stored_hashes_for_record_hash`` for each leaf in turn; the existing
+    tree is read once (its O(log n) frontier), the rest comes from the batch itself.
     """
     overlay = _Overlay(start, reader)
     for offset, h in enumerate(leaf_hashes):
@@ -157,22 +213,29 @@ def stored_hashes_for_records(
     return overlay.new
 
 
+# --- tree hashes -------------------------------------------------------------------------------
+
+
 def _subtree_index(lo: int, hi: int, need: list[int]) -> list[int]:
-    """Stored-hash indexes of the complete subtrees that make up leaves [lo, hi)."""
+    """Append the stored indexes of the complete subtrees that make up leaves [lo, hi)."""
     while lo < hi:
         k, level = _maxpow2(hi - lo + 1)
+        if lo & (k - 1):
+            raise RuntimeError(f"bad math: subtree [{lo}, {lo + k}) is not aligned")
         need.append(stored_hash_index(level, lo >> level))
         lo += k
     return need
 
 
 def _subtree_hash(lo: int, hi: int, hashes: list[bytes]) -> tuple[bytes, list[bytes]]:
-    """Fold the hashes read by ``_subtree_index(lo, hi)`` into the hash of [lo, hi)."""
+    """Fold the hashes read for ``_subtree_index(lo, hi)`` into the hash of [lo, hi)."""
     num = 0
     while lo < hi:
         k, _ = _maxpow2(hi - lo + 1)
         lo += k
         num += 1
+    if num == 0 or len(hashes) < num:
+        raise RuntimeError("bad math: subtree hash of nothing")
     h = hashes[num - 1]
     for i in range(num - 2, -1, -1):
         h = node_hash(hashes[i], h)
@@ -181,10 +244,14 @@ def _subtree_hash(lo: int, hi: int, hashes: list[bytes]) -> tuple[bytes, list[by
 
 def tree_hash(n: int, reader: HashReader) -> bytes:
     """The RFC 6962 root of the first ``n`` leaves (SHA-256 of nothing for the empty tree)."""
+    if n < 0:
+        raise ProofError(f"no tree has {n} leaves")
     if n == 0:
         return EMPTY_TREE_HASH
     indexes = _subtree_index(0, n, [])
-    h, _ = _subtree_hash(0, n, reader.read_hashes(indexes))
+    h, rest = _subtree_hash(0, n, _read(reader, indexes))
+    if rest:
+        raise RuntimeError("bad math: hashes left over")
     return h
 
 
@@ -219,23 +286,23 @@ def _leaf_proof(lo: int, hi: int, n: int, hashes: list[bytes]) -> tuple[list[byt
 
 
 def prove_inclusion(t: int, n: int, reader: HashReader) -> list[bytes]:
-    """The audit path of leaf ``n`` in the tree of size ``t`` (RFC 6962 order)."""
+    """The audit path of leaf ``n`` in the tree of size ``t``, in RFC 6962 order."""
     if not 0 <= n < t:
         raise ProofError(f"leaf {n} is not in a tree of size {t}")
     indexes = _leaf_proof_index(0, t, n, [])
-    if not indexes:
-        return []
-    proof, _ = _leaf_proof(0, t, n, reader.read_hashes(indexes))
+    proof, rest = _leaf_proof(0, t, n, _read(reader, indexes))
+    if rest:
+        raise RuntimeError("bad math: hashes left over")
     return proof
 
 
 def _run_leaf_proof(proof: Sequence[bytes], lo: int, hi: int, n: int, h: bytes) -> bytes:
     if lo + 1 == hi:
         if proof:
-            raise ProofError("the inclusion proof is longer than the tree is deep")
+            raise ProofError("the inclusion proof has more hashes than the tree is deep")
         return h
     if not proof:
-        raise ProofError("the inclusion proof is too short")
+        raise ProofError("the inclusion proof has too few hashes for this tree size")
     k, _ = _maxpow2(hi - lo)
     if n < lo + k:
         return node_hash(_run_leaf_proof(proof[:-1], lo, lo + k, n, h), proof[-1])
@@ -246,10 +313,15 @@ def check_inclusion(proof: Sequence[bytes], t: int, th: bytes, n: int, h: bytes)
     """Check that leaf hash ``h`` is leaf ``n`` of the tree of size ``t`` and root ``th``."""
     if not 0 <= n < t:
         raise ProofError(f"leaf {n} cannot be in a tree of size {t}")
+    if len(th) != HASH_SIZE or len(h) != HASH_SIZE:
+        raise ProofError(f"the root and the leaf hash must be {HASH_SIZE} bytes")
     if any(len(p) != HASH_SIZE for p in proof):
-        raise ProofError("an inclusion proof hash is not 32 bytes")
+        raise ProofError(f"a hash of the inclusion proof is not {HASH_SIZE} bytes")
     if _run_leaf_proof(proof, 0, t, n, h) != th:
-        raise ProofError(f"the inclusion proof of leaf {n} does not lead to the root of size {t}")
+        raise ProofError(
+            f"the inclusion proof of leaf {n} does not lead to the root of the tree of size {t}: "
+            "the leaf, the proof or the root was changed"
+        )
 
 
 # --- consistency -------------------------------------------------------------------------------
@@ -286,29 +358,30 @@ def _tree_proof(lo: int, hi: int, n: int, hashes: list[bytes]) -> tuple[list[byt
 
 
 def prove_consistency(t: int, n: int, reader: HashReader) -> list[bytes]:
-    """The proof that the tree of size ``n`` is a prefix of the tree of size ``t``."""
+    """The RFC 6962 proof that the tree of size ``n`` is a prefix of the tree of size ``t``."""
     if not 1 <= n <= t:
-        raise ProofError(f"no consistency proof from size {n} to size {t}")
+        raise ProofError(f"there is no consistency proof from size {n} to size {t}")
     indexes = _tree_proof_index(0, t, n, [])
-    if not indexes:
-        return []
-    proof, _ = _tree_proof(0, t, n, reader.read_hashes(indexes))
+    proof, rest = _tree_proof(0, t, n, _read(reader, indexes))
+    if rest:
+        raise RuntimeError("bad math: hashes left over")
     return proof
 
 
 def _run_tree_proof(
     proof: Sequence[bytes], lo: int, hi: int, n: int, old: bytes
 ) -> tuple[bytes, bytes]:
+    """The (old root, new root) that ``proof`` implies for subtree [lo, hi)."""
     if n == hi:
         if lo == 0:
             if proof:
-                raise ProofError("the consistency proof is too long")
+                raise ProofError("the consistency proof has too many hashes for these sizes")
             return old, old
         if len(proof) != 1:
-            raise ProofError("the consistency proof has the wrong length")
+            raise ProofError("the consistency proof has the wrong number of hashes")
         return proof[0], proof[0]
     if not proof:
-        raise ProofError("the consistency proof is too short")
+        raise ProofError("the consistency proof has too few hashes for these sizes")
     k, _ = _maxpow2(hi - lo)
     if n <= lo + k:
         oh, th = _run_tree_proof(proof[:-1], lo, lo + k, n, old)
@@ -318,15 +391,17 @@ def _run_tree_proof(
 
 
 def check_consistency(proof: Sequence[bytes], t: int, th: bytes, n: int, h: bytes) -> None:
-    """Check that the tree of size ``n`` and root ``h`` is a prefix of size ``t``, root ``th``."""
+    """Check that the tree of size ``n``, root ``h`` is a prefix of the one of size ``t``, root
+    ``th`` (new size and root first, as in tlog's ``CheckTree``)."""
     if not 1 <= n <= t:
-        raise ProofError(f"no consistency between sizes {n} and {t}")
+        raise ProofError(f"no consistency can hold from size {n} to size {t}")
+    if len(th) != HASH_SIZE or len(h) != HASH_SIZE:
+        raise ProofError(f"both roots must be {HASH_SIZE} bytes")
     if any(len(p) != HASH_SIZE for p in proof):
-        raise ProofError("a consistency proof hash is not 32 bytes")
-    if n == t:
-        if proof or h != th:
-            raise ProofError(f"two different roots for the same size {t}")
-        return
-    oh, nh = _run_tree_proof(proof, 0, t, n, h)
-    if oh != h or nh != th:
-        raise ProofError(f"the tree of size {n} is not a prefix of the tree of size {t}")
+        raise ProofError(f"a hash of the consistency proof is not {HASH_SIZE} bytes")
+    old, new = _run_tree_proof(proof, 0, t, n, h)
+    if old != h or new != th:
+        raise ProofError(
+            f"the tree of size {n} is not a prefix of the tree of size {t}: "
+            "the history was rewritten, or a root or the proof was changed"
+        )

@@ -18,9 +18,10 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, text
 
+from storage.db import make_engine
 from storage.ledger.checkpoint import CheckpointError, open_checkpoint
 from storage.ledger.leaf import LeafError, decode_leaf, is_canonical, iter_commitments
-from storage.ledger.merkle import EMPTY_TREE_HASH, leaf_hash, node_hash
+from storage.ledger.merkle import EMPTY_TREE_HASH, leaf_hash, node_hash, stored_hash_count
 from storage.ledger.note import NoteVerifier
 
 BATCH = 5_000
@@ -132,21 +133,70 @@ def verify_ledger(
     trusted_checkpoints: Sequence[str] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
-    """Recompute everything; the report lists every fault, the first bad entry first."""
+    """Recompute everything; the report lists every fault, the first bad entry first.
+
+    ``trusted_checkpoints`` are signed notes published earlier (kept outside this database): the
+    tree rebuilt from the stored leaves must have their roots at their sizes. Entries appended
+    while verifying are left for the next run: the counts are read in one snapshot.
+    """
     report = VerifyReport()
-    with engine.connect() as conn:
+    reader = _reading_engine(engine)
+    try:
+        _verify(reader, origin, verifier, commitments, trusted_checkpoints, progress, report)
+    finally:
+        if reader is not engine:
+            reader.dispose()
+    return report
+
+
+def _reading_engine(engine: Engine) -> Engine:
+    """SQLite engines for writers take the write lock at BEGIN; verification only reads."""
+    if engine.dialect.name == "sqlite":
+        return make_engine(engine.url.render_as_string(hide_password=False), immediate=False)
+    return engine
+
+
+def _verify(
+    engine: Engine,
+    origin: str,
+    verifier: NoteVerifier,
+    commitments: CommitmentChecker | None,
+    trusted_checkpoints: Sequence[str],
+    progress: Callable[[int, int], None] | None,
+    report: VerifyReport,
+) -> None:
+    snapshot = engine.connect()
+    if engine.dialect.name == "postgresql":
+        snapshot = snapshot.execution_options(isolation_level="REPEATABLE READ")
+    with snapshot as conn, conn.begin():
         head = int(conn.execute(text("SELECT size FROM ledger_head WHERE id = 1")).one()[0])
-        count = int(conn.execute(text("SELECT count(*) FROM ledger_entries")).one()[0])
+        count, top = conn.execute(text("SELECT count(*), max(idx) FROM ledger_entries")).one()
+        count, top = int(count), (-1 if top is None else int(top))
+        hash_count = int(conn.execute(text("SELECT count(*) FROM ledger_hashes")).one()[0])
         stored_cps = [
             (int(s), bytes(r), str(n))
             for s, r, n in conn.execute(
                 text("SELECT size, root, note FROM ledger_checkpoints ORDER BY size")
             ).all()
         ]
-    total = max(head, count)
-    if count != head:
+    total = max(head, top + 1)
+    if count != head or top + 1 != head:
         report.faults.append(
-            Fault(None, "head", f"the head counter says {head} entries but {count} are stored")
+            Fault(
+                None,
+                "head",
+                f"the head counter says {head} entries but {count} are stored"
+                f" (highest index {top})",
+            )
+        )
+    if hash_count != stored_hash_count(total):
+        report.faults.append(
+            Fault(
+                None,
+                "tree",
+                f"{hash_count} tree hashes are stored; {total} entries need "
+                f"{stored_hash_count(total)}",
+            )
         )
     # Which roots must match at which sizes: stored checkpoints and published ones.
     expect: dict[int, list[tuple[str, bytes]]] = {}
@@ -195,10 +245,9 @@ def verify_ledger(
                 ),
                 {"a": start, "b": end},
             ).all()
-            first_hash = next_hash
             hash_rows = conn.execute(
-                text("SELECT idx, hash FROM ledger_hashes WHERE idx >= :a ORDER BY idx LIMIT :n"),
-                {"a": first_hash, "n": (end - start) * 2 + 64},
+                text("SELECT idx, hash FROM ledger_hashes WHERE idx >= :a AND idx < :b"),
+                {"a": next_hash, "b": stored_hash_count(end)},
             ).all()
         stored_hashes = {int(i): bytes(h) for i, h in hash_rows}
         expected_idx = start
@@ -229,7 +278,6 @@ def verify_ledger(
             expected_idx += 1
         if progress:
             progress(end, total)
-    return report
 
 
 def _check_root(

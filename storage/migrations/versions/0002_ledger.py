@@ -4,6 +4,12 @@ UPDATE, DELETE and TRUNCATE of the ledger tables are refused by the database its
 SQLite and PostgreSQL). The head counter may only grow. Triggers stop the application, not the
 table owner: published checkpoints are what make a rewrite of history detectable.
 
+On PostgreSQL appends go through ``SECURITY DEFINER`` functions (``custody_ledger_lock_head``,
+``custody_ledger_append``, ``custody_ledger_add_checkpoint``), and a ``NOLOGIN`` role
+``custody_ledger_owner`` is created when the migrating user may create roles. An operator who
+makes that role own the ledger tables and functions can then revoke INSERT from the application
+role: see docs/ledger-format.md, "Locking the application out".
+
 Revision ID: 0002_ledger
 Revises: 0001_core
 """
@@ -59,13 +65,13 @@ def upgrade() -> None:
         sa.Column("created_ms", sa.BigInteger, nullable=False),
     )
     op.create_table(
-        "blob_salts",
+        "blob_commitments",
         sa.Column("commitment", sa.String(80), primary_key=True),
         sa.Column("digest", sa.String(64), nullable=False),
-        sa.Column("salt", sa.LargeBinary, nullable=False),
+        sa.Column("salt", sa.LargeBinary, nullable=False),  # emptied when the blob is erased
         sa.Column("created_ms", sa.BigInteger, nullable=False),
     )
-    op.create_index("ix_blob_salts_digest", "blob_salts", ["digest"])
+    op.create_index("ix_blob_commitments_digest", "blob_commitments", ["digest"])
     op.create_table(
         "blob_erasures",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -137,12 +143,90 @@ def _postgres_triggers() -> None:
         "CREATE TRIGGER ledger_head_no_truncate BEFORE TRUNCATE ON ledger_head "
         "FOR EACH STATEMENT EXECUTE FUNCTION custody_append_only()"
     )
+    _postgres_append_functions()
+
+
+def _postgres_append_functions() -> None:
+    # The append path as functions running with their owner's rights, so the application role
+    # can be left with SELECT and EXECUTE only (the operator's choice; see the module docstring).
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION custody_ledger_lock_head() RETURNS bigint
+        LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+            SELECT size FROM ledger_head WHERE id = 1 FOR UPDATE
+        $$
+        """
+    )
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION custody_ledger_append(
+            p_start bigint, p_times bigint[], p_types text[], p_tenants text[], p_turns text[],
+            p_leaves bytea[], p_leaf_hashes bytea[], p_hash_start bigint, p_hashes bytea[]
+        ) RETURNS bigint
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+        DECLARE
+            head_size bigint;
+            n bigint := cardinality(p_leaves);
+        BEGIN
+            SELECT size INTO head_size FROM ledger_head WHERE id = 1 FOR UPDATE;
+            IF head_size <> p_start THEN
+                -- Another writer appended: nothing inserted, the lock stays held, the caller
+                -- recomputes its hashes from the actual size and calls again.
+                RETURN -head_size - 1;
+            END IF;
+            IF EXISTS (SELECT 1 FROM ledger_hashes WHERE idx >= p_hash_start) THEN
+                RAISE EXCEPTION 'stored hashes from % exist already', p_hash_start;
+            END IF;
+            INSERT INTO ledger_entries (idx, time_ms, type, tenant, turn_id, leaf, leaf_hash)
+            SELECT p_start + i - 1, p_times[i], p_types[i], p_tenants[i], p_turns[i],
+                   p_leaves[i], p_leaf_hashes[i]
+            FROM generate_subscripts(p_leaves, 1) AS i;
+            INSERT INTO ledger_hashes (idx, hash)
+            SELECT p_hash_start + i - 1, p_hashes[i] FROM generate_subscripts(p_hashes, 1) AS i;
+            UPDATE ledger_head SET size = p_start + n WHERE id = 1;
+            RETURN p_start + n;
+        END $$
+        """
+    )
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION custody_ledger_add_checkpoint(
+            p_size bigint, p_time_ms bigint, p_root bytea, p_note text
+        ) RETURNS void
+        LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+            INSERT INTO ledger_checkpoints (size, time_ms, root, note)
+            VALUES (p_size, p_time_ms, p_root, p_note)
+        $$
+        """
+    )
+    # Roles are cluster-wide: create the owner role once, and only where we may.
+    op.execute(
+        """
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'custody_ledger_owner') THEN
+                CREATE ROLE custody_ledger_owner NOLOGIN;
+            END IF;
+        EXCEPTION
+            WHEN insufficient_privilege OR duplicate_object OR unique_violation THEN
+                RAISE NOTICE 'custody_ledger_owner not created: %', SQLERRM;
+        END $$
+        """
+    )
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for fn in (
+            "custody_ledger_lock_head()",
+            "custody_ledger_append(bigint, bigint[], text[], text[], text[], bytea[], bytea[],"
+            " bigint, bytea[])",
+            "custody_ledger_add_checkpoint(bigint, bigint, bytea, text)",
+        ):
+            op.execute(f"DROP FUNCTION IF EXISTS {fn}")
     for table in (
         "blob_erasures",
-        "blob_salts",
+        "blob_commitments",
         "blobs",
         "ledger_checkpoints",
         "ledger_head",

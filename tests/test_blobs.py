@@ -1,0 +1,152 @@
+"""The content-addressed blob stores and the salted commitments leaves make to their blobs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from storage.blobs import (
+    BlobStore,
+    Commitments,
+    FileBlobStore,
+    PostgresBlobStore,
+    open_blob_store,
+)
+from storage.db import is_sqlite, make_engine, migrate
+from storage.ledger.events import LedgerEvent
+from storage.ledger.leaf import commit_content
+from storage.ledger.log import Ledger
+from storage.ledger.note import NoteSigner
+from storage.ledger.verify import verify_ledger
+
+ORIGIN = "test.custody.example/ledger"
+
+
+@pytest.fixture()
+def engine(db_url: str) -> Iterator[Engine]:
+    migrate(db_url)
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture()
+def store(engine: Engine, db_url: str, tmp_path: Path) -> BlobStore:
+    """The file store next to SQLite, the database store next to PostgreSQL."""
+    if is_sqlite(db_url):
+        return open_blob_store("file", data_dir=tmp_path, engine=engine)
+    return open_blob_store("database", data_dir=tmp_path, engine=engine)
+
+
+def test_blobs_are_content_addressed_and_idempotent(store: BlobStore) -> None:
+    data = b"a red bicycle" * 100
+    digest = store.put(data)
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert store.put(data) == digest
+    assert store.exists(digest)
+    assert store.get(digest) == data
+    assert store.get("0" * 64) is None
+    assert store.erase(digest)
+    assert not store.exists(digest)
+    assert store.get(digest) is None
+    assert not store.erase(digest)
+
+
+def test_file_store_shards_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "blobs")
+    digest = store.put(b"x")
+    assert (tmp_path / "blobs" / digest[:2] / digest[2:4] / digest).read_bytes() == b"x"
+    assert [p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == [digest]
+    with pytest.raises(ValueError):
+        store.get("../../etc/passwd")
+
+
+def test_open_blob_store_understands_its_specs(tmp_path: Path, sqlite_url: str) -> None:
+    migrate(sqlite_url)
+    engine = make_engine(sqlite_url)
+    assert isinstance(open_blob_store("", data_dir=tmp_path, engine=engine), FileBlobStore)
+    custom = open_blob_store(f"file:{tmp_path / 'elsewhere'}", data_dir=tmp_path, engine=engine)
+    assert isinstance(custom, FileBlobStore) and custom.root == tmp_path / "elsewhere"
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        open_blob_store("database", data_dir=tmp_path, engine=engine)
+    with pytest.raises(ValueError, match="unknown"):
+        open_blob_store("s3://bucket", data_dir=tmp_path, engine=engine)
+    engine.dispose()
+
+
+def test_postgres_store_is_shared_through_the_database(pg_url: str, tmp_path: Path) -> None:
+    migrate(pg_url)
+    one, two = make_engine(pg_url), make_engine(pg_url)
+    digest = PostgresBlobStore(one).put(b"shared")
+    assert PostgresBlobStore(two).get(digest) == b"shared"
+    one.dispose()
+    two.dispose()
+
+
+def test_commitments_check_ok_mismatch_missing_and_erased(engine: Engine, store: BlobStore) -> None:
+    commitments = Commitments(engine, store)
+    c = commitments.put_committed(b"the prompt", salt=b"\x01" * 16)
+    assert c.commitment == commit_content(b"the prompt", b"\x01" * 16)
+    assert c.digest == hashlib.sha256(b"the prompt").hexdigest()
+    assert commitments.check(c.commitment) == "ok"
+    assert commitments.open(c.commitment) == b"the prompt"
+    assert commitments.check(commit_content(b"never stored", b"\x02" * 16)) == "missing"
+
+    # The bytes change behind the store's back: the commitment no longer matches.
+    if isinstance(store, FileBlobStore):
+        store.path(c.digest).write_bytes(b"the pr0mpt")
+    else:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE blobs SET data = :d WHERE digest = :g"), {"d": b"x", "g": c.digest}
+            )
+    assert commitments.check(c.commitment) == "mismatch"
+    assert commitments.open(c.commitment) is None
+
+    store.erase(c.digest)  # gone without an erasure request
+    assert commitments.check(c.commitment) == "missing"
+
+    d = commitments.put_committed(b"a mask")
+    assert commitments.erase(d.digest, reason="GDPR art. 17 request 42", actor="dpo@acme")
+    assert commitments.check(d.commitment) == "erased"
+    assert commitments.erased(d.digest)
+    assert not store.exists(d.digest)
+
+
+def test_put_committed_many_stores_everything_in_one_go(engine: Engine, store: BlobStore) -> None:
+    commitments = Commitments(engine, store)
+    made = commitments.put_committed_many([(b"one", None), (b"two", b"\x03" * 16), (b"one", None)])
+    assert len({c.commitment for c in made}) == 3  # fresh salts: same content, new commitment
+    assert made[1].commitment == commit_content(b"two", b"\x03" * 16)
+    assert all(commitments.check(c.commitment) == "ok" for c in made)
+
+
+def test_erasure_keeps_the_ledger_verifying(engine: Engine, store: BlobStore) -> None:
+    signer = NoteSigner.generate(ORIGIN)
+    ledger = Ledger.open(engine, origin=ORIGIN, signer=signer)
+    commitments = Commitments(engine, store)
+    kept = commitments.put_committed(b"an output image")
+    erased = commitments.put_committed(b"the user's original photo")
+    ledger.append(
+        [
+            LedgerEvent(
+                "turn.received",
+                "acme",
+                "editor@acme",
+                body={"input": erased.commitment, "output": kept.commitment},
+            )
+        ]
+    )
+    commitments.erase(erased.digest, reason="legal erasure", actor="dpo@acme")
+    ledger.append([LedgerEvent("blob.erased", "acme", "dpo@acme", body={"digest": erased.digest})])
+    ledger.issue_checkpoint()
+    ledger.close()
+    report = verify_ledger(
+        engine, origin=ORIGIN, verifier=signer.verifier(), commitments=commitments
+    )
+    assert report.ok, report.summary()
+    assert (report.erased, report.commitments_checked) == (1, 2)

@@ -1,0 +1,236 @@
+"""The ledger's store: gap-free appends, reads, proofs, checkpoints and the database's own guards.
+
+Every test runs on SQLite and on PostgreSQL (``db_url``).
+"""
+
+from __future__ import annotations
+
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from storage.db import is_sqlite, make_engine, migrate
+from storage.ledger.checkpoint import open_checkpoint
+from storage.ledger.events import LedgerEvent
+from storage.ledger.leaf import decode_leaf
+from storage.ledger.log import Ledger, frontier_indexes, load_or_create_note_signer
+from storage.ledger.merkle import (
+    MemoryHashReader,
+    ProofError,
+    check_consistency,
+    check_inclusion,
+    leaf_hash,
+    stored_hash_index,
+    tree_hash,
+)
+from storage.ledger.note import NoteSigner
+from storage.ledger.verify import verify_ledger
+
+ORIGIN = "test.custody.example/ledger"
+
+
+def _event(n: int, turn: str | None = None) -> LedgerEvent:
+    return LedgerEvent(type="test.event", tenant="acme", actor="tester", turn=turn, body={"n": n})
+
+
+@pytest.fixture()
+def engine(db_url: str) -> Iterator[Engine]:
+    migrate(db_url)
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture()
+def signer() -> NoteSigner:
+    return NoteSigner.generate(ORIGIN)
+
+
+@pytest.fixture()
+def ledger(engine: Engine, signer: NoteSigner) -> Iterator[Ledger]:
+    led = Ledger.open(
+        engine, origin=ORIGIN, signer=signer, checkpoint_every_entries=0, checkpoint_every_ms=0
+    )
+    yield led
+    led.close()
+
+
+def test_appends_get_consecutive_indexes_and_read_back(ledger: Ledger) -> None:
+    first = ledger.append([_event(0, "turn-a"), _event(1, "turn-a")])
+    second = ledger.append([_event(2, "turn-b")])
+    assert [e.index for e in first + second] == [0, 1, 2]
+    assert ledger.size() == 3
+    stored = ledger.entries(0, 3)
+    assert [e.leaf for e in stored] == [e.leaf for e in first + second]
+    assert [e.event.body["n"] for e in stored] == [0, 1, 2]
+    assert all(e.leaf_hash == leaf_hash(e.leaf) for e in stored)
+    assert ledger.entry(2).event.turn == "turn-b"
+    assert [e.index for e in ledger.entries_for_turn("turn-a")] == [0, 1]
+    assert decode_leaf(stored[0].leaf)["origin"] == ORIGIN
+    with pytest.raises(IndexError):
+        ledger.entry(3)
+
+
+def test_appending_nothing_writes_nothing(ledger: Ledger) -> None:
+    assert ledger.append([]) == []
+    assert ledger.size() == 0
+
+
+def test_root_and_proofs_match_an_independent_tree(ledger: Ledger) -> None:
+    entries = ledger.append([_event(i) for i in range(37)])
+    mem = MemoryHashReader()
+    for e in entries:
+        mem.append(e.leaf_hash)
+    for size in (1, 2, 5, 16, 37):
+        assert ledger.root(size) == tree_hash(size, mem)
+    root = ledger.root(37)
+    for index in (0, 7, 31, 36):
+        proof = ledger.prove_inclusion(index, 37)
+        check_inclusion(proof, 37, root, index, entries[index].leaf_hash)
+        with pytest.raises(ProofError):
+            check_inclusion(proof, 37, root, index, entries[(index + 1) % 37].leaf_hash)
+    for old in (1, 8, 20, 37):
+        proof = ledger.prove_consistency(old, 37)
+        check_consistency(proof, 37, root, old, ledger.root(old))
+
+
+def test_checkpoints_are_signed_and_issued_every_n_entries(
+    engine: Engine, signer: NoteSigner
+) -> None:
+    ledger = Ledger.open(
+        engine, origin=ORIGIN, signer=signer, checkpoint_every_entries=10, checkpoint_every_ms=0
+    )
+    try:
+        first = ledger.latest_checkpoint()  # none yet: one is issued at size 0
+        assert first.size == 0
+        for i in range(25):
+            ledger.append([_event(i)])
+        sizes = [cp.size for cp in ledger.checkpoints()]
+        assert sizes == [0, 10, 20]
+        latest = ledger.latest_checkpoint()
+        cp = open_checkpoint(latest.note, signer.verifier(), ORIGIN)
+        assert (cp.size, cp.root) == (20, ledger.root(20))
+        again = ledger.issue_checkpoint()
+        assert again.size == 25
+        assert ledger.issue_checkpoint().note == again.note  # same size: no second signature
+    finally:
+        ledger.close()
+
+
+def test_checkpoints_are_issued_after_their_interval(engine: Engine, signer: NoteSigner) -> None:
+    ledger = Ledger.open(
+        engine, origin=ORIGIN, signer=signer, checkpoint_every_entries=0, checkpoint_every_ms=1
+    )
+    try:
+        ledger.append([_event(0)])
+        time.sleep(0.01)
+        ledger.append([_event(1)])
+        assert [cp.size for cp in ledger.checkpoints()][-1] == 2
+    finally:
+        ledger.close()
+
+
+def test_the_log_refuses_to_sign_a_checkpoint_inconsistent_with_the_last(
+    engine: Engine, ledger: Ledger, signer: NoteSigner
+) -> None:
+    ledger.append([_event(i) for i in range(5)])
+    # A stored checkpoint at size 3 whose root is not the tree's (as after a rewrite).
+    forged = b"\x07" * 32
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ledger_checkpoints (size, time_ms, root, note) VALUES (3, 0, :r, '')"
+            ),
+            {"r": forged},
+        )
+    with pytest.raises(ProofError):
+        ledger.issue_checkpoint()
+    assert [cp.size for cp in ledger.checkpoints()] == [3]
+
+
+def test_group_commit_shares_transactions_between_threads(ledger: Ledger) -> None:
+    threads, per_thread = 16, 25
+    results: list[list[int]] = [[] for _ in range(threads)]
+    barrier = threading.Barrier(threads)
+
+    def writer(k: int) -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            (entry,) = ledger.append([_event(k * 1000 + i)])
+            assert ledger.size() > entry.index  # durable and visible before the call returns
+            results[k].append(entry.index)
+
+    workers = [threading.Thread(target=writer, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    indexes = sorted(i for r in results for i in r)
+    assert indexes == list(range(threads * per_thread))
+    assert all(r == sorted(r) for r in results)  # each caller's appends stay in its order
+    assert ledger.appended == threads * per_thread
+    assert ledger.transactions < ledger.appended
+    report = verify_ledger(ledger.engine, origin=ORIGIN, verifier=ledger.signer.verifier())
+    assert report.ok, report.summary()
+
+
+def test_a_bad_event_fails_its_caller_only(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="float"):
+        ledger.append([LedgerEvent("test.event", "acme", "tester", body={"x": 1.5})])
+    assert ledger.append([_event(0)])[0].index == 0
+
+
+def test_proofs_read_only_the_frontier_hashes() -> None:
+    # The frontier of size 6 (= 4 + 2) is the hash of leaves 0..3 and of leaves 4..5.
+    assert frontier_indexes(6) == [stored_hash_index(2, 0), stored_hash_index(1, 2)]
+    assert frontier_indexes(0) == []
+
+
+APPEND_ONLY = ("ledger_entries", "ledger_hashes", "ledger_checkpoints")
+
+
+def _refused(engine: Engine, sql: str) -> bool:
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql))
+    except Exception as exc:
+        return "append-only" in str(exc) or "only grows" in str(exc) or "cannot" in str(exc)
+    return False
+
+
+def test_the_database_refuses_to_change_or_remove_ledger_rows(
+    engine: Engine, ledger: Ledger, db_url: str
+) -> None:
+    ledger.append([_event(i) for i in range(3)])
+    ledger.issue_checkpoint()
+    for table in APPEND_ONLY:
+        column = "note" if table == "ledger_checkpoints" else "idx"
+        value = "'x'" if column == "note" else "idx"
+        assert _refused(engine, f"UPDATE {table} SET {column} = {value}"), table
+        assert _refused(engine, f"DELETE FROM {table}"), table
+        if not is_sqlite(db_url):
+            assert _refused(engine, f"TRUNCATE {table}"), table
+    assert _refused(engine, "UPDATE ledger_head SET size = size - 1")
+    assert _refused(engine, "DELETE FROM ledger_head")
+    if not is_sqlite(db_url):
+        assert _refused(engine, "TRUNCATE ledger_head")
+    assert ledger.size() == 3
+    assert len(ledger.entries(0, 3)) == 3
+    report = verify_ledger(engine, origin=ORIGIN, verifier=ledger.signer.verifier())
+    assert report.ok, report.summary()
+
+
+def test_note_key_is_created_private_and_reloaded(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "ledger-note.key"
+    signer = load_or_create_note_signer(path, ORIGIN)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert signer.name == ORIGIN
+    again = load_or_create_note_signer(path, ORIGIN)
+    assert again.verifier_key() == signer.verifier_key()
+    with pytest.raises(ValueError, match="origin"):
+        load_or_create_note_signer(path, "another.example/log")
