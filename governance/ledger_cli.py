@@ -121,7 +121,7 @@ def _verify_proof(args: argparse.Namespace) -> int:
     except (ValueError, NoteError) as exc:
         print(f"INVALID: {exc}")
         return 1
-    print(f"OK: the leaf is entry of the log {cp.origin!r} at tree size {cp.size}")
+    print(f"OK: the leaf is in the log {cp.origin!r} under its checkpoint of size {cp.size}")
     return 0
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
@@ -234,3 +236,56 @@ def test_note_key_is_created_private_and_reloaded(tmp_path: Path) -> None:
     assert again.verifier_key() == signer.verifier_key()
     with pytest.raises(ValueError, match="origin"):
         load_or_create_note_signer(path, "another.example/log")
+
+
+def test_an_application_role_locked_out_of_the_tables_can_still_append(
+    pg_url: str, signer: NoteSigner
+) -> None:
+    """The operator recipe of docs/ledger-format.md: the tables and append functions belong to
+    the NOLOGIN role ``custody_ledger_owner``; the application role may only read and call."""
+    migrate(pg_url)
+    app = f"custody_app_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(pg_url, autocommit=True)
+    database = pg_url.rsplit("/", 1)[1]
+    tables = "ledger_entries, ledger_hashes, ledger_head, ledger_checkpoints"
+    append_sig = "custody_ledger_append(bigint[], text[], text[], text[], bytea[])"
+    functions = (
+        "custody_ledger_lock_head()",
+        append_sig,
+        "custody_ledger_add_checkpoint(bigint, bigint, bytea, text)",
+    )
+    try:
+        admin.execute(f"CREATE ROLE {app} LOGIN")
+        for table in tables.split(", "):
+            admin.execute(f"ALTER TABLE {table} OWNER TO custody_ledger_owner")
+        for fn in functions:
+            admin.execute(f"ALTER FUNCTION {fn} OWNER TO custody_ledger_owner")
+        admin.execute(f"REVOKE ALL ON {tables} FROM {app}")
+        admin.execute(f"GRANT SELECT ON {tables} TO {app}")
+        admin.execute(f"GRANT EXECUTE ON FUNCTION {', '.join(functions)} TO {app}")
+        admin.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {app}')
+
+        app_url = pg_url.replace("postgres@", f"{app}@", 1)
+        engine = make_engine(app_url)
+        ledger = Ledger.open(engine, origin=ORIGIN, signer=signer, checkpoint_every_entries=2)
+        try:
+            assert [e.index for e in ledger.append([_event(i) for i in range(3)])] == [0, 1, 2]
+            ledger.append([_event(3)])
+            assert ledger.issue_checkpoint().size == 4
+            for sql in (
+                "INSERT INTO ledger_hashes (idx, hash) VALUES (999, 'x')",
+                "UPDATE ledger_head SET size = 100",
+                "DELETE FROM ledger_entries",
+            ):
+                with pytest.raises(Exception, match="permission denied"), engine.begin() as conn:
+                    conn.execute(text(sql))
+            report = verify_ledger(engine, origin=ORIGIN, verifier=signer.verifier())
+            assert report.ok, report.summary()
+        finally:
+            ledger.close()
+            engine.dispose()
+    finally:
+        admin.execute(f'REVOKE CONNECT ON DATABASE "{database}" FROM {app}')
+        admin.execute(f"DROP OWNED BY {app}")
+        admin.execute(f"DROP ROLE IF EXISTS {app}")
+        admin.close()

@@ -1,19 +1,21 @@
-"""The signer, its development PKI and the manifests it writes, with real c2pa-python."""
+"""Signing with real c2pa-python: every format verifies as Trusted under c2pa-rs and encypher-c2pa,
+and the manifest says what happened (actions, agent, Custody assertion, training-mining)."""
 
 from __future__ import annotations
 
 import io
 import json
-import stat
+import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import c2pa
 import pytest
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from governance.provenance.pki import C2PA_CLAIM_SIGNING, DOCUMENT_SIGNING, ensure_dev_pki
+from governance.provenance.pki import DevPki, ensure_dev_pki
 from governance.provenance.signer import (
+    Approval,
     CallbackBackend,
     FileKeyBackend,
     InputImage,
@@ -22,21 +24,33 @@ from governance.provenance.signer import (
     es256_callback_for_key,
 )
 from governance.provenance.verify import verify_image, verify_independently
+from governance.settings import Settings
+
+PHOTOS = {
+    "sample1.png": "image/png",
+    "IMG_0003.jpg": "image/jpeg",
+    "mars.webp": "image/webp",
+}
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory):
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     return ensure_dev_pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture(scope="module")
-def signer(pki) -> OutputSigner:
+def make_signer(pki: DevPki) -> OutputSigner:
+    """An OutputSigner over the development PKI's key file."""
     backend = FileKeyBackend(pki.signer_chain.read_bytes(), pki.signer_key.read_bytes())
     return OutputSigner(backend, pki.root_cert.read_text(), development=True)
 
 
-def _ctx(inputs: list[InputImage], **kw: object) -> ProvenanceContext:
-    base: dict[str, object] = {
+@pytest.fixture(scope="module")
+def signer(pki: DevPki) -> OutputSigner:
+    return make_signer(pki)
+
+
+def make_ctx(inputs: list[InputImage], **kw: Any) -> ProvenanceContext:
+    base: dict[str, Any] = {
         "turn_id": "t1",
         "tenant": "acme",
         "actor": "editor@acme",
@@ -53,116 +67,172 @@ def _ctx(inputs: list[InputImage], **kw: object) -> ProvenanceContext:
         "gateway_version": "test",
     }
     base.update(kw)
-    return ProvenanceContext(**base)  # type: ignore[arg-type]
+    return ProvenanceContext(**base)
 
 
-def _photo(shared_dir: Path, name: str) -> bytes:
-    return (shared_dir / "fixtures" / "photos" / name).read_bytes()
-
-
-def _manifest(data: bytes, anchors: str) -> dict:
-    ctx = c2pa.Context(
-        c2pa.Settings.from_dict(
-            {"verify": {"remote_manifest_fetch": False}, "trust": {"user_anchors": anchors}}
-        )
+def active_manifest(data: bytes, mime: str, anchors: str) -> dict[str, Any]:
+    settings = {"verify": {"remote_manifest_fetch": False}, "trust": {"user_anchors": anchors}}
+    reader = c2pa.Reader(
+        mime, io.BytesIO(data), context=c2pa.Context(c2pa.Settings.from_dict(settings))
     )
-    reader = c2pa.Reader("image/png", io.BytesIO(data), context=ctx)
-    store = json.loads(reader.json())
-    reader.close()
+    try:
+        store = json.loads(reader.json())
+    finally:
+        reader.close()
     return store["manifests"][store["active_manifest"]]
 
 
-def test_development_pki_has_the_chain_and_usages_verifiers_require(pki) -> None:
-    certs = x509.load_pem_x509_certificates(pki.signer_chain.read_bytes())
-    signer_cert, intermediate = certs
-    root = x509.load_pem_x509_certificate(pki.root_cert.read_bytes())
-    assert signer_cert.issuer == intermediate.subject and intermediate.issuer == root.subject
-    assert signer_cert.issuer != signer_cert.subject, "never self-signed"
-    eku = signer_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert {ExtendedKeyUsageOID.EMAIL_PROTECTION, C2PA_CLAIM_SIGNING, DOCUMENT_SIGNING} <= set(eku)
-    assert signer_cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
-    assert not signer_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    for cert in (signer_cert, intermediate):
-        cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
-        cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-    assert "DEVELOPMENT" in signer_cert.subject.rfc4514_string()
-    for key in pki.folder.glob("*.key"):
-        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+def assertion(manifest: dict[str, Any], label: str) -> dict[str, Any]:
+    return next(a["data"] for a in manifest["assertions"] if a["label"] == label)
 
 
-def test_an_edit_is_trusted_by_both_implementations_and_says_what_happened(
-    signer, shared_dir
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_each_format_is_trusted_by_c2pa_rs_and_by_encypher(
+    signer: OutputSigner, shared_dir: Path, name: str
 ) -> None:
-    data = _photo(shared_dir, "sample1.png")
-    out = signer.sign_output(
-        data, "image/png", _ctx([InputImage(data, "image/png", "0" * 64, "parent", "in")])
-    )
+    mime = PHOTOS[name]
+    data = (shared_dir / "fixtures" / "photos" / name).read_bytes()
+    parent = InputImage(data, mime, "0" * 64, "parent", "input 1")
+    out = signer.sign_output(data, mime, make_ctx([parent]))
     anchors = signer.trust_anchors_pem()
-    assert verify_image(out.data, "image/png", anchors).state == "Trusted"
-    assert verify_independently(out.data, "image/png", anchors).ok
-    manifest = _manifest(out.data, anchors)
-    actions = next(a for a in manifest["assertions"] if a["label"].startswith("c2pa.actions"))
-    kinds = [a["action"] for a in actions["data"]["actions"]]
-    assert kinds == ["c2pa.opened", "c2pa.edited"]
-    edited = actions["data"]["actions"][1]
-    assert edited["digitalSourceType"].endswith("compositeWithTrainedAlgorithmicMedia")
-    assert edited["softwareAgent"]["name"] == "gemini-2.5-flash-image"
-    custody = next(a for a in manifest["assertions"] if a["label"] == "com.custody.turn")
-    assert custody["data"]["synthid"]["verified"] is False
-    assert "not independently verified" in custody["data"]["synthid"]["note"]
-    mining = next(a for a in manifest["assertions"] if a["label"] == "cawg.training-mining")
-    assert mining["data"]["entries"]["cawg.ai_training"]["use"] == "notAllowed"
-    assert manifest["ingredients"][0]["relationship"] == "parentOf"
-    assert "thumbnail" not in manifest
+    ours = verify_image(out.data, mime, anchors)
+    assert ours.state == "Trusted", ours.reasons
+    independent = verify_independently(out.data, mime, anchors)
+    assert independent.ok, independent
+    # The file we return is exactly the file we hashed, and the manifest is the one embedded.
+    import hashlib
+
+    assert out.sha256 == hashlib.sha256(out.data).hexdigest()
+    assert out.manifest and out.manifest_sha256 == hashlib.sha256(out.manifest).hexdigest()
 
 
-def test_text_only_generation_is_created_by_trained_algorithmic_media(signer, shared_dir):
-    out = signer.sign_output(_photo(shared_dir, "sample1.png"), "image/png", _ctx([]))
-    manifest = _manifest(out.data, signer.trust_anchors_pem())
-    actions = next(a for a in manifest["assertions"] if a["label"].startswith("c2pa.actions"))
-    (created,) = actions["data"]["actions"]
+def test_an_edit_says_opened_then_edited_by_the_model(
+    signer: OutputSigner, shared_dir: Path
+) -> None:
+    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    approval = Approval("rev@acme", "reviewer", "approve", 1_700_000_000_000, "salted-sha256:c")
+    out = signer.sign_output(
+        data,
+        "image/png",
+        make_ctx([InputImage(data, "image/png", "0" * 64, "parent", "in")], approvals=[approval]),
+    )
+    manifest = active_manifest(out.data, "image/png", signer.trust_anchors_pem())
+    actions = assertion(manifest, "c2pa.actions.v2")["actions"]
+    assert [a["action"] for a in actions] == ["c2pa.opened", "c2pa.edited"]
+    assert actions[1]["digitalSourceType"] == (
+        "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+    )
+    assert actions[1]["softwareAgent"] == {
+        "name": "gemini-2.5-flash-image",
+        "version": "gemini-2.5-flash-image-001",
+    }
+    custody = assertion(manifest, "com.custody.turn")
+    assert custody["turn_id"] == "t1" and custody["tenant"] == "acme"
+    assert custody["actor"] == "editor@acme" and custody["emulator"] is False
+    assert custody["prompt"] == {"commitment": "salted-sha256:abc"}
+    assert custody["approvals"][0]["reviewer"] == "rev@acme"
+    assert custody["policy"]["outcome"] == "allow"
+    assert custody["ledger"]["log_origin"] == "custody.local/ledger"
+    assert "not independently verified" in custody["synthid"]["statement"]
+    mining = assertion(manifest, "cawg.training-mining")["entries"]
+    assert {v["use"] for v in mining.values()} == {"notAllowed"}
+    assert [i["relationship"] for i in manifest["ingredients"]] == ["parentOf"]
+
+
+def test_text_only_generation_is_created_by_trained_algorithmic_media(
+    signer: OutputSigner, shared_dir: Path
+) -> None:
+    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    out = signer.sign_output(data, "image/png", make_ctx([], training_mining="allowed"))
+    manifest = active_manifest(out.data, "image/png", signer.trust_anchors_pem())
+    (created,) = assertion(manifest, "c2pa.actions.v2")["actions"]
     assert created["action"] == "c2pa.created"
     assert created["digitalSourceType"].endswith("/trainedAlgorithmicMedia")
+    mining = assertion(manifest, "cawg.training-mining")["entries"]
+    assert mining["cawg.ai_training"]["use"] == "allowed"
+    assert "ingredients" not in manifest or not manifest["ingredients"]
 
 
-def test_prompt_is_only_in_the_file_when_policy_disclosed_it(signer, shared_dir) -> None:
-    data = _photo(shared_dir, "sample1.png")
-    hidden = signer.sign_output(data, "image/png", _ctx([], prompt_text=None))
-    shown = signer.sign_output(data, "image/png", _ctx([], prompt_text="make it teal 4711"))
-    assert b"make it teal 4711" not in hidden.data
-    assert b"make it teal 4711" in shown.data
+def test_emulator_output_says_so_and_claims_no_synthid(
+    signer: OutputSigner, shared_dir: Path
+) -> None:
+    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    out = signer.sign_output(data, "image/png", make_ctx([], is_emulator=True))
+    custody = verify_image(out.data, "image/png", signer.trust_anchors_pem()).custody
+    assert custody is not None
+    assert custody["emulator"] is True and "emulator" in custody["generator"]
+    assert "Custody emulator" in custody["synthid"]["statement"]
+    assert "no SynthID" in custody["synthid"]["statement"]
 
 
-def test_thumbnails_only_when_an_obligation_asks(signer, shared_dir) -> None:
-    data = _photo(shared_dir, "sample1.png")
-    with_thumbs = signer.sign_output(data, "image/png", _ctx([], thumbnails=True))
-    assert verify_image(with_thumbs.data, "image/png", signer.trust_anchors_pem()).thumbnails
+def test_references_and_masks_are_input_to_ingredients(
+    signer: OutputSigner, shared_dir: Path
+) -> None:
+    photos = shared_dir / "fixtures" / "photos"
+    png = (photos / "sample1.png").read_bytes()
+    jpg = (photos / "IMG_0003.jpg").read_bytes()
+    inputs = [
+        InputImage(png, "image/png", "0" * 64, "parent", "photo"),
+        InputImage(jpg, "image/jpeg", "1" * 64, "reference", "style"),
+        InputImage(png, "image/png", "2" * 64, "mask", "mask"),
+    ]
+    out = signer.sign_output(png, "image/png", make_ctx(inputs, mask_commitments=["salted:m"]))
+    chain = verify_image(out.data, "image/png", signer.trust_anchors_pem()).ingredients
+    relationships = {link.title: link.relationship for link in chain}
+    assert relationships == {
+        "parent: photo": "parentOf",
+        "reference: style": "inputTo",
+        "mask: mask": "inputTo",
+    }
+    assert [s.state for s in out.ingredient_states] == ["none", "none", "none"]
 
 
-def test_upstream_output_with_credentials_becomes_the_parent_ingredient(signer, shared_dir):
-    """Google's own manifest on an output is kept: the exact output is the parentOf ingredient."""
-    photo = _photo(shared_dir, "sample1.png")
-    upstream = signer.sign_output(photo, "image/png", _ctx([])).data  # stands in for Google's
-    edited_input = InputImage(photo, "image/png", "0" * 64, "parent", "in")
-    out = signer.sign_output(upstream, "image/png", _ctx([edited_input]))
-    assert out.upstream_had_credentials
-    result = verify_image(out.data, "image/png", signer.trust_anchors_pem())
-    assert result.state == "Trusted"
-    parents = [i for i in result.ingredients if i["relationship"] == "parentOf"]
-    assert len(parents) == 1 and parents[0]["has_manifest"] and parents[0]["valid"]
-    assert "model output" in parents[0]["title"]
-    assert [i["relationship"] for i in result.ingredients].count("inputTo") == 1
-
-
-def test_a_signing_callback_stands_in_for_a_kms(pki, shared_dir) -> None:
+def test_a_signing_callback_stands_in_for_a_kms(pki: DevPki, shared_dir: Path) -> None:
     backend = CallbackBackend(
         pki.signer_chain.read_bytes(), es256_callback_for_key(pki.signer_key.read_bytes())
     )
-    kms_signer = OutputSigner(backend, pki.root_cert.read_text(), development=True)
-    out = kms_signer.sign_output(_photo(shared_dir, "sample1.png"), "image/png", _ctx([]))
-    assert verify_image(out.data, "image/png", pki.root_cert.read_text()).state == "Trusted"
-    assert verify_independently(out.data, "image/png", pki.root_cert.read_text()).ok
+    kms_signer = OutputSigner(backend, pki.root_cert.read_text(), development=False)
+    data = (shared_dir / "fixtures" / "photos" / "IMG_0003.jpg").read_bytes()
+    out = kms_signer.sign_output(data, "image/jpeg", make_ctx([]))
+    assert verify_image(out.data, "image/jpeg", pki.root_cert.read_text()).state == "Trusted"
+    assert verify_independently(out.data, "image/jpeg", pki.root_cert.read_text()).ok
 
 
-def test_an_image_without_credentials_is_reported_as_such(signer, shared_dir) -> None:
-    assert verify_image(_photo(shared_dir, "sample1.png"), None, "").state == "none"
+def test_settings_name_a_callback_module_and_function(
+    tmp_path: Path, pki: DevPki, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Production: a PEM chain plus ``CUSTODY_SIGNING_CALLBACK=module:function``, no key file."""
+    calls: list[int] = []
+    sign = es256_callback_for_key(pki.signer_key.read_bytes())
+
+    def kms_sign(data: bytes) -> bytes:
+        calls.append(len(data))
+        return sign(data)
+
+    module = types.ModuleType("fake_kms")
+    module.kms_sign = kms_sign  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_kms", module)
+    settings = Settings(
+        data_dir=tmp_path,
+        signing_cert_file=pki.signer_chain,
+        signing_callback="fake_kms:kms_sign",
+        trust_anchors_file=pki.root_cert,
+    )
+    prod = OutputSigner.from_settings(settings)
+    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    out = prod.sign_output(data, "image/png", make_ctx([]))
+    assert calls, "the callback signed"
+    assert verify_image(out.data, "image/png", prod.trust_anchors_pem()).state == "Trusted"
+    assert not (tmp_path / "pki").exists(), "no development PKI in production"
+
+
+def test_signing_from_many_threads_at_once(signer: OutputSigner, shared_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = (shared_dir / "fixtures" / "photos" / "IMG_0003.jpg").read_bytes()
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(
+            pool.map(lambda _: signer.sign_output(data, "image/jpeg", make_ctx([])), range(8))
+        )
+    anchors = signer.trust_anchors_pem()
+    assert all(verify_image(o.data, "image/jpeg", anchors).state == "Trusted" for o in outs)

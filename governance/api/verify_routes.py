@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -69,7 +70,8 @@ async def verify(
         found_by = "hash" if turn_id else None
     record: dict[str, Any] | None = None
     if turn_id:
-        viewer = None if principal.has_role("admin") else principal.tenant
+        # Event bodies and the prompt only for the turn's own tenant.
+        viewer = principal.tenant
         record = await services.run_blocking(
             turn_record,
             services.ledger,
@@ -80,7 +82,7 @@ async def verify(
     payload = {
         "sha256": sha256,
         "c2pa": result.to_dict(),
-        "independent": independent.__dict__ if independent else None,
+        "independent": asdict(independent) if independent else None,
         "found_by": found_by if record else None,
         "ledger": record,
     }

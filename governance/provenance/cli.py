@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -25,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     record = None if args.no_ledger else _ledger_record(settings, data, result.custody)
     if args.json:
         out = {"c2pa": result.to_dict(), "ledger": record}
-        out["independent"] = independent.__dict__ if independent else None
+        out["independent"] = asdict(independent) if independent else None
         print(json.dumps(out, indent=2, default=str))
     else:
         _print(args.image, result, independent, record)
@@ -75,14 +76,15 @@ def _print(name, result, independent, record) -> None:  # type: ignore[no-untype
     if result.signer:
         print(f"  signed by: {result.signer}")
     if independent is not None:
-        verdict = "agrees: valid" if independent.ok else "does NOT validate it"
+        verdict = "agrees" if independent.state == result.state else "DISAGREES"
         print(
-            f"  independent check (encypher-c2pa): {verdict} "
-            f"(integrity {independent.integrity}, trust {independent.trust})"
+            f"  independent check (encypher-c2pa): {independent.state}, {verdict}"
+            f" (integrity {independent.integrity}, trust {independent.trust})"
         )
-    for ing in result.ingredients:
-        line = f"  ingredient [{ing['relationship']}] {ing['title']}: {ing['state']}"
-        print(line + ("; " + "; ".join(ing["reasons"]) if ing["reasons"] else ""))
+    for link in result.ingredients:
+        indent = "  " * link.depth
+        line = f"{indent}ingredient [{link.relationship}] {link.title}: {link.state}"
+        print(line + ("; " + "; ".join(link.reasons) if link.reasons else ""))
     if result.custody:
         c = result.custody
         print(

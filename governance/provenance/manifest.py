@@ -23,35 +23,38 @@ TRAINING_MINING_ENTRIES = (
     "cawg.ai_training",
     "cawg.data_mining",
 )
+TRAINING_MINING_USES = ("allowed", "notAllowed", "constrained")
+GEMINI_SYNTHID = (
+    "Google states that images from this model carry a SynthID watermark;"
+    " not independently verified"
+)
+EMULATOR_SYNTHID = (
+    "This image was produced by the Custody emulator, not by Google Gemini;"
+    " it carries no SynthID watermark"
+)
+EMULATOR_GENERATOR = "custody-emulator (NOT Google Gemini)"
 
 
 def synthid_note(ctx: ProvenanceContext) -> dict[str, Any]:
     """What the provider states about invisible watermarking, and that Custody did not check it."""
     if ctx.is_emulator:
-        return {
-            "provider_statement": "none: this image was produced by the Custody Gemini emulator,"
-            " not by Google Gemini, and carries no SynthID watermark",
-            "verified": False,
-        }
-    return {
-        "provider_statement": f"Google states that images generated or edited by {ctx.model}"
-        " carry an invisible SynthID watermark",
-        "verified": False,
-        "note": "not independently verified: no SynthID detector result is configured",
-    }
+        return {"statement": EMULATOR_SYNTHID, "watermark": False, "verified": False}
+    return {"statement": GEMINI_SYNTHID, "provider": "Google", "verified": False}
 
 
 def custody_assertion(ctx: ProvenanceContext, *, upstream_credentials: bool) -> dict[str, Any]:
+    """The ``com.custody.turn`` assertion: who, under which policy, with which approvals."""
     prompt: dict[str, Any] = {"commitment": ctx.prompt_commitment}
     if ctx.prompt_text is not None:
         prompt["text"] = ctx.prompt_text  # disclosed because policy said so
-    return {
+        prompt["disclosed"] = True
+    body: dict[str, Any] = {
         "turn_id": ctx.turn_id,
         "tenant": ctx.tenant,
         "actor": ctx.actor,
         "model": ctx.model,
         "model_version": ctx.model_version,
-        "generator": "custody-emulator (NOT Google Gemini)" if ctx.is_emulator else "google-gemini",
+        "generator": EMULATOR_GENERATOR if ctx.is_emulator else "google-gemini",
         "emulator": ctx.is_emulator,
         "prompt": prompt,
         "masks": list(ctx.mask_commitments),
@@ -62,7 +65,7 @@ def custody_assertion(ctx: ProvenanceContext, *, upstream_credentials: bool) -> 
                 "role": a.role,
                 "decision": a.decision,
                 "time_ms": a.time_ms,
-                "comment": a.comment_commitment,
+                "comment_commitment": a.comment_commitment,
             }
             for a in ctx.approvals
         ],
@@ -71,29 +74,52 @@ def custody_assertion(ctx: ProvenanceContext, *, upstream_credentials: bool) -> 
         "ledger": ctx.ledger_ref,
         "gateway_version": ctx.gateway_version,
     }
+    return body
+
+
+def _actions(ctx: ProvenanceContext, parent_label: str | None) -> list[dict[str, Any]]:
+    agent = {"name": ctx.model, "version": ctx.model_version}
+    if parent_label is None:
+        return [
+            {"action": "c2pa.created", "digitalSourceType": CREATED_SOURCE, "softwareAgent": agent}
+        ]
+    edit = any(i.role == "parent" for i in ctx.inputs)
+    opened: dict[str, Any] = {
+        "action": "c2pa.opened",
+        "parameters": {"ingredientIds": [parent_label]},
+    }
+    if not edit:
+        # Generation from text whose output already carried the provider's credentials: that
+        # output is opened (C2PA allows no c2pa.created after it); its source is still the model.
+        opened.update(digitalSourceType=CREATED_SOURCE, softwareAgent=agent)
+        return [opened]
+    return [
+        opened,
+        {"action": "c2pa.edited", "digitalSourceType": EDITED_SOURCE, "softwareAgent": agent},
+    ]
 
 
 def manifest_definition(
-    ctx: ProvenanceContext, mime_type: str, *, parent_label: str | None, upstream_credentials: bool
+    ctx: ProvenanceContext,
+    mime_type: str,
+    *,
+    ingredients: list[dict[str, Any]],
+    parent_label: str | None,
+    upstream_credentials: bool,
 ) -> dict[str, Any]:
-    """The manifest JSON for c2pa's Builder. ``parent_label`` names the parentOf ingredient."""
-    agent = {"name": ctx.model, "version": ctx.model_version}
-    if parent_label is not None:
-        actions: list[dict[str, Any]] = [
-            {"action": "c2pa.opened", "parameters": {"ingredientIds": [parent_label]}},
-            {"action": "c2pa.edited", "digitalSourceType": EDITED_SOURCE, "softwareAgent": agent},
-        ]
-    else:
-        actions = [
-            {"action": "c2pa.created", "digitalSourceType": CREATED_SOURCE, "softwareAgent": agent}
-        ]
-    use = ctx.training_mining or "notAllowed"
-    return {
+    """The manifest JSON for c2pa's Builder.
+
+    ``ingredients`` are described here (inputs without credentials: title, format, relationship,
+    label — no pixels, no hash); ingredients with credentials are added from their bytes by the
+    signer. ``parent_label`` names the parentOf ingredient, None for generation from text.
+    """
+    use = ctx.training_mining if ctx.training_mining in TRAINING_MINING_USES else "notAllowed"
+    definition: dict[str, Any] = {
         "claim_generator_info": [{"name": "Custody", "version": ctx.gateway_version}],
         "title": f"custody-{ctx.turn_id}",
         "format": mime_type,
         "assertions": [
-            {"label": "c2pa.actions.v2", "data": {"actions": actions}},
+            {"label": "c2pa.actions.v2", "data": {"actions": _actions(ctx, parent_label)}},
             {
                 "label": ASSERTION_LABEL,
                 "data": custody_assertion(ctx, upstream_credentials=upstream_credentials),
@@ -105,3 +131,6 @@ def manifest_definition(
             },
         ],
     }
+    if ingredients:
+        definition["ingredients"] = ingredients
+    return definition

@@ -1,15 +1,15 @@
 """Verify any image's Content Credentials: state, status codes in plain words, ingredient chain.
 
-``verify_image`` uses c2pa-rs (through c2pa-python) with the configured trust anchors and no
-network; ``verify_independently`` asks a second C2PA implementation with its own core
-(encypher-c2pa), so a claim does not rest on the library that signed it.
+``verify_image`` uses c2pa-rs (through c2pa-python) with the given trust anchors and no network;
+``verify_independently`` asks a second C2PA implementation with its own core (encypher-c2pa), so a
+claim does not rest on the library that signed it.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import c2pa
@@ -20,49 +20,114 @@ PLAIN_WORDS = {
     "assertion.dataHash.mismatch": "the image's bytes were changed after it was signed",
     "assertion.boxesHash.mismatch": "the image's bytes were changed after it was signed",
     "assertion.bmffHash.mismatch": "the image's bytes were changed after it was signed",
-    "assertion.hashedURI.mismatch": "an assertion of the manifest was changed after signing",
-    "claimSignature.mismatch": "the claim's signature does not match the claim",
+    "assertion.hashedURI.mismatch": "a statement in the manifest was changed after signing",
+    "assertion.missing": "the manifest refers to a statement that is not in the file",
+    "claimSignature.mismatch": "the signature does not match what was signed (forged or altered)",
+    "claimSignature.missing": "the manifest has no signature",
+    "claimSignature.outsideValidity": "it was signed outside its certificate's validity period",
     "signingCredential.untrusted": "the signer's certificate does not chain to a trusted anchor",
     "signingCredential.expired": "the signer's certificate had expired when it signed",
     "signingCredential.revoked": "the signer's certificate was revoked",
     "signingCredential.invalid": "the signer's certificate is not valid for C2PA signing",
     "signingCredential.trusted": "the signer's certificate chains to a trusted anchor",
-    "claimSignature.validated": "the claim's signature is valid",
+    "claimSignature.validated": "the signature over the manifest is valid",
+    "claimSignature.insideValidity": "it was signed while the certificate was valid",
     "assertion.dataHash.match": "the image's bytes are exactly those that were signed",
-    "ingredient.manifest.mismatch": "an ingredient's manifest does not match its reference",
+    "assertion.hashedURI.match": "a statement in the manifest is unchanged",
+    "ingredient.manifest.validated": "an ingredient's credentials match what the signer recorded",
+    "ingredient.manifest.mismatch": "an ingredient's credentials differ from what was recorded",
+    "ingredient.hashedURI.mismatch": "an ingredient's record was changed after signing",
     "manifest.inaccessible": "a referenced manifest cannot be read",
+    "timeStamp.mismatch": "the timestamp does not match the signed data",
+    "timeStamp.validated": "the trusted timestamp matches the signature",
+    "timeStamp.trusted": "the timestamp authority is trusted",
+    "timeStamp.untrusted": "the timestamp authority is not trusted",
 }
-_BENIGN_INGREDIENT_FAILURES = {"signingCredential.untrusted", "signingCredential.ocsp.unknown"}
+# An ingredient's signer need not be under *our* anchors: that alone does not make it invalid.
+_NOT_A_DEFECT = {"signingCredential.untrusted", "signingCredential.ocsp.unknown"}
+_MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class StatusCode:
+    """One C2PA validation status code and what it means."""
+
+    kind: str  # "failure" | "informational" | "success"
+    code: str
+    plain: str
+    url: str = ""
+
+
+@dataclass
+class ChainLink:
+    """One ingredient in the chain below the active manifest (depth 1 = direct ingredient)."""
+
+    title: str
+    relationship: str
+    depth: int
+    state: str  # "none" (no credentials) | "Trusted" | "Valid" | "Invalid"
+    reasons: list[str] = field(default_factory=list)
+    signer: str | None = None
+    format: str | None = None
+
+    @property
+    def has_manifest(self) -> bool:
+        return self.state != "none"
+
+    @property
+    def valid(self) -> bool:
+        """Intact credentials (trusted or not), with no invalid ancestor."""
+        return self.state in ("Trusted", "Valid")
+
+    def __getitem__(self, key: str) -> Any:
+        # Older callers read links as dicts (``link["relationship"]``).
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "has_manifest": self.has_manifest, "valid": self.valid}
 
 
 @dataclass
 class VerifyResult:
+    """The verdict on one file: the state, why, what the manifest says, and its ingredients."""
+
     state: str  # "Trusted" | "Valid" | "Invalid" | "none"
-    codes: list[dict[str, str]] = field(default_factory=list)  # failures first
+    codes: list[StatusCode] = field(default_factory=list)
     custody: dict[str, Any] | None = None
-    ingredients: list[dict[str, Any]] = field(default_factory=list)
+    ingredients: list[ChainLink] = field(default_factory=list)
     thumbnails: list[str] = field(default_factory=list)
     signer: str | None = None
     error: str | None = None
 
     @property
     def reasons(self) -> list[str]:
-        return [c["plain"] for c in self.codes if c["kind"] == "failure"]
+        """Each failure, in plain words (an untrusted signer counts: it is why not Trusted)."""
+        return [f"{c.plain} ({c.code})" for c in self.codes if c.kind == "failure"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "state": self.state,
+            "explanation": STATE_WORDS.get(self.state, self.state),
             "reasons": self.reasons,
-            "codes": self.codes,
+            "codes": [asdict(c) for c in self.codes],
             "signer": self.signer,
             "custody": self.custody,
-            "ingredients": self.ingredients,
+            "ingredients": [i.to_dict() for i in self.ingredients],
             "thumbnails": self.thumbnails,
             "error": self.error,
         }
 
 
+STATE_WORDS = {
+    "Trusted": "intact, and signed by a certificate under a trusted anchor",
+    "Valid": "intact, but the signer's certificate is not under a trusted anchor",
+    "Invalid": "the Content Credentials do not verify: the file or its manifest was changed",
+    "none": "the file carries no Content Credentials",
+}
+
+
 def sniff_mime(data: bytes) -> str:
+    """The image type from its magic bytes (PNG, JPEG, WebP, HEIC/AVIF)."""
     if data.startswith(b"\x89PNG"):
         return "image/png"
     if data.startswith(b"\xff\xd8"):
@@ -71,155 +136,232 @@ def sniff_mime(data: bytes) -> str:
         return "image/webp"
     if data[4:12] in (b"ftypheic", b"ftypmif1", b"ftypheix"):
         return "image/heic"
+    if data[4:12] == b"ftypavif":
+        return "image/avif"
     return "application/octet-stream"
 
 
-def _codes(results: dict[str, Any] | None) -> list[dict[str, str]]:
-    out = []
-    for kind in ("failure", "informational", "success"):
-        for item in (results or {}).get(kind) or []:
-            code = str(item.get("code", ""))
-            out.append(
-                {
-                    "kind": kind,
-                    "code": code,
-                    "plain": PLAIN_WORDS.get(code, str(item.get("explanation") or code)),
-                    "url": str(item.get("url", "")),
-                }
-            )
-    return out
+def may_carry_manifest(data: bytes) -> bool:
+    """Whether the file has a place a C2PA manifest lives, found by walking its structure
+    (PNG chunks, JPEG segments before the scan, RIFF chunks) instead of scanning every byte."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        pos = 8
+        while pos + 8 <= len(data):
+            length = int.from_bytes(data[pos : pos + 4], "big")
+            ctype = data[pos + 4 : pos + 8]
+            if ctype == b"caBX":
+                return True
+            if ctype == b"IEND":
+                return False
+            pos += 12 + length
+        return False
+    if data.startswith(b"\xff\xd8"):
+        pos = 2
+        while pos + 4 <= len(data) and data[pos] == 0xFF:
+            marker = data[pos + 1]
+            if marker == 0xDA:  # start of scan: no metadata segments after it
+                return False
+            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            if marker == 0xEB and b"c2pa" in data[pos : pos + 2 + length]:
+                return True
+            pos += 2 + length
+        return False
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        pos = 12
+        while pos + 8 <= len(data):
+            if data[pos : pos + 4] == b"C2PA":
+                return True
+            length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+            pos += 8 + length + (length & 1)
+        return False
+    return b"c2pa" in data  # other formats (BMFF, ...): look everywhere
 
 
-def _context(anchors_pem: str) -> c2pa.Context:
+def _status(item: dict[str, Any], kind: str) -> StatusCode:
+    code = str(item.get("code", ""))
+    explanation = str(item.get("explanation") or code)
+    return StatusCode(kind, code, PLAIN_WORDS.get(code, explanation), str(item.get("url", "")))
+
+
+def _codes(results: dict[str, Any] | None) -> list[StatusCode]:
+    """Status codes of one validation-results block, failures first."""
+    return [
+        _status(item, kind)
+        for kind in ("failure", "informational", "success")
+        for item in (results or {}).get(kind) or []
+    ]
+
+
+def _reader_context(anchors_pem: str) -> c2pa.Context:
     settings: dict[str, Any] = {"verify": {"remote_manifest_fetch": False, "verify_trust": True}}
     if anchors_pem:
         settings["trust"] = {"user_anchors": anchors_pem}
     return c2pa.Context(c2pa.Settings.from_dict(settings))
 
 
-def verify_image(data: bytes, mime_type: str | None, anchors_pem: str) -> VerifyResult:
-    """The C2PA validation of ``data`` under ``anchors_pem`` (offline)."""
+def _unreadable(exc: Exception) -> VerifyResult:
+    code = StatusCode("failure", "manifest.unreadable", f"the manifest cannot be read ({exc})")
+    return VerifyResult("Invalid", [code], error=f"the Content Credentials cannot be read: {exc}")
+
+
+def verify_image(data: bytes, mime_type: str | None, trust_anchors_pem: str) -> VerifyResult:
+    """The C2PA validation of ``data`` under ``trust_anchors_pem`` (offline, no remote fetch)."""
     mime = mime_type or sniff_mime(data)
     try:
-        reader = c2pa.Reader.try_create(mime, io.BytesIO(data), context=_context(anchors_pem))
-    except c2pa.C2paError as exc:
-        return VerifyResult(
-            "Invalid",
-            error=f"the Content Credentials cannot be read: {exc}",
-            codes=[
-                {
-                    "kind": "failure",
-                    "code": "manifest.unreadable",
-                    "plain": f"the manifest cannot be read ({exc})",
-                    "url": "",
-                }
-            ],
+        reader = c2pa.Reader.try_create(
+            mime, io.BytesIO(data), context=_reader_context(trust_anchors_pem)
         )
+    except c2pa.C2paError as exc:
+        return _unreadable(exc)
     if reader is None:
         return VerifyResult("none")
     try:
         store = json.loads(reader.json())
         state = reader.get_validation_state() or "Invalid"
+    except c2pa.C2paError as exc:
+        return _unreadable(exc)
     finally:
         reader.close()
+    manifests: dict[str, Any] = store.get("manifests") or {}
     active_label = store.get("active_manifest")
-    manifest = (store.get("manifests") or {}).get(active_label) or {}
+    manifest = manifests.get(active_label) or {}
     results = store.get("validation_results") or {}
     codes = _codes(results.get("activeManifest"))
-    if any(c["kind"] == "failure" for c in codes) and state != "Invalid":
-        untrusted_only = all(
-            c["code"] == "signingCredential.untrusted" for c in codes if c["kind"] == "failure"
-        )
-        state = "Valid" if untrusted_only else "Invalid"
-    custody = None
-    for assertion in manifest.get("assertions") or []:
-        if assertion.get("label") == ASSERTION_LABEL:
-            custody = assertion.get("data")
+    if not results and store.get("validation_status"):  # c2pa 1.x style report
+        codes = [_status(i, "failure") for i in store["validation_status"]]
+    delta_failures = _delta_failures(results)
+    for found in delta_failures.values():
+        codes += [
+            StatusCode(c.kind, c.code, f"an ingredient's credentials: {c.plain}", c.url)
+            for c in found
+        ]
+    codes.sort(key=lambda c: c.kind != "failure")
+    custody = next(
+        (
+            a.get("data")
+            for a in manifest.get("assertions") or []
+            if a.get("label") == ASSERTION_LABEL
+        ),
+        None,
+    )
     thumbnails = []
     if manifest.get("thumbnail"):
-        thumbnails.append("the image's own thumbnail")
-    ingredients = []
-    manifests = store.get("manifests") or {}
+        thumbnails.append("a thumbnail of the image itself")
     for ing in manifest.get("ingredients") or []:
-        failures = _ingredient_failures(ing)
-        has_manifest = bool(ing.get("active_manifest"))
-        bad = [c for c in failures if c["code"] not in _BENIGN_INGREDIENT_FAILURES]
-        bad += _nested_failures(manifests, ing.get("active_manifest"), depth=0)
-        thumb = ing.get("thumbnail") or {}
-        if thumb and active_label and str(active_label) in str(thumb.get("identifier", "")):
+        if ing.get("thumbnail"):
             thumbnails.append(f"a thumbnail of ingredient {ing.get('title')!r}")
-        ingredients.append(
-            {
-                "title": ing.get("title"),
-                "relationship": ing.get("relationship"),
-                "format": ing.get("format"),
-                "has_manifest": has_manifest,
-                "valid": has_manifest and not bad,
-                "state": (
-                    "no Content Credentials"
-                    if not has_manifest
-                    else ("Invalid" if bad else ("Valid" if failures else "Trusted"))
-                ),
-                "reasons": [c["plain"] for c in bad],
-                "signer": (
-                    (store.get("manifests") or {})
-                    .get(ing.get("active_manifest"), {})
-                    .get("signature_info", {})
-                    .get("issuer")
-                    if has_manifest
-                    else None
-                ),
-            }
-        )
+    chain = _chain(manifests, active_label, delta_failures, depth=1)
     signer = (manifest.get("signature_info") or {}).get("issuer")
-    return VerifyResult(state, codes, custody, ingredients, thumbnails, signer)
+    return VerifyResult(state, codes, custody, chain, thumbnails, signer)
 
 
-def _ingredient_failures(ing: dict[str, Any]) -> list[dict[str, str]]:
-    """Failure codes recorded for one ingredient (C2PA 2.x results or 1.x status list)."""
-    codes = _codes((ing.get("validation_results") or {}).get("activeManifest"))
-    failures = [c for c in codes if c["kind"] == "failure"]
+def _delta_failures(results: dict[str, Any]) -> dict[str, list[StatusCode]]:
+    """Failures the reader found in ingredients, keyed by the ingredient assertion's URI."""
+    out: dict[str, list[StatusCode]] = {}
+    for delta in results.get("ingredientDeltas") or []:
+        uri = str(delta.get("ingredientAssertionURI", ""))
+        failures = [c for c in _codes(delta.get("validationDeltas")) if c.kind == "failure"]
+        if failures:
+            out.setdefault(uri, []).extend(failures)
+    return out
+
+
+def _recorded_failures(ing: dict[str, Any]) -> list[StatusCode]:
+    """What the ingredient's signer recorded about it (C2PA 2.x results or the 1.x list)."""
+    results = ing.get("validation_results") or {}
+    found = [c for c in _codes(results.get("activeManifest")) if c.kind == "failure"]
+    for delta in results.get("ingredientDeltas") or []:
+        for c in _codes(delta.get("validationDeltas")):
+            if c.kind == "failure":
+                found.append(StatusCode(c.kind, c.code, f"in its own history: {c.plain}", c.url))
     for item in ing.get("validation_status") or []:
         code = str(item.get("code", ""))
         if not code.endswith((".validated", ".match", ".trusted", ".insideValidity")):
-            plain = PLAIN_WORDS.get(code, str(item.get("explanation") or code))
-            failures.append({"kind": "failure", "code": code, "plain": plain, "url": ""})
-    return failures
+            found.append(_status(item, "failure"))
+    return found
 
 
-def _nested_failures(manifests: dict[str, Any], label: Any, depth: int) -> list[dict[str, str]]:
-    """Failures anywhere below an ingredient's manifest: an invalid ancestor taints the chain."""
+def _chain(
+    manifests: dict[str, Any],
+    label: Any,
+    deltas: dict[str, list[StatusCode]],
+    depth: int,
+) -> list[ChainLink]:
+    """Every ingredient below ``label``, depth first; an invalid descendant taints its parent."""
     manifest = manifests.get(label) if label else None
-    if not manifest or depth > 16:
+    if not manifest or depth > _MAX_DEPTH:
         return []
-    out = []
+    links: list[ChainLink] = []
     for ing in manifest.get("ingredients") or []:
-        for c in _ingredient_failures(ing):
-            if c["code"] not in _BENIGN_INGREDIENT_FAILURES:
-                out.append({**c, "plain": f"its ingredient {ing.get('title')!r}: {c['plain']}"})
-        out += _nested_failures(manifests, ing.get("active_manifest"), depth + 1)
-    return out
+        child_label = ing.get("active_manifest")
+        uri_tail = f"/{label}/c2pa.assertions/{ing.get('label', '')}"
+        failures = _recorded_failures(ing) + [
+            c for uri, found in deltas.items() if uri.endswith(uri_tail) for c in found
+        ]
+        defects = [c for c in failures if c.code not in _NOT_A_DEFECT]
+        below = _chain(manifests, child_label, deltas, depth + 1)
+        tainted = [f"its ingredient {b.title!r} is Invalid" for b in below if b.state == "Invalid"]
+        if not child_label:
+            state = "none"
+        elif defects or tainted:
+            state = "Invalid"
+        elif failures:
+            state = "Valid"
+        else:
+            state = "Trusted"
+        child = manifests.get(child_label) or {}
+        links.append(
+            ChainLink(
+                title=str(ing.get("title")),
+                relationship=str(ing.get("relationship")),
+                depth=depth,
+                state=state,
+                reasons=[f"{c.plain} ({c.code})" for c in defects] + tainted[:1],
+                signer=(child.get("signature_info") or {}).get("issuer"),
+                format=ing.get("format"),
+            )
+        )
+        links.extend(below)
+    return links
 
 
 @dataclass(frozen=True)
 class IndependentResult:
-    ok: bool
+    """encypher-c2pa's verdict: its validation state, integrity, signer trust, failure codes."""
+
+    state: str  # "Trusted" | "Valid" | "Invalid" | "none"
     integrity: str
     trust: str
     failures: list[str]
+    verifier: str = "encypher-c2pa"
+
+    @property
+    def ok(self) -> bool:
+        """Trusted: intact and signed under one of the supplied anchors."""
+        return self.state == "Trusted"
 
 
-def verify_independently(data: bytes, mime_type: str | None, anchors_pem: str) -> IndependentResult:
-    """The verdict of encypher-c2pa (its own C2PA core), trusting only ``anchors_pem``."""
-    import encypher_c2pa
+def verify_independently(
+    data: bytes, mime_type: str | None, trust_anchors_pem: str
+) -> IndependentResult:
+    """The verdict of encypher-c2pa (its own C2PA core), trusting only ``trust_anchors_pem``."""
+    import encypher_c2pa  # imported late: a second native core, only loaded when asked
 
     report = encypher_c2pa.verify(
-        data, mime_type or sniff_mime(data), trust_pem=anchors_pem, no_default_trust=True
+        data,
+        mime_type or sniff_mime(data),
+        trust_pem=trust_anchors_pem or None,
+        no_default_trust=True,
+        online=False,
     )
-    integrity = str(report.get("integrity"))
-    trust = str((report.get("trust") or {}).get("status"))
+    if not report.get("present", True):
+        return IndependentResult("none", "absent", "not_evaluated", [])
     failures = [
         str(f.get("code")) for f in (report.get("validation_results") or {}).get("failure") or []
     ]
-    ok = integrity == "valid" and trust in ("valid_for_supplied_material", "trusted", "valid")
-    return IndependentResult(ok, integrity, trust, failures)
+    return IndependentResult(
+        state=str(report.get("validation_state")),
+        integrity=str(report.get("integrity")),
+        trust=str((report.get("trust") or {}).get("status")),
+        failures=failures,
+    )

@@ -2,7 +2,9 @@
 
 Ordering: every append transaction reads and bumps a one-row counter (``ledger_head``) — locked
 with ``SELECT ... FOR UPDATE`` on PostgreSQL, under ``BEGIN IMMEDIATE`` on SQLite — so any number of
-processes get one total order with no gap and no fork.
+processes get one total order with no gap and no fork. On PostgreSQL the whole append (lock, leaf
+and interior hashes, inserts) is one call of the ``custody_ledger_append`` function (migration
+0002); on SQLite the stored hashes are computed here from the cached frontier.
 
 Group commit: threads of one process queue their events; whichever finds no commit in flight
 becomes the leader and commits everything queued in one transaction (one fsync), then wakes the
@@ -96,24 +98,17 @@ def _insert_sqlite(
     cur.execute("UPDATE ledger_head SET size = ? WHERE id = 1", (size + len(rows),))
 
 
-def _insert_postgres(
-    cur: Any, size: int, rows: list[_Row], first_hash: int, stored: list[bytes]
-) -> int:
-    """One round trip through the SECURITY DEFINER append function (migration 0002): the new
-    size, or -(actual size) - 1 when the head is not at ``size`` (nothing inserted)."""
+def _insert_postgres(cur: Any, rows: list[_Row]) -> int:
+    """Append ``rows`` through the SECURITY DEFINER append function; returns the first index."""
     cur.execute(
-        "SELECT custody_ledger_append(%s, %s::bigint[], %s::text[], %s::text[], %s::text[],"
-        " %s::bytea[], %s::bytea[], %s, %s::bytea[])",
+        "SELECT custody_ledger_append(%s::bigint[], %s::text[], %s::text[], %s::text[],"
+        " %s::bytea[])",
         (
-            size,
             [r[0] for r in rows],
             [r[1] for r in rows],
             [r[2] for r in rows],
             [r[3] for r in rows],
             [r[4] for r in rows],
-            [r[5] for r in rows],
-            first_hash,
-            stored,
         ),
     )
     return int(cur.fetchone()[0])
@@ -227,7 +222,6 @@ class Ledger:
         self.commit_delay_ms = commit_delay_ms
         self._hashes = _HashCache()
         self._writer: Any = None  # the leader's DB-API connection
-        self.head_moved = 0  # optimistic appends that found another process had appended
         self.transactions = 0  # append transactions committed by this process (group commit)
         self.appended = 0  # entries appended by this process
         self.checkpoints_issued = 0  # checkpoints this process signed
@@ -339,7 +333,8 @@ class Ledger:
             for p in batch:
                 p.error, p.done = exc, True
             return
-        self._hashes.committed(size + len(rows), first_hash, stored)
+        if stored:  # SQLite: the frontier for the next append; PostgreSQL computes its own
+            self._hashes.committed(size + len(rows), first_hash, stored)
         self.transactions += 1
         self.appended += len(rows)
         self._head = size + len(rows)
@@ -383,22 +378,11 @@ class Ledger:
         return size, stored_hash_count(size), stored
 
     def _write_postgres(self, cur: Any, rows: list[_Row]) -> tuple[int, int, list[bytes]]:
-        # Optimistic first: assume nobody else appended since our last commit (one process
-        # per database is the common case), so the frontier is cached and the append is one
-        # round trip. ``custody_ledger_append`` locks the head row and, when the head moved,
-        # inserts nothing and returns -(actual size) - 1 with the lock still held: then the
-        # frontier is read under the lock and the append repeated.
-        size = self._head
-        for _ in range(2):
-            reader = self._hashes.bind(_CursorHashReader(cur))
-            stored = stored_hashes_for_records(size, [r[5] for r in rows], reader)
-            first_hash = stored_hash_count(size)
-            got = _insert_postgres(cur, size, rows, first_hash, stored)
-            if got >= 0:
-                return size, first_hash, stored
-            size = -got - 1
-            self.head_moved += 1
-        raise RuntimeError("bad math: the ledger head moved while its row was locked")
+        # One round trip: ``custody_ledger_append`` (migration 0002) locks the head row,
+        # computes the leaf and interior hashes in the tlog layout and inserts everything, so
+        # the lock is held for the server's work only, never across a client round trip.
+        size = _insert_postgres(cur, rows)
+        return size, stored_hash_count(size), []
 
     def _drop_writer(self, *, failed: bool) -> None:
         raw, self._writer = self._writer, None

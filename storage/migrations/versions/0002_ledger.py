@@ -102,6 +102,11 @@ def _sqlite_triggers() -> None:
         "CREATE TRIGGER ledger_head_no_delete BEFORE DELETE ON ledger_head "
         "BEGIN SELECT RAISE(ABORT, 'ledger_head cannot be deleted'); END"
     )
+    op.execute(
+        "CREATE TRIGGER blobs_erase_recorded BEFORE DELETE ON blobs "
+        "WHEN NOT EXISTS (SELECT 1 FROM blob_erasures WHERE digest = OLD.digest) "
+        "BEGIN SELECT RAISE(ABORT, 'blobs are deleted only by a recorded erasure'); END"
+    )
 
 
 def _postgres_triggers() -> None:
@@ -144,6 +149,31 @@ def _postgres_triggers() -> None:
         "FOR EACH STATEMENT EXECUTE FUNCTION custody_append_only()"
     )
     _postgres_append_functions()
+    _postgres_blob_guard()
+
+
+def _postgres_blob_guard() -> None:
+    # A blob is deleted only after its erasure (who, when, why) was recorded.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION custody_blob_erase_recorded() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM blob_erasures WHERE digest = OLD.digest) THEN
+                RAISE EXCEPTION 'blobs are deleted only by a recorded erasure (%)', OLD.digest;
+            END IF;
+            RETURN OLD;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER blobs_erase_recorded BEFORE DELETE ON blobs "
+        "FOR EACH ROW EXECUTE FUNCTION custody_blob_erase_recorded()"
+    )
+    op.execute(
+        "CREATE TRIGGER blobs_no_truncate BEFORE TRUNCATE ON blobs "
+        "FOR EACH STATEMENT EXECUTE FUNCTION custody_append_only()"
+    )
 
 
 def _postgres_append_functions() -> None:
@@ -157,34 +187,95 @@ def _postgres_append_functions() -> None:
         $$
         """
     )
+    # The tlog stored-hash layout (storage/ledger/merkle.py) in SQL, so an append computes its
+    # interior hashes under the lock, in one round trip, and the application cannot store a
+    # wrong one.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION custody_stored_hash_index(p_level int, p_n bigint)
+        RETURNS bigint LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+        DECLARE
+            n bigint := p_n;
+            i bigint := 0;
+        BEGIN
+            FOR step IN 1..p_level LOOP
+                n := 2 * n + 1;
+            END LOOP;
+            WHILE n > 0 LOOP
+                i := i + n;
+                n := n >> 1;
+            END LOOP;
+            RETURN i + p_level;
+        END $$
+        """
+    )
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION custody_stored_hash_count(p_n bigint)
+        RETURNS bigint LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+        DECLARE
+            c bigint;
+            i bigint := p_n - 1;
+        BEGIN
+            IF p_n = 0 THEN
+                RETURN 0;
+            END IF;
+            c := custody_stored_hash_index(0, p_n - 1) + 1;
+            WHILE i & 1 = 1 LOOP
+                c := c + 1;
+                i := i >> 1;
+            END LOOP;
+            RETURN c;
+        END $$
+        """
+    )
     op.execute(
         """
         CREATE OR REPLACE FUNCTION custody_ledger_append(
-            p_start bigint, p_times bigint[], p_types text[], p_tenants text[], p_turns text[],
-            p_leaves bytea[], p_leaf_hashes bytea[], p_hash_start bigint, p_hashes bytea[]
+            p_times bigint[], p_types text[], p_tenants text[], p_turns text[], p_leaves bytea[]
         ) RETURNS bigint
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
         DECLARE
             head_size bigint;
-            n bigint := cardinality(p_leaves);
+            first_new bigint;
+            n bigint;
+            x bigint;
+            j bigint;
+            lvl int;
+            h bytea;
+            lft bytea;
+            hs bytea[] := '{}';
         BEGIN
-            SELECT size INTO head_size FROM ledger_head WHERE id = 1 FOR UPDATE;
-            IF head_size <> p_start THEN
-                -- Another writer appended: nothing inserted, the lock stays held, the caller
-                -- recomputes its hashes from the actual size and calls again.
-                RETURN -head_size - 1;
-            END IF;
-            IF EXISTS (SELECT 1 FROM ledger_hashes WHERE idx >= p_hash_start) THEN
-                RAISE EXCEPTION 'stored hashes from % exist already', p_hash_start;
-            END IF;
+            -- The one-row counter, locked until commit: one total order, no gap, no fork.
+            SELECT size INTO STRICT head_size FROM ledger_head WHERE id = 1 FOR UPDATE;
+            first_new := custody_stored_hash_count(head_size);
+            FOR k IN 1..cardinality(p_leaves) LOOP
+                n := head_size + k - 1;
+                h := sha256(decode('00', 'hex') || p_leaves[k]);
+                hs := hs || h;
+                lvl := 0;
+                x := n;
+                WHILE x & 1 = 1 LOOP
+                    j := custody_stored_hash_index(lvl, (n >> lvl) - 1);
+                    IF j >= first_new THEN
+                        lft := hs[j - first_new + 1];
+                    ELSE
+                        SELECT hash INTO STRICT lft FROM ledger_hashes WHERE idx = j;
+                    END IF;
+                    h := sha256(decode('01', 'hex') || lft || h);
+                    hs := hs || h;
+                    lvl := lvl + 1;
+                    x := x >> 1;
+                END LOOP;
+            END LOOP;
             INSERT INTO ledger_entries (idx, time_ms, type, tenant, turn_id, leaf, leaf_hash)
-            SELECT p_start + i - 1, p_times[i], p_types[i], p_tenants[i], p_turns[i],
-                   p_leaves[i], p_leaf_hashes[i]
+            SELECT head_size + i - 1, p_times[i], p_types[i], p_tenants[i], p_turns[i],
+                   p_leaves[i], sha256(decode('00', 'hex') || p_leaves[i])
             FROM generate_subscripts(p_leaves, 1) AS i;
             INSERT INTO ledger_hashes (idx, hash)
-            SELECT p_hash_start + i - 1, p_hashes[i] FROM generate_subscripts(p_hashes, 1) AS i;
-            UPDATE ledger_head SET size = p_start + n WHERE id = 1;
-            RETURN p_start + n;
+            SELECT first_new + i - 1, hs[i] FROM generate_subscripts(hs, 1) AS i;
+            UPDATE ledger_head SET size = head_size + cardinality(p_leaves) WHERE id = 1;
+            RETURN head_size;
         END $$
         """
     )
@@ -219,8 +310,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for fn in (
             "custody_ledger_lock_head()",
-            "custody_ledger_append(bigint, bigint[], text[], text[], text[], bytea[], bytea[],"
-            " bigint, bytea[])",
+            "custody_ledger_append(bigint[], text[], text[], text[], bytea[])",
             "custody_ledger_add_checkpoint(bigint, bigint, bytea, text)",
         ):
             op.execute(f"DROP FUNCTION IF EXISTS {fn}")
@@ -234,3 +324,12 @@ def downgrade() -> None:
         "ledger_entries",
     ):
         op.drop_table(table)
+    if op.get_bind().dialect.name == "postgresql":
+        for fn in ("custody_stored_hash_count(bigint)", "custody_stored_hash_index(int, bigint)"):
+            op.execute(f"DROP FUNCTION IF EXISTS {fn}")
+        for fn in (
+            "custody_blob_erase_recorded",
+            "custody_head_forward_only",
+            "custody_append_only",
+        ):
+            op.execute(f"DROP FUNCTION IF EXISTS {fn}()")
