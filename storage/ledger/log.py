@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -443,16 +444,33 @@ class Ledger:
         return [entry_from_row(int(i), int(t), bytes(leaf), bytes(lh)) for i, t, leaf, lh in rows]
 
     def root(self, size: int) -> bytes:
-        with self.read_engine.connect() as conn:
-            return tree_hash(size, ConnectionHashReader(conn))
+        """The RFC 6962 root of the first ``size`` entries."""
+        with self._hash_reader() as reader:
+            return tree_hash(size, reader)
 
     def prove_inclusion(self, index: int, size: int) -> list[bytes]:
-        with self.read_engine.connect() as conn:
-            return prove_inclusion(size, index, ConnectionHashReader(conn))
+        """The audit path of entry ``index`` in the tree of ``size`` (one indexed query)."""
+        with self._hash_reader() as reader:
+            return prove_inclusion(size, index, reader)
 
     def prove_consistency(self, old: int, new: int) -> list[bytes]:
-        with self.read_engine.connect() as conn:
-            return prove_consistency(new, old, ConnectionHashReader(conn))
+        """The proof that the tree of size ``old`` is a prefix of the tree of size ``new``."""
+        with self._hash_reader() as reader:
+            return prove_consistency(new, old, reader)
+
+    @contextmanager
+    def _hash_reader(self) -> Iterator[HashReader]:
+        # A bare DB-API connection in autocommit: a proof costs one indexed query, no
+        # BEGIN/ROLLBACK around it (stored hashes never change, so no snapshot is needed).
+        raw = self.read_engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            try:
+                yield _CursorHashReader(cur)
+            finally:
+                cur.close()
+        finally:
+            raw.close()
 
     # --- checkpoints ----------------------------------------------------------------------------
 
