@@ -154,7 +154,8 @@ def decode_leaf(leaf: bytes) -> dict[str, Any]:
 def is_canonical(leaf: bytes) -> bool:
     """True when ``leaf`` is exactly the RFC 8785 serialisation of itself."""
     try:
-        return bool(rfc8785.dumps(decode_leaf(leaf)) == leaf)
+        doc = decode_leaf(leaf)
+        return _canonical(doc, _check_json(doc, "leaf")) == leaf
     except (LeafError, rfc8785.CanonicalizationError, UnicodeError):
         return False
 
