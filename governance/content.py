@@ -47,6 +47,14 @@ class StoredRequest:
     prompt_commitment: str | None
     image_commitments: list[str]
 
+    def mask_commitments(self, parsed: ParsedRequest) -> list[str]:
+        """The commitments of the mask images (the manifest names masks only this way)."""
+        return [
+            c
+            for img, c in zip(parsed.edited_images, self.image_commitments, strict=True)
+            if img.role == "mask"
+        ]
+
     def received_body(self, request: TurnRequest, parsed: ParsedRequest) -> dict[str, Any]:
         """The ``turn.received`` body: what came in, as commitments and plain facts."""
         images = []

@@ -160,3 +160,69 @@ def test_verify_route_returns_the_turns_record_with_a_checked_proof(custody, pho
         timeout=60,
     )
     assert denied.status_code == 403
+
+
+def _strip_png_manifest(png: bytes) -> bytes:
+    """Remove the C2PA chunk (caBX) from a PNG, as a metadata-stripping tool would."""
+    pos, out = 8, [png[:8]]
+    while pos < len(png):
+        length = struct.unpack(">I", png[pos : pos + 4])[0]
+        chunk = png[pos : pos + 12 + length]
+        if chunk[4:8] != b"caBX":
+            out.append(chunk)
+        pos += 12 + length
+    return b"".join(out)
+
+
+def test_an_image_whose_metadata_was_stripped_is_found_by_its_hash(custody, photo_bytes):
+    signed, turn = _edit(custody, photo_bytes["sample1.png"], "image/png", "grayscale")
+    stripped = _strip_png_manifest(signed)
+    assert b"caBX" not in stripped and len(stripped) < len(signed)
+    resp = httpx.post(
+        custody.base_url + "/api/v1/verify",
+        content=stripped,
+        headers={"x-goog-api-key": custody.keys["auditor"], "content-type": "image/png"},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["c2pa"]["state"] == "none"
+    assert body["found_by"] == "hash"
+    assert body["ledger"]["turn_id"] == turn and body["ledger"]["proofs_verified"] is True
+
+
+def test_verify_route_refuses_bad_input_with_a_json_error(custody) -> None:
+    headers = {"x-goog-api-key": custody.keys["auditor"], "content-type": "application/json"}
+    resp = httpx.post(
+        custody.base_url + "/api/v1/verify", content=b'{"data": "%%%"}', headers=headers, timeout=30
+    )
+    assert resp.status_code == 400 and "error" in resp.json()
+    assert httpx.post(custody.base_url + "/api/v1/verify", content=b"x").status_code == 401
+
+
+def test_a_masked_edit_names_the_mask_only_by_its_commitment(custody, photo_bytes) -> None:
+    photo = photo_bytes["sample1.png"]
+    mask_img = Image.new("L", Image.open(io.BytesIO(photo)).size, 0)
+    mask_img.paste(255, (10, 10, 60, 60))
+    buf = io.BytesIO()
+    mask_img.save(buf, "PNG")
+    mask = buf.getvalue()
+    response = custody.client().models.generate_content(
+        model=MODEL,
+        contents=[
+            types.Part.from_bytes(data=photo, mime_type="image/png"),
+            "mask:",
+            types.Part.from_bytes(data=mask, mime_type="image/png"),
+            "make the masked area teal",
+        ],
+    )
+    parts = response.candidates[0].content.parts
+    signed = next(p.inline_data.data for p in parts if p.inline_data and p.inline_data.data)
+    turn = response.sdk_http_response.headers["x-custody-turn"]
+    received = custody.ledger_events(turn)[0]["body"]
+    masks = [i["commitment"] for i in received["images"] if i["role"] == "mask"]
+    assert len(masks) == 1
+    result = verify_image(signed, None, _anchors(custody))
+    assert result.state == "Trusted"
+    assert result.custody["masks"] == masks
+    assert mask not in signed

@@ -53,6 +53,7 @@ def _context(
     decision: Decision,
     leaf_index: int | None,
     prompt_commitment: str | None,
+    mask_commitments: list[str],
 ) -> ProvenanceContext:
     inputs = [
         ProvenanceInput(
@@ -75,7 +76,7 @@ def _context(
         inputs=inputs,
         prompt_commitment=prompt_commitment,
         prompt_text=parsed.prompt if disclose else None,
-        mask_commitments=[],
+        mask_commitments=mask_commitments,
         policy={
             "bundle_revision": decision.bundle_revision,
             "outcome": decision.outcome,
@@ -103,6 +104,7 @@ async def sign_outputs(
     decision: Decision,
     leaf_index: int | None,
     prompt_commitment: str | None,
+    mask_commitments: list[str],
 ) -> list[SignedItem]:
     """Sign each output image (never re-encoded) and keep the signed file and manifest as blobs."""
     if not summary.images:
@@ -117,6 +119,7 @@ async def sign_outputs(
         decision,
         leaf_index,
         prompt_commitment,
+        mask_commitments,
     )
     signed = await asyncio.gather(
         *(

@@ -197,6 +197,7 @@ class TurnPipeline:
             decision,
             turn.first_index,
             stored.prompt_commitment,
+            stored.mask_commitments(parsed),
         )
         for item in signed:
             ref = await turn.content.signed_output(item.output)
