@@ -185,18 +185,7 @@ class Commitments:
             digest = raw.hex()
             self.blobs.put(data, digest)
             out.append(Commitment(commit_digest(raw, salt), digest, salt))
-        if not out:
-            return out
-        now = _now_ms()
-        insert = (
-            "INSERT INTO blob_commitments (commitment, digest, salt, created_ms) "
-            "VALUES (:c, :d, :s, :t) ON CONFLICT (commitment) DO NOTHING"
-        )
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(insert),
-                [{"c": c.commitment, "d": c.digest, "s": c.salt, "t": now} for c in out],
-            )
+        self.record(out)
         return out
 
     def record(self, items: Sequence[Commitment]) -> None:
