@@ -36,6 +36,26 @@ class _Entry:
     images: int
 
 
+class _Log(OrderedDict[str, _Entry]):
+    """One window's entries, oldest first, with their image total kept up to date (a decision
+    must not cost time proportional to the turns already in a day-long window)."""
+
+    images = 0
+
+    def add(self, rid: str, entry: _Entry) -> None:
+        self[rid] = entry
+        self.images += entry.images
+
+    def drop(self, rid: str) -> None:
+        entry = self.pop(rid, None)
+        if entry is not None:
+            self.images -= entry.images
+
+    def drop_oldest(self) -> None:
+        _, entry = self.popitem(last=False)
+        self.images -= entry.images
+
+
 @dataclass
 class Reservation:
     """The turn's place in each window; ``counters`` is what the policy sees."""
@@ -63,7 +83,7 @@ class RateLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._logs: dict[str, OrderedDict[str, _Entry]] = {}
+        self._logs: dict[str, _Log] = {}
         self._reservations: OrderedDict[str, Reservation] = OrderedDict()
 
     def reserve(
@@ -79,10 +99,10 @@ class RateLimiter:
                 for scope, who in (("actor", f"{tenant}\x00{actor}"), ("tenant", tenant)):
                     key = f"{window.name}\x00{window.seconds}\x00{scope}\x00{who}"
                     log = self._pruned(key, now - window.seconds)
-                    log[rid] = _Entry(now, images)
+                    log.add(rid, _Entry(now, images))
                     reservation.keys.append((key, rid))
                     counts[f"{scope}_turns"] = len(log)
-                    counts[f"{scope}_images"] = sum(e.images for e in log.values())
+                    counts[f"{scope}_images"] = log.images
                 reservation.counters[window.name] = counts
             if reservation.keys:
                 self._reservations[rid] = reservation
@@ -101,7 +121,7 @@ class RateLimiter:
                     key = f"{window.name}\x00{window.seconds}\x00{scope}\x00{who}"
                     log = self._pruned(key, now - window.seconds)
                     counts[f"{scope}_turns"] = len(log)
-                    counts[f"{scope}_images"] = sum(e.images for e in log.values())
+                    counts[f"{scope}_images"] = log.images
                 counters[window.name] = counts
         return counters
 
@@ -114,16 +134,16 @@ class RateLimiter:
             for key, rid in reservation.keys:
                 log = self._logs.get(key)
                 if log is not None:
-                    log.pop(rid, None)
+                    log.drop(rid)
             return True
 
-    def _pruned(self, key: str, cutoff: float) -> OrderedDict[str, _Entry]:
+    def _pruned(self, key: str, cutoff: float) -> _Log:
         log = self._logs.get(key)
         if log is None:
-            log = self._logs[key] = OrderedDict()
+            log = self._logs[key] = _Log()
         while log:
             first = next(iter(log.values()))
             if first.at > cutoff:
                 break
-            log.popitem(last=False)
+            log.drop_oldest()
         return log
