@@ -25,6 +25,7 @@ import orjson
 from sqlalchemy import Engine, text
 
 from storage.blobs import Commitment, Commitments
+from storage.ledger.events import SideRows
 from storage.ledger.leaf import commit_digest, new_salt
 
 if TYPE_CHECKING:
@@ -163,6 +164,62 @@ class TurnContent:
                 self.recorder.executor, self.recorder.commitments.record, made
             )
 
+    async def release_rows(
+        self,
+        principal: Principal,
+        request: TurnRequest,
+        parsed: ParsedRequest,
+        summary: ResponseSummary,
+        signed: list[SignedItem],
+        *,
+        outcome: str,
+        first_index: int | None,
+        timings: dict[str, float],
+        upstream_label: str,
+        upstream_status: int | None,
+    ) -> list[SideRows]:
+        """Wait for every blob of the released turn, then return its salts and index rows to
+        commit in the same transaction as the ``turn.released`` event (one fsync, and the index
+        can never disagree with the ledger). Call ``released`` once that append succeeded."""
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending)
+        row = _turn_row(
+            self.turn_id,
+            principal,
+            request,
+            parsed,
+            summary,
+            status="released",
+            outcome=outcome,
+            first_index=first_index,
+            timings=timings,
+            upstream_label=upstream_label,
+            upstream_status=upstream_status,
+            error=None,
+        )
+        images = _image_rows(self.turn_id, parsed, signed)
+        return [
+            self.recorder.commitments.side_rows(self.made),
+            SideRows("turns", _TURN_COLUMNS, [tuple(row[c] for c in _TURN_COLUMNS)]),
+            SideRows(
+                "turn_images", _IMAGE_COLUMNS, [tuple(r[c] for c in _IMAGE_COLUMNS) for r in images]
+            ),
+            SideRows(
+                "decision_inputs",
+                _INPUT_COLUMNS,
+                [
+                    (self.turn_id, stage, data.decode(), row["created_ms"])
+                    for stage, data in self.decision_inputs
+                ],
+            ),
+        ]
+
+    def released(self) -> None:
+        """The release append (with the rows of ``release_rows``) is durable."""
+        self.made = []
+        self.decision_inputs = []
+
     async def finish(
         self,
         principal: Principal,
@@ -291,7 +348,8 @@ def _insert(table: str, columns: tuple[str, ...]) -> Any:
 
 _INSERT_TURN = _insert("turns", _TURN_COLUMNS)
 _INSERT_IMAGE = _insert("turn_images", _IMAGE_COLUMNS)
-_INSERT_INPUT = _insert("decision_inputs", ("turn_id", "stage", "input_json", "created_ms"))
+_INPUT_COLUMNS = ("turn_id", "stage", "input_json", "created_ms")
+_INSERT_INPUT = _insert("decision_inputs", _INPUT_COLUMNS)
 
 
 def _turn_row(

@@ -23,6 +23,7 @@ from typing import Literal, Protocol
 
 from sqlalchemy import Engine, text
 
+from storage.ledger.events import SideRows
 from storage.ledger.leaf import commit_digest, new_salt
 
 
@@ -187,6 +188,15 @@ class Commitments:
             out.append(Commitment(commit_digest(raw, salt), digest, salt))
         self.record(out)
         return out
+
+    def side_rows(self, items: Sequence[Commitment]) -> SideRows:
+        """The salt rows of ``items``, to commit in the same transaction as a ledger append."""
+        now = _now_ms()
+        return SideRows(
+            "blob_commitments",
+            ("commitment", "digest", "salt", "created_ms"),
+            [(c.commitment, c.digest, c.salt, now) for c in items],
+        )
 
     def record(self, items: Sequence[Commitment]) -> None:
         """Record commitments whose blobs the caller already stored (``blobs.put``), all in one

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from governance.pipeline.policy_facts import request_facts, response_facts
 from governance.pipeline.response import ResponseSummary, replace_images, summarise
 from governance.pipeline.signing import sign_outputs
 from governance.upstream.client import UpstreamResult, parse_json_object
-from storage.ledger.events import LedgerEvent
+from storage.ledger.events import LedgerEvent, SideRows
 
 if TYPE_CHECKING:
     from governance.policy.decision import Decision
@@ -91,12 +92,12 @@ class TurnPipeline:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    async def _append(self, turn: _Turn) -> None:
+    async def _append(self, turn: _Turn, side: Sequence[SideRows] = ()) -> None:
         """Make the queued events durable (one group-committed append) before going on."""
         if not turn.events:
             return
         events, turn.events = turn.events, []
-        entries = await self.s.run_blocking(self.s.ledger.append, events)
+        entries = await self.s.run_blocking(self.s.ledger.append, events, side)
         if turn.first_index is None:
             turn.first_index = entries[0].index
 
@@ -216,21 +217,22 @@ class TurnPipeline:
             "gateway_version": __version__,
         }
         turn.event("turn.released", released_body)
-        await turn.content.flush()  # every blob of the turn is durable ...
-        await self._append(turn)  # ... and so are its events, before a byte goes back
-        await turn.content.finish(
+        # Every blob of the turn is durable; its salts and index rows commit with the release
+        # events, in one transaction, before a byte goes back to the caller.
+        side = await turn.content.release_rows(
             turn.principal,
             request,
             parsed,
             summary,
             signed,
-            status="released",
             outcome=summary.safety_outcome,
             first_index=turn.first_index,
             timings={"upstream_ms": turn.upstream_ms, "total_ms": total_ms},
             upstream_label=s.upstream.label,
             upstream_status=result.status,
         )
+        await self._append(turn, side)
+        turn.content.released()
         outcome = (
             "released" if summary.safety_outcome == "ok" else f"released_{summary.safety_outcome}"
         )

@@ -32,3 +32,17 @@ class Entry:
     leaf: bytes  # RFC 8785 canonical JSON
     leaf_hash: bytes  # SHA-256(0x00 || leaf)
     event: LedgerEvent
+
+
+@dataclass(frozen=True)
+class SideRows:
+    """Rows of another table, committed in the same transaction as an append: both or neither.
+
+    For index rows that must agree with the ledger (a turn's summary, its commitments' salts).
+    A failing insert fails the whole group-committed batch, so only rows that cannot conflict
+    (fresh keys) belong here.
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]

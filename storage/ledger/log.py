@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 
 from storage.db import make_engine
 from storage.ledger.checkpoint import Checkpoint, sign_checkpoint
-from storage.ledger.events import Entry, LedgerEvent
+from storage.ledger.events import Entry, LedgerEvent, SideRows
 from storage.ledger.leaf import decode_leaf, encode_leaf
 from storage.ledger.merkle import (
     HashReader,
@@ -82,6 +82,15 @@ class _CursorHashReader:
         if missing:
             raise ProofError(f"stored hashes {missing[:5]} are missing from the ledger")
         return [found[i] for i in indexes]
+
+
+def _insert_side(cur: Any, side: list[SideRows], mark: str) -> None:
+    for s in side:
+        if s.rows:
+            marks = ", ".join([mark] * len(s.columns))
+            cur.executemany(
+                f"INSERT INTO {s.table} ({', '.join(s.columns)}) VALUES ({marks})", s.rows
+            )
 
 
 def _insert_sqlite(
@@ -172,6 +181,7 @@ class _Pending:
     time_ms: int
     leaves: list[bytes]
     hashes: list[bytes]
+    side: list[SideRows] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     error: BaseException | None = None
     done: bool = False
@@ -257,8 +267,10 @@ class Ledger:
 
     # --- appending ------------------------------------------------------------------------------
 
-    def append(self, events: Sequence[LedgerEvent]) -> list[Entry]:
-        """Append ``events`` in order; returns once they are durable, with their indexes."""
+    def append(self, events: Sequence[LedgerEvent], side: Sequence[SideRows] = ()) -> list[Entry]:
+        """Append ``events`` in order; returns once they are durable, with their indexes.
+
+        ``side`` rows are inserted in the same transaction (see ``SideRows``)."""
         if not events:
             return []
         # Encoding and hashing happen here, in the caller's thread, overlapping the leader's
@@ -266,7 +278,9 @@ class Ledger:
         # the event (entries from concurrent writers may differ in order by a millisecond).
         now = int(time.time() * 1000)
         leaves = [encode_leaf(self.origin, ev, now) for ev in events]
-        pending = _Pending(list(events), now, leaves, [leaf_hash(leaf) for leaf in leaves])
+        pending = _Pending(
+            list(events), now, leaves, [leaf_hash(leaf) for leaf in leaves], list(side)
+        )
         with self._cond:
             self._queue.append(pending)
             if self._gathering:
@@ -329,7 +343,7 @@ class Ledger:
             for ev, leaf, lh in zip(p.events, p.leaves, p.hashes, strict=True)
         ]
         try:
-            size, first_hash, stored = self._write(rows)
+            size, first_hash, stored = self._write(rows, [s for p in batch for s in p.side])
         except Exception as exc:
             for p in batch:
                 p.error, p.done = exc, True
@@ -346,7 +360,7 @@ class Ledger:
                 index += 1
             p.done = True
 
-    def _write(self, rows: list[_Row]) -> tuple[int, int, list[bytes]]:
+    def _write(self, rows: list[_Row], side: list[SideRows]) -> tuple[int, int, list[bytes]]:
         """One append transaction on the leader's own DB-API connection (the hot path skips
         the pool and SQLAlchemy's per-statement overhead): lock the head, compute the new stored
         hashes, insert, commit. Returns the old size, the first new stored-hash index and the
@@ -358,8 +372,10 @@ class Ledger:
         try:
             if self.is_postgres:
                 result = self._write_postgres(cur, rows)
+                _insert_side(cur, side, "%s")
             else:
                 result = self._write_sqlite(cur, rows)
+                _insert_side(cur, side, "?")
             raw.commit()
         except BaseException:
             self._drop_writer(failed=True)
