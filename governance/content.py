@@ -7,8 +7,9 @@ lawful erasure can destroy it without breaking the tree.
 
 Blob writes are slow (an fsync each), so a turn computes its commitments at once (hashing only)
 and writes the blobs in the background while the turn goes on (the upstream call is the long
-wait). ``flush`` waits for every write; the pipeline calls it before the events that release the
-response are appended, so nothing is released whose content is not durable.
+wait). ``closing_rows`` waits for every write and hands the salts and the turn's index rows to
+the turn's last ledger append, in one transaction, so nothing is released whose content is not
+durable and the index never disagrees with the ledger.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Engine, text
 
 from storage.blobs import Commitment, Commitments
 from storage.ledger.events import SideRows
@@ -89,20 +89,23 @@ class StoredRequest:
 
 @dataclass
 class TurnContent:
-    """The content of one turn: commitments now, durable blobs by ``flush``."""
+    """The content of one turn: commitments now, durable blobs by ``closing_rows``."""
 
     recorder: ContentRecorder
     turn_id: str
     pending: list[asyncio.Future[Any]] = field(default_factory=list)
     made: list[Commitment] = field(default_factory=list)
+    is_closed: bool = False
     decision_inputs: list[tuple[str, bytes]] = field(default_factory=list)
 
-    async def commit(self, *items: bytes) -> list[str]:
-        """Salted commitments to ``items`` (hashed once, off the event loop); their blobs are
-        written in the background and their salts recorded together by ``flush``."""
+    async def commit(self, *items: bytes | tuple[bytes, str]) -> list[str]:
+        """Salted commitments to ``items`` — bytes, or (bytes, their SHA-256 hex) when already
+        hashed — computed off the event loop; their blobs are written in the background and
+        their salts recorded with the turn's last event."""
         loop = asyncio.get_running_loop()
-        made = await loop.run_in_executor(self.recorder.executor, _commit_all, items)
-        for data, c in zip(items, made, strict=True):
+        pairs = [item if isinstance(item, tuple) else (item, None) for item in items]
+        made = await loop.run_in_executor(self.recorder.executor, _commit_all, pairs)
+        for (data, _), c in zip(pairs, made, strict=True):
             self._store(loop, data, c)
         return [c.commitment for c in made]
 
@@ -113,8 +116,10 @@ class TurnContent:
 
     async def request(self, parsed: ParsedRequest) -> StoredRequest:
         """Commit to the request as it arrived, its prompt and every image the turn works on."""
-        items = [parsed.body, parsed.prompt.encode(), *(i.data for i in parsed.edited_images)]
-        request_c, prompt_c, *image_cs = await self.commit(*items)
+        images = [(i.data, i.sha256) for i in parsed.edited_images]  # hashed while parsing
+        request_c, prompt_c, *image_cs = await self.commit(
+            parsed.body, parsed.prompt.encode(), *images
+        )
         return StoredRequest(request_c, prompt_c if parsed.prompt else None, image_cs)
 
     async def decision_input(self, stage: str, document: dict[str, Any]) -> dict[str, Any]:
@@ -131,20 +136,11 @@ class TurnContent:
         return {"response": (await self.commit(raw))[0], "response_bytes": len(raw)}
 
     async def signed_output(self, output: SignedOutput) -> dict[str, Any]:
-        """Keep the released file and its manifest; the file is public, so its hash is too.
-
-        The signer already hashed both, so the commitments reuse those digests."""
-        loop = asyncio.get_running_loop()
-        refs = {}
-        for name, data, digest in (
-            ("manifest", output.manifest, output.manifest_sha256),
-            ("signed_file", output.data, output.sha256),
-        ):
-            salt = new_salt()
-            c = Commitment(commit_digest(bytes.fromhex(digest), salt), digest, salt)
-            self._store(loop, data, c)
-            refs[name] = c.commitment
-        return refs
+        """Keep the released file and its manifest (the signer already hashed both)."""
+        manifest, signed_file = await self.commit(
+            (output.manifest, output.manifest_sha256), (output.data, output.sha256)
+        )
+        return {"manifest": manifest, "signed_file": signed_file}
 
     async def rejected_body(self, body: bytes) -> dict[str, Any]:
         """A request refused before parsing is kept too: bad input is recorded, never lost."""
@@ -152,35 +148,28 @@ class TurnContent:
             return {}
         return {"request": (await self.commit(body))[0], "request_bytes": len(body)}
 
-    async def flush(self) -> None:
-        """Wait until every blob of this turn is durable, then record their salts at once."""
-        pending, self.pending = self.pending, []
-        made, self.made = self.made, []
-        if pending:
-            await asyncio.gather(*pending)
-        if made:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                self.recorder.executor, self.recorder.commitments.record, made
-            )
-
-    async def release_rows(
+    async def closing_rows(
         self,
         principal: Principal,
         request: TurnRequest,
-        parsed: ParsedRequest,
-        summary: ResponseSummary,
+        parsed: ParsedRequest | None,
+        summary: ResponseSummary | None,
         signed: list[SignedItem],
         *,
+        status: str,
         outcome: str,
         first_index: int | None,
         timings: dict[str, float],
         upstream_label: str,
         upstream_status: int | None,
+        error: str | None = None,
     ) -> list[SideRows]:
-        """Wait for every blob of the released turn, then return its salts and index rows to
-        commit in the same transaction as the ``turn.released`` event (one fsync, and the index
-        can never disagree with the ledger). Call ``released`` once that append succeeded."""
+        """Wait for every blob of the turn, then return its salts and index rows (turns,
+        turn_images, decision_inputs) to commit in the same transaction as the turn's last event
+        (``turn.released`` or ``turn.failed``): the index can never disagree with the ledger.
+        Call ``closed`` once that append succeeded; after it, this returns nothing more."""
+        if self.is_closed:
+            return []
         pending, self.pending = self.pending, []
         if pending:
             await asyncio.gather(*pending)
@@ -190,13 +179,13 @@ class TurnContent:
             request,
             parsed,
             summary,
-            status="released",
+            status=status,
             outcome=outcome,
             first_index=first_index,
             timings=timings,
             upstream_label=upstream_label,
             upstream_status=upstream_status,
-            error=None,
+            error=error,
         )
         images = _image_rows(self.turn_id, parsed, signed)
         return [
@@ -215,88 +204,31 @@ class TurnContent:
             ),
         ]
 
-    def released(self) -> None:
-        """The release append (with the rows of ``release_rows``) is durable."""
+    def closed(self) -> None:
+        """The turn's last append (with the rows of ``closing_rows``) is durable."""
         self.made = []
         self.decision_inputs = []
-
-    async def finish(
-        self,
-        principal: Principal,
-        request: TurnRequest,
-        parsed: ParsedRequest | None,
-        summary: ResponseSummary | None,
-        signed: list[SignedItem],
-        *,
-        status: str,
-        outcome: str,
-        first_index: int | None,
-        timings: dict[str, float],
-        upstream_label: str,
-        upstream_status: int | None,
-        error: str | None = None,
-    ) -> None:
-        """Write the turn's index rows (turns, turn_images, decision_inputs) after its events."""
-        await self.flush()
-        row = _turn_row(
-            self.turn_id,
-            principal,
-            request,
-            parsed,
-            summary,
-            status=status,
-            outcome=outcome,
-            first_index=first_index,
-            timings=timings,
-            upstream_label=upstream_label,
-            upstream_status=upstream_status,
-            error=error,
-        )
-        images = _image_rows(self.turn_id, parsed, signed)
-        inputs = [
-            {
-                "turn_id": self.turn_id,
-                "stage": stage,
-                "input_json": data.decode(),
-                "created_ms": row["created_ms"],
-            }
-            for stage, data in self.decision_inputs
-        ]
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self.recorder.executor, self.recorder.write_rows, row, images, inputs
-        )
+        self.is_closed = True
 
 
-def _commit_all(items: tuple[bytes, ...]) -> list[Commitment]:
+def _commit_all(items: list[tuple[bytes, str | None]]) -> list[Commitment]:
     out = []
-    for data in items:
+    for data, known in items:
         salt = new_salt()
-        raw = hashlib.sha256(data).digest()
+        raw = bytes.fromhex(known) if known else hashlib.sha256(data).digest()
         out.append(Commitment(commit_digest(raw, salt), raw.hex(), salt))
     return out
 
 
 class ContentRecorder:
-    """Commitments and index rows for turns; one per process."""
+    """Commitments and blob writes for turns; one per process."""
 
-    def __init__(self, engine: Engine, commitments: Commitments, executor: Any) -> None:
-        self.engine = engine
+    def __init__(self, commitments: Commitments, executor: Any) -> None:
         self.commitments = commitments
         self.executor = executor
 
     def begin(self, turn_id: str) -> TurnContent:
         return TurnContent(self, turn_id)
-
-    def write_rows(
-        self, turn: dict[str, Any], images: list[dict[str, Any]], inputs: list[dict[str, Any]]
-    ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(_INSERT_TURN, turn)
-            if images:
-                conn.execute(_INSERT_IMAGE, images)
-            if inputs:
-                conn.execute(_INSERT_INPUT, inputs)
 
 
 _TURN_COLUMNS = (
@@ -340,16 +272,7 @@ _IMAGE_COLUMNS = (
 )
 
 
-def _insert(table: str, columns: tuple[str, ...]) -> Any:
-    names = ", ".join(columns)
-    values = ", ".join(f":{c}" for c in columns)
-    return text(f"INSERT INTO {table} ({names}) VALUES ({values})")
-
-
-_INSERT_TURN = _insert("turns", _TURN_COLUMNS)
-_INSERT_IMAGE = _insert("turn_images", _IMAGE_COLUMNS)
 _INPUT_COLUMNS = ("turn_id", "stage", "input_json", "created_ms")
-_INSERT_INPUT = _insert("decision_inputs", _INPUT_COLUMNS)
 
 
 def _turn_row(

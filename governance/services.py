@@ -116,7 +116,7 @@ def build_services(settings: Settings) -> Services:
         keys=KeyRing(read_engine),
         ledger=ledger,
         blobs=blobs,
-        content=ContentRecorder(engine, Commitments(engine, blobs), executor),
+        content=ContentRecorder(Commitments(engine, blobs), executor),
         upstream=upstream,
         policy=PolicyService.from_settings(settings),
         signer=OutputSigner.from_settings(settings),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from governance import __version__
 from governance.auth.principal import Principal
 from governance.pipeline.parse import ParsedRequest
-from governance.pipeline.response import ResponseSummary
+from governance.pipeline.response import OutputImage, ResponseSummary
 from governance.provenance.signer import InputImage as ProvenanceInput
 from governance.provenance.signer import ProvenanceContext, SignedOutput
 
@@ -121,13 +121,10 @@ async def sign_outputs(
         prompt_commitment,
         mask_commitments,
     )
-    signed = await asyncio.gather(
-        *(
-            s.run_blocking(s.signer.sign_output, img.data, img.mime_type, ctx)
-            for img in summary.images
-        )
-    )
-    return [
-        SignedItem((img.chunk, img.candidate, img.part), hashlib.sha256(img.data).hexdigest(), out)
-        for img, out in zip(summary.images, signed, strict=True)
-    ]
+
+    def sign(img: OutputImage) -> SignedItem:  # in a worker thread: hashing included
+        out = s.signer.sign_output(img.data, img.mime_type, ctx)
+        position = (img.chunk, img.candidate, img.part)
+        return SignedItem(position, hashlib.sha256(img.data).hexdigest(), out)
+
+    return list(await asyncio.gather(*(s.run_blocking(sign, img) for img in summary.images)))

@@ -219,12 +219,13 @@ class TurnPipeline:
         turn.event("turn.released", released_body)
         # Every blob of the turn is durable; its salts and index rows commit with the release
         # events, in one transaction, before a byte goes back to the caller.
-        side = await turn.content.release_rows(
+        side = await turn.content.closing_rows(
             turn.principal,
             request,
             parsed,
             summary,
             signed,
+            status="released",
             outcome=summary.safety_outcome,
             first_index=turn.first_index,
             timings={"upstream_ms": turn.upstream_ms, "total_ms": total_ms},
@@ -232,7 +233,7 @@ class TurnPipeline:
             upstream_status=result.status,
         )
         await self._append(turn, side)
-        turn.content.released()
+        turn.content.closed()
         outcome = (
             "released" if summary.safety_outcome == "ok" else f"released_{summary.safety_outcome}"
         )
@@ -252,9 +253,7 @@ class TurnPipeline:
             if parsed is None:  # refused before parsing: keep what was sent, as a commitment
                 body.update(await turn.content.rejected_body(turn.request.body))
             turn.event("turn.failed", body)
-            await turn.content.flush()
-            await self._append(turn)
-            await turn.content.finish(
+            side = await turn.content.closing_rows(
                 turn.principal,
                 turn.request,
                 parsed,
@@ -271,6 +270,8 @@ class TurnPipeline:
                 upstream_status=None,
                 error=err.message,
             )
+            await self._append(turn, side)
+            turn.content.closed()
         finally:
             self.s.metrics.turns.labels(_outcome_label(err)).inc()
 

@@ -93,17 +93,7 @@ class RateLimiter:
         rid = uuid.uuid4().hex
         reservation = Reservation(rid, {})
         with self._lock:
-            now = self._clock()
-            for window in windows:
-                counts: dict[str, int] = {"window_s": window.seconds}
-                for scope, who in (("actor", f"{tenant}\x00{actor}"), ("tenant", tenant)):
-                    key = f"{window.name}\x00{window.seconds}\x00{scope}\x00{who}"
-                    log = self._pruned(key, now - window.seconds)
-                    log.add(rid, _Entry(now, images))
-                    reservation.keys.append((key, rid))
-                    counts[f"{scope}_turns"] = len(log)
-                    counts[f"{scope}_images"] = log.images
-                reservation.counters[window.name] = counts
+            reservation.counters = self._count(tenant, actor, windows, (rid, images, reservation))
             if reservation.keys:
                 self._reservations[rid] = reservation
                 while len(self._reservations) > 100_000:  # old ones have left their windows
@@ -112,17 +102,32 @@ class RateLimiter:
 
     def peek(self, tenant: str, actor: str, windows: tuple[Window, ...]) -> dict[str, Any]:
         """The current counts, reserving nothing (the response stage sees these)."""
-        counters: dict[str, Any] = {}
         with self._lock:
-            now = self._clock()
-            for window in windows:
-                counts: dict[str, int] = {"window_s": window.seconds}
-                for scope, who in (("actor", f"{tenant}\x00{actor}"), ("tenant", tenant)):
-                    key = f"{window.name}\x00{window.seconds}\x00{scope}\x00{who}"
-                    log = self._pruned(key, now - window.seconds)
-                    counts[f"{scope}_turns"] = len(log)
-                    counts[f"{scope}_images"] = log.images
-                counters[window.name] = counts
+            return self._count(tenant, actor, windows, None)
+
+    def _count(
+        self,
+        tenant: str,
+        actor: str,
+        windows: tuple[Window, ...],
+        add: tuple[str, int, Reservation] | None,
+    ) -> dict[str, Any]:
+        """Per window, the actor's and the tenant's counts (after adding ``add``, if given).
+        Called with the lock held."""
+        now = self._clock()
+        counters: dict[str, Any] = {}
+        for window in windows:
+            counts: dict[str, int] = {"window_s": window.seconds}
+            for scope, who in (("actor", f"{tenant}\x00{actor}"), ("tenant", tenant)):
+                key = f"{window.name}\x00{window.seconds}\x00{scope}\x00{who}"
+                log = self._pruned(key, now - window.seconds)
+                if add is not None:
+                    rid, images, reservation = add
+                    log.add(rid, _Entry(now, images))
+                    reservation.keys.append((key, rid))
+                counts[f"{scope}_turns"] = len(log)
+                counts[f"{scope}_images"] = log.images
+            counters[window.name] = counts
         return counters
 
     def release(self, reservation_id: str) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,19 @@ from storage.ledger.merkle import (
 from storage.ledger.note import NoteSigner
 
 
+def _select_hashes(indexes: Sequence[int]) -> str:
+    return f"SELECT idx, hash FROM ledger_hashes WHERE idx IN ({_ints(sorted(set(indexes)))})"
+
+
+def _in_order(rows: Iterable[Any], indexes: Sequence[int]) -> list[bytes]:
+    """The hashes of ``rows`` (idx, hash) in the order of ``indexes``; every one must exist."""
+    found = {int(i): bytes(h) for i, h in rows}
+    missing = [i for i in indexes if i not in found]
+    if missing:
+        raise ProofError(f"stored hashes {missing[:5]} are missing from the ledger")
+    return [found[i] for i in indexes]
+
+
 class ConnectionHashReader:
     """Stored hashes read through one open connection (one query per batch)."""
 
@@ -52,15 +65,7 @@ class ConnectionHashReader:
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
         if not indexes:
             return []
-        wanted = sorted(set(indexes))
-        rows = self.conn.execute(
-            text(f"SELECT idx, hash FROM ledger_hashes WHERE idx IN ({_ints(wanted)})")
-        ).all()
-        found = {int(i): bytes(h) for i, h in rows}
-        missing = [i for i in wanted if i not in found]
-        if missing:
-            raise ProofError(f"stored hashes {missing[:5]} are missing from the ledger")
-        return [found[i] for i in indexes]
+        return _in_order(self.conn.execute(text(_select_hashes(indexes))).all(), indexes)
 
 
 # time_ms, type, tenant, turn, leaf, leaf hash
@@ -68,7 +73,7 @@ _Row = tuple[int, str, str, "str | None", bytes, bytes]
 
 
 class _CursorHashReader:
-    """Stored hashes read through a raw DB-API cursor, in one query per batch."""
+    """Stored hashes read through a raw DB-API cursor (the append hot path), one query a batch."""
 
     def __init__(self, cur: Any) -> None:
         self.cur = cur
@@ -76,12 +81,8 @@ class _CursorHashReader:
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
         if not indexes:
             return []
-        self.cur.execute(f"SELECT idx, hash FROM ledger_hashes WHERE idx IN ({_ints(indexes)})")
-        found = {int(i): bytes(h) for i, h in self.cur.fetchall()}
-        missing = [i for i in indexes if i not in found]
-        if missing:
-            raise ProofError(f"stored hashes {missing[:5]} are missing from the ledger")
-        return [found[i] for i in indexes]
+        self.cur.execute(_select_hashes(indexes))
+        return _in_order(self.cur.fetchall(), indexes)
 
 
 def _insert_side(cur: Any, side: list[SideRows], mark: str) -> None:
