@@ -33,33 +33,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys_create(args: argparse.Namespace) -> int:
-    from governance.auth.keys import KeyError_, create_key
-    from storage.db import make_engine, migrate
-
-    settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url = settings.effective_database_url
-    migrate(url)
-    engine = make_engine(url)
-    try:
-        key = create_key(
-            engine,
-            tenant=args.tenant,
-            actor=args.actor or f"{args.role}@{args.tenant}",
-            roles=[args.role, *(args.also or [])],
-            label=args.label,
-        )
-    except KeyError_ as exc:
-        print(f"custody keys create: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
-    print(f"Created a {args.role} key for tenant {args.tenant!r}. It is shown once; keep it safe:")
-    print(key)
-    return 0
-
-
 def _version(_: argparse.Namespace) -> int:
     print(f"custody {__version__}")
     return 0
@@ -79,24 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every request line")
     serve.set_defaults(func=_serve)
 
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
-    create = keys.add_parser("create", help="create an API key (printed alone on the last line)")
-    create.add_argument("--role", required=True, choices=["editor", "reviewer", "auditor", "admin"])
-    create.add_argument("--also", action="append", help="an extra role (repeatable)")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--actor", default="", help="who holds the key (default role@tenant)")
-    create.add_argument("--label", default="")
-    create.set_defaults(func=_keys_create)
-
     version = sub.add_parser("version", help="print Custody's version")
     version.set_defaults(func=_version)
 
+    from governance.auth.cli import register as register_keys
     from governance.ledger_cli import register as register_ledger
     from governance.policy.cli import register as register_policy
     from governance.provenance.cli import register as register_verify
     from governance.upstream.emulator.cli import register as register_emulator
 
-    for register in (register_emulator, register_ledger, register_policy, register_verify):
+    for register in (
+        register_keys, register_emulator, register_ledger, register_policy, register_verify
+    ):
         register(sub)
     return parser
 

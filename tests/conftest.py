@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 PG_ADMIN_URL = os.environ.get("CUSTODY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.exists():  # CI clones main with shared/ beside it
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # in the repository: see its README
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -27,11 +25,9 @@ def _skip_or_fail(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The project's shared/ folder: fixtures, vectors."""
-    if not SHARED.exists():
-        _skip_or_fail(f"shared/ not found beside the repository (looked at {SHARED})")
-    return SHARED
+def fixtures_dir() -> Path:
+    """tests/fixtures: photographs, credentialed images and test vectors, with their licences."""
+    return FIXTURES
 
 
 def _pg_available() -> str | None:
@@ -160,7 +156,7 @@ def custody(tmp_path: Path) -> Iterator[RunningCustody]:
 
 
 @pytest.fixture(scope="session")
-def photo_bytes(shared_dir: Path) -> dict[str, bytes]:
-    """The real photographs of shared/fixtures/photos, by file name."""
-    folder = shared_dir / "fixtures" / "photos"
+def photo_bytes(fixtures_dir: Path) -> dict[str, bytes]:
+    """The real photographs of tests/fixtures/photos, by file name."""
+    folder = fixtures_dir / "photos"
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}

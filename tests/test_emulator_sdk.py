@@ -35,8 +35,8 @@ def client(emulator: ThreadedServer) -> genai.Client:
 
 
 @pytest.fixture(scope="module")
-def photos(shared_dir: Path) -> dict[str, bytes]:
-    folder = shared_dir / "fixtures" / "photos"
+def photos(fixtures_dir: Path) -> dict[str, bytes]:
+    folder = fixtures_dir / "photos"
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 

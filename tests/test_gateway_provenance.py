@@ -69,9 +69,9 @@ def test_published_file_holds_no_prompt_no_original_and_no_thumbnail(custody, ph
 
 
 def test_an_edit_of_a_credentialed_image_keeps_its_manifest_as_a_valid_ingredient(
-    custody, shared_dir
+    custody, fixtures_dir
 ) -> None:
-    ca = (shared_dir / "fixtures" / "credentialed" / "CA.jpg").read_bytes()
+    ca = (fixtures_dir / "credentialed" / "CA.jpg").read_bytes()
     signed, _ = _edit(custody, ca, "image/jpeg", "brighten it")
     result = verify_image(signed, None, _anchors(custody))
     assert result.state == "Trusted"
@@ -80,9 +80,9 @@ def test_an_edit_of_a_credentialed_image_keeps_its_manifest_as_a_valid_ingredien
 
 
 def test_an_edit_of_an_invalid_credentialed_image_records_the_invalid_ingredient(
-    custody, shared_dir
+    custody, fixtures_dir
 ) -> None:
-    bad = (shared_dir / "fixtures" / "credentialed" / "CIE-sig-CA.jpg").read_bytes()
+    bad = (fixtures_dir / "credentialed" / "CIE-sig-CA.jpg").read_bytes()
     signed, _ = _edit(custody, bad, "image/jpeg", "brighten it")
     result = verify_image(signed, None, _anchors(custody))
     parent = [i for i in result.ingredients if i["relationship"] == "parentOf"]

@@ -334,15 +334,15 @@ def test_a_reader_that_breaks_its_contract_fails_loudly(reader: MemoryHashReader
         prove_inclusion(SIZES + 10, 3, reader)
 
 
-# --- real Certificate Transparency data (Google Argon 2020), see shared/vectors/README.md ----
+# --- real Certificate Transparency data (Google Argon 2020): tests/fixtures/vectors/README.md ---
 
 CT_OLD_SIZE = 3654490
 CT_OLD_ROOT = base64.b64decode("AuIZ5V6sDUj1vn3Y1K85oOaQ7y+FJJKtyRTl1edIKBQ=")
 
 
 @pytest.fixture(scope="module")
-def ct(shared_dir: Path) -> dict[str, Any]:
-    folder = shared_dir / "vectors" / "ct-argon2020"
+def ct(fixtures_dir: Path) -> dict[str, Any]:
+    folder = fixtures_dir / "vectors" / "ct-argon2020"
     sth = json.loads((folder / "sth.json").read_text())
     proof = json.loads((folder / "proof.json").read_text())
     entry = json.loads((folder / "entries.json").read_text())["entries"][0]

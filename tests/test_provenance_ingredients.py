@@ -18,18 +18,18 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> OutputSigner:
     return make_signer(ensure_dev_pki(tmp_path_factory.mktemp("pki")))
 
 
-def _edit_of(signer: OutputSigner, shared_dir: Path, name: str) -> tuple[bytes, object]:
-    source = (shared_dir / "fixtures" / "credentialed" / name).read_bytes()
-    output = (shared_dir / "fixtures" / "photos" / "IMG_0003.jpg").read_bytes()
+def _edit_of(signer: OutputSigner, fixtures_dir: Path, name: str) -> tuple[bytes, object]:
+    source = (fixtures_dir / "credentialed" / name).read_bytes()
+    output = (fixtures_dir / "photos" / "IMG_0003.jpg").read_bytes()
     parent = InputImage(source, "image/jpeg", "0" * 64, "parent", name)
     out = signer.sign_output(output, "image/jpeg", make_ctx([parent]))
     return out.data, out
 
 
 def test_a_valid_credentialed_input_is_kept_as_a_validated_ingredient(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    data, out = _edit_of(signer, shared_dir, "CA.jpg")
+    data, out = _edit_of(signer, fixtures_dir, "CA.jpg")
     anchors = signer.trust_anchors_pem()
     result = verify_image(data, "image/jpeg", anchors)
     assert result.state == "Trusted", result.reasons
@@ -45,9 +45,9 @@ def test_a_valid_credentialed_input_is_kept_as_a_validated_ingredient(
 
 
 def test_an_input_with_a_broken_signature_is_recorded_as_invalid(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    data, out = _edit_of(signer, shared_dir, "CIE-sig-CA.jpg")
+    data, out = _edit_of(signer, fixtures_dir, "CIE-sig-CA.jpg")
     result = verify_image(data, "image/jpeg", signer.trust_anchors_pem())
     assert result.state == "Trusted", "our own signature is sound; the ingredient is not"
     parent = next(link for link in result.ingredients if link.depth == 1)
@@ -59,10 +59,10 @@ def test_an_input_with_a_broken_signature_is_recorded_as_invalid(
 
 
 def test_upstream_output_with_credentials_becomes_the_parent_ingredient(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
     """Google's own manifest on an output is kept: the exact output is the parentOf ingredient."""
-    photo = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    photo = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     upstream = signer.sign_output(photo, "image/png", make_ctx([])).data  # stands in for Google's
     edited_input = InputImage(photo, "image/png", "0" * 64, "parent", "in")
     out = signer.sign_output(upstream, "image/png", make_ctx([edited_input]))
@@ -81,9 +81,9 @@ def test_upstream_output_with_credentials_becomes_the_parent_ingredient(
 
 
 def test_credentials_on_an_upstream_generation_from_text_are_kept_too(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    photo = (shared_dir / "fixtures" / "photos" / "IMG_0003.jpg").read_bytes()
+    photo = (fixtures_dir / "photos" / "IMG_0003.jpg").read_bytes()
     upstream = signer.sign_output(photo, "image/jpeg", make_ctx([])).data
     out = signer.sign_output(upstream, "image/jpeg", make_ctx([]))
     result = verify_image(out.data, "image/jpeg", signer.trust_anchors_pem())

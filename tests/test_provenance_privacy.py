@@ -26,9 +26,9 @@ def _slices(data: bytes, n: int = 16, width: int = 48) -> list[bytes]:
 
 
 def test_prompt_input_and_mask_are_not_in_the_published_file(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    photos = shared_dir / "fixtures" / "photos"
+    photos = fixtures_dir / "photos"
     output = (photos / "sample1.png").read_bytes()
     original = (photos / "P1000827.jpg").read_bytes()
     mask = (photos / "mars.webp").read_bytes()
@@ -52,17 +52,17 @@ def test_prompt_input_and_mask_are_not_in_the_published_file(
 
 
 def test_prompt_is_in_the_file_only_when_policy_disclosed_it(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     hidden = signer.sign_output(data, "image/png", make_ctx([], prompt_text=None))
     shown = signer.sign_output(data, "image/png", make_ctx([], prompt_text=PROMPT))
     assert PROMPT.encode() not in hidden.data
     assert PROMPT.encode() in shown.data
 
 
-def test_thumbnails_only_when_an_obligation_asks(signer: OutputSigner, shared_dir: Path) -> None:
-    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+def test_thumbnails_only_when_an_obligation_asks(signer: OutputSigner, fixtures_dir: Path) -> None:
+    data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     with_thumbs = signer.sign_output(data, "image/png", make_ctx([], thumbnails=True))
     assert verify_image(with_thumbs.data, "image/png", signer.trust_anchors_pem()).thumbnails
     assert b"c2pa.thumbnail" in with_thumbs.data

@@ -88,10 +88,10 @@ def assertion(manifest: dict[str, Any], label: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", sorted(PHOTOS))
 def test_each_format_is_trusted_by_c2pa_rs_and_by_encypher(
-    signer: OutputSigner, shared_dir: Path, name: str
+    signer: OutputSigner, fixtures_dir: Path, name: str
 ) -> None:
     mime = PHOTOS[name]
-    data = (shared_dir / "fixtures" / "photos" / name).read_bytes()
+    data = (fixtures_dir / "photos" / name).read_bytes()
     parent = InputImage(data, mime, "0" * 64, "parent", "input 1")
     out = signer.sign_output(data, mime, make_ctx([parent]))
     anchors = signer.trust_anchors_pem()
@@ -107,9 +107,9 @@ def test_each_format_is_trusted_by_c2pa_rs_and_by_encypher(
 
 
 def test_an_edit_says_opened_then_edited_by_the_model(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     approval = Approval("rev@acme", "reviewer", "approve", 1_700_000_000_000, "salted-sha256:c")
     out = signer.sign_output(
         data,
@@ -140,9 +140,9 @@ def test_an_edit_says_opened_then_edited_by_the_model(
 
 
 def test_text_only_generation_is_created_by_trained_algorithmic_media(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     out = signer.sign_output(data, "image/png", make_ctx([], training_mining="allowed"))
     manifest = active_manifest(out.data, "image/png", signer.trust_anchors_pem())
     (created,) = assertion(manifest, "c2pa.actions.v2")["actions"]
@@ -154,9 +154,9 @@ def test_text_only_generation_is_created_by_trained_algorithmic_media(
 
 
 def test_emulator_output_says_so_and_claims_no_synthid(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     out = signer.sign_output(data, "image/png", make_ctx([], is_emulator=True))
     custody = verify_image(out.data, "image/png", signer.trust_anchors_pem()).custody
     assert custody is not None
@@ -166,9 +166,9 @@ def test_emulator_output_says_so_and_claims_no_synthid(
 
 
 def test_references_and_masks_are_input_to_ingredients(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    photos = shared_dir / "fixtures" / "photos"
+    photos = fixtures_dir / "photos"
     png = (photos / "sample1.png").read_bytes()
     jpg = (photos / "IMG_0003.jpg").read_bytes()
     inputs = [
@@ -187,19 +187,19 @@ def test_references_and_masks_are_input_to_ingredients(
     assert [s.state for s in out.ingredient_states] == ["none", "none", "none"]
 
 
-def test_a_signing_callback_stands_in_for_a_kms(pki: DevPki, shared_dir: Path) -> None:
+def test_a_signing_callback_stands_in_for_a_kms(pki: DevPki, fixtures_dir: Path) -> None:
     backend = CallbackBackend(
         pki.signer_chain.read_bytes(), es256_callback_for_key(pki.signer_key.read_bytes())
     )
     kms_signer = OutputSigner(backend, pki.root_cert.read_text(), development=False)
-    data = (shared_dir / "fixtures" / "photos" / "IMG_0003.jpg").read_bytes()
+    data = (fixtures_dir / "photos" / "IMG_0003.jpg").read_bytes()
     out = kms_signer.sign_output(data, "image/jpeg", make_ctx([]))
     assert verify_image(out.data, "image/jpeg", pki.root_cert.read_text()).state == "Trusted"
     assert verify_independently(out.data, "image/jpeg", pki.root_cert.read_text()).ok
 
 
 def test_settings_name_a_callback_module_and_function(
-    tmp_path: Path, pki: DevPki, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pki: DevPki, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Production: a PEM chain plus ``CUSTODY_SIGNING_CALLBACK=module:function``, no key file."""
     calls: list[int] = []
@@ -219,17 +219,17 @@ def test_settings_name_a_callback_module_and_function(
         trust_anchors_file=pki.root_cert,
     )
     prod = OutputSigner.from_settings(settings)
-    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     out = prod.sign_output(data, "image/png", make_ctx([]))
     assert calls, "the callback signed"
     assert verify_image(out.data, "image/png", prod.trust_anchors_pem()).state == "Trusted"
     assert not (tmp_path / "pki").exists(), "no development PKI in production"
 
 
-def test_signing_from_many_threads_at_once(signer: OutputSigner, shared_dir: Path) -> None:
+def test_signing_from_many_threads_at_once(signer: OutputSigner, fixtures_dir: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    data = (shared_dir / "fixtures" / "photos" / "IMG_0003.jpg").read_bytes()
+    data = (fixtures_dir / "photos" / "IMG_0003.jpg").read_bytes()
     with ThreadPoolExecutor(4) as pool:
         outs = list(
             pool.map(lambda _: signer.sign_output(data, "image/jpeg", make_ctx([])), range(8))

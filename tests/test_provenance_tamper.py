@@ -49,9 +49,9 @@ def change_one_pixel(png: bytes) -> bytes:
 
 
 def test_one_changed_pixel_makes_the_file_invalid_and_says_why(
-    signer: OutputSigner, shared_dir: Path
+    signer: OutputSigner, fixtures_dir: Path
 ) -> None:
-    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     signed = signer.sign_output(data, "image/png", make_ctx([])).data
     tampered = change_one_pixel(signed)
     assert Image.open(io.BytesIO(tampered)).getpixel((10, 10)) != Image.open(
@@ -64,8 +64,8 @@ def test_one_changed_pixel_makes_the_file_invalid_and_says_why(
     assert not verify_independently(tampered, "image/png", anchors).ok
 
 
-def test_a_flipped_bit_in_a_jpeg_is_caught(signer: OutputSigner, shared_dir: Path) -> None:
-    data = (shared_dir / "fixtures" / "photos" / "IMG_0003.jpg").read_bytes()
+def test_a_flipped_bit_in_a_jpeg_is_caught(signer: OutputSigner, fixtures_dir: Path) -> None:
+    data = (fixtures_dir / "photos" / "IMG_0003.jpg").read_bytes()
     signed = bytearray(signer.sign_output(data, "image/jpeg", make_ctx([])).data)
     signed[-100] ^= 0x01  # inside the entropy-coded scan
     result = verify_image(bytes(signed), "image/jpeg", signer.trust_anchors_pem())
@@ -73,19 +73,19 @@ def test_a_flipped_bit_in_a_jpeg_is_caught(signer: OutputSigner, shared_dir: Pat
 
 
 def test_a_signature_under_another_root_is_valid_not_trusted(
-    signer: OutputSigner, shared_dir: Path, tmp_path: Path
+    signer: OutputSigner, fixtures_dir: Path, tmp_path: Path
 ) -> None:
     from governance.provenance.pki import ensure_dev_pki
 
     other_root = ensure_dev_pki(tmp_path).root_cert.read_text()
-    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+    data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     signed = signer.sign_output(data, "image/png", make_ctx([])).data
     result = verify_image(signed, "image/png", other_root)
     assert result.state == "Valid"
     assert any("trusted anchor" in r for r in result.reasons)
 
 
-def test_an_image_without_credentials_is_reported_as_such(shared_dir: Path) -> None:
-    data = (shared_dir / "fixtures" / "photos" / "sample1.png").read_bytes()
+def test_an_image_without_credentials_is_reported_as_such(fixtures_dir: Path) -> None:
+    data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     assert verify_image(data, None, "").state == "none"
     assert verify_independently(data, None, "").state == "none"
