@@ -349,7 +349,7 @@ class OutputSigner:
         self, kind: CredentialsKind, found: VerifyResult, ctx: ProvenanceContext
     ) -> str:
         if kind == "custody":
-            return f"earlier Custody output (turn {(found.custody or {}).get('turn_id')})"
+            return f"earlier Custody output (turn {_turn_of(found)})"
         if kind == "input":
             return "model output (with Content Credentials copied from an input of this turn)"
         if ctx.upstream.is_google:
@@ -409,11 +409,8 @@ class OutputSigner:
                 continue
             own = self.is_own_manifest(seen)
             turn = _turn_of(seen) if own else None
-            title = (
-                f"{img.role}: earlier Custody output (turn {turn})"
-                if own
-                else (f"{img.role}: {img.title}")
-            )
+            what = f"earlier Custody output (turn {turn})" if own else img.title
+            title = f"{img.role}: {what}"
             ingredient = {"title": title, "relationship": relationship, "label": label}
             plan.from_bytes.append((ingredient, img.mime_type, img.data))
             plan.states.append(
