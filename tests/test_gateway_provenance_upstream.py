@@ -7,6 +7,7 @@ real google-genai SDK drives it; every released file is read back with c2pa's Re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from google.genai import types
 
+from governance.provenance.lookup import turn_for_hash
 from governance.provenance.verify import verify_image
 from governance.upstream.embedded import ThreadedServer
 from governance.upstream.emulator import EmulatorConfig, create_emulator_app
@@ -228,6 +230,9 @@ def test_an_echoed_earlier_custody_output_is_one_ingredient_not_the_providers(
         ]
         assert signed["body"]["upstream_credentials"] == "custody"
         assert signed["body"]["upstream_had_credentials"] is False
+        # By its hash, the earlier file belongs to the turn that released it, not to the echo.
+        read_engine = gateway.services.read_engine  # type: ignore[attr-defined]
+        assert turn_for_hash(read_engine, hashlib.sha256(earlier).hexdigest()) == earlier_turn
         # An edit of the earlier output (not an echo): the input is the parent, chained once.
         edited = client.models.generate_content(  # type: ignore[attr-defined]
             model=MODEL,
