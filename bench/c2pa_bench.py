@@ -25,6 +25,7 @@ from governance.provenance.signer import (
     OutputSigner,
     ProvenanceContext,
 )
+from governance.upstream.identity import UpstreamIdentity
 
 SIZES = (512, 1024, 2048)
 FORMATS = (("PNG", "image/png"), ("JPEG", "image/jpeg"))
@@ -48,6 +49,7 @@ def _context(mime: str, data: bytes, with_input: bool = True) -> ProvenanceConte
         model="gemini-2.5-flash-image",
         model_version="custody-emulator-0.1",
         is_emulator=True,
+        upstream=UpstreamIdentity("custody-emulator", "127.0.0.1"),
         inputs=[InputImage(data, mime, "0" * 64, "parent", "input 1")] if with_input else [],
         prompt_commitment="salted-sha256:" + "A" * 43,
         prompt_text=None,

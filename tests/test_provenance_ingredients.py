@@ -18,6 +18,16 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> OutputSigner:
     return make_signer(ensure_dev_pki(tmp_path_factory.mktemp("pki")))
 
 
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> OutputSigner:
+    """Stands in for the provider's signer (Google's): another PKI, not under our anchors.
+
+    Not our own signer: an image signed by Custody itself is an earlier Custody output, never
+    the provider's credentials (see tests/test_provenance_identity.py).
+    """
+    return make_signer(ensure_dev_pki(tmp_path_factory.mktemp("provider-pki")))
+
+
 def _edit_of(signer: OutputSigner, fixtures_dir: Path, name: str) -> tuple[bytes, object]:
     source = (fixtures_dir / "credentialed" / name).read_bytes()
     output = (fixtures_dir / "photos" / "IMG_0003.jpg").read_bytes()
@@ -59,11 +69,11 @@ def test_an_input_with_a_broken_signature_is_recorded_as_invalid(
 
 
 def test_upstream_output_with_credentials_becomes_the_parent_ingredient(
-    signer: OutputSigner, fixtures_dir: Path
+    signer: OutputSigner, provider: OutputSigner, fixtures_dir: Path
 ) -> None:
     """Google's own manifest on an output is kept: the exact output is the parentOf ingredient."""
     photo = (fixtures_dir / "photos" / "sample1.png").read_bytes()
-    upstream = signer.sign_output(photo, "image/png", make_ctx([])).data  # stands in for Google's
+    upstream = provider.sign_output(photo, "image/png", make_ctx([])).data  # stands in for Google's
     edited_input = InputImage(photo, "image/png", "0" * 64, "parent", "in")
     out = signer.sign_output(upstream, "image/png", make_ctx([edited_input]))
     assert out.upstream_had_credentials
@@ -71,8 +81,9 @@ def test_upstream_output_with_credentials_becomes_the_parent_ingredient(
     assert result.state == "Trusted"
     direct = [link for link in result.ingredients if link.depth == 1]
     parents = [link for link in direct if link.relationship == "parentOf"]
-    assert len(parents) == 1 and parents[0].state == "Trusted"
-    assert "model output" in parents[0].title
+    # Intact; the provider's signer is not under our anchors.
+    assert len(parents) == 1 and parents[0].state == "Valid"
+    assert "model output" in parents[0].title and "provider" in parents[0].title
     assert [link.relationship for link in direct].count("inputTo") == 1
     assert result.custody is not None and result.custody["upstream_credentials"] is True
     # Never re-encoded: every byte of the upstream file's image data is still there.
@@ -81,10 +92,10 @@ def test_upstream_output_with_credentials_becomes_the_parent_ingredient(
 
 
 def test_credentials_on_an_upstream_generation_from_text_are_kept_too(
-    signer: OutputSigner, fixtures_dir: Path
+    signer: OutputSigner, provider: OutputSigner, fixtures_dir: Path
 ) -> None:
     photo = (fixtures_dir / "photos" / "IMG_0003.jpg").read_bytes()
-    upstream = signer.sign_output(photo, "image/jpeg", make_ctx([])).data
+    upstream = provider.sign_output(photo, "image/jpeg", make_ctx([])).data
     out = signer.sign_output(upstream, "image/jpeg", make_ctx([]))
     result = verify_image(out.data, "image/jpeg", signer.trust_anchors_pem())
     assert result.state == "Trusted"

@@ -24,7 +24,8 @@ from governance.provenance.signer import (
     es256_callback_for_key,
 )
 from governance.provenance.verify import verify_image, verify_independently
-from governance.settings import Settings
+from governance.settings import GOOGLE_GEMINI_URL, Settings
+from governance.upstream.identity import identify_upstream
 
 PHOTOS = {
     "sample1.png": "image/png",
@@ -67,6 +68,10 @@ def make_ctx(inputs: list[InputImage], **kw: Any) -> ProvenanceContext:
         "gateway_version": "test",
     }
     base.update(kw)
+    if "upstream" not in base:  # Google's endpoint, unless the test says the emulator answered
+        base["upstream"] = identify_upstream(
+            GOOGLE_GEMINI_URL, is_emulator=base["is_emulator"], model_version=base["model_version"]
+        )
     return ProvenanceContext(**base)
 
 

@@ -11,17 +11,19 @@ from governance.auth.principal import Principal
 from governance.pipeline.parse import ParsedRequest
 from governance.pipeline.response import ResponseSummary
 from governance.policy.decision import ImageFacts, RequestFacts, ResponseFacts
+from governance.provenance.verify import may_carry_manifest
 
 if TYPE_CHECKING:
     from governance.pipeline.turn import TurnRequest
 
 
 def carries_content_credentials(data: bytes) -> bool:
-    """A fast look for an embedded C2PA manifest store (a JUMBF box labelled ``c2pa``).
+    """Whether the image has an embedded C2PA manifest store: the same structural check the
+    signer uses (``provenance.verify.may_carry_manifest``), so policy and provenance agree.
 
     A signal for policy only; provenance validates the manifest for real when it signs.
     """
-    return b"jumb" in data and b"c2pa" in data
+    return may_carry_manifest(data)
 
 
 def parse_labels(header: str | None) -> dict[str, str]:

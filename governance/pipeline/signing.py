@@ -1,4 +1,9 @@
-"""Sign every output image of a turn with C2PA Content Credentials, in parallel worker threads."""
+"""Sign every output image of a turn with C2PA Content Credentials, in parallel worker threads.
+
+What a manifest says about the generator comes from the facts of this turn: the upstream's
+endpoint, the configured emulator flag and the ``modelVersion`` the upstream answered with
+(``governance.upstream.identity``) — never from a default.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from governance.pipeline.parse import ParsedRequest
 from governance.pipeline.response import OutputImage, ResponseSummary
 from governance.provenance.signer import InputImage as ProvenanceInput
 from governance.provenance.signer import ProvenanceContext, SignedOutput
+from governance.upstream.identity import identify_upstream
 
 if TYPE_CHECKING:
     from governance.pipeline.turn import TurnRequest
@@ -40,6 +46,7 @@ class SignedItem:
             "signed_sha256": self.output.sha256,
             "manifest_sha256": self.output.manifest_sha256,
             "upstream_had_credentials": self.output.upstream_had_credentials,
+            "upstream_credentials": self.output.upstream_credentials,
         }
 
 
@@ -66,6 +73,11 @@ def _context(
         for n, img in enumerate(parsed.edited_images)
     ]
     disclose = bool(decision.obligations.get("disclose_prompt"))
+    upstream = identify_upstream(
+        s.upstream.base_url,
+        is_emulator=s.upstream.is_emulator,
+        model_version=summary.model_version,
+    )
     return ProvenanceContext(
         turn_id=turn_id,
         tenant=principal.tenant,
@@ -73,6 +85,7 @@ def _context(
         model=request.model,
         model_version=summary.model_version or request.model,
         is_emulator=s.upstream.is_emulator,
+        upstream=upstream,
         inputs=inputs,
         prompt_commitment=prompt_commitment,
         prompt_text=parsed.prompt if disclose else None,

@@ -81,9 +81,13 @@ def _print(name, result, independent, record) -> None:  # type: ignore[no-untype
             f"  independent check (encypher-c2pa): {independent.state}, {verdict}"
             f" (integrity {independent.integrity}, trust {independent.trust})"
         )
+    # The chain lists each ingredient once (a manifest shared by many turns appears where it is
+    # nearest the top), indented by depth.
     for link in result.ingredients:
         indent = "  " * link.depth
         line = f"{indent}ingredient [{link.relationship}] {link.title}: {link.state}"
+        if link.custody_turn and link.custody_turn not in link.title:
+            line += f" (Custody turn {link.custody_turn})"
         print(line + ("; " + "; ".join(link.reasons) if link.reasons else ""))
     if result.custody:
         c = result.custody
@@ -91,6 +95,8 @@ def _print(name, result, independent, record) -> None:  # type: ignore[no-untype
             f"  Custody turn {c.get('turn_id')} by {c.get('actor')} ({c.get('tenant')}),"
             f" model {c.get('model_version')}"
         )
+        synthid = (c.get("synthid") or {}).get("statement")
+        print(f"  generator: {c.get('generator')}" + (f"; SynthID: {synthid}" if synthid else ""))
         policy = c.get("policy") or {}
         revision = str(policy.get("bundle_revision"))[:12]
         print(f"  policy: {policy.get('outcome')} (revision {revision})")

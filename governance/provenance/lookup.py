@@ -18,12 +18,17 @@ from storage.ledger.merkle import ProofError, check_inclusion
 
 
 def turn_for_hash(read_engine: Engine, sha256: str) -> str | None:
-    """The turn that released an image with this hash (signed or as the upstream made it)."""
+    """The turn that released an image with this hash (signed or as the upstream made it).
+
+    The turn that *released* those exact bytes wins over one whose upstream returned them: an
+    upstream that echoes an earlier Custody output hands back that turn's signed file.
+    """
     with read_engine.connect() as conn:
         row = conn.execute(
             text(
                 "SELECT turn_id FROM turn_images WHERE direction = 'output'"
-                " AND (signed_sha256 = :h OR sha256 = :h) LIMIT 1"
+                " AND (signed_sha256 = :h OR sha256 = :h)"
+                " ORDER BY CASE WHEN signed_sha256 = :h THEN 0 ELSE 1 END LIMIT 1"
             ),
             {"h": sha256},
         ).first()

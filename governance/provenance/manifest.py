@@ -2,8 +2,11 @@
 
 What goes in (and what deliberately does not): the prompt only as a salted commitment unless
 policy disclosed it, masks only as commitments, no thumbnails unless policy asks (they would embed
-the user's original and mask in the published file), and an explicit emulator label whenever the
-image did not come from Google.
+the user's original and mask in the published file). The generator, the ``softwareAgent`` and the
+SynthID note follow from the upstream's identity (``governance.upstream.identity``), never from a
+default: Google and Google's SynthID statement only when the endpoint and the ``modelVersion`` are
+Google's; the emulator says it is the emulator; any other upstream is named by its host, with no
+watermark claim.
 """
 
 from __future__ import annotations
@@ -33,17 +36,53 @@ EMULATOR_SYNTHID = (
     " it carries no SynthID watermark"
 )
 EMULATOR_GENERATOR = "custody-emulator (NOT Google Gemini)"
+EMULATOR_AGENT = "custody-emulator"
+GOOGLE_GENERATOR = "google-gemini"
+
+
+def unknown_synthid(host: str) -> str:
+    return (
+        f"not stated: the upstream {host} is not Google's endpoint;"
+        " Custody makes no watermark claim"
+    )
+
+
+def generator(ctx: ProvenanceContext) -> str:
+    """Who made the pixels, as the manifest names it."""
+    if ctx.upstream.is_google:
+        return GOOGLE_GENERATOR
+    if ctx.upstream.is_emulator:
+        return EMULATOR_GENERATOR
+    return f"unknown upstream at {ctx.upstream.host} (not Google's endpoint)"
+
+
+def software_agent(ctx: ProvenanceContext) -> dict[str, str]:
+    """The ``softwareAgent`` of the actions: the model only when Google answered."""
+    if ctx.upstream.is_google:
+        return {"name": ctx.model, "version": ctx.model_version}
+    if ctx.upstream.is_emulator:
+        return {"name": EMULATOR_AGENT, "version": ctx.model_version}
+    return {"name": f"model served by {ctx.upstream.host}", "version": ctx.model_version}
 
 
 def synthid_note(ctx: ProvenanceContext) -> dict[str, Any]:
     """What the provider states about invisible watermarking, and that Custody did not check it."""
-    if ctx.is_emulator:
+    if ctx.upstream.is_google:
+        return {"statement": GEMINI_SYNTHID, "provider": "Google", "verified": False}
+    if ctx.upstream.is_emulator:
         return {"statement": EMULATOR_SYNTHID, "watermark": False, "verified": False}
-    return {"statement": GEMINI_SYNTHID, "provider": "Google", "verified": False}
+    return {"statement": unknown_synthid(ctx.upstream.host), "verified": False}
 
 
-def custody_assertion(ctx: ProvenanceContext, *, upstream_credentials: bool) -> dict[str, Any]:
-    """The ``com.custody.turn`` assertion: who, under which policy, with which approvals."""
+def custody_assertion(
+    ctx: ProvenanceContext, *, upstream_credentials: bool, upstream_credentials_kind: str
+) -> dict[str, Any]:
+    """The ``com.custody.turn`` assertion: who, under which policy, with which approvals.
+
+    ``upstream_credentials`` is true only for the provider's own credentials on its output;
+    ``upstream_credentials_kind`` says what the output carried: ``none``, ``provider``,
+    ``custody`` (an earlier Custody output, verified as ours) or ``input`` (an input's, echoed).
+    """
     prompt: dict[str, Any] = {"commitment": ctx.prompt_commitment}
     if ctx.prompt_text is not None:
         prompt["text"] = ctx.prompt_text  # disclosed because policy said so
@@ -54,8 +93,9 @@ def custody_assertion(ctx: ProvenanceContext, *, upstream_credentials: bool) -> 
         "actor": ctx.actor,
         "model": ctx.model,
         "model_version": ctx.model_version,
-        "generator": EMULATOR_GENERATOR if ctx.is_emulator else "google-gemini",
-        "emulator": ctx.is_emulator,
+        "generator": generator(ctx),
+        "emulator": ctx.upstream.is_emulator,
+        "upstream": ctx.upstream.to_dict(),
         "prompt": prompt,
         "masks": list(ctx.mask_commitments),
         "policy": ctx.policy,
@@ -71,6 +111,7 @@ def custody_assertion(ctx: ProvenanceContext, *, upstream_credentials: bool) -> 
         ],
         "synthid": synthid_note(ctx),
         "upstream_credentials": upstream_credentials,
+        "upstream_credentials_kind": upstream_credentials_kind,
         "ledger": ctx.ledger_ref,
         "gateway_version": ctx.gateway_version,
     }
@@ -78,7 +119,7 @@ def custody_assertion(ctx: ProvenanceContext, *, upstream_credentials: bool) -> 
 
 
 def _actions(ctx: ProvenanceContext, parent_label: str | None) -> list[dict[str, Any]]:
-    agent = {"name": ctx.model, "version": ctx.model_version}
+    agent = software_agent(ctx)
     if parent_label is None:
         return [
             {"action": "c2pa.created", "digitalSourceType": CREATED_SOURCE, "softwareAgent": agent}
@@ -89,8 +130,9 @@ def _actions(ctx: ProvenanceContext, parent_label: str | None) -> list[dict[str,
         "parameters": {"ingredientIds": [parent_label]},
     }
     if not edit:
-        # Generation from text whose output already carried the provider's credentials: that
-        # output is opened (C2PA allows no c2pa.created after it); its source is still the model.
+        # Generation from text whose output already carried credentials (the provider's, or an
+        # earlier Custody output echoed back): that output is opened (C2PA allows no c2pa.created
+        # after it); its source is still the model.
         opened.update(digitalSourceType=CREATED_SOURCE, softwareAgent=agent)
         return [opened]
     return [
@@ -106,6 +148,7 @@ def manifest_definition(
     ingredients: list[dict[str, Any]],
     parent_label: str | None,
     upstream_credentials: bool,
+    upstream_credentials_kind: str,
 ) -> dict[str, Any]:
     """The manifest JSON for c2pa's Builder.
 
@@ -122,7 +165,11 @@ def manifest_definition(
             {"label": "c2pa.actions.v2", "data": {"actions": _actions(ctx, parent_label)}},
             {
                 "label": ASSERTION_LABEL,
-                "data": custody_assertion(ctx, upstream_credentials=upstream_credentials),
+                "data": custody_assertion(
+                    ctx,
+                    upstream_credentials=upstream_credentials,
+                    upstream_credentials_kind=upstream_credentials_kind,
+                ),
                 "created": True,
             },
             {

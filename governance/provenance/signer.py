@@ -4,6 +4,12 @@ The output bytes are signed as they came from the upstream — never decoded or 
 upstream's output already carries Content Credentials (Google embeds them in some Gemini outputs),
 that exact output becomes the ``parentOf`` ingredient, so its manifest is kept and validated.
 
+Whose credentials they are is decided from what verifies, not from a label: a manifest is Custody's
+own only when it carries the ``com.custody.turn`` assertion, validates as Trusted under our anchors
+and was signed by our signing certificate (serial and name). Such an image — an earlier Custody
+output in a chat, or echoed back by an upstream — is an "earlier Custody output", never "the
+provider's". An upstream output byte-identical to an input of the turn is one ingredient, not two.
+
 Keys: a ``KeyBackend`` makes c2pa signers. ``FileKeyBackend`` reads PEM files (the development PKI
 by default); ``CallbackBackend`` calls a function that signs bytes, so the key can live in a KMS or
 HSM — it is given the bytes to sign and returns the ES256 signature (raw ``r || s``).
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import c2pa
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -28,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from governance.provenance.manifest import manifest_definition
 from governance.provenance.pki import ensure_dev_pki
 from governance.provenance.verify import VerifyResult, may_carry_manifest, verify_image
+from governance.upstream.identity import UpstreamIdentity
 
 if TYPE_CHECKING:
     from governance.settings import Settings
@@ -38,6 +46,10 @@ class ProvenanceError(RuntimeError):
 
 
 Role = Literal["parent", "reference", "mask", "history"]
+# Whose Content Credentials an image carried: "none"; "custody" (an earlier Custody output,
+# verified as ours); "provider" (the upstream's own, on its output); "input" (an upstream output
+# carrying an input's credentials: an echo); "other" (an input's, signed by someone else).
+CredentialsKind = Literal["none", "custody", "provider", "input", "other"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,10 @@ class ProvenanceContext:
     actor: str
     model: str
     model_version: str
-    is_emulator: bool
+    is_emulator: (
+        bool  # the configured emulator flag (the built-in emulator, or CUSTODY_EMULATOR=on)
+    )
+    upstream: UpstreamIdentity  # who answered, from the endpoint and the modelVersion
     inputs: list[InputImage]
     prompt_commitment: str | None
     prompt_text: str | None  # set only when policy disclosed the prompt
@@ -93,6 +108,9 @@ class IngredientState:
     role: str  # an InputImage role, or "upstream-output"
     state: str  # "none" (no Content Credentials) | "Trusted" | "Valid" | "Invalid" | "not added"
     reasons: tuple[str, ...] = ()
+    credentials: CredentialsKind = "none"
+    custody_turn: str | None = None  # the earlier turn, when credentials == "custody"
+    also_input: str | None = None  # the role of a turn input with the same bytes, merged into this
 
 
 @dataclass(frozen=True)
@@ -104,7 +122,8 @@ class SignedOutput:
     sha256: str  # of ``data``
     manifest: bytes
     manifest_sha256: str
-    upstream_had_credentials: bool
+    upstream_had_credentials: bool  # the provider's own credentials, and only those
+    upstream_credentials: CredentialsKind = "none"  # what the upstream output carried
     ingredient_states: list[IngredientState] = field(default_factory=list)
 
 
@@ -216,6 +235,13 @@ class _HashingSink(io.BytesIO):
         return hashlib.sha256(data).hexdigest()
 
 
+def _signer_identity(chain_pem: bytes) -> tuple[str, str | None]:
+    """The end-entity certificate's serial (decimal, as c2pa reports it) and common name."""
+    cert = x509.load_pem_x509_certificates(chain_pem)[0]
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(cert.serial_number), (str(names[0].value) if names else None)
+
+
 @dataclass
 class _Plan:
     """Ingredients of one output: JSON-only ones (no credentials) and ones added from bytes."""
@@ -226,6 +252,11 @@ class _Plan:
     parent_label: str | None = None
 
 
+def _turn_of(found: VerifyResult) -> str | None:
+    turn = (found.custody or {}).get("turn_id")
+    return str(turn) if turn is not None else None
+
+
 class OutputSigner:
     """Signs every output image of a turn; safe to call from many threads at once."""
 
@@ -234,6 +265,7 @@ class OutputSigner:
         self.anchors_pem = anchors_pem
         self.development = development
         self._local = threading.local()
+        self._own_serial, self._own_name = _signer_identity(backend.chain_pem)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OutputSigner:
@@ -282,63 +314,129 @@ class OutputSigner:
             setattr(self._local, key, state)
         return state
 
-    def _plan(self, data: bytes, mime_type: str, ctx: ProvenanceContext) -> tuple[_Plan, bool]:
+    def is_own_manifest(self, found: VerifyResult) -> bool:
+        """Whether the active manifest is Custody's own: our assertion, Trusted, our certificate.
+
+        The label alone proves nothing (anyone can write ``com.custody.turn``); the validation
+        state and the signing certificate do.
+        """
+        return (
+            found.state == "Trusted"
+            and found.custody is not None
+            and found.signer_serial == self._own_serial
+            and (self._own_name is None or found.signer_common_name == self._own_name)
+        )
+
+    def _credentials(self, data: bytes, mime_type: str) -> VerifyResult | None:
+        """The validation of ``data``'s Content Credentials; None when it carries none."""
+        if not may_carry_manifest(data):
+            return None
+        found = verify_image(data, mime_type, self.anchors_pem)
+        return None if found.state == "none" else found
+
+    def _upstream_kind(
+        self, found: VerifyResult, inputs: list[VerifyResult | None]
+    ) -> CredentialsKind:
+        if self.is_own_manifest(found):
+            return "custody"
+        if found.manifest_label and any(
+            f is not None and f.manifest_label == found.manifest_label for f in inputs
+        ):
+            return "input"
+        return "provider"
+
+    def _upstream_title(
+        self, kind: CredentialsKind, found: VerifyResult, ctx: ProvenanceContext
+    ) -> str:
+        if kind == "custody":
+            return f"earlier Custody output (turn {_turn_of(found)})"
+        if kind == "input":
+            return "model output (with Content Credentials copied from an input of this turn)"
+        if ctx.upstream.is_google:
+            return "model output (with the provider's Content Credentials)"
+        return f"model output (with Content Credentials from the upstream {ctx.upstream.host})"
+
+    def _plan(
+        self, data: bytes, mime_type: str, ctx: ProvenanceContext
+    ) -> tuple[_Plan, CredentialsKind]:
         plan = _Plan()
-        upstream_credentials = may_carry_manifest(data)
-        if upstream_credentials:
-            check = verify_image(data, mime_type, self.anchors_pem)
-            upstream_credentials = check.state != "none"
-            if upstream_credentials:
-                plan.parent_label = "upstream-output"
-                title = "model output (with the provider's Content Credentials)"
-                plan.from_bytes.append(
-                    (
-                        {"title": title, "relationship": "parentOf", "label": plan.parent_label},
-                        mime_type,
-                        data,
-                    )
+        inputs_found = [self._credentials(img.data, img.mime_type) for img in ctx.inputs]
+        found = self._credentials(data, mime_type)
+        kind: CredentialsKind = "none"
+        merged: int | None = None
+        if found is not None:
+            kind = self._upstream_kind(found, inputs_found)
+            # The upstream returned one of the inputs unchanged: one ingredient, not two.
+            merged = next((n for n, img in enumerate(ctx.inputs) if img.data == data), None)
+            plan.parent_label = "upstream-output"
+            title = self._upstream_title(kind, found, ctx)
+            if merged is not None and kind != "custody":
+                img = ctx.inputs[merged]
+                title = f"{img.role}: {img.title}, returned unchanged by the upstream"
+            plan.from_bytes.append(
+                (
+                    {"title": title, "relationship": "parentOf", "label": plan.parent_label},
+                    mime_type,
+                    data,
                 )
-                plan.states.append(
-                    IngredientState(
-                        title, "parentOf", "upstream-output", check.state, tuple(check.reasons)
-                    )
+            )
+            plan.states.append(
+                IngredientState(
+                    title,
+                    "parentOf",
+                    "upstream-output",
+                    found.state,
+                    tuple(found.reasons),
+                    credentials=kind,
+                    custody_turn=_turn_of(found) if kind == "custody" else None,
+                    also_input=ctx.inputs[merged].role if merged is not None else None,
                 )
-        for n, img in enumerate(ctx.inputs):
+            )
+        for n, (img, seen) in enumerate(zip(ctx.inputs, inputs_found, strict=True)):
+            if n == merged:
+                continue
             is_parent = img.role == "parent" and plan.parent_label is None
             label = f"input-{n + 1}"
             relationship = "parentOf" if is_parent else "inputTo"
             if is_parent:
                 plan.parent_label = label
-            title = f"{img.role}: {img.title}"
-            ingredient = {"title": title, "relationship": relationship, "label": label}
-            found: VerifyResult | None = (
-                verify_image(img.data, img.mime_type, self.anchors_pem)
-                if may_carry_manifest(img.data)
-                else None
-            )
-            if found is None or found.state == "none":
+            if seen is None:
                 # No Content Credentials: described, not read — c2pa never touches the pixels.
+                title = f"{img.role}: {img.title}"
+                ingredient = {"title": title, "relationship": relationship, "label": label}
                 plan.json_ingredients.append({**ingredient, "format": img.mime_type})
                 plan.states.append(IngredientState(title, relationship, img.role, "none"))
-            else:
-                plan.from_bytes.append((ingredient, img.mime_type, img.data))
-                plan.states.append(
-                    IngredientState(
-                        title, relationship, img.role, found.state, tuple(found.reasons)
-                    )
+                continue
+            own = self.is_own_manifest(seen)
+            turn = _turn_of(seen) if own else None
+            what = f"earlier Custody output (turn {turn})" if own else img.title
+            title = f"{img.role}: {what}"
+            ingredient = {"title": title, "relationship": relationship, "label": label}
+            plan.from_bytes.append((ingredient, img.mime_type, img.data))
+            plan.states.append(
+                IngredientState(
+                    title,
+                    relationship,
+                    img.role,
+                    seen.state,
+                    tuple(seen.reasons),
+                    credentials="custody" if own else "other",
+                    custody_turn=turn,
                 )
-        return plan, upstream_credentials
+            )
+        return plan, kind
 
     def sign_output(self, data: bytes, mime_type: str, ctx: ProvenanceContext) -> SignedOutput:
         """Sign one output image exactly as the upstream returned it."""
-        plan, upstream_credentials = self._plan(data, mime_type, ctx)
+        plan, upstream_kind = self._plan(data, mime_type, ctx)
         context, signer = self._thread_state(ctx.thumbnails, bool(plan.from_bytes))
         definition = manifest_definition(
             ctx,
             mime_type,
             ingredients=plan.json_ingredients,
             parent_label=plan.parent_label,
-            upstream_credentials=upstream_credentials,
+            upstream_credentials=upstream_kind == "provider",
+            upstream_credentials_kind=upstream_kind,
         )
         states = list(plan.states)
         sink = _HashingSink()
@@ -366,6 +464,7 @@ class OutputSigner:
             sha256=sink.sha256_of(signed),
             manifest=manifest,
             manifest_sha256=hashlib.sha256(manifest).hexdigest(),
-            upstream_had_credentials=upstream_credentials,
+            upstream_had_credentials=upstream_kind == "provider",
+            upstream_credentials=upstream_kind,
             ingredient_states=states,
         )

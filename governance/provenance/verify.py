@@ -69,6 +69,8 @@ class ChainLink:
     reasons: list[str] = field(default_factory=list)
     signer: str | None = None
     format: str | None = None
+    manifest: str | None = None  # the ingredient's manifest label (None: no credentials)
+    custody_turn: str | None = None  # the turn, when that manifest has a Custody assertion
 
     @property
     def has_manifest(self) -> bool:
@@ -98,6 +100,9 @@ class VerifyResult:
     thumbnails: list[str] = field(default_factory=list)
     signer: str | None = None
     error: str | None = None
+    manifest_label: str | None = None  # the active manifest's label
+    signer_serial: str | None = None  # the signing certificate's serial number (decimal)
+    signer_common_name: str | None = None
 
     @property
     def reasons(self) -> list[str]:
@@ -111,6 +116,8 @@ class VerifyResult:
             "reasons": self.reasons,
             "codes": [asdict(c) for c in self.codes],
             "signer": self.signer,
+            "signer_serial": self.signer_serial,
+            "manifest_label": self.manifest_label,
             "custody": self.custody,
             "ingredients": [i.to_dict() for i in self.ingredients],
             "thumbnails": self.thumbnails,
@@ -250,9 +257,19 @@ def verify_image(data: bytes, mime_type: str | None, trust_anchors_pem: str) -> 
     for ing in manifest.get("ingredients") or []:
         if ing.get("thumbnail"):
             thumbnails.append(f"a thumbnail of ingredient {ing.get('title')!r}")
-    chain = _chain(manifests, active_label, delta_failures, depth=1)
-    signer = (manifest.get("signature_info") or {}).get("issuer")
-    return VerifyResult(state, codes, custody, chain, thumbnails, signer)
+    chain = _chain(manifests, active_label, delta_failures)
+    info = manifest.get("signature_info") or {}
+    return VerifyResult(
+        state,
+        codes,
+        custody,
+        chain,
+        thumbnails,
+        info.get("issuer"),
+        manifest_label=str(active_label) if active_label else None,
+        signer_serial=str(info["cert_serial_number"]) if info.get("cert_serial_number") else None,
+        signer_common_name=info.get("common_name"),
+    )
 
 
 def _delta_failures(results: dict[str, Any]) -> dict[str, list[StatusCode]]:
@@ -281,48 +298,118 @@ def _recorded_failures(ing: dict[str, Any]) -> list[StatusCode]:
     return found
 
 
-def _chain(
-    manifests: dict[str, Any],
-    label: Any,
-    deltas: dict[str, list[StatusCode]],
-    depth: int,
-) -> list[ChainLink]:
-    """Every ingredient below ``label``, depth first; an invalid descendant taints its parent."""
-    manifest = manifests.get(label) if label else None
-    if not manifest or depth > _MAX_DEPTH:
-        return []
-    links: list[ChainLink] = []
-    for ing in manifest.get("ingredients") or []:
+def _ingredient_depths(manifests: dict[str, Any], label: Any) -> dict[str, int]:
+    """The shallowest depth at which each manifest below ``label`` is an ingredient (BFS)."""
+    depths: dict[str, int] = {}
+    frontier, depth = [label], 1
+    while frontier and depth <= _MAX_DEPTH:
+        following = []
+        for current in frontier:
+            for ing in (manifests.get(current) or {}).get("ingredients") or []:
+                child = ing.get("active_manifest")
+                if child and child not in depths:
+                    depths[child] = depth
+                    following.append(child)
+        frontier, depth = following, depth + 1
+    return depths
+
+
+class _ChainWalk:
+    """One walk of a manifest store: each ingredient's state, and each ingredient shown once.
+
+    A chat's turns and an echoed output embed the same earlier manifests many times over; the
+    store holds each manifest once (by label), so the chain shows each manifest once, at the
+    shallowest depth it occurs, and a credential-less ingredient once per (title, depth, parent).
+    Validity is still judged over every occurrence: a duplicate hidden from the listing still
+    taints its parent when it is Invalid.
+    """
+
+    def __init__(self, manifests: dict[str, Any], deltas: dict[str, list[StatusCode]]) -> None:
+        self.manifests = manifests
+        self.deltas = deltas
+        self.depths: dict[str, int] = {}
+        self.shown: set[Any] = set()
+        self.invalid_below: dict[str, str | None] = {}
+
+    def links(self, label: Any) -> list[ChainLink]:
+        self.depths = _ingredient_depths(self.manifests, label)
+        return self._walk(label, 1)
+
+    def _state(self, label: Any, ing: dict[str, Any]) -> tuple[str, list[StatusCode]]:
         child_label = ing.get("active_manifest")
         uri_tail = f"/{label}/c2pa.assertions/{ing.get('label', '')}"
         failures = _recorded_failures(ing) + [
-            c for uri, found in deltas.items() if uri.endswith(uri_tail) for c in found
+            c for uri, found in self.deltas.items() if uri.endswith(uri_tail) for c in found
         ]
         defects = [c for c in failures if c.code not in _NOT_A_DEFECT]
-        below = _chain(manifests, child_label, deltas, depth + 1)
-        tainted = [f"its ingredient {b.title!r} is Invalid" for b in below if b.state == "Invalid"]
         if not child_label:
-            state = "none"
-        elif defects or tainted:
-            state = "Invalid"
-        elif failures:
-            state = "Valid"
-        else:
-            state = "Trusted"
-        child = manifests.get(child_label) or {}
-        links.append(
-            ChainLink(
-                title=str(ing.get("title")),
-                relationship=str(ing.get("relationship")),
-                depth=depth,
-                state=state,
-                reasons=[f"{c.plain} ({c.code})" for c in defects] + tainted[:1],
-                signer=(child.get("signature_info") or {}).get("issuer"),
-                format=ing.get("format"),
+            return "none", defects
+        if defects or self._invalid_below(child_label, 1) is not None:
+            return "Invalid", defects
+        return ("Valid" if failures else "Trusted"), defects
+
+    def _invalid_below(self, label: str, depth: int) -> str | None:
+        """The title of the first Invalid ingredient anywhere below ``label``, or None."""
+        if label in self.invalid_below:
+            return self.invalid_below[label]
+        self.invalid_below[label] = None  # a cycle in a hostile store ends here
+        found: str | None = None
+        if depth <= _MAX_DEPTH:
+            for ing in (self.manifests.get(label) or {}).get("ingredients") or []:
+                if self._state(label, ing)[0] == "Invalid":
+                    found = str(ing.get("title"))
+                    break
+        self.invalid_below[label] = found
+        return found
+
+    def _walk(self, label: Any, depth: int) -> list[ChainLink]:
+        manifest = self.manifests.get(label) if label else None
+        if not manifest or depth > _MAX_DEPTH:
+            return []
+        links: list[ChainLink] = []
+        for ing in manifest.get("ingredients") or []:
+            child_label = ing.get("active_manifest")
+            key = child_label or (str(ing.get("title")), depth, label)
+            if key in self.shown or (child_label and self.depths.get(child_label, 0) < depth):
+                continue  # shown elsewhere in the tree (or about to be, nearer the top)
+            self.shown.add(key)
+            state, defects = self._state(label, ing)
+            reasons = [f"{c.plain} ({c.code})" for c in defects]
+            tainted = self._invalid_below(child_label, 1) if child_label else None
+            if tainted is not None:
+                reasons.append(f"its ingredient {tainted!r} is Invalid")
+            child = self.manifests.get(child_label) or {}
+            links.append(
+                ChainLink(
+                    title=str(ing.get("title")),
+                    relationship=str(ing.get("relationship")),
+                    depth=depth,
+                    state=state,
+                    reasons=reasons,
+                    signer=(child.get("signature_info") or {}).get("issuer"),
+                    format=ing.get("format"),
+                    manifest=child_label,
+                    custody_turn=_custody_turn(child),
+                )
             )
-        )
-        links.extend(below)
-    return links
+            links.extend(self._walk(child_label, depth + 1))
+        return links
+
+
+def _chain(
+    manifests: dict[str, Any], label: Any, deltas: dict[str, list[StatusCode]]
+) -> list[ChainLink]:
+    """Every ingredient below ``label``, depth first, each shown once (see ``_ChainWalk``)."""
+    return _ChainWalk(manifests, deltas).links(label)
+
+
+def _custody_turn(manifest: dict[str, Any]) -> str | None:
+    """The turn id in a manifest's ``com.custody.turn`` assertion, if it has one."""
+    for a in manifest.get("assertions") or []:
+        if a.get("label") == ASSERTION_LABEL and isinstance(a.get("data"), dict):
+            turn = a["data"].get("turn_id")
+            return str(turn) if turn is not None else None
+    return None
 
 
 @dataclass(frozen=True)
