@@ -32,7 +32,7 @@ from storage.db import is_sqlite, make_engine, migrate, normalise_url
 from storage.ledger.events import LedgerEvent
 from storage.ledger.log import Ledger
 from storage.ledger.merkle import MemoryHashReader, leaf_hash
-from storage.ledger.note import NoteSigner
+from storage.ledger.note import Ed25519NoteSigner, NoteSigner
 from storage.ledger.verify import verify_ledger
 
 ORIGIN = "bench.custody.example/ledger"
@@ -156,7 +156,7 @@ def _threads_rate(url: str, signer: NoteSigner, threads: int) -> tuple[float, fl
 
 def _process_writer(url: str, key: str, k: int, barrier: Any, out: Any) -> None:
     engine = make_engine(url)
-    ledger = Ledger.open(engine, origin=ORIGIN, signer=NoteSigner.from_key_string(key))
+    ledger = Ledger.open(engine, origin=ORIGIN, signer=Ed25519NoteSigner.from_key_string(key))
     ledger.append([_event(k, -1)])  # warm-up: imports, connections
     barrier.wait()
     n, stop = 0, time.perf_counter() + SECONDS
@@ -293,7 +293,7 @@ def _bench(kind: str, work: Path, signer: NoteSigner) -> None:
 
 def main(kinds: tuple[str, ...] = ("sqlite", "postgres")) -> None:
     work = Path(tempfile.mkdtemp(prefix="custody-ledger-bench-"))
-    signer = NoteSigner.generate(ORIGIN)
+    signer = Ed25519NoteSigner.generate(ORIGIN)
     print(
         f"Ledger appends ({SECONDS:.0f} s per row, single-event appends, group commit), proofs"
         " and verification; ratios against the raw single-row commit rate of the same database"

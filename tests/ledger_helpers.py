@@ -6,22 +6,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from storage.blobs import Commitments, open_blob_store
-from storage.db import make_engine, migrate
-from storage.ledger.events import LedgerEvent
-from storage.ledger.log import Ledger, load_or_create_note_signer
+from storage.ledger import Ledger, LedgerEvent
+from storage.ledger import open_ledger as open_storage_ledger
 
 ORIGIN = "custody.test/ledger"
 
 
-def open_ledger(url: str, data_dir: Path, **kw: int) -> tuple[Ledger, Commitments]:
-    migrate(url)
-    engine = make_engine(url)
-    signer = load_or_create_note_signer(data_dir / "ledger-note.key", ORIGIN)
-    ledger = Ledger.open(engine, origin=ORIGIN, signer=signer, **kw)
-    blobs = open_blob_store("file", data_dir=data_dir, engine=engine)
-    return ledger, Commitments(engine, blobs)
+def open_ledger(url: str, data_dir: Path, **kw: Any) -> tuple[Ledger, Commitments]:
+    """The ledger at ``url`` (key file in ``data_dir``) and a commitment store beside it."""
+    ledger = open_storage_ledger(url, origin=ORIGIN, signer=data_dir / "ledger-note.key", **kw)
+    blobs = open_blob_store("file", data_dir=data_dir, engine=ledger.engine)
+    return ledger, Commitments(ledger.engine, blobs)
 
 
 def event(i: int, **body: object) -> LedgerEvent:

@@ -20,7 +20,7 @@ from storage.db import is_sqlite, make_engine, migrate
 from storage.ledger.events import LedgerEvent
 from storage.ledger.leaf import commit_content
 from storage.ledger.log import Ledger
-from storage.ledger.note import NoteSigner
+from storage.ledger.note import Ed25519NoteSigner
 from storage.ledger.verify import verify_ledger
 
 ORIGIN = "test.custody.example/ledger"
@@ -147,7 +147,7 @@ def test_put_committed_many_stores_everything_in_one_go(engine: Engine, store: B
 
 
 def test_erasure_keeps_the_ledger_verifying(engine: Engine, store: BlobStore) -> None:
-    signer = NoteSigner.generate(ORIGIN)
+    signer = Ed25519NoteSigner.generate(ORIGIN)
     ledger = Ledger.open(engine, origin=ORIGIN, signer=signer)
     commitments = Commitments(engine, store)
     kept = commitments.put_committed(b"an output image")

@@ -30,7 +30,7 @@ from storage.ledger.merkle import (
     stored_hash_index,
     tree_hash,
 )
-from storage.ledger.note import NoteSigner
+from storage.ledger.note import Ed25519NoteSigner, NoteSigner
 from storage.ledger.verify import verify_ledger
 
 ORIGIN = "test.custody.example/ledger"
@@ -50,7 +50,7 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 @pytest.fixture()
 def signer() -> NoteSigner:
-    return NoteSigner.generate(ORIGIN)
+    return Ed25519NoteSigner.generate(ORIGIN)
 
 
 @pytest.fixture()
@@ -101,7 +101,7 @@ def test_root_and_proofs_match_an_independent_tree(ledger: Ledger) -> None:
         check_consistency(proof, 37, root, old, ledger.root(old))
 
 
-def test_checkpoints_are_signed_and_issued_every_n_entries(
+def test_checkpoints_are_signed_every_n_entries_by_the_job_never_by_an_append(
     engine: Engine, signer: NoteSigner
 ) -> None:
     ledger = Ledger.open(
@@ -112,14 +112,32 @@ def test_checkpoints_are_signed_and_issued_every_n_entries(
         assert first.size == 0
         for i in range(25):
             ledger.append([_event(i)])
+            assert [cp.size for cp in ledger.checkpoints()][-1] <= i // 10 * 10
+            ledger.checkpoint_if_due()  # what the gateway's background job calls
         sizes = [cp.size for cp in ledger.checkpoints()]
         assert sizes == [0, 10, 20]
+        assert ledger.checkpoints_issued == 3
         latest = ledger.latest_checkpoint()
         cp = open_checkpoint(latest.note, signer.verifier(), ORIGIN)
         assert (cp.size, cp.root) == (20, ledger.root(20))
         again = ledger.issue_checkpoint()
         assert again.size == 25
         assert ledger.issue_checkpoint().note == again.note  # same size: no second signature
+        assert ledger.checkpoint_if_due() is None  # nothing new since
+    finally:
+        ledger.close()
+
+
+def test_appends_alone_never_sign_a_checkpoint(engine: Engine, signer: NoteSigner) -> None:
+    ledger = Ledger.open(
+        engine, origin=ORIGIN, signer=signer, checkpoint_every_entries=1, checkpoint_every_ms=1
+    )
+    try:
+        for i in range(5):
+            ledger.append([_event(i)])
+            time.sleep(0.002)
+        assert ledger.checkpoints() == []
+        assert ledger.checkpoints_issued == 0
     finally:
         ledger.close()
 
@@ -132,9 +150,24 @@ def test_checkpoints_are_issued_after_their_interval(engine: Engine, signer: Not
         ledger.append([_event(0)])
         time.sleep(0.01)
         ledger.append([_event(1)])
+        assert ledger.checkpoint_if_due() is not None
         assert [cp.size for cp in ledger.checkpoints()][-1] == 2
     finally:
         ledger.close()
+
+
+def test_a_checkpoint_signed_elsewhere_for_the_same_size_is_returned_not_duplicated(
+    engine: Engine, ledger: Ledger, signer: NoteSigner
+) -> None:
+    ledger.append([_event(i) for i in range(4)])
+    other = Ledger.open(engine, origin=ORIGIN, signer=signer)
+    try:
+        theirs = other.issue_checkpoint()
+    finally:
+        other.close()
+    assert ledger.issue_checkpoint() == theirs
+    assert ledger.checkpoints_issued == 0
+    assert [cp.size for cp in ledger.checkpoints()] == [4]
 
 
 def test_the_log_refuses_to_sign_a_checkpoint_inconsistent_with_the_last(

@@ -8,7 +8,7 @@ import pytest
 
 from storage.ledger.checkpoint import CheckpointError, sign_checkpoint
 from storage.ledger.merkle import MemoryHashReader, leaf_hash, prove_inclusion, tree_hash
-from storage.ledger.note import NoteSigner
+from storage.ledger.note import Ed25519NoteSigner, NoteSigner
 from storage.ledger.proof_file import (
     HEADER,
     ProofFileError,
@@ -24,7 +24,7 @@ LEAVES = [b'{"entry":%d}' % i for i in range(SIZE)]
 
 @pytest.fixture(scope="module")
 def log_key() -> NoteSigner:
-    return NoteSigner.generate(ORIGIN)
+    return Ed25519NoteSigner.generate(ORIGIN)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_checkpoint_of_another_key_or_log_is_refused(
 ) -> None:
     text = _proof(tree, note, 4)
     with pytest.raises(CheckpointError):
-        verify_proof(text, LEAVES[4], NoteSigner.generate(ORIGIN).verifier(), ORIGIN)
+        verify_proof(text, LEAVES[4], Ed25519NoteSigner.generate(ORIGIN).verifier(), ORIGIN)
     with pytest.raises(CheckpointError):
         verify_proof(text, LEAVES[4], log_key.verifier(), "other.test/log")
     with pytest.raises(CheckpointError):

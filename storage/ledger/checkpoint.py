@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from storage.ledger.merkle import HASH_SIZE
-from storage.ledger.note import NoteError, NoteSigner, NoteVerifier, open_note
+from storage.ledger.note import NoteError, NoteSigner, NoteVerifier, open_note, sign_note
 
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
@@ -71,7 +71,7 @@ def parse_checkpoint_body(text: str) -> tuple[str, int, bytes]:
 
 def sign_checkpoint(signer: NoteSigner, origin: str, size: int, root: bytes) -> Checkpoint:
     """Sign the checkpoint for ``size`` entries with root ``root``."""
-    note = signer.sign(format_checkpoint(origin, size, root))
+    note = sign_note(signer, format_checkpoint(origin, size, root))
     return Checkpoint(origin, size, root, note)
 
 

@@ -178,25 +178,65 @@ class MemoryHashReader:
         self.size += len(leaf_hashes)
 
 
-class _Overlay:
-    """The existing tree's stored hashes (frontier read once) plus those of a batch in progress."""
+class Frontier:
+    """The right edge of a tree: the hashes of its maximal complete subtrees, left to right.
 
-    def __init__(self, start: int, reader: HashReader) -> None:
-        self.base = reader
-        self.first_new = stored_hash_count(start)
-        self.new: list[bytes] = []
-        # Appends only ever read the left siblings of the new leaves' ancestors; those inside the
-        # existing tree are exactly its maximal complete subtrees (its frontier).
-        frontier = _subtree_index(0, start, [])
-        self.cache = dict(zip(frontier, _read(reader, frontier), strict=True))
+    This is all an append needs (RFC 6962 trees only ever grow on the right), so the SQLite
+    store keeps one in memory between commits, group commit extends it by a whole batch, and
+    verification rebuilds the tree with it; PostgreSQL's ``custody_ledger_append`` computes the
+    same hashes in SQL (migration 0002). One subtree per set bit of ``size``, highest first.
+    """
 
-    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
-        missing = [i for i in indexes if i < self.first_new and i not in self.cache]
-        if missing:
-            self.cache.update(zip(missing, _read(self.base, missing), strict=True))
-        return [
-            self.new[i - self.first_new] if i >= self.first_new else self.cache[i] for i in indexes
-        ]
+    __slots__ = ("hashes", "size")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if len(hashes) != size.bit_count():
+            raise RuntimeError(f"bad math: a tree of {size} leaves has {size.bit_count()} subtrees")
+        self.size = size
+        self.hashes = list(hashes)
+
+    @staticmethod
+    def indexes(size: int) -> list[int]:
+        """The stored-hash indexes of the frontier of a ``size``-leaf tree, left to right."""
+        return _subtree_index(0, size, [])
+
+    @classmethod
+    def read(cls, size: int, reader: HashReader) -> Frontier:
+        """The frontier of the stored ``size``-leaf tree: one read of at most log2(size) hashes."""
+        return cls(size, _read(reader, cls.indexes(size)))
+
+    def copy(self) -> Frontier:
+        return Frontier(self.size, self.hashes)
+
+    def append(self, h: bytes) -> list[bytes]:
+        """Append the leaf with leaf hash ``h``; returns the hashes to store, in stored order."""
+        if len(h) != HASH_SIZE:
+            raise ValueError(f"cannot append a leaf with a {len(h)}-byte hash")
+        new = [h]
+        n = self.size
+        while n & 1:  # each trailing 1 bit completes a subtree whose left half is on the edge
+            h = node_hash(self.hashes.pop(), h)
+            new.append(h)
+            n >>= 1
+        self.hashes.append(h)
+        self.size += 1
+        return new
+
+    def extend(self, leaf_hashes: Sequence[bytes]) -> list[bytes]:
+        """Append several leaves; the concatenation of their stored hashes."""
+        out: list[bytes] = []
+        for h in leaf_hashes:
+            out.extend(self.append(h))
+        return out
+
+    def root(self) -> bytes:
+        """The RFC 6962 root of the tree."""
+        if not self.hashes:
+            return EMPTY_TREE_HASH
+        h = self.hashes[-1]
+        for left in reversed(self.hashes[:-1]):
+            h = node_hash(left, h)
+        return h
 
 
 def stored_hashes_for_records(
@@ -207,10 +247,7 @@ def stored_hashes_for_records(
     Equal to concatenating ``stored_hashes_for_record_hash`` for each leaf in turn; the existing
     tree is read once (its O(log n) frontier), the rest comes from the batch itself.
     """
-    overlay = _Overlay(start, reader)
-    for offset, h in enumerate(leaf_hashes):
-        overlay.new.extend(stored_hashes_for_record_hash(start + offset, h, overlay))
-    return overlay.new
+    return Frontier.read(start, reader).extend(leaf_hashes)
 
 
 # --- tree hashes -------------------------------------------------------------------------------

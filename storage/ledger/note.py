@@ -10,6 +10,10 @@ with Go's ``note.Open`` and with litetlog/sigsum tooling, and their keys load he
 A note is its text (ending in a newline), a blank line, then one line per signature:
 ``— <name> base64(key hash || signature)``. ``tests/test_note_checkpoint.py`` checks this module
 against the Go package's published test vector.
+
+Signing is an interface (``NoteSigner``, as Go's ``note.Signer``) so the checkpoint key can live
+in an HSM or a KMS: ``Ed25519NoteSigner`` holds the key in the process, ``CallbackNoteSigner``
+hands the bytes to whatever signs them.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -105,8 +112,43 @@ class NoteVerifier:
         return True
 
 
-class NoteSigner:
-    """Signs notes with one Ed25519 key."""
+class NoteSigner(Protocol):
+    """A key that signs notes — the Ed25519 file key below, or an HSM or KMS behind a callback.
+
+    The contract is Go's ``note.Signer``: ``name`` and ``key_hash`` identify the key in the
+    signature line; ``sign`` returns the raw signature of ``msg`` (the note text's UTF-8 bytes),
+    which ``verifier()`` must accept. ``sign_note`` does the formatting around it.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key_hash(self) -> int: ...
+
+    def sign(self, msg: bytes) -> bytes: ...
+
+    def verifier(self) -> NoteVerifier: ...
+
+
+def sign_note(signer: NoteSigner, text: str) -> str:
+    """The signed note of ``text`` (which must end with a newline), one signature line."""
+    if not text.endswith("\n"):
+        raise NoteError("a note's text must end with a newline")
+    if _CONTROL.search(text):
+        raise NoteError("a note's text must not contain control characters other than newline")
+    sig = signer.sign(text.encode("utf-8"))
+    if not signer.verifier().verify(text.encode("utf-8"), sig):
+        raise NoteError(
+            f"the signer {signer.name}+{signer.key_hash:08x} returned a signature its own"
+            " verifier key rejects: check that the signing service uses the key it publishes"
+        )
+    blob = signer.key_hash.to_bytes(4, "big") + sig
+    return f"{text}\n{SIG_PREFIX}{signer.name} {_b64(blob)}\n"
+
+
+class Ed25519NoteSigner:
+    """Signs notes with an Ed25519 key held in this process (the ``ledger-note.key`` file)."""
 
     def __init__(self, name: str, private: Ed25519PrivateKey) -> None:
         _check_name(name)
@@ -116,12 +158,12 @@ class NoteSigner:
         self.key_hash = _key_hash(name, self.public_key)
 
     @classmethod
-    def generate(cls, name: str) -> NoteSigner:
+    def generate(cls, name: str) -> Ed25519NoteSigner:
         """A new random key named ``name``."""
         return cls(name, Ed25519PrivateKey.generate())
 
     @classmethod
-    def from_key_string(cls, skey: str) -> NoteSigner:
+    def from_key_string(cls, skey: str) -> Ed25519NoteSigner:
         """Load a Go-style signer key ``PRIVATE+KEY+<name>+<hash>+<base64(0x01 || seed)>``."""
         parts = skey.strip().split("+", 4)  # base64 may contain '+'
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
@@ -149,15 +191,62 @@ class NoteSigner:
         """The public verifier key string to publish."""
         return self.verifier().key_string()
 
-    def sign(self, text: str) -> str:
-        """The signed note of ``text``, which must end with a newline."""
-        if not text.endswith("\n"):
-            raise NoteError("a note's text must end with a newline")
-        if _CONTROL.search(text):
-            raise NoteError("a note's text must not contain control characters other than newline")
-        sig = self._private.sign(text.encode("utf-8"))
-        blob = self.key_hash.to_bytes(4, "big") + sig
-        return f"{text}\n{SIG_PREFIX}{self.name} {_b64(blob)}\n"
+    def sign(self, msg: bytes) -> bytes:
+        """The Ed25519 signature of ``msg``."""
+        return self._private.sign(msg)
+
+
+class CallbackNoteSigner:
+    """Signs notes through ``sign`` — an HSM, a cloud KMS or a remote signing service.
+
+    ``public_key`` is the raw 32-byte Ed25519 public key the service signs with; it names the
+    key (``key_hash``) and checks every signature the callback returns, so a misconfigured
+    service fails the checkpoint instead of publishing one nobody can verify.
+    """
+
+    def __init__(self, name: str, public_key: bytes, sign: Callable[[bytes], bytes]) -> None:
+        _check_name(name)
+        if len(public_key) != 32:
+            raise NoteError(f"an Ed25519 public key is 32 bytes, not {len(public_key)}")
+        self.name = name
+        self.public_key = bytes(public_key)
+        self.key_hash = _key_hash(name, self.public_key)
+        self._sign = sign
+
+    def verifier(self) -> NoteVerifier:
+        return NoteVerifier(self.name, self.key_hash, self.public_key)
+
+    def verifier_key(self) -> str:
+        """The public verifier key string to publish."""
+        return self.verifier().key_string()
+
+    def sign(self, msg: bytes) -> bytes:
+        sig = self._sign(msg)
+        if not isinstance(sig, bytes) or len(sig) != 64:
+            raise NoteError(
+                f"the signing callback for {self.name} returned {type(sig).__name__}"
+                f" of length {len(sig) if isinstance(sig, bytes) else '?'}, not a 64-byte"
+                " Ed25519 signature"
+            )
+        return sig
+
+
+def load_or_create_note_signer(path: Path, origin: str) -> Ed25519NoteSigner:
+    """The log's Ed25519 note key: read from ``path``, or generated there (mode 0600)."""
+    path = Path(path)
+    if path.exists():
+        signer = Ed25519NoteSigner.from_key_string(path.read_text())
+        if signer.name != origin:
+            raise ValueError(
+                f"the log key in {path} is for {signer.name!r}, not this log's origin {origin!r}"
+            )
+        return signer
+    signer = Ed25519NoteSigner.generate(origin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(signer.key_string() + "\n")
+    return signer
 
 
 @dataclass(frozen=True)

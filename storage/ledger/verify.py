@@ -6,7 +6,8 @@ counter, every stored checkpoint's signature and root, and the roots of checkpoi
 earlier (a rewritten history with a re-signed checkpoint fails here). Where blobs remain, each
 commitment is checked against its blob; erased blobs are counted, not faults.
 
-Memory stays O(log n): the tree is rebuilt from its right edge (the stack of complete subtrees).
+Memory stays O(log n): the tree is rebuilt from its right edge (``merkle.Frontier``, the same
+one the SQLite store appends with).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy import Engine, text
 from storage.db import make_engine
 from storage.ledger.checkpoint import CheckpointError, open_checkpoint
 from storage.ledger.leaf import LeafError, decode_leaf, is_canonical, iter_commitments
-from storage.ledger.merkle import EMPTY_TREE_HASH, leaf_hash, node_hash, stored_hash_count
+from storage.ledger.merkle import Frontier, leaf_hash, stored_hash_count
 from storage.ledger.note import NoteVerifier
 
 BATCH = 5_000
@@ -95,33 +96,6 @@ class VerifyReport:
         if len(self.faults) > 50:
             lines.append(f"  ... and {len(self.faults) - 50} more")
         return "\n".join(lines)
-
-
-class _RightEdge:
-    """The stack of complete subtrees of the tree built so far; yields the stored hashes."""
-
-    def __init__(self) -> None:
-        self.stack: list[bytes] = []
-        self.size = 0
-
-    def add(self, h: bytes) -> list[bytes]:
-        new = [h]
-        n = self.size
-        while n & 1:
-            h = node_hash(self.stack.pop(), h)
-            new.append(h)
-            n >>= 1
-        self.stack.append(h)
-        self.size += 1
-        return new
-
-    def root(self) -> bytes:
-        if not self.stack:
-            return EMPTY_TREE_HASH
-        h = self.stack[-1]
-        for left in reversed(self.stack[:-1]):
-            h = node_hash(left, h)
-        return h
 
 
 def verify_ledger(
@@ -232,7 +206,7 @@ def _verify(
             (f"the published checkpoint at size {cp.size}", cp.root)
         )
 
-    edge = _RightEdge()
+    edge = Frontier()
     _check_root(edge, expect, report)
     next_hash = 0
     for start in range(0, total, BATCH):
@@ -264,7 +238,7 @@ def _verify(
                     Fault(idx, "leaf", "the leaf's bytes do not match its stored leaf hash")
                 )
             _check_leaf(idx, leaf, origin, commitments, report)
-            for h in edge.add(computed):
+            for h in edge.append(computed):
                 stored = stored_hashes.get(next_hash)
                 if stored != h:
                     what = "missing" if stored is None else "different from the recomputed hash"
@@ -281,7 +255,7 @@ def _verify(
 
 
 def _check_root(
-    edge: _RightEdge,
+    edge: Frontier,
     expect: dict[int, list[tuple[str, bytes]]],
     report: VerifyReport,
     idx: int | None = None,

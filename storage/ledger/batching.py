@@ -1,0 +1,211 @@
+"""Group commit: items submitted by many threads of one process, flushed together in batches.
+
+Contract (what ``GroupCommit.submit`` promises its caller):
+
+- It returns only after the flush that carried its item returned, with that flush's result for
+  the item. The flush function is the store's append, which MUST be durable before it returns,
+  so nobody gets an index before it is durable.
+- Items are flushed in submission order, one batch at a time, each batch one call of the one
+  flush function (``max_entries`` / ``max_bytes`` per call).
+- A flush that raises fails every item of that batch with its exception, and only those; the
+  items queued behind it are flushed by the next batch.
+- The queue is bounded (``max_queued_entries`` / ``max_queued_bytes``, counting what waits
+  behind the batch in flight): a submit that would go past it raises ``LedgerPushback`` at once
+  with a retry hint, instead of queueing without bound. The front end answers it with 503 and
+  ``Retry-After``.
+
+There is no thread of its own: the submitting thread that finds no flush in flight becomes the
+leader, flushes, and hands the lead to the oldest waiting item, so each flush wakes exactly the
+threads it finished plus one. A new leader may linger up to ``max_age_ms`` (never longer than
+the last flush took) for the threads the last batch just released: without it batches alternate
+1, n-1, 1, ... (PostgreSQL's ``commit_delay`` idea). Batching is per process; across processes
+the store's lock orders the flushes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How big one flush may be, how long a leader lingers, and where push-back starts."""
+
+    max_entries: int = 1024  # entries per flush
+    max_bytes: int = 8 << 20  # leaf bytes per flush
+    max_age_ms: float = 1.0  # the longest a new leader waits for more items
+    max_queued_entries: int = 16_384  # waiting behind the flush in flight, then push back
+    max_queued_bytes: int = 128 << 20
+
+
+class LedgerPushback(RuntimeError):
+    """The append queue is full: retry after ``retry_after_ms``; nothing was queued or written."""
+
+    def __init__(self, retry_after_ms: int, *, queued_entries: int, queued_bytes: int) -> None:
+        self.retry_after_ms = retry_after_ms
+        self.queued_entries = queued_entries
+        self.queued_bytes = queued_bytes
+        super().__init__(
+            f"the ledger's append queue is full ({queued_entries} entries, {queued_bytes} bytes"
+            f" waiting); nothing was recorded — retry in {retry_after_ms} ms"
+        )
+
+
+class _Waiter(Generic[T, R]):
+    __slots__ = ("done", "entries", "error", "item", "lead", "nbytes", "result", "wake")
+
+    def __init__(self, item: T, entries: int, nbytes: int) -> None:
+        self.item = item
+        self.entries = entries
+        self.nbytes = nbytes
+        self.result: R | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.lead = False
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released once: when done, or when handed the lead
+
+
+class GroupCommit(Generic[T, R]):
+    """Batches ``submit`` calls from many threads into calls of ``flush`` (see the module)."""
+
+    def __init__(
+        self, flush: Callable[[Sequence[T]], Sequence[R]], limits: BatchLimits | None = None
+    ) -> None:
+        self.flush = flush
+        self.limits = limits or BatchLimits()
+        self._mutex = threading.Lock()
+        self._arrived = threading.Condition(self._mutex)
+        self._queue: deque[_Waiter[T, R]] = deque()
+        self._queued_entries = 0
+        self._queued_bytes = 0
+        self._flushing = False
+        self._lingering = False
+        self._last_seen = 1  # items in flight or waiting when the last flush started
+        self._last_flush_s = 0.0
+        self._entries_per_s = 0.0  # a moving average, for the push-back hint
+        self.flushes = 0  # flush calls that succeeded
+        self.items = 0  # items they carried
+        self.entries = 0  # entries they carried
+
+    def submit(self, item: T, *, entries: int = 1, nbytes: int = 0) -> R:
+        """Queue ``item`` (``entries`` entries, ``nbytes`` bytes) and return its flush result."""
+        me: _Waiter[T, R] = _Waiter(item, entries, nbytes)
+        with self._mutex:
+            self._check_room(entries, nbytes)
+            self._queue.append(me)
+            self._queued_entries += entries
+            self._queued_bytes += nbytes
+            if self._lingering:
+                self._arrived.notify()
+            if self._flushing:
+                leader = False
+            else:
+                self._flushing = leader = True
+        if not leader:
+            me.wake.acquire()
+        if not me.done:  # handed the lead (or the first): the leader is always the queue's head
+            self._lead(me)
+        if me.error is not None:
+            raise me.error
+        return me.result  # type: ignore[return-value]  # set with done, error is None
+
+    def _check_room(self, entries: int, nbytes: int) -> None:
+        """Called with the mutex held. An empty queue accepts any item, however large."""
+        limits = self.limits
+        if not self._queue:
+            return
+        if (
+            self._queued_entries + entries <= limits.max_queued_entries
+            and self._queued_bytes + nbytes <= limits.max_queued_bytes
+        ):
+            return
+        rate = self._entries_per_s or 1_000.0
+        retry_ms = max(1, math.ceil(1000 * self._queued_entries / rate))
+        raise LedgerPushback(
+            retry_ms, queued_entries=self._queued_entries, queued_bytes=self._queued_bytes
+        )
+
+    def _lead(self, me: _Waiter[T, R]) -> None:
+        with self._mutex:
+            self._linger()
+            batch = self._take()
+            self._last_seen = len(batch) + len(self._queue)
+        started = time.monotonic()
+        try:
+            results = self.flush([w.item for w in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"bad math: the flush returned {len(results)} results for {len(batch)} items"
+                )
+        except BaseException as exc:  # every waiter of this batch, and only them, fails
+            for w in batch:
+                w.error = exc
+        else:
+            for w, r in zip(batch, results, strict=True):
+                w.result = r
+            self._record(batch, time.monotonic() - started)
+        with self._mutex:
+            for w in batch:
+                w.done = True
+            successor = self._queue[0] if self._queue else None
+            if successor is None:
+                self._flushing = False
+            else:
+                successor.lead = True
+        for w in batch:
+            if w is not me:
+                w.wake.release()
+        if successor is not None:
+            successor.wake.release()
+
+    def _linger(self) -> None:
+        """Wait briefly for the items the last flush's callers are about to submit."""
+        want = min(self._last_seen, self.limits.max_entries)
+        if want <= 1 or len(self._queue) >= want or self.limits.max_age_ms <= 0:
+            return
+        deadline = time.monotonic() + min(self.limits.max_age_ms / 1000, self._last_flush_s)
+        self._lingering = True
+        try:
+            while len(self._queue) < want:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._arrived.wait(left)
+        finally:
+            self._lingering = False
+
+    def _take(self) -> list[_Waiter[T, R]]:
+        """The oldest items within the per-flush limits (at least one). Mutex held."""
+        limits = self.limits
+        batch = [self._queue.popleft()]
+        entries, nbytes = batch[0].entries, batch[0].nbytes
+        while self._queue:
+            nxt = self._queue[0]
+            if entries + nxt.entries > limits.max_entries or nbytes + nxt.nbytes > limits.max_bytes:
+                break
+            batch.append(self._queue.popleft())
+            entries += nxt.entries
+            nbytes += nxt.nbytes
+        self._queued_entries -= entries
+        self._queued_bytes -= nbytes
+        return batch
+
+    def _record(self, batch: list[_Waiter[T, R]], seconds: float) -> None:
+        entries = sum(w.entries for w in batch)
+        self._last_flush_s = seconds
+        rate = entries / max(seconds, 1e-6)
+        old = self._entries_per_s
+        self._entries_per_s = rate if not old else 0.8 * old + 0.2 * rate
+        self.flushes += 1
+        self.items += len(batch)
+        self.entries += entries
