@@ -9,7 +9,7 @@ the model name is one, the ``x-custody-*`` headers are well-formed, the body is 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -21,6 +21,7 @@ from governance.api.errors import GeminiError, not_served
 from governance.auth.principal import Principal
 from governance.pipeline.refusal import record_refusal
 from governance.pipeline.turn import TurnRequest, dumps
+from storage.ledger.events import LedgerEvent
 
 router = APIRouter()
 
@@ -62,6 +63,7 @@ async def refuse(
     *,
     body: bytes | None = None,
     facts: dict[str, Any] | None = None,
+    preceding: Sequence[LedgerEvent] = (),
 ) -> GeminiError:
     """Record ``err`` as the refusal of this request (before it is sent) and return it."""
     session = request.headers.get(SESSION_HEADER)
@@ -76,6 +78,7 @@ async def refuse(
         session=session,
         body=body,
         facts=facts,
+        preceding=preceding,
     )
 
 
