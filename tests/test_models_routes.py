@@ -230,3 +230,40 @@ def test_model_routes_forward_with_the_upstream_key_only(over_capture) -> None:
     types_ = [e["type"] for e in custody.ledger_events()]
     assert types_.count("models.listed") == 2 and "models.fetched" in types_
     assert "tokens.counted" in types_
+
+
+def test_a_bad_session_header_on_models_list_is_refused_and_recorded(gateway) -> None:
+    resp = httpx.get(
+        gateway.base_url + "/v1beta/models",
+        headers={"x-goog-api-key": gateway.keys["editor"], "x-custody-session": "s" * 70_000},
+        timeout=30,
+    )
+    assert resp.status_code == 400 and "x-custody-session" in resp.json()["error"]["message"]
+    events = gateway.ledger_events(resp.headers["x-custody-turn"])
+    assert [e["type"] for e in events] == ["request.refused"]
+    assert events[0]["session"] is None
+
+
+def test_emulator_pages_models_and_counts_tokens_in_gemini_wire_format() -> None:
+    from fastapi.testclient import TestClient
+
+    from governance.upstream.emulator import create_emulator_app
+
+    with TestClient(create_emulator_app()) as http:
+        first = http.get("/v1beta/models?pageSize=1").json()
+        assert [m["name"] for m in first["models"]] == [f"models/{FLASH}"]
+        assert set(first["models"][0]) >= {"name", "displayName", "supportedGenerationMethods"}
+        second = http.get(f"/v1beta/models?pageSize=1&pageToken={first['nextPageToken']}").json()
+        assert [m["name"] for m in second["models"]] == [f"models/{PRO}"]
+        assert "nextPageToken" not in second
+        assert http.get("/v1beta/models?pageToken=zz").status_code == 400
+        body = {
+            "systemInstruction": {"parts": [{"text": "abcdefgh"}]},
+            "contents": [{"parts": [{"text": "abc"}]}],
+        }
+        counted = http.post(f"/v1/models/{FLASH}:countTokens", json=body).json()
+        assert counted == {
+            "totalTokens": 3,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 3}],
+        }
+        assert http.post(f"/v1/models/{FLASH}:countTokens", json={}).status_code == 400

@@ -19,13 +19,14 @@ The request body is kept as a salted commitment (``tokens.counted.request``), ne
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from governance.api.custody_headers import SESSION_HEADER, check_model
+from governance.api.custody_headers import SESSION_HEADER, check_custody_headers, check_model
 from governance.api.deps import authenticate, get_services
 from governance.api.errors import GeminiError, not_served
 from governance.api.gemini_routes import API_VERSIONS, METHODS, checked_body, refuse
@@ -38,6 +39,7 @@ from governance.upstream.client import UpstreamResult, parse_json_object
 from storage.ledger.events import LedgerEvent
 
 router = APIRouter()
+log = logging.getLogger("custody")
 
 LIST_PARAMS = ("pageSize", "pageToken")
 
@@ -116,6 +118,9 @@ async def list_models(
     """``models.list``: the upstream's models, one page at a time."""
     if api_version not in API_VERSIONS:
         raise await refuse(request, principal, not_served(request.url.path, 404, "GET"))
+    problem = check_custody_headers(request.headers)
+    if problem is not None:  # the session id is stamped on the record: it must fit a leaf
+        raise await refuse(request, principal, problem, facts={"api_version": api_version})
     s = get_services(request)
     params = {k: request.query_params[k] for k in LIST_PARAMS if k in request.query_params}
     result = await s.upstream.get_resource(
@@ -151,7 +156,7 @@ async def get_model(
         served_post = colon and method in (*METHODS, "countTokens")
         code = 405 if served_post and api_version in API_VERSIONS else 404
         raise await refuse(request, principal, not_served(request.url.path, code, "GET"))
-    problem = check_model(name)
+    problem = check_model(name) or check_custody_headers(request.headers)
     if problem is not None:
         raise await refuse(request, principal, problem, facts={"api_version": api_version})
     s = get_services(request)
@@ -235,6 +240,14 @@ async def count_tokens(
             reason="RATE_LIMITED" if code == 429 else "POLICY_DENIED",
         )
         err.metadata["decision_id"] = decision.decision_id
+        log.warning(
+            "countTokens %s denied: tenant=%s actor=%s decision=%s reasons=%s",
+            record_id,
+            principal.tenant,
+            principal.actor,
+            decision.decision_id,
+            "; ".join(decision.reasons),
+        )
         raise await refuse(
             request, principal, err.for_turn(record_id), facts=facts, preceding=[decided_event]
         )
