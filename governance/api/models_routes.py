@@ -78,7 +78,8 @@ def _upstream_error(result: UpstreamResult) -> GeminiError:
             reason="UPSTREAM_ERROR",
         )
     doc = parse_json_object(result.body) or {}
-    err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+    found = doc.get("error")
+    err: dict[str, Any] = found if isinstance(found, dict) else {}
     if result.status == 200:
         return GeminiError(
             502,
@@ -231,7 +232,7 @@ async def count_tokens(
     facts.update(request=request_c.commitment, request_bytes=len(body))
     if decision.outcome == "deny":
         code = int(decision.obligations.get("status_code", 403) or 403)
-        err = GeminiError(
+        denial = GeminiError(
             code,
             "Custody's policy refused this countTokens request: "
             + "; ".join(decision.reasons)
@@ -239,7 +240,7 @@ async def count_tokens(
             f" {decision.bundle_revision[:12]}).",
             reason="RATE_LIMITED" if code == 429 else "POLICY_DENIED",
         )
-        err.metadata["decision_id"] = decision.decision_id
+        denial.metadata["decision_id"] = decision.decision_id
         log.warning(
             "countTokens %s denied: tenant=%s actor=%s decision=%s reasons=%s",
             record_id,
@@ -249,7 +250,7 @@ async def count_tokens(
             "; ".join(decision.reasons),
         )
         raise await refuse(
-            request, principal, err.for_turn(record_id), facts=facts, preceding=[decided_event]
+            request, principal, denial.for_turn(record_id), facts=facts, preceding=[decided_event]
         )
 
     params = {k: v for k, v in request.query_params.items() if k != "key"}

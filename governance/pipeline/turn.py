@@ -124,15 +124,15 @@ class TurnPipeline:
             raise
         except Exception as exc:
             log.exception("turn %s failed inside Custody (tenant %s)", turn_id, principal.tenant)
-            err = GeminiError(
+            failure = GeminiError(
                 500,
                 f"Custody failed while handling this turn (turn {turn_id}); nothing was released"
                 " and the turn is recorded as failed. The cause is in Custody's server log under"
                 " this turn id: give it to your Custody administrator if retrying does not help.",
                 reason="INTERNAL_ERROR",
             ).for_turn(turn_id)
-            await self._fail(turn, parsed, err)
-            raise err from exc
+            await self._fail(turn, parsed, failure)
+            raise failure from exc
 
     async def _run_parsed(self, turn: _Turn, parsed: ParsedRequest) -> TurnOutcome:
         s = self.s

@@ -161,7 +161,9 @@ def parse_generate_request(model: str, raw: bytes) -> GenerateRequest:
     return request
 
 
-def _collect_signature(request: GenerateRequest, part: dict[str, Any], where: str, image: bool):
+def _collect_signature(
+    request: GenerateRequest, part: dict[str, Any], where: str, image: bool
+) -> None:
     raw = _get(part, "thoughtSignature", "thought_signature")
     if raw is None:
         if image:
