@@ -253,6 +253,8 @@ async def count_tokens(
             request, principal, denial.for_turn(record_id), facts=facts, preceding=[decided_event]
         )
 
+    # The decision is durable before the content leaves for the upstream (as a turn's intent).
+    await s.run_blocking(s.ledger.append, [decided_event])
     params = {k: v for k, v in request.query_params.items() if k != "key"}
     result = await s.upstream.post(
         f"/{api_version}/models/{name}:countTokens", body, headers, params
@@ -267,5 +269,5 @@ async def count_tokens(
         **_upstream_facts(result, s.upstream.label),
     }
     counted_event = _event(request, principal, record_id, "tokens.counted", counted)
-    await s.run_blocking(s.ledger.append, [decided_event, counted_event])
+    await s.run_blocking(s.ledger.append, [counted_event])
     return _answer(result, document, record_id)
