@@ -2,9 +2,10 @@
 
 The full input of every decision is kept in the blob store; the ``decision_inputs`` table indexes
 the commitment to it by turn and stage (the ledger event holds the same commitment), so erasing the
-blob removes the input from replay too. Replay takes the last N request-stage inputs, re-classifies
-each prompt with each policy's own term lists (they are part of the policy), keeps the recorded counters
-(the rate-limit state of the day), and decides it under the old and the new policy directory.
+blob removes the input from replay too. Replay takes the last N request-stage inputs,
+re-classifies each prompt with each policy's own term lists (they are part of the policy), keeps
+the recorded counters (the rate-limit state of the day), and decides it under the old and the new
+policy directory.
 """
 
 from __future__ import annotations
