@@ -15,6 +15,7 @@ from governance import __version__
 from governance.api import gemini_routes, health_routes, ledger_routes, verify_routes
 from governance.api.errors import GeminiError
 from governance.background import background_jobs
+from governance.logredact import install_key_redaction
 from governance.services import Services, build_services
 from governance.settings import Settings
 
@@ -24,6 +25,7 @@ log = logging.getLogger("custody")
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     """A Custody app; builds its services at start-up unless they are given."""
     settings = settings or Settings()
+    install_key_redaction()  # ?key= never reaches a log line (uvicorn's, ours)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
