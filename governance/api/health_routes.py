@@ -59,4 +59,4 @@ async def metrics(
     view = get_services(request).metrics.tenant_view(
         None if principal.is_operator else principal.tenant
     )
-    return Response(generate_latest(view), media_type=CONTENT_TYPE_LATEST)  # type: ignore[arg-type]
+    return Response(generate_latest(view), media_type=CONTENT_TYPE_LATEST)
