@@ -107,6 +107,7 @@ def build_services(settings: Settings) -> Services:
         checkpoint_every_entries=settings.checkpoint_every_entries,
         checkpoint_every_ms=settings.checkpoint_every_ms,
     )
+    ledger.latest_checkpoint()  # a first checkpoint at start-up: no reader's request ever signs
     blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
     upstream, emulator = _upstream(settings)
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="custody")
