@@ -23,6 +23,7 @@ from governance.api import (
 from governance.api.deps import get_services, presented_key
 from governance.api.errors import GeminiError, not_served
 from governance.background import background_jobs
+from governance.logredact import install_key_redaction
 from governance.pipeline.refusal import record_refusal
 from governance.services import Services, build_services
 from governance.settings import Settings
@@ -33,6 +34,7 @@ log = logging.getLogger("custody")
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     """A Custody app; builds its services at start-up unless they are given."""
     settings = settings or Settings()
+    install_key_redaction()  # ?key= never reaches a log line (uvicorn's, ours)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

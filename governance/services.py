@@ -26,6 +26,7 @@ from governance.upstream.embedded import EmbeddedEmulator
 from storage.blobs import BlobStore, Commitments, open_blob_store
 from storage.db import make_engine, migrate
 from storage.ledger.log import Ledger, load_or_create_note_signer
+from storage.private_files import make_private_dir
 
 log = logging.getLogger("custody")
 T = TypeVar("T")
@@ -91,7 +92,7 @@ def _upstream(settings: Settings) -> tuple[UpstreamClient, EmbeddedEmulator | No
 
 def build_services(settings: Settings) -> Services:
     """Open (and migrate) the database, the ledger and the stores; start the upstream client."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)  # 0700: it holds prompts, images and keys
     url = settings.effective_database_url
     migrate(url)
     engine = make_engine(url)
@@ -106,6 +107,7 @@ def build_services(settings: Settings) -> Services:
         checkpoint_every_entries=settings.checkpoint_every_entries,
         checkpoint_every_ms=settings.checkpoint_every_ms,
     )
+    ledger.latest_checkpoint()  # a first checkpoint at start-up: no reader's request ever signs
     blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
     upstream, emulator = _upstream(settings)
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="custody")

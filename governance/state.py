@@ -16,6 +16,7 @@ from storage.blobs import BlobStore, Commitments, open_blob_store
 from storage.db import make_engine, migrate
 from storage.ledger.log import Ledger, load_or_create_note_signer
 from storage.ledger.note import NoteSigner
+from storage.private_files import make_private_dir
 
 
 class StateError(RuntimeError):
@@ -25,7 +26,7 @@ class StateError(RuntimeError):
 def open_engine(settings: Settings, *, create: bool) -> Engine:
     """The migrated database engine of this installation."""
     if create:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(settings.data_dir)  # 0700: it holds prompts, images and keys
     url = settings.effective_database_url
     migrate(url)
     return make_engine(url)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from governance.api.custody_headers import SESSION_HEADER, check_custody_headers, check_model
-from governance.api.deps import authenticate, get_services
+from governance.api.deps import get_services, require_role
 from governance.api.errors import GeminiError, not_served
 from governance.auth.principal import Principal
 from governance.pipeline.refusal import record_refusal
@@ -106,7 +106,7 @@ async def generate(
     api_version: str,
     model_action: str,
     request: Request,
-    principal: Principal = Depends(authenticate),  # noqa: B008
+    principal: Principal = Depends(require_role("editor")),  # noqa: B008
 ) -> Response:
     """Run one turn through the pipeline and answer as Gemini would (HTTP 200 exactly)."""
     model, _, method = model_action.partition(":")

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from governance.api.custody_headers import SESSION_HEADER, check_custody_headers, check_model
-from governance.api.deps import authenticate, get_services
+from governance.api.deps import get_services, require_role
 from governance.api.errors import GeminiError, not_served
 from governance.api.gemini_routes import API_VERSIONS, METHODS, checked_body, refuse
 from governance.auth.principal import Principal
@@ -114,7 +114,7 @@ def _ok_document(result: UpstreamResult) -> dict[str, Any] | None:
 async def list_models(
     api_version: str,
     request: Request,
-    principal: Principal = Depends(authenticate),  # noqa: B008
+    principal: Principal = Depends(require_role("editor")),  # noqa: B008
 ) -> Response:
     """``models.list``: the upstream's models, one page at a time."""
     if api_version not in API_VERSIONS:
@@ -149,7 +149,7 @@ async def get_model(
     api_version: str,
     model: str,
     request: Request,
-    principal: Principal = Depends(authenticate),  # noqa: B008
+    principal: Principal = Depends(require_role("editor")),  # noqa: B008
 ) -> Response:
     """``models.get``: one model's resource from the upstream."""
     name, colon, method = model.partition(":")
@@ -193,7 +193,7 @@ async def count_tokens(
     api_version: str,
     model: str,
     request: Request,
-    principal: Principal = Depends(authenticate),  # noqa: B008
+    principal: Principal = Depends(require_role("editor")),  # noqa: B008
 ) -> Response:
     """``countTokens``: policy-checked like a turn, then counted by the upstream."""
     if api_version not in API_VERSIONS:

@@ -169,7 +169,7 @@ class TurnPipeline:
                 request.upstream_path, request.body, request.headers, params
             )
         turn.upstream_ms = result.elapsed_ms
-        s.metrics.upstream_latency.observe(result.elapsed_ms / 1000)
+        s.metrics.upstream_latency.labels(turn.principal.tenant).observe(result.elapsed_ms / 1000)
 
         documents, upstream_error = _documents_of(result)
         summary = summarise(documents) if upstream_error is None else ResponseSummary()
@@ -250,8 +250,10 @@ class TurnPipeline:
         outcome = (
             "released" if summary.safety_outcome == "ok" else f"released_{summary.safety_outcome}"
         )
-        s.metrics.turns.labels(outcome).inc()
-        s.metrics.added_latency.observe(max(total_ms - turn.upstream_ms, 0) / 1000)
+        s.metrics.turns.labels(turn.principal.tenant, outcome).inc()
+        s.metrics.added_latency.labels(turn.principal.tenant).observe(
+            max(total_ms - turn.upstream_ms, 0) / 1000
+        )
         return TurnOutcome(documents, request.stream, turn.turn_id)
 
     async def _fail(self, turn: _Turn, parsed: ParsedRequest | None, err: GeminiError) -> None:
@@ -286,7 +288,7 @@ class TurnPipeline:
             await self._append(turn, side)
             turn.content.closed()
         finally:
-            self.s.metrics.turns.labels(_outcome_label(err)).inc()
+            self.s.metrics.turns.labels(turn.principal.tenant, _outcome_label(err)).inc()
 
 
 def _outcome_label(err: GeminiError) -> str:

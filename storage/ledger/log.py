@@ -41,6 +41,7 @@ from storage.ledger.merkle import (
     tree_hash,
 )
 from storage.ledger.note import NoteSigner
+from storage.private_files import make_private_dir
 
 
 def _select_hashes(indexes: Sequence[int]) -> str:
@@ -596,7 +597,8 @@ def _read_engine(engine: Engine) -> Engine:
 
 
 def load_or_create_note_signer(path: Path, origin: str) -> NoteSigner:
-    """The log's Ed25519 note key: read from ``path``, or generated there (mode 0600)."""
+    """The log's Ed25519 note key: read from ``path``, or generated there (mode 0600, created
+    with that mode before the key is written; a directory made for it is 0700)."""
     path = Path(path)
     if path.exists():
         signer = NoteSigner.from_key_string(path.read_text())
@@ -606,7 +608,7 @@ def load_or_create_note_signer(path: Path, origin: str) -> NoteSigner:
             )
         return signer
     signer = NoteSigner.generate(origin)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(signer.key_string() + "\n")
