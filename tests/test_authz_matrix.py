@@ -101,6 +101,13 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/{api_version}/models/{model_action}"): row(
         EDITOR, path="/v1beta/models/gemini-2.5-flash-image:generateContent", body=GENERATE
     ),
+    ("GET", "/{api_version}/models"): row(EDITOR, path="/v1beta/models"),
+    ("GET", "/{api_version}/models/{model}"): row(
+        EDITOR, path="/v1beta/models/gemini-2.5-flash-image"
+    ),
+    ("POST", "/{api_version}/models/{model}:countTokens"): row(
+        EDITOR, path="/v1beta/models/gemini-2.5-flash-image:countTokens", body=GENERATE
+    ),
 }
 
 
