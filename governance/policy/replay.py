@@ -42,9 +42,11 @@ def load_recorded_inputs(
     settings: Settings, n: int, stage: str = "request"
 ) -> list[tuple[str, dict[str, Any]]]:
     """The last ``n`` recorded decision inputs of ``stage``, oldest first, as (turn id, input)."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    engine = create_engine(settings.effective_database_url)
+    from governance.state import open_engine
+
+    engine = open_engine(settings, create=False)  # a StateError when there is no installation
     try:
         with engine.connect() as conn:
             rows = conn.execute(
