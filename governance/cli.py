@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations run on every start
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at exit
+        return status
     except (ConfigError, StateError) as exc:
         print(f"custody {args.command}: {exc}", file=sys.stderr)
         return 2

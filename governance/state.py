@@ -48,9 +48,10 @@ def open_engine(settings: Settings, *, create: bool) -> Engine:
     """The migrated database engine of this installation (``StateError`` if absent and not
     ``create``)."""
     url = settings.effective_database_url
-    if create:
+    if create:  # a whole installation: directory, schema and the ledger's note key
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate(url)
+        note_signer(settings, create=True)
         return make_engine(url)
     if is_sqlite(url):
         path = _sqlite_path(url)
