@@ -14,6 +14,7 @@ from governance.policy.cli import register
 from governance.policy.replay import diff_decisions, load_recorded_inputs
 from governance.policy.service import PolicyService
 from governance.settings import Settings
+from storage.db import migrate
 from tests.test_policy_service import POLICIES, facts
 
 
@@ -26,15 +27,10 @@ def _cli(argv: list[str]) -> int:
 
 def _recorded_db(tmp_path: Path, prompts: list[str]) -> Settings:
     settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(settings.effective_database_url)  # a real installation's schema: replay reads only one
     engine = create_engine(settings.effective_database_url)
     service = PolicyService(POLICIES)
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE TABLE decision_inputs (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " turn_id TEXT, stage TEXT, input_json TEXT, created_ms INTEGER)"
-            )
-        )
         for i, prompt in enumerate(prompts):
             doc = service.decide_request(facts(prompt, tenant="default")).input_document
             for stage in ("request", "response"):
