@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     from governance.state import StateError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -165,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except (ConfigError, StateError) as exc:
         print(f"custody {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a CUSTODY_* value of the wrong type
+        problems = "; ".join(
+            f"CUSTODY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"custody {args.command}: invalid setting: {problems}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (`custody verify IMG | head -1`). Python's documented recipe:

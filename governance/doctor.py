@@ -168,6 +168,12 @@ def _lines(report: dict[str, Any]) -> list[str]:
         if signer
         else f"  signer:      none yet ({prov['signer_chain']} is created by `custody serve`)"
     )
+    changed = [
+        f"  {name} = {json.dumps(value)}  [{src[name]}]"
+        for name, value in sorted(report["settings"].items())
+        if src.get(name, "default") != "default"
+    ]
+    out += ["settings not at their default:", *changed] if changed else []
     pol = report["policy"]
     revision = pol["revision"] or f"UNREADABLE: {pol.get('error')}"
     out.append(f"policy:        {pol['dir']}  [{src['policy_dir']}], revision {revision}")
