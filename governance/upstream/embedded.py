@@ -69,6 +69,7 @@ class ThreadedServer:
         deadline = time.monotonic() + timeout_s
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"server on {self.base_url} did not start")
             time.sleep(0.02)
         return self
