@@ -126,18 +126,22 @@ async def _recorded_if_model_route(request: Request, err: GeminiError) -> Gemini
 
 
 def announce(services: Services) -> None:
-    """Say loudly which upstream this process uses: nobody may mistake the emulator for Gemini."""
+    """Say once, in the log, which upstream this process uses: nobody may mistake the emulator
+    for Gemini, nor think a GEMINI_API_KEY in the shell made it the upstream key."""
     if services.upstream.is_emulator:
-        banner = (
-            "\n" + "!" * 78 + "\n"
-            "!!  Custody is using the built-in GEMINI EMULATOR, not Google Gemini.\n"
-            f"!!  Upstream: {services.upstream.label}\n"
-            "!!  No Gemini key is configured (GEMINI_API_KEY / CUSTODY_UPSTREAM_API_KEY).\n"
-            "!!  Every record and manifest of this process is labelled as emulated.\n" + "!" * 78
-        )
-        log.warning(banner)
-        print(banner, flush=True)
+        lines = [
+            "Custody is using the built-in GEMINI EMULATOR, not Google Gemini.",
+            f"Upstream: {services.upstream.label}",
+            "No upstream key is configured (CUSTODY_UPSTREAM_API_KEY or"
+            " CUSTODY_UPSTREAM_API_KEY_FILE).",
+        ]
+        for name in services.settings.ignored_sdk_key_variables:
+            lines.append(
+                f"{name} is set in this shell; Custody never uses it as its upstream key"
+                " (apps send it to Custody as their Custody key)."
+            )
+        lines.append("Every record and manifest of this process is labelled as emulated.")
+        bar = "!" * 78
+        log.warning("\n".join(["", bar, *(f"!!  {line}" for line in lines), bar]))
     else:
-        msg = f"Custody upstream: {services.upstream.label} ({services.upstream.base_url})"
-        log.info(msg)
-        print(msg, flush=True)
+        log.info("Custody upstream: %s (%s)", services.upstream.label, services.upstream.base_url)

@@ -72,10 +72,14 @@ def _eval(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from governance.policy.replay import diff_decisions, load_recorded_inputs
     from governance.settings import Settings
+    from governance.state import StateError
 
     notes: list[str] = []
     try:
         inputs = load_recorded_inputs(Settings(), args.replay, notes=notes)
+    except StateError as exc:
+        print(f"custody policy diff: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         print(f"custody policy diff: cannot read recorded decisions: {exc}", file=sys.stderr)
         return 2

@@ -50,10 +50,10 @@ def load_recorded_inputs(
     """
     from sqlalchemy import text
 
+    from governance.state import open_engine
     from storage.blobs import Commitments, open_blob_store
-    from storage.db import make_engine
 
-    engine = make_engine(settings.effective_database_url, pool_size=1, immediate=False)
+    engine = open_engine(settings, create=False)  # a StateError when there is no installation
     try:
         with engine.connect() as conn:
             rows = conn.execute(
