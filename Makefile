@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `make run` needs no setup: state lives where every `custody` command looks for it, the per-user
+# data dir ($$XDG_DATA_HOME/custody, i.e. ~/.local/share/custody) unless CUSTODY_DATA_DIR or
+# data_dir in ~/.config/custody/custody.toml says otherwise; `custody doctor` prints it.
 run: $(STAMP)
 	$(BIN)/custody serve
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,9 +13,18 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from governance import __version__
-from governance.api import gemini_routes, health_routes, ledger_routes, verify_routes
-from governance.api.errors import GeminiError
+from governance.api import (
+    gemini_routes,
+    health_routes,
+    ledger_routes,
+    models_routes,
+    verify_routes,
+)
+from governance.api.deps import get_services, presented_key
+from governance.api.errors import GeminiError, not_served
 from governance.background import background_jobs
+from governance.logredact import install_key_redaction
+from governance.pipeline.refusal import record_refusal
 from governance.services import Services, build_services
 from governance.settings import Settings
 
@@ -24,6 +34,7 @@ log = logging.getLogger("custody")
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     """A Custody app; builds its services at start-up unless they are given."""
     settings = settings or Settings()
+    install_key_redaction()  # ?key= never reaches a log line (uvicorn's, ours)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +59,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(health_routes.router)
     app.include_router(ledger_routes.router)
     app.include_router(verify_routes.router)
+    app.include_router(models_routes.router)  # before gemini_routes: :countTokens is its own
     app.include_router(gemini_routes.router)
 
     @app.exception_handler(GeminiError)
@@ -57,29 +69,79 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return GeminiError(400, f"Invalid request: {exc.errors()}").response()
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        log.info("invalid request %s %s: %s", request.method, request.url.path, exc.errors())
+        return GeminiError(400, f"Invalid request: {describe_validation(exc)}.").response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
+            # No route (404) or not this method on it (405): say what Custody serves.
+            err = not_served(request.url.path, exc.status_code, request.method)
+            err.headers.update(exc.headers or {})
+            return (await _recorded_if_model_route(request, err)).response()
         return GeminiError(exc.status_code, str(exc.detail)).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return GeminiError(
+            500,
+            "Custody failed while handling this request; the cause is in its server log. Retry"
+            " later, and tell your Custody administrator if it keeps failing.",
+            reason="INTERNAL_ERROR",
+        ).response()
 
     return app
 
 
+def describe_validation(exc: RequestValidationError) -> str:
+    """Which parameter was wrong and why, in words (pydantic's internals stay in the log)."""
+    problems = []
+    for error in exc.errors()[:5]:
+        loc = [str(p) for p in error.get("loc", ())]
+        where = f"{loc[0]} parameter '{'.'.join(loc[1:])}'" if len(loc) > 1 else ".".join(loc)
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(problems) or "the request does not match this route"
+
+
+_MODEL_ROUTE = re.compile(r"^/v[0-9][0-9a-z]*/(?:.*/)?models(?:/|$)")
+
+
+async def _recorded_if_model_route(request: Request, err: GeminiError) -> GeminiError:
+    """A model-route refusal of an authenticated caller is recorded (``request.refused``);
+    anyone else's is only answered: without a tenant there is no ledger to write it to."""
+    if not _MODEL_ROUTE.match(request.url.path):
+        return err
+    principal = get_services(request).keys.authenticate(presented_key(request) or "-")
+    if principal is None:
+        return err
+    return await record_refusal(
+        get_services(request),
+        principal,
+        err,
+        http_method=request.method,
+        path=request.url.path,
+    )
+
+
 def announce(services: Services) -> None:
-    """Say loudly which upstream this process uses: nobody may mistake the emulator for Gemini."""
+    """Say once, in the log, which upstream this process uses: nobody may mistake the emulator
+    for Gemini, nor think a GEMINI_API_KEY in the shell made it the upstream key."""
     if services.upstream.is_emulator:
-        banner = (
-            "\n" + "!" * 78 + "\n"
-            "!!  Custody is using the built-in GEMINI EMULATOR, not Google Gemini.\n"
-            f"!!  Upstream: {services.upstream.label}\n"
-            "!!  No Gemini key is configured (GEMINI_API_KEY / CUSTODY_UPSTREAM_API_KEY).\n"
-            "!!  Every record and manifest of this process is labelled as emulated.\n" + "!" * 78
-        )
-        log.warning(banner)
-        print(banner, flush=True)
+        lines = [
+            "Custody is using the built-in GEMINI EMULATOR, not Google Gemini.",
+            f"Upstream: {services.upstream.label}",
+            "No upstream key is configured (CUSTODY_UPSTREAM_API_KEY or"
+            " CUSTODY_UPSTREAM_API_KEY_FILE).",
+        ]
+        for name in services.settings.ignored_sdk_key_variables:
+            lines.append(
+                f"{name} is set in this shell; Custody never uses it as its upstream key"
+                " (apps send it to Custody as their Custody key)."
+            )
+        lines.append("Every record and manifest of this process is labelled as emulated.")
+        bar = "!" * 78
+        log.warning("\n".join(["", bar, *(f"!!  {line}" for line in lines), bar]))
     else:
-        msg = f"Custody upstream: {services.upstream.label} ({services.upstream.base_url})"
-        log.info(msg)
-        print(msg, flush=True)
+        log.info("Custody upstream: %s (%s)", services.upstream.label, services.upstream.base_url)

@@ -96,7 +96,7 @@ class TurnContent:
     pending: list[asyncio.Future[Any]] = field(default_factory=list)
     made: list[Commitment] = field(default_factory=list)
     is_closed: bool = False
-    decision_inputs: list[tuple[str, bytes]] = field(default_factory=list)
+    decision_inputs: list[tuple[str, str]] = field(default_factory=list)  # (stage, commitment)
 
     async def commit(self, *items: bytes | tuple[bytes, str]) -> list[str]:
         """Salted commitments to ``items`` — bytes, or (bytes, their SHA-256 hex) when already
@@ -123,10 +123,12 @@ class TurnContent:
         return StoredRequest(request_c, prompt_c if parsed.prompt else None, image_cs)
 
     async def decision_input(self, stage: str, document: dict[str, Any]) -> dict[str, Any]:
-        """Keep the full input a decision was made on (for replay); the event gets a commitment."""
+        """Keep the full input a decision was made on (for replay) as a blob, like any content:
+        the event and the ``decision_inputs`` row hold only its commitment (it has the prompt)."""
         data = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
-        self.decision_inputs.append((stage, data))
-        return {"input": (await self.commit(data))[0]}
+        commitment = (await self.commit(data))[0]
+        self.decision_inputs.append((stage, commitment))
+        return {"input": commitment}
 
     async def upstream_response(self, result: UpstreamResult) -> dict[str, Any]:
         """Commit to the upstream's answer exactly as it arrived (unsigned images included)."""
@@ -198,8 +200,8 @@ class TurnContent:
                 "decision_inputs",
                 _INPUT_COLUMNS,
                 [
-                    (self.turn_id, stage, data.decode(), row["created_ms"])
-                    for stage, data in self.decision_inputs
+                    (self.turn_id, stage, commitment, row["created_ms"])
+                    for stage, commitment in self.decision_inputs
                 ],
             ),
         ]
@@ -272,7 +274,7 @@ _IMAGE_COLUMNS = (
 )
 
 
-_INPUT_COLUMNS = ("turn_id", "stage", "input_json", "created_ms")
+_INPUT_COLUMNS = ("turn_id", "stage", "input_commitment", "created_ms")
 
 
 def _turn_row(

@@ -8,32 +8,22 @@ import sys
 from pathlib import Path
 
 from governance.settings import Settings
+from governance.state import OpenState, open_state
 
 
-def _open(settings: Settings):  # type: ignore[no-untyped-def]
-    from storage.db import make_engine, migrate
-    from storage.ledger.log import load_or_create_note_signer
-
-    url = settings.effective_database_url
-    migrate(url)
-    engine = make_engine(url)
-    signer = load_or_create_note_signer(
-        settings.log_key_file or settings.data_dir / "ledger-note.key", settings.log_origin
-    )
-    return engine, signer
+def _open() -> OpenState:
+    """This installation's state, read-only: never creates a ledger to report on."""
+    return open_state(Settings(), create=False)
 
 
 def _verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from storage.blobs import Commitments, open_blob_store
     from storage.ledger.note import NoteVerifier
     from storage.ledger.verify import verify_ledger
 
-    settings = Settings()
-    engine, signer = _open(settings)
-    verifier = NoteVerifier.from_key_string(args.vkey or signer.verifier_key())
-    blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
+    state = _open()
+    verifier = NoteVerifier.from_key_string(args.vkey or state.signer.verifier_key())
     published = [Path(p).read_text() for p in args.checkpoint or []]
     bar = tqdm(
         total=0,
@@ -48,15 +38,18 @@ def _verify(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    report = verify_ledger(
-        engine,
-        origin=settings.log_origin,
-        verifier=verifier,
-        commitments=Commitments(engine, blobs),
-        trusted_checkpoints=published,
-        progress=progress,
-    )
-    bar.close()
+    try:
+        report = verify_ledger(
+            state.engine,
+            origin=state.settings.log_origin,
+            verifier=verifier,
+            commitments=state.commitments,
+            trusted_checkpoints=published,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+        state.close()
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -65,32 +58,28 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
-    from storage.ledger.log import Ledger
-
-    settings = Settings()
-    engine, signer = _open(settings)
-    ledger = Ledger.open(engine, origin=settings.log_origin, signer=signer)
+    state = _open()
     try:
+        ledger = state.ledger
         cp = ledger.issue_checkpoint() if args.issue else ledger.latest_checkpoint()
     finally:
-        ledger.close()
+        state.close()
     sys.stdout.write(cp.note)
     return 0
 
 
 def _vkey(_: argparse.Namespace) -> int:
-    _, signer = _open(Settings())
-    print(signer.verifier_key())
+    state = _open()
+    state.close()
+    print(state.signer.verifier_key())
     return 0
 
 
 def _proof(args: argparse.Namespace) -> int:
-    from storage.ledger.log import Ledger
     from storage.ledger.proof_file import format_proof
 
-    settings = Settings()
-    engine, signer = _open(settings)
-    ledger = Ledger.open(engine, origin=settings.log_origin, signer=signer)
+    state = _open()
+    ledger = state.ledger
     try:
         cp = ledger.latest_checkpoint()
         if args.index >= cp.size:
@@ -106,7 +95,7 @@ def _proof(args: argparse.Namespace) -> int:
         if args.leaf_out:
             Path(args.leaf_out).write_bytes(ledger.entry(args.index).leaf)
     finally:
-        ledger.close()
+        state.close()
     return 0
 
 

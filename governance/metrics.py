@@ -1,32 +1,43 @@
-"""Prometheus metrics of one Custody process (a registry per app, so tests can run several)."""
+"""Prometheus metrics of one Custody process (a registry per app, so tests can run several).
+
+Turn series carry a ``tenant`` label, so each tenant's auditor can be served exactly their own
+series (``tenant_view``): how much a tenant uses Custody is that tenant's business. Series without
+a tenant (authentication failures, which belong to no known tenant) are process-wide and served
+only to operators.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
-    """Turns by outcome, upstream latency and the latency Custody itself adds."""
+    """Turns by tenant and outcome, upstream latency and the latency Custody itself adds."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.turns = Counter(
             "custody_turns",
-            "Turns handled, by outcome (released, denied, held, upstream_error, bad_request, ...).",
-            ["outcome"],
+            "Turns handled, by tenant and outcome (released, denied, held, upstream_error, ...).",
+            ["tenant", "outcome"],
             registry=self.registry,
         )
         self.upstream_latency = Histogram(
             "custody_upstream_latency_seconds",
-            "Time the upstream (Gemini or the emulator) took to answer.",
+            "Time the upstream (Gemini or the emulator) took to answer, by tenant.",
+            ["tenant"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.added_latency = Histogram(
             "custody_gateway_added_latency_seconds",
-            "Time Custody added to a turn: total time minus the upstream's time.",
+            "Time Custody added to a turn (total time minus the upstream's), by tenant.",
+            ["tenant"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -35,3 +46,27 @@ class Metrics:
             "Requests refused because their API key was missing or unknown.",
             registry=self.registry,
         )
+
+    def tenant_view(self, tenant: str | None) -> TenantView:
+        """What ``generate_latest`` should expose to a reader of ``tenant`` (None: operator)."""
+        return TenantView(self.registry, tenant)
+
+
+class TenantView:
+    """A collector over a registry that yields only one tenant's samples (all, for None)."""
+
+    def __init__(self, registry: CollectorRegistry, tenant: str | None) -> None:
+        self.registry = registry
+        self.tenant = tenant
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if self.tenant is None:
+                yield family
+                continue
+            samples = [s for s in family.samples if s.labels.get("tenant") == self.tenant]
+            if not samples:
+                continue  # another tenant's series, or a process-wide one
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = samples
+            yield kept

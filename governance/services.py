@@ -21,11 +21,12 @@ from governance.metrics import Metrics
 from governance.policy.service import PolicyService
 from governance.provenance.signer import OutputSigner
 from governance.settings import GOOGLE_GEMINI_URL, Settings
+from governance.state import open_state
 from governance.upstream.client import UpstreamClient
 from governance.upstream.embedded import EmbeddedEmulator
-from storage.blobs import BlobStore, Commitments, open_blob_store
-from storage.db import make_engine, migrate
-from storage.ledger.log import Ledger, load_or_create_note_signer
+from storage.blobs import BlobStore, Commitments
+from storage.db import make_engine
+from storage.ledger.log import Ledger
 
 log = logging.getLogger("custody")
 T = TypeVar("T")
@@ -67,6 +68,9 @@ class Services:
 
 
 def _upstream(settings: Settings) -> tuple[UpstreamClient, EmbeddedEmulator | None]:
+    """The upstream client; its key comes only from Custody's settings (``upstream_key``), which
+    refuse a Custody key — a ``ConfigError`` stops start-up before anything is sent."""
+    key = settings.upstream_key()
     if settings.uses_emulator and not settings.upstream_base_url:
         emulator = EmbeddedEmulator.start(settings)
         client = UpstreamClient(
@@ -81,7 +85,7 @@ def _upstream(settings: Settings) -> tuple[UpstreamClient, EmbeddedEmulator | No
     label = "Google Gemini API" if base == GOOGLE_GEMINI_URL else base
     client = UpstreamClient(
         base,
-        settings.resolved_upstream_key,
+        key.value,
         timeout_s=settings.upstream_timeout_s,
         label=label,
         is_emulator=settings.emulator == "on",
@@ -90,23 +94,12 @@ def _upstream(settings: Settings) -> tuple[UpstreamClient, EmbeddedEmulator | No
 
 
 def build_services(settings: Settings) -> Services:
-    """Open (and migrate) the database, the ledger and the stores; start the upstream client."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url = settings.effective_database_url
-    migrate(url)
-    engine = make_engine(url)
-    read_engine = make_engine(url, immediate=False)
-    note_signer = load_or_create_note_signer(
-        settings.log_key_file or settings.data_dir / "ledger-note.key", settings.log_origin
-    )
-    ledger = Ledger.open(
-        engine,
-        origin=settings.log_origin,
-        signer=note_signer,
-        checkpoint_every_entries=settings.checkpoint_every_entries,
-        checkpoint_every_ms=settings.checkpoint_every_ms,
-    )
-    blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
+    """Open (creating and migrating where needed) the installation; start the upstream client."""
+    settings.upstream_key()  # refuse a Custody key as upstream key before creating anything
+    state = open_state(settings, create=True)
+    engine, ledger, blobs, note_signer = state.engine, state.ledger, state.blobs, state.signer
+    read_engine = make_engine(settings.effective_database_url, immediate=False)
+    ledger.latest_checkpoint()  # a first checkpoint at start-up: no reader's request ever signs
     upstream, emulator = _upstream(settings)
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="custody")
     services = Services(

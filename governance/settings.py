@@ -1,33 +1,97 @@
-"""Custody's settings: one class, from ``CUSTODY_*`` environment variables and a TOML file.
+"""Custody's settings: one class, from ``CUSTODY_*`` environment variables and one TOML file.
 
-Precedence: explicit keyword arguments > environment > TOML file (``CUSTODY_CONFIG`` or
-``./custody.toml``) > defaults. Everything Custody writes lives under ``data_dir``.
+Precedence: explicit keyword arguments > environment > the config file > defaults. The config file
+is ``CUSTODY_CONFIG`` when set (it must exist), else ``$XDG_CONFIG_HOME/custody/custody.toml``
+(``~/.config/custody/custody.toml``) when it exists — never a file in the current directory.
+
+Everything Custody writes lives under ``data_dir``, which is always absolute and resolved the same
+way by every command: ``CUSTODY_DATA_DIR``, else ``data_dir`` in the config file (relative to the
+file), else ``$XDG_DATA_HOME/custody`` (``~/.local/share/custody``). A default that followed the
+current directory silently forked an installation: a command run elsewhere made a new, empty
+ledger and then verified it.
+
+The upstream key comes only from ``CUSTODY_UPSTREAM_API_KEY`` or the file named by
+``CUSTODY_UPSTREAM_API_KEY_FILE`` (the Docker/Kubernetes secret convention). ``GEMINI_API_KEY``
+and ``GOOGLE_API_KEY`` are what the SDK reads for an app's *Custody* key; the gateway never reads
+them, or a Custody key would be sent to Google.
 """
 
 from __future__ import annotations
 
 import os
-from functools import cached_property
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+
+from governance.auth.keys import KEY_PREFIX
 
 GOOGLE_GEMINI_URL = "https://generativelanguage.googleapis.com"
+SDK_KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")  # read by the SDK, never by the gateway
 
 
-def _toml_path() -> Path | None:
-    explicit = os.environ.get("CUSTODY_CONFIG")
+class ConfigError(ValueError):
+    """The configuration is contradictory or unusable; the message says what to change."""
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HOME") or Path.home())
+
+
+def _xdg(variable: str, fallback: str) -> Path:
+    value = os.environ.get(variable, "")
+    return Path(value) if value and Path(value).is_absolute() else _home() / fallback
+
+
+def default_config_file() -> Path:
+    """``$XDG_CONFIG_HOME/custody/custody.toml``, i.e. ``~/.config/custody/custody.toml``."""
+    return _xdg("XDG_CONFIG_HOME", ".config") / "custody" / "custody.toml"
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/custody``, i.e. ``~/.local/share/custody``: the per-user default."""
+    return _xdg("XDG_DATA_HOME", ".local/share") / "custody"
+
+
+def config_file() -> Path | None:
+    """The config file in force: ``CUSTODY_CONFIG`` (must exist), else the per-user one if any."""
+    explicit = os.environ.get("CUSTODY_CONFIG", "")
     if explicit:
-        return Path(explicit)
-    default = Path("custody.toml")
-    return default if default.exists() else None
+        path = Path(explicit).expanduser().absolute()
+        if not path.is_file():
+            raise ConfigError(
+                f"CUSTODY_CONFIG names {path}, which does not exist; fix the path or unset it"
+            )
+        return path
+    default = default_config_file()
+    return default if default.is_file() else None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
+    if "data_dir" in data:  # relative to the file, not to wherever a command happens to run
+        data["data_dir"] = str((path.parent / Path(data["data_dir"]).expanduser()).absolute())
+    return data
+
+
+@dataclass(frozen=True)
+class UpstreamKey:
+    """The upstream key and where it came from (``source`` is safe to print; ``value`` is not)."""
+
+    value: str
+    source: str  # "CUSTODY_UPSTREAM_API_KEY", "CUSTODY_UPSTREAM_API_KEY_FILE (<path>)" or ""
 
 
 class Settings(BaseSettings):
@@ -36,7 +100,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CUSTODY_", extra="ignore")
 
     # -- where things live
-    data_dir: Path = Path(".custody")
+    data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str = ""  # empty: SQLite at <data_dir>/custody.db
     blob_store: str = "file"  # "file" (under data_dir/blobs) or "postgres" (the database_url)
 
@@ -49,6 +113,7 @@ class Settings(BaseSettings):
     # -- upstream Gemini (or any Gemini-compatible endpoint)
     upstream_base_url: str = ""  # empty: Google's endpoint, or the built-in emulator without a key
     upstream_api_key: SecretStr = Field(default=SecretStr(""))
+    upstream_api_key_file: Path | None = None  # a file holding the key (a mounted secret)
     upstream_timeout_s: float = 120.0
     emulator: str = "auto"  # "auto": in-process emulator when no upstream key; "on"; "off"
 
@@ -76,6 +141,11 @@ class Settings(BaseSettings):
     policy_timeout_ms: int = 2_000
     policy_reload_ms: int = 2_000  # how often policy files are checked for changes (0: never)
 
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -86,16 +156,50 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _toml_path()
+        path = config_file()
         if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=_read_config(path)))
         return tuple(sources)
 
-    @cached_property
+    # -- the upstream key ----------------------------------------------------------------------
+
+    def upstream_key(self) -> UpstreamKey:
+        """The upstream key from Custody's own settings only; a ``ConfigError`` says what is wrong.
+
+        Refuses a Custody key (``ck_…``): it is the key an app sends to Custody, and sending it to
+        the upstream would leak it to Google and fail every turn.
+        """
+        inline = self.upstream_api_key.get_secret_value().strip()
+        path = self.upstream_api_key_file
+        if inline and path is not None:
+            raise ConfigError(
+                "both CUSTODY_UPSTREAM_API_KEY and CUSTODY_UPSTREAM_API_KEY_FILE are set;"
+                " keep one of them"
+            )
+        if path is not None:
+            try:
+                value = Path(path).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"CUSTODY_UPSTREAM_API_KEY_FILE names {path}, which cannot be read: {exc}"
+                ) from exc
+            if not value:
+                raise ConfigError(f"CUSTODY_UPSTREAM_API_KEY_FILE names {path}, which is empty")
+            key = UpstreamKey(value, f"CUSTODY_UPSTREAM_API_KEY_FILE ({path})")
+        else:
+            key = UpstreamKey(inline, "CUSTODY_UPSTREAM_API_KEY" if inline else "")
+        if key.value.startswith(KEY_PREFIX):
+            raise ConfigError(
+                f"the upstream key from {key.source} is a Custody key ({KEY_PREFIX}…):"
+                " it would be sent to the upstream. Set CUSTODY_UPSTREAM_API_KEY to a Gemini API"
+                " key from Google AI Studio, or unset it to use the built-in emulator"
+            )
+        return key
+
+    @property
     def resolved_upstream_key(self) -> str:
-        """The upstream key: CUSTODY_UPSTREAM_API_KEY, else GEMINI_API_KEY / GOOGLE_API_KEY."""
-        key = self.upstream_api_key.get_secret_value()
-        return key or os.environ.get("GEMINI_API_KEY", "") or os.environ.get("GOOGLE_API_KEY", "")
+        """The upstream key's value (see ``upstream_key``); never from GEMINI_API_KEY."""
+        return self.upstream_key().value
 
     @property
     def uses_emulator(self) -> bool:
@@ -107,10 +211,50 @@ class Settings(BaseSettings):
         return not self.upstream_base_url and not self.resolved_upstream_key
 
     @property
+    def ignored_sdk_key_variables(self) -> list[str]:
+        """The SDK's key variables set in this environment (which Custody does not use)."""
+        return [name for name in SDK_KEY_VARIABLES if os.environ.get(name)]
+
+    # -- where state lives -----------------------------------------------------------------------
+
+    @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'custody.db').resolve()}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'custody.db'}"
+
+    @property
+    def masked_database_url(self) -> str:
+        """The database URL with any password replaced by ``***``: safe to print."""
+        url = self.effective_database_url
+        try:
+            parsed = make_url(url)
+        except Exception:  # an unparsable URL is printed as its scheme only
+            return url.split(":", 1)[0] + ":…"
+        return parsed.render_as_string(hide_password=True)
+
+    @property
+    def note_key_path(self) -> Path:
+        """The ledger's Ed25519 note key: ``log_key_file``, else ``<data_dir>/ledger-note.key``."""
+        return Path(self.log_key_file) if self.log_key_file else self.data_dir / "ledger-note.key"
+
+    def setting_sources(self) -> dict[str, str]:
+        """Where each setting came from: ``env``, ``file``, ``argument`` or ``default``."""
+        path = config_file()
+        in_file = set(_read_config(path)) if path is not None else set()
+        environ = {name.upper() for name in os.environ}
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            if name not in self.model_fields_set:
+                out[name] = "default"
+            elif f"CUSTODY_{name.upper()}" in environ:
+                out[name] = "env"
+            elif name in in_file:
+                out[name] = "file"
+            else:
+                out[name] = "argument"
+        return out
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print or record: secrets are never included."""
         data = self.model_dump(mode="json", exclude={"upstream_api_key"})
+        data["database_url"] = self.masked_database_url if self.database_url else ""
         return data

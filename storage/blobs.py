@@ -25,6 +25,7 @@ from sqlalchemy import Engine, text
 
 from storage.ledger.events import SideRows
 from storage.ledger.leaf import commit_digest, new_salt
+from storage.private_files import FILE_MODE, make_private_dir
 
 
 class BlobStore(Protocol):
@@ -42,11 +43,14 @@ def _check_digest(digest: str) -> None:
 
 
 class FileBlobStore:
-    """Blobs as files ``root/ab/cd/<digest>``: written to a temporary file, fsynced, renamed."""
+    """Blobs as files ``root/ab/cd/<digest>``: written to a temporary file, fsynced, renamed.
+
+    Files are 0600 (``mkstemp``'s mode) and the directories Custody makes 0700: blobs are the
+    private content of turns."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
 
     def path(self, digest: str) -> Path:
         _check_digest(digest)
@@ -57,9 +61,10 @@ class FileBlobStore:
         path = self.path(digest)
         if path.exists():
             return digest
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -2,6 +2,9 @@
 
 SQLite runs in WAL mode with ``synchronous=FULL`` so an acknowledged commit survives power loss;
 writers take the lock up front (``BEGIN IMMEDIATE``) so a read-then-append cannot interleave.
+The SQLite file is created 0600 (its directory 0700) before the first connection: it holds the
+ledger, key hashes and the turn index. SQLite gives its ``-wal`` and ``-shm`` files the database
+file's mode.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+
+from storage.private_files import create_private_file, tighten
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -27,6 +32,25 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite ``url``; None for an in-memory database or another dialect."""
+    if not is_sqlite(url):
+        return None
+    path = url.split("///", 1)[-1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def create_private_sqlite(url: str) -> None:
+    """Make the SQLite file of ``url`` (mode 0600, directory 0700) before anything connects;
+    an existing file and its WAL/SHM files lose group and other permissions."""
+    path = sqlite_path(normalise_url(url))
+    if path is None:
+        return
+    create_private_file(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten(path.with_name(path.name + suffix))
 
 
 def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
@@ -54,9 +78,7 @@ def make_engine(url: str, *, pool_size: int = 10, immediate: bool = True) -> Eng
     """
     url = normalise_url(url)
     if is_sqlite(url):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        create_private_sqlite(url)
         engine = create_engine(
             url,
             pool_size=pool_size,
@@ -78,4 +100,5 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Bring the database at ``url`` to the newest schema (idempotent, safe across replicas)."""
+    create_private_sqlite(url)
     command.upgrade(alembic_config(url), "head")

@@ -120,7 +120,7 @@ def test_invalid_json_and_missing_contents_are_400(custody) -> None:
 
 def test_unknown_method_is_404_in_gemini_shape(custody) -> None:
     resp = httpx.post(
-        custody.base_url + "/v1beta/models/gemini-2.5-flash-image:countTokens",
+        custody.base_url + "/v1beta/models/gemini-2.5-flash-image:embedContent",
         content=b"{}",
         headers={"x-goog-api-key": custody.keys["editor"]},
     )

@@ -89,7 +89,8 @@ def test_every_gemini_route_enforces_policy(custody_with_test_policy, version, m
     assert refused.json()["error"]["status"] == "PERMISSION_DENIED"
     assert "forbidden-word" in refused.json()["error"]["message"]
     held = _post(custody, version, method, query, "this needs-a-human first")
-    assert held.status_code == 403
+    assert held.status_code == 409, held.text
+    assert held.json()["error"]["status"] == "ABORTED"
     assert "review" in held.json()["error"]["message"]
     assert _upstream_requests(custody) == [], "a refused or held prompt reached the upstream"
     allowed = _post(custody, version, method, query, "a red bicycle")
@@ -213,7 +214,7 @@ def test_default_policy_refuses_public_figure_likeness_before_the_upstream(custo
 def test_default_policy_holds_identifiable_people_for_review_before_the_upstream(custody) -> None:
     _clear_upstream(custody)
     resp = _post_default(custody, "make the woman's jacket red", "consent=obtained")
-    assert resp.status_code == 403
+    assert resp.status_code == 409
     assert resp.json()["error"]["details"][0]["reason"] == "HELD_FOR_REVIEW"
     assert _upstream_requests(custody) == []
     types_ = [e["type"] for e in custody.ledger_events()]
@@ -229,7 +230,7 @@ def test_default_policy_requires_consent_for_people_at_acme(custody) -> None:
 def test_production_output_is_held_after_the_upstream_and_not_released(custody) -> None:
     _clear_upstream(custody)
     resp = _post_default(custody, "a red bicycle", "asset=production")
-    assert resp.status_code == 403
+    assert resp.status_code == 409
     assert resp.json()["error"]["details"][0]["reason"] == "HELD_FOR_REVIEW"
     assert len(_upstream_requests(custody)) == 1
     types_ = [e["type"] for e in custody.ledger_events()]

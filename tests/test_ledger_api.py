@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,18 @@ def _get(custody, path: str, role: str = "auditor", **params: object) -> httpx.R
         headers={"x-goog-api-key": custody.keys[role]},
         timeout=30,
     )
+
+
+def _when_checkpointed(custody, path: str, **params: object) -> httpx.Response:
+    """GET as an auditor, waiting as told by 503 + Retry-After until a checkpoint covers it."""
+    for _ in range(20):
+        resp = _get(custody, path, **params)
+        if resp.status_code != 503:
+            assert resp.status_code == 200, resp.text
+            return resp
+        assert resp.json()["error"]["details"][0]["reason"] == "NOT_YET_CHECKPOINTED"
+        time.sleep(int(resp.headers["retry-after"]))
+    raise AssertionError(f"{path} was never checkpointed")
 
 
 def _a_turn(custody, key: str = "editor") -> None:
@@ -93,7 +106,7 @@ def test_other_tenants_entries_show_only_their_leaf_hash(custody) -> None:
 
 def test_offline_proof_file_verifies_without_the_database(custody, tmp_path: Path) -> None:
     _a_turn(custody)
-    text = _get(custody, "/api/v1/ledger/proof/file", index=2).text
+    text = _when_checkpointed(custody, "/api/v1/ledger/proof/file", index=2).text
     entries = _get(custody, "/api/v1/ledger/entries", start=2, end=3).json()["entries"]
     (tmp_path / "entry.tlog-proof").write_text(text)
     (tmp_path / "leaf.json").write_bytes(base64.b64decode(entries[0]["leaf"]))

@@ -20,8 +20,8 @@ def test_side_rows_commit_with_the_events(db_url: str, tmp_path: Path) -> None:
     ledger, _ = open_ledger(db_url, tmp_path)
     side = SideRows(
         "decision_inputs",
-        ("turn_id", "stage", "input_json", "created_ms"),
-        [("turn-1", "request", "{}", 1), ("turn-1", "response", "{}", 2)],
+        ("turn_id", "stage", "input_commitment", "created_ms"),
+        [("turn-1", "request", "c1", 1), ("turn-1", "response", "c2", 2)],
     )
     entries = ledger.append([event(1), event(2)], [side])
     assert [e.index for e in entries] == [0, 1]
@@ -34,8 +34,8 @@ def test_a_failing_side_row_leaves_neither_events_nor_rows(db_url: str, tmp_path
     ledger.append([event(0)])
     good = SideRows(
         "decision_inputs",
-        ("turn_id", "stage", "input_json", "created_ms"),
-        [("turn-2", "request", "{}", 1)],
+        ("turn_id", "stage", "input_commitment", "created_ms"),
+        [("turn-2", "request", "c1", 1)],
     )
     bad = SideRows("no_such_table", ("x",), [(1,)])
     with pytest.raises(Exception, match="no_such_table"):

@@ -8,12 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from governance.policy.cli import register
 from governance.policy.replay import diff_decisions, load_recorded_inputs
 from governance.policy.service import PolicyService
 from governance.settings import Settings
+from storage.blobs import Commitments, open_blob_store
+from storage.db import make_engine, migrate
 from tests.test_policy_service import POLICIES, facts
 
 
@@ -24,27 +26,44 @@ def _cli(argv: list[str]) -> int:
     return int(args.func(args))
 
 
-def _recorded_db(tmp_path: Path, prompts: list[str]) -> Settings:
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'c.db'}")
-    engine = create_engine(settings.effective_database_url)
+def _recorded_db(tmp_path: Path, prompts: list[str], url: str = "") -> Settings:
+    """Decision inputs recorded as the gateway records them: blobs, and rows of commitments."""
+    settings = Settings(data_dir=tmp_path, database_url=url or f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    blobs = open_blob_store("file", data_dir=tmp_path, engine=engine)
+    commitments = Commitments(engine, blobs)
     service = PolicyService(POLICIES)
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE TABLE decision_inputs (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " turn_id TEXT, stage TEXT, input_json TEXT, created_ms INTEGER)"
-            )
-        )
-        for i, prompt in enumerate(prompts):
-            doc = service.decide_request(facts(prompt, tenant="default")).input_document
-            for stage in ("request", "response"):
+    for i, prompt in enumerate(prompts):
+        doc = service.decide_request(facts(prompt, tenant="default")).input_document
+        for stage in ("request", "response"):
+            committed = commitments.put_committed(json.dumps(doc).encode())
+            with engine.begin() as conn:
                 conn.execute(
-                    text("INSERT INTO decision_inputs (turn_id, stage, input_json, created_ms)"
-                         " VALUES (:t, :s, :j, :c)"),
-                    {"t": f"turn{i}", "s": stage, "j": json.dumps(doc), "c": 1000 + i},
+                    text("INSERT INTO decision_inputs (turn_id, stage, input_commitment,"
+                         " created_ms) VALUES (:t, :s, :c, :m)"),
+                    {"t": f"turn{i}", "s": stage, "c": committed.commitment, "m": 1000 + i},
                 )  # fmt: skip
     engine.dispose()
     return settings
+
+
+def _erase_input(settings: Settings, turn_id: str) -> None:
+    engine = make_engine(settings.effective_database_url)
+    with engine.connect() as conn:
+        commitment = conn.execute(
+            text("SELECT input_commitment FROM decision_inputs WHERE turn_id = :t"
+                 " AND stage = 'request'"),
+            {"t": turn_id},
+        ).scalar_one()  # fmt: skip
+        digest = conn.execute(
+            text("SELECT digest FROM blob_commitments WHERE commitment = :c"), {"c": commitment}
+        ).scalar_one()
+    commitments = Commitments(
+        engine, open_blob_store("file", data_dir=settings.data_dir, engine=engine)
+    )
+    assert commitments.erase(str(digest), reason="data subject request", actor="dpo@acme")
+    engine.dispose()
 
 
 PROMPTS = [
@@ -81,11 +100,37 @@ def test_diff_cli_prints_the_changes(
 ) -> None:
     settings = _recorded_db(tmp_path, PROMPTS)
     monkeypatch.setenv("CUSTODY_DATABASE_URL", settings.effective_database_url)
+    monkeypatch.setenv("CUSTODY_DATA_DIR", str(settings.data_dir))
     candidate = _candidate(tmp_path)
     assert _cli(["policy", "diff", str(POLICIES), str(candidate), "--replay", "5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["replayed"] == 5
     assert [c["turn_id"] for c in out["changed"]] == ["turn1", "turn3"]
+
+
+def test_an_erased_input_is_skipped_with_a_note(db_url: str, tmp_path: Path) -> None:
+    settings = _recorded_db(tmp_path, PROMPTS, db_url)
+    _erase_input(settings, "turn1")
+    notes: list[str] = []
+    inputs = load_recorded_inputs(settings, 5, notes=notes)
+    assert [t for t, _ in inputs] == ["turn0", "turn2", "turn3", "turn4"]
+    assert notes == ["turn turn1: skipped, its recorded request input was erased"]
+    changes, total = diff_decisions(POLICIES, _candidate(tmp_path), inputs)
+    assert total == 4 and [c.turn_id for c in changes] == ["turn3"]
+
+
+def test_replay_cli_notes_the_erased_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = _recorded_db(tmp_path, PROMPTS)
+    _erase_input(settings, "turn3")
+    monkeypatch.setenv("CUSTODY_DATABASE_URL", settings.effective_database_url)
+    monkeypatch.setenv("CUSTODY_DATA_DIR", str(settings.data_dir))
+    candidate = _candidate(tmp_path)
+    assert _cli(["policy", "diff", str(POLICIES), str(candidate), "--replay", "5", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [c["turn_id"] for c in json.loads(captured.out)["changed"]] == ["turn1"]
+    assert "turn turn3: skipped, its recorded request input was erased" in captured.err
 
 
 def test_policy_test_command_passes_on_the_default_policy(

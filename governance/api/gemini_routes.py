@@ -1,19 +1,27 @@
 """Gemini-compatible routes: ``/{v1,v1beta}/models/{model}:generateContent`` and the SSE stream.
 
 An app using the official google-genai SDK changes only its base URL and API key to come here.
+Before a turn begins the route checks what it can without the pipeline: the method is served,
+the model name is one, the ``x-custody-*`` headers are well-formed, the body is within
+``CUSTODY_MAX_REQUEST_BYTES``. Each refusal of an authenticated caller is recorded
+(``request.refused``, see ``governance.pipeline.refusal``) before it is sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from governance.api.deps import authenticate, get_services
-from governance.api.errors import GeminiError
+from governance.api.custody_headers import SESSION_HEADER, check_custody_headers, check_model
+from governance.api.deps import get_services, require_role
+from governance.api.errors import GeminiError, not_served
 from governance.auth.principal import Principal
+from governance.pipeline.refusal import record_refusal
 from governance.pipeline.turn import TurnRequest, dumps
+from storage.ledger.events import LedgerEvent
 
 router = APIRouter()
 
@@ -37,13 +45,60 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(size: int, limit: int) -> GeminiError:
-    return GeminiError(
+    err = GeminiError(
         413,
         f"Request payload size exceeds the limit: {size:,} bytes sent, Custody accepts at most"
         f" {limit:,} (CUSTODY_MAX_REQUEST_BYTES).",
         status="INVALID_ARGUMENT",
         reason="PAYLOAD_TOO_LARGE",
     )
+    err.metadata["request_bytes"] = str(size)
+    return err
+
+
+async def refuse(
+    request: Request,
+    principal: Principal,
+    err: GeminiError,
+    *,
+    body: bytes | None = None,
+    facts: dict[str, Any] | None = None,
+    preceding: Sequence[LedgerEvent] = (),
+) -> GeminiError:
+    """Record ``err`` as the refusal of this request (before it is sent) and return it."""
+    session = request.headers.get(SESSION_HEADER)
+    if session is not None and check_custody_headers({SESSION_HEADER: session}) is not None:
+        session = None  # a malformed session id is never stamped on a leaf
+    return await record_refusal(
+        get_services(request),
+        principal,
+        err,
+        http_method=request.method,
+        path=request.url.path,
+        session=session,
+        body=body,
+        facts=facts,
+        preceding=preceding,
+    )
+
+
+async def checked_body(
+    request: Request, principal: Principal, api_version: str, model: str
+) -> bytes:
+    """The body of a model-route POST once the model name, the headers and the size passed;
+    otherwise the recorded refusal is raised."""
+    facts: dict[str, Any] = {"api_version": api_version}
+    problem = check_model(model)
+    if problem is None:
+        facts["model"] = model.removeprefix("models/")
+        problem = check_custody_headers(request.headers)
+    if problem is not None:
+        raise await refuse(request, principal, problem, facts=facts)
+    try:
+        return await read_body(request, get_services(request).settings.max_request_bytes)
+    except GeminiError as err:
+        facts["request_bytes"] = int(err.metadata.get("request_bytes", 0))
+        raise await refuse(request, principal, err, facts=facts) from None
 
 
 @router.post("/{api_version}/models/{model_action}")
@@ -51,19 +106,14 @@ async def generate(
     api_version: str,
     model_action: str,
     request: Request,
-    principal: Principal = Depends(authenticate),  # noqa: B008
+    principal: Principal = Depends(require_role("editor")),  # noqa: B008
 ) -> Response:
     """Run one turn through the pipeline and answer as Gemini would (HTTP 200 exactly)."""
     model, _, method = model_action.partition(":")
     if api_version not in API_VERSIONS or method not in METHODS or not model:
-        raise GeminiError(
-            404,
-            f"Custody serves models/{{model}}:generateContent and :streamGenerateContent under"
-            f" /v1 and /v1beta; {request.url.path} is not one of them.",
-            status="NOT_FOUND",
-        )
+        raise await refuse(request, principal, not_served(request.url.path, 404, "POST"))
     services = get_services(request)
-    body = await read_body(request, services.settings.max_request_bytes)
+    body = await checked_body(request, principal, api_version, model)
     turn = TurnRequest(
         api_version=api_version,
         model=model.removeprefix("models/"),

@@ -1,4 +1,8 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/healthz`` and ``/readyz`` are open (load balancers have no key) and say nothing about any
+tenant; ``/metrics`` is scoped to the reader's tenant (``governance.metrics.TenantView``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from governance.api.deps import get_services, require_role
+from governance.api.deps import get_services
+from governance.api.tenant_scope import require_reader
 from governance.auth.principal import Principal
 
 router = APIRouter()
@@ -47,8 +52,11 @@ def _ping_database(services: object) -> None:
 @router.get("/metrics")
 async def metrics(
     request: Request,
-    _: Principal = Depends(require_role("auditor")),  # noqa: B008
+    principal: Principal = Depends(require_reader),  # noqa: B008
 ) -> Response:
-    """Prometheus text exposition of this process's metrics (an auditor key as Bearer token)."""
-    registry = get_services(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition (a reader's key as Bearer token): an auditor gets their own
+    tenant's series only; an operator gets every series, process-wide ones included."""
+    view = get_services(request).metrics.tenant_view(
+        None if principal.is_operator else principal.tenant
+    )
+    return Response(generate_latest(view), media_type=CONTENT_TYPE_LATEST)

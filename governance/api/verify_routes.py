@@ -1,61 +1,106 @@
-"""``POST /api/v1/verify`` (auditor): an image's Content Credentials and its turn's record.
+"""``POST /api/v1/verify`` (auditor, operator): an image's Content Credentials and its record.
 
-The body is the image itself (any image content type) or JSON ``{"data": "<base64>"}``.
+The body is the image itself (any image content type) or JSON ``{"data": "<base64>"}``. Bytes
+that are not a readable image are the caller's 400 in Gemini's envelope, never a 500. The record
+is the caller's own tenant's (an operator's: any tenant's); for another tenant's image the answer
+says only that Custody released it (``governance.provenance.lookup.turn_record``).
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import logging
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import orjson
 import pybase64
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from governance.api.deps import get_services, require_role
+from governance.api.deps import get_services
 from governance.api.errors import GeminiError
 from governance.api.gemini_routes import read_body
+from governance.api.ledger_routes import not_yet_checkpointed
+from governance.api.tenant_scope import may_sign_checkpoints, require_reader
 from governance.auth.principal import Principal
-from governance.provenance.lookup import turn_for_hash, turn_record
-from governance.provenance.verify import verify_image, verify_independently
+from governance.provenance.lookup import NotYetCheckpointed, turn_for_hash, turn_record
+from governance.provenance.verify import sniff_mime, verify_image, verify_independently
 from storage.blobs import Commitments
 
 router = APIRouter(prefix="/api/v1", tags=["verify"])
+log = logging.getLogger("custody")
+T = TypeVar("T")
+
+
+def _bad(message: str) -> GeminiError:
+    return GeminiError(400, message, reason="BAD_VERIFY_REQUEST")
+
+
+_HOW = 'Send the image file as the body (Content-Type image/...), or JSON {"data": "<base64>"}.'
 
 
 def _image_of(body: bytes, content_type: str) -> bytes:
-    if content_type.startswith("application/json"):
-        try:
-            doc = orjson.loads(body)
-            return bytes(pybase64.b64decode(doc["data"], validate=True))
-        except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error, ValueError) as exc:
-            raise GeminiError(
-                400,
-                f'send the image as the body, or JSON {{"data": "<base64>"}}: {exc}',
-                reason="BAD_VERIFY_REQUEST",
-            ) from exc
-    return body
+    if not content_type.startswith("application/json"):
+        return body
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _bad(f"The body is not valid JSON. {_HOW}") from None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, str):
+        raise _bad(f'The JSON body needs a "data" field holding the image in base64. {_HOW}')
+    try:
+        return bytes(pybase64.b64decode(data.replace("-", "+").replace("_", "/"), validate=True))
+    except (binascii.Error, ValueError):
+        raise _bad(f'"data" is not valid base64. {_HOW}') from None
+
+
+def _mime_of(image: bytes, content_type: str) -> str:
+    """The type the bytes say they are (a declared type only when they do not say)."""
+    sniffed = sniff_mime(image)
+    if sniffed != "application/octet-stream":
+        return sniffed
+    declared = content_type.split(";", 1)[0].strip().lower()
+    if declared.startswith("image/"):
+        return declared
+    raise _bad(
+        "The body is not an image Custody can read (PNG, JPEG, WebP, HEIC, AVIF, or another type"
+        f" named in an image/... Content-Type). {_HOW}"
+    )
+
+
+def _checked(fn: Callable[..., T], *args: Any) -> T:
+    """Run a verifier on caller-supplied bytes: a file it cannot parse is the caller's 400."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        log.info("verify: unreadable image (%s)", type(exc).__name__)
+        raise _bad(
+            "Custody cannot read this image: it is truncated, damaged or not of the type it"
+            f" claims. Send the file exactly as released. {_HOW}"
+        ) from None
 
 
 @router.post("/verify")
 async def verify(
     request: Request,
-    principal: Principal = Depends(require_role("auditor")),  # noqa: B008
+    principal: Principal = Depends(require_reader),  # noqa: B008
 ) -> Response:
     services = get_services(request)
     body = await read_body(request, services.settings.max_request_bytes)
-    image = _image_of(body, request.headers.get("content-type", ""))
+    content_type = request.headers.get("content-type", "")
+    image = _image_of(body, content_type)
     if not image:
-        raise GeminiError(400, "the request carries no image", reason="BAD_VERIFY_REQUEST")
-    mime = request.headers.get("content-type", "")
-    mime = mime if mime.startswith("image/") else None
+        raise _bad(f"The request carries no image. {_HOW}")
+    mime = _mime_of(image, content_type)
     anchors = services.signer.trust_anchors_pem()
-    result = await services.run_blocking(verify_image, image, mime, anchors)
+    result = await services.run_blocking(_checked, verify_image, image, mime, anchors)
     independent = (
-        await services.run_blocking(verify_independently, image, mime, anchors)
+        await services.run_blocking(_checked, verify_independently, image, mime, anchors)
         if result.state != "none"
         else None
     )
@@ -70,15 +115,19 @@ async def verify(
         found_by = "hash" if turn_id else None
     record: dict[str, Any] | None = None
     if turn_id:
-        # Event bodies and the prompt only for the turn's own tenant.
-        viewer = principal.tenant
-        record = await services.run_blocking(
-            turn_record,
-            services.ledger,
-            turn_id,
-            viewer_tenant=viewer,
-            commitments=Commitments(services.engine, services.blobs),
-        )
+        try:
+            record = await services.run_blocking(
+                partial(
+                    turn_record,
+                    services.ledger,
+                    turn_id,
+                    viewer_tenant=None if principal.is_operator else principal.tenant,
+                    commitments=Commitments(services.engine, services.blobs),
+                    may_sign=may_sign_checkpoints(principal),
+                )
+            )
+        except NotYetCheckpointed as exc:
+            return not_yet_checkpointed(exc)
     payload = {
         "sha256": sha256,
         "c2pa": result.to_dict(),

@@ -7,8 +7,8 @@ call, so a crash in between shows in the ledger as a turn that never finished.
 
 from __future__ import annotations
 
+import logging
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from governance.auth.principal import Principal
 from governance.content import TurnContent
 from governance.pipeline.parse import ParsedRequest, parse_request
 from governance.pipeline.policy_facts import request_facts, response_facts
+from governance.pipeline.refusal import new_record_id
 from governance.pipeline.response import ResponseSummary, replace_images, summarise
 from governance.pipeline.signing import sign_outputs
 from governance.upstream.client import UpstreamResult, parse_json_object
@@ -29,6 +30,8 @@ from storage.ledger.events import LedgerEvent, SideRows
 if TYPE_CHECKING:
     from governance.policy.decision import Decision
     from governance.services import Services
+
+log = logging.getLogger("custody")
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class TurnPipeline:
 
     async def run(self, request: TurnRequest, principal: Principal) -> TurnOutcome:
         """Run one turn; raises ``GeminiError`` for anything the caller must see as an error."""
-        turn_id = uuid.uuid4().hex
+        turn_id = new_record_id()
         turn = _Turn(
             request, principal, turn_id, time.perf_counter(), self.s.content.begin(turn_id)
         )
@@ -114,12 +117,22 @@ class TurnPipeline:
             )
             return await self._run_parsed(turn, parsed)
         except GeminiError as err:
+            err.for_turn(turn_id)  # every error of a turn names it (x-custody-turn, ErrorInfo)
+            if isinstance(err, PolicyRefusal):
+                err.log(principal)
             await self._fail(turn, parsed, err)
             raise
         except Exception as exc:
-            err = GeminiError(500, f"Custody failed while handling this turn: {exc!r}")
-            await self._fail(turn, parsed, err)
-            raise err from exc
+            log.exception("turn %s failed inside Custody (tenant %s)", turn_id, principal.tenant)
+            failure = GeminiError(
+                500,
+                f"Custody failed while handling this turn (turn {turn_id}); nothing was released"
+                " and the turn is recorded as failed. The cause is in Custody's server log under"
+                " this turn id: give it to your Custody administrator if retrying does not help.",
+                reason="INTERNAL_ERROR",
+            ).for_turn(turn_id)
+            await self._fail(turn, parsed, failure)
+            raise failure from exc
 
     async def _run_parsed(self, turn: _Turn, parsed: ParsedRequest) -> TurnOutcome:
         s = self.s
@@ -156,7 +169,7 @@ class TurnPipeline:
                 request.upstream_path, request.body, request.headers, params
             )
         turn.upstream_ms = result.elapsed_ms
-        s.metrics.upstream_latency.observe(result.elapsed_ms / 1000)
+        s.metrics.upstream_latency.labels(turn.principal.tenant).observe(result.elapsed_ms / 1000)
 
         documents, upstream_error = _documents_of(result)
         summary = summarise(documents) if upstream_error is None else ResponseSummary()
@@ -177,7 +190,7 @@ class TurnPipeline:
             # Nothing is released, so the turn does not count against the caller's budget.
             await s.run_blocking(s.policy.release_reservation, decision.decision_id)
             await self._append(turn)
-            raise _denied(out_decision)
+            raise _denied(out_decision, "response")
         if (
             out_decision.outcome in ("review", "review_output")
             or decision.outcome == "review_output"
@@ -237,8 +250,10 @@ class TurnPipeline:
         outcome = (
             "released" if summary.safety_outcome == "ok" else f"released_{summary.safety_outcome}"
         )
-        s.metrics.turns.labels(outcome).inc()
-        s.metrics.added_latency.observe(max(total_ms - turn.upstream_ms, 0) / 1000)
+        s.metrics.turns.labels(turn.principal.tenant, outcome).inc()
+        s.metrics.added_latency.labels(turn.principal.tenant).observe(
+            max(total_ms - turn.upstream_ms, 0) / 1000
+        )
         return TurnOutcome(documents, request.stream, turn.turn_id)
 
     async def _fail(self, turn: _Turn, parsed: ParsedRequest | None, err: GeminiError) -> None:
@@ -273,7 +288,7 @@ class TurnPipeline:
             await self._append(turn, side)
             turn.content.closed()
         finally:
-            self.s.metrics.turns.labels(_outcome_label(err)).inc()
+            self.s.metrics.turns.labels(turn.principal.tenant, _outcome_label(err)).inc()
 
 
 def _outcome_label(err: GeminiError) -> str:
@@ -293,27 +308,70 @@ def _decision_body(decision: Decision, stage: str, input_ref: dict[str, Any]) ->
     return body
 
 
-def _denied(decision: Decision) -> GeminiError:
+class PolicyRefusal(GeminiError):
+    """A turn the policy denied or held: the caller's error, with the decision it came from.
+
+    The two answers are told apart by status code and status, not only by a nested reason:
+
+    - denied: HTTP 403 ``PERMISSION_DENIED``, ErrorInfo reason ``POLICY_DENIED`` (or the
+      policy's own ``status_code`` obligation, e.g. 429 ``RATE_LIMITED``);
+    - held: HTTP 409 ``ABORTED``, ErrorInfo reason ``HELD_FOR_REVIEW``. google.rpc's ABORTED
+      means "the operation was aborted; retry at a higher level" — here: do not resend the same
+      request, wait for the reviewer. 409 is a client error the google-genai SDK never retries:
+      neither by default nor with ``HttpRetryOptions``' default codes (408, 429, 500, 502, 503,
+      504), so a held turn is not resent (and held again) behind the user's back.
+
+    Both carry ErrorInfo metadata ``turn_id``, ``decision_id`` and ``stage``.
+    """
+
+    def __init__(
+        self, code: int, message: str, *, reason: str, decision: Decision, stage: str
+    ) -> None:
+        super().__init__(code, message, reason=reason)
+        self.decision = decision
+        self.stage = stage
+        self.metadata.update(decision_id=decision.decision_id, stage=stage)
+
+    def log(self, principal: Principal) -> None:
+        """Log the refusal for operators: who, which decision, why (never the prompt)."""
+        log.warning(
+            "turn %s %s at %s: tenant=%s actor=%s decision=%s reasons=%s",
+            self.turn_id,
+            "held for review" if self.reason == "HELD_FOR_REVIEW" else "denied",
+            self.stage,
+            principal.tenant,
+            principal.actor,
+            self.decision.decision_id,
+            "; ".join(self.decision.reasons),
+        )
+
+
+def _denied(decision: Decision, stage: str = "request") -> PolicyRefusal:
     code = int(decision.obligations.get("status_code", 403) or 403)
     reason = "RATE_LIMITED" if code == 429 else "POLICY_DENIED"
-    return GeminiError(
+    return PolicyRefusal(
         code,
         "Custody's policy refused this turn: "
         + "; ".join(decision.reasons)
         + f" (decision {decision.decision_id}, policy revision {decision.bundle_revision[:12]}).",
         reason=reason,
+        decision=decision,
+        stage=stage,
     )
 
 
-def _held(turn_id: str, decision: Decision, stage: str) -> GeminiError:
+def _held(turn_id: str, decision: Decision, stage: str) -> PolicyRefusal:
     what = "request" if stage == "request" else "output"
-    return GeminiError(
-        403,
-        f"Custody's policy holds this turn's {what} for human review (turn {turn_id}): "
+    return PolicyRefusal(
+        409,
+        f"Custody's policy holds this turn's {what} for human review: "
         + "; ".join(decision.reasons)
-        + ". Nothing was released; a reviewer must approve it first.",
-        status="PERMISSION_DENIED",
+        + f". Nothing was released: a reviewer must approve it; it is recorded as turn {turn_id}"
+        " (ledger events review.requested). Sending the same request again starts a new turn"
+        " that is held the same way.",
         reason="HELD_FOR_REVIEW",
+        decision=decision,
+        stage=stage,
     )
 
 

@@ -72,13 +72,20 @@ def _eval(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from governance.policy.replay import diff_decisions, load_recorded_inputs
     from governance.settings import Settings
+    from governance.state import StateError
 
+    notes: list[str] = []
     try:
-        inputs = load_recorded_inputs(Settings(), args.replay)
+        inputs = load_recorded_inputs(Settings(), args.replay, notes=notes)
+    except StateError as exc:
+        print(f"custody policy diff: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         print(f"custody policy diff: cannot read recorded decisions: {exc}", file=sys.stderr)
         return 2
     changes, total = diff_decisions(Path(args.old), Path(args.new), inputs)
+    for note in notes:
+        print(f"custody policy diff: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps({"replayed": total, "changed": [c.as_dict() for c in changes]}, indent=2))
         return 0

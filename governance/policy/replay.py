@@ -1,9 +1,11 @@
 """``custody policy diff --replay``: re-decide recorded turns under two policies, list what changes.
 
-The full input of every decision is kept in the ``decision_inputs`` table (the ledger event holds
-only a commitment to it). Replay takes the last N request-stage inputs, re-classifies each prompt
-with each policy's own term lists (they are part of the policy), keeps the recorded counters
-(the rate-limit state of the day), and decides it under the old and the new policy directory.
+The full input of every decision is kept in the blob store; the ``decision_inputs`` table indexes
+the commitment to it by turn and stage (the ledger event holds the same commitment), so erasing the
+blob removes the input from replay too. Replay takes the last N request-stage inputs,
+re-classifies each prompt with each policy's own term lists (they are part of the policy), keeps
+the recorded counters (the rate-limit state of the day), and decides it under the old and the new
+policy directory.
 """
 
 from __future__ import annotations
@@ -39,29 +41,45 @@ class DecisionChange:
 
 
 def load_recorded_inputs(
-    settings: Settings, n: int, stage: str = "request"
+    settings: Settings, n: int, stage: str = "request", notes: list[str] | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The last ``n`` recorded decision inputs of ``stage``, oldest first, as (turn id, input)."""
-    from sqlalchemy import create_engine, text
+    """The last ``n`` recorded decision inputs of ``stage``, oldest first, as (turn id, input).
 
-    engine = create_engine(settings.effective_database_url)
+    Each input is opened from the blob store through its commitment; a turn whose input was
+    erased (or is gone) is skipped, with a line saying so appended to ``notes``.
+    """
+    from sqlalchemy import text
+
+    from governance.state import open_engine
+    from storage.blobs import Commitments, open_blob_store
+
+    engine = open_engine(settings, create=False)  # a StateError when there is no installation
     try:
         with engine.connect() as conn:
             rows = conn.execute(
                 text(
-                    "SELECT turn_id, input_json FROM decision_inputs WHERE stage = :stage"
+                    "SELECT turn_id, input_commitment FROM decision_inputs WHERE stage = :stage"
                     " ORDER BY created_ms DESC, id DESC LIMIT :n"
                 ),
                 {"stage": stage, "n": int(n)},
             ).all()
+        blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
+        commitments = Commitments(engine, blobs)
+        out: list[tuple[str, dict[str, Any]]] = []
+        for turn_id, commitment in reversed(rows):
+            data = commitments.open(str(commitment))
+            if data is None:
+                if notes is not None:
+                    state = commitments.check(str(commitment))
+                    why = "was erased" if state == "erased" else f"is {state}"
+                    notes.append(f"turn {turn_id}: skipped, its recorded {stage} input {why}")
+                continue
+            document = json.loads(data)
+            if isinstance(document, dict):
+                out.append((str(turn_id), document))
+        return out
     finally:
         engine.dispose()
-    out: list[tuple[str, dict[str, Any]]] = []
-    for turn_id, raw in reversed(rows):
-        document = json.loads(raw)
-        if isinstance(document, dict):
-            out.append((str(turn_id), document))
-    return out
 
 
 def decide_recorded(service: PolicyService, document: dict[str, Any]) -> Decision:

@@ -5,60 +5,66 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from governance.settings import Settings
 
 
 def _run(args: argparse.Namespace) -> int:
-    from governance.provenance.signer import OutputSigner
     from governance.provenance.verify import verify_image, verify_independently
     from governance.settings import Settings
+    from governance.state import trust_anchors_pem
 
     settings = Settings()
     data = Path(args.image).read_bytes()
-    anchors = (
-        Path(args.anchors).read_text()
-        if args.anchors
-        else OutputSigner.from_settings(settings).trust_anchors_pem()
-    )
+    anchors = Path(args.anchors).read_text() if args.anchors else trust_anchors_pem(settings)
     result = verify_image(data, None, anchors)
     independent = verify_independently(data, None, anchors) if result.state != "none" else None
-    record = None if args.no_ledger else _ledger_record(settings, data, result.custody)
+    record, lookup = (None, "not looked up (--no-ledger)")
+    if not args.no_ledger:
+        record, lookup = _ledger_record(settings, data, result.custody)
+    if record is None and not args.no_ledger:
+        print(f"custody verify: {lookup}", file=sys.stderr)
     if args.json:
-        out = {"c2pa": result.to_dict(), "ledger": record}
+        out = {"c2pa": result.to_dict(), "ledger": record, "ledger_lookup": lookup}
         out["independent"] = asdict(independent) if independent else None
         print(json.dumps(out, indent=2, default=str))
     else:
         _print(args.image, result, independent, record)
+        if record is None:
+            print(f"  ledger: {lookup}")
     return 1 if result.state == "Invalid" else 0
 
 
-def _ledger_record(settings, data: bytes, custody: dict | None):  # type: ignore[no-untyped-def]
+def _ledger_record(
+    settings: Settings, data: bytes, custody: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, str]:
+    """The image's turn record in this installation's ledger, and a sentence on the lookup."""
     from governance.provenance.lookup import turn_for_hash, turn_record
-    from storage.blobs import Commitments, open_blob_store
-    from storage.db import make_engine, migrate
-    from storage.ledger.log import Ledger, load_or_create_note_signer
+    from governance.state import StateError, open_state
 
-    url = settings.effective_database_url
-    migrate(url)
-    engine = make_engine(url)
-    signer = load_or_create_note_signer(
-        settings.log_key_file or settings.data_dir / "ledger-note.key", settings.log_origin
-    )
-    ledger = Ledger.open(engine, origin=settings.log_origin, signer=signer)
+    try:
+        state = open_state(settings, create=False)
+    except StateError as exc:
+        return None, f"the image was not looked up: {exc}"
+    where = f"the ledger at {settings.masked_database_url}"
     try:
         ref = (custody or {}).get("ledger") or {}
         turn_id = ref.get("turn_id") if ref.get("log_origin") == settings.log_origin else None
+        ledger = state.ledger
         turn_id = turn_id or turn_for_hash(ledger.read_engine, hashlib.sha256(data).hexdigest())
-        if not turn_id:
-            return None
-        blobs = open_blob_store(settings.blob_store, data_dir=settings.data_dir, engine=engine)
-        return turn_record(
-            ledger, turn_id, viewer_tenant=None, commitments=Commitments(engine, blobs)
-        )
+        record = None
+        if turn_id:
+            record = turn_record(ledger, turn_id, viewer_tenant=None, commitments=state.commitments)
+        if record is None:
+            return None, f"no record of this image in {where}"
+        return record, f"found in {where}"
     finally:
-        ledger.close()
-        engine.dispose()
+        state.close()
 
 
 def _print(name, result, independent, record) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,8 @@
 Default C2PA verifiers reject self-signed signers and signers without the right extended key
 usages, so this mirrors a production chain: ES256 (P-256) keys, an end-entity certificate with key
 usage digitalSignature and EKUs emailProtection + C2PA claimSigning + documentSigning, AKI/SKI on
-every certificate. Private keys are written with mode 0600. Every name says DEVELOPMENT: these
+every certificate. Private keys are created with mode 0600 (before the key is written), in a
+directory of mode 0700. Every name says DEVELOPMENT: these
 credentials prove nothing outside a test bench; production uses the organisation's certificates.
 """
 
@@ -18,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from storage.private_files import make_private_dir
 
 C2PA_CLAIM_SIGNING = ObjectIdentifier("1.3.6.1.4.1.62558.2.1")
 DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
@@ -67,9 +70,9 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.NoEncryption(),
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT: tighten first
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    os.chmod(path, 0o600)
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -129,7 +132,7 @@ def ensure_dev_pki(folder: Path) -> DevPki:
     pki = DevPki(folder)
     if pki.root_cert.exists() and pki.signer_chain.exists() and pki.signer_key.exists():
         return pki
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dir(folder)
     root_key = ec.generate_private_key(ec.SECP256R1())
     inter_key = ec.generate_private_key(ec.SECP256R1())
     signer_key = ec.generate_private_key(ec.SECP256R1())

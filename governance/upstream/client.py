@@ -131,6 +131,27 @@ class UpstreamClient:
                 transport_error=_describe(exc),
             )
 
+    async def get_resource(
+        self, path: str, incoming: dict[str, str], params: dict[str, str]
+    ) -> UpstreamResult:
+        """GET a Gemini resource (``models``, ``models/{model}``) with Custody's upstream key;
+        the caller's key and any ``key=`` parameter never leave. A transport failure is
+        status 0 with its reason, as for ``post``."""
+        start = time.perf_counter()
+        params = {k: v for k, v in params.items() if k != "key"}
+        try:
+            resp = await self._http.get(path, headers=self._headers(incoming), params=params)
+        except httpx.HTTPError as exc:
+            return UpstreamResult(
+                0, b"", {}, (time.perf_counter() - start) * 1000, transport_error=_describe(exc)
+            )
+        return UpstreamResult(
+            resp.status_code,
+            resp.content,
+            dict(resp.headers),
+            (time.perf_counter() - start) * 1000,
+        )
+
     async def get(self, path: str) -> int:
         """GET ``path`` upstream (readiness); returns the status, 0 when unreachable."""
         try:

@@ -32,6 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from storage.private_files import make_private_dir
+
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "  # an em dash and a space
 MAX_SIGNATURES = 100  # as Go's note.Open; the spec asks for at least 16
@@ -232,7 +234,8 @@ class CallbackNoteSigner:
 
 
 def load_or_create_note_signer(path: Path, origin: str) -> Ed25519NoteSigner:
-    """The log's Ed25519 note key: read from ``path``, or generated there (mode 0600)."""
+    """The log's Ed25519 note key: read from ``path``, or generated there (mode 0600, created
+    with that mode before the key is written; a directory made for it is 0700)."""
     path = Path(path)
     if path.exists():
         signer = Ed25519NoteSigner.from_key_string(path.read_text())
@@ -242,7 +245,7 @@ def load_or_create_note_signer(path: Path, origin: str) -> Ed25519NoteSigner:
             )
         return signer
     signer = Ed25519NoteSigner.generate(origin)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(signer.key_string() + "\n")

@@ -4,7 +4,8 @@ Routes (``V`` is ``v1`` or ``v1beta``; google-genai 3.x calls ``v1``, 1.x/2.x ``
 
 - ``POST /V/models/{model}:generateContent`` and ``:streamGenerateContent`` (``?alt=sse``: SSE
   ``data: {json}\\r\\n\\r\\n`` events; without it a JSON array, as Gemini does)
-- ``GET /V/models`` and ``GET /V/models/{model}``
+- ``POST /V/models/{model}:countTokens`` (``{"totalTokens": N, "promptTokensDetails": [...]}``)
+- ``GET /V/models`` (``pageSize``, ``pageToken``) and ``GET /V/models/{model}``
 - ``GET /emulator/requests`` (the request log, oldest first) and ``DELETE /emulator/requests``
 
 Every response carries ``x-custody-emulator: 1``; every ``modelVersion`` names the emulator.
@@ -148,7 +149,10 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
         if api_version not in API_VERSIONS:
             raise GeminiError(404, f"Unknown API version {api_version}")
         check_key(request)
-        return _json({"models": [_model_resource(m) for m in MODELS]})
+        q = request.query_params
+        return _json(
+            wire.models_page(list(MODELS), _model_resource, q.get("pageSize"), q.get("pageToken"))
+        )
 
     @app.get("/{api_version}/models/{model}")
     async def get_model(api_version: str, model: str, request: Request) -> Response:
@@ -181,6 +185,13 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
     async def _generate(
         api_version: str, model: str, action: str, request: Request, entry: dict[str, Any]
     ) -> Response:
+        if api_version in API_VERSIONS and action == "countTokens":
+            check_key(request)
+            if not model.startswith("gemini-"):
+                raise _not_found(model, api_version)
+            counted = wire.count_tokens(await request.body())
+            entry["summary"] = f"{counted['totalTokens']} tokens"
+            return _json(counted)
         if api_version not in API_VERSIONS or action not in (
             "generateContent",
             "streamGenerateContent",

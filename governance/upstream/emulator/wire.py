@@ -161,7 +161,9 @@ def parse_generate_request(model: str, raw: bytes) -> GenerateRequest:
     return request
 
 
-def _collect_signature(request: GenerateRequest, part: dict[str, Any], where: str, image: bool):
+def _collect_signature(
+    request: GenerateRequest, part: dict[str, Any], where: str, image: bool
+) -> None:
     raw = _get(part, "thoughtSignature", "thought_signature")
     if raw is None:
         if image:
@@ -251,3 +253,61 @@ def blocked_response(
 def sse_event(obj: dict[str, Any]) -> bytes:
     """One server-sent event as Gemini frames it: ``data: {json}\\r\\n\\r\\n``."""
     return b"data: " + orjson.dumps(obj) + b"\r\n\r\n"
+
+
+TOKENS_PER_IMAGE = 258  # Gemini's count for an image up to 384 px a side (one tile)
+CHARS_PER_TOKEN = 4  # Gemini's documented rule of thumb for English text
+
+
+def count_tokens(raw: bytes) -> dict[str, Any]:
+    """A ``countTokens`` answer in Gemini's wire format: ``{"totalTokens": N,
+    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}, ...]}``.
+
+    The body is ``{"contents": [...]}`` or ``{"generateContentRequest": {...}}``, as Gemini
+    accepts. The count is the emulator's estimate (text: ⌈characters / 4⌉ per part, each inline
+    image 258), deterministic so tests can assert it; only Gemini's tokenizer gives real counts.
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise invalid_argument("Invalid JSON payload received. Unexpected token.") from None
+    if isinstance(body, dict) and not body.get("contents"):
+        inner = _get(body, "generateContentRequest", "generate_content_request")
+        if isinstance(inner, dict):
+            body = inner
+    contents = _contents(body)
+    system = _get(body, "systemInstruction", "system_instruction")
+    if isinstance(system, dict) and isinstance(system.get("parts"), list):
+        contents = [system, *contents]
+    text = images = 0
+    for i, content in enumerate(contents):
+        for j, part in enumerate(content["parts"]):
+            if not isinstance(part, dict):
+                raise invalid_argument(f"Invalid value at 'contents[{i}].parts[{j}]'")
+            if isinstance(part.get("text"), str):
+                text += -(-len(part["text"]) // CHARS_PER_TOKEN)
+            if _inline_image(part, f"contents[{i}].parts[{j}]") is not None:
+                images += TOKENS_PER_IMAGE
+    details = [{"modality": "TEXT", "tokenCount": text}]
+    if images:
+        details.append({"modality": "IMAGE", "tokenCount": images})
+    return {"totalTokens": text + images, "promptTokensDetails": details}
+
+
+def models_page(
+    names: list[str], resource: Any, page_size: str | None, page_token: str | None
+) -> dict[str, Any]:
+    """One page of ``models.list``: ``{"models": [...], "nextPageToken": "..."}`` (the token
+    only when more follow). ``pageSize`` defaults to 50 and is capped at 1000, as Gemini does."""
+    try:
+        size = int(page_size) if page_size else 50
+        start = int(page_token) if page_token else 0
+    except ValueError:
+        raise invalid_argument("Invalid pageSize or pageToken.") from None
+    if size < 0 or start < 0 or start > len(names):
+        raise invalid_argument("Invalid pageSize or pageToken.")
+    size = min(size or 50, 1000)
+    page: dict[str, Any] = {"models": [resource(n) for n in names[start : start + size]]}
+    if start + size < len(names):
+        page["nextPageToken"] = str(start + size)
+    return page

@@ -1,0 +1,222 @@
+"""Every route of the app × method × role → the status a running server must answer (issue 14).
+
+``MATRIX`` is the authorization table: one row per (method, path) of ``app.routes``, each with the
+request to send and the expected status for every caller in ``CALLERS`` (a tenant's editor,
+reviewer, auditor and admin; the installation's operator; no key at all; another tenant's admin).
+``test_every_route_has_a_row`` fails when the app has a route without a row (or a row without a
+route), so a new route cannot ship unguarded; ``test_cell`` sends each cell's request to a real
+server and checks the status. What a cross-tenant caller may *see* in a 200 is checked in
+``tests/test_tenant_walls.py``.
+
+How to add a row: add one entry to ``MATRIX`` keyed by ``(METHOD, route.path)`` exactly as FastAPI
+lists it (path parameters in braces, e.g. ``/{api_version}/models/{model_action}``). Its value is
+``row(PROFILE, path=..., params=..., body=...)``: a profile is a dict caller → status (``OPEN``,
+``READER``, ``SIGNER``, ``EDITOR`` below, or your own dict literal); ``path`` fills the braces;
+``params`` is the query string; ``body`` is JSON (a dict) or bytes, or the name of a ``Setup``
+attribute (e.g. ``"signed_png"``) for content made by a real turn. Override single cells with
+``row(READER, other_admin=200)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import iter_route_contexts
+
+from governance.app import create_app
+from governance.auth.keys import create_key
+from governance.settings import Settings
+from tests.conftest import RunningCustody, start_custody
+
+CALLERS = ("editor", "reviewer", "auditor", "admin", "operator", "no_key", "other_admin")
+
+
+def profile(**statuses: int) -> dict[str, int]:
+    missing = set(CALLERS) - set(statuses)
+    assert not missing, f"a profile names every caller; missing {sorted(missing)}"
+    return statuses
+
+
+# Open to anyone (load balancers, the SDK's discovery): says nothing about any tenant.
+OPEN = profile(
+    editor=200, reviewer=200, auditor=200, admin=200, operator=200, no_key=200, other_admin=200
+)
+# Readers: auditors (admins hold it), operators; another tenant's admin reads its own tenant.
+READER = profile(
+    editor=403, reviewer=403, auditor=200, admin=200, operator=200, no_key=401, other_admin=200
+)
+# Checkpoint signing: admins and operators only.
+SIGNER = profile(
+    editor=403, reviewer=403, auditor=403, admin=200, operator=200, no_key=401, other_admin=200
+)
+# Model calls: editors (admins hold it) of a tenant; the operator is no tenant's user.
+EDITOR = profile(
+    editor=200, reviewer=403, auditor=403, admin=200, operator=403, no_key=401, other_admin=200
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    expect: dict[str, int]
+    path: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] | bytes | str | None = None
+    content_type: str | None = None
+
+
+def row(
+    expect: dict[str, int],
+    *,
+    path: str | None = None,
+    params: dict[str, Any] | None = None,
+    body: dict[str, Any] | bytes | str | None = None,
+    content_type: str | None = None,
+    **overrides: int,
+) -> Row:
+    return Row({**expect, **overrides}, path, params or {}, body, content_type)
+
+
+GENERATE = {"contents": [{"role": "user", "parts": [{"text": "a red bicycle"}]}]}
+
+MATRIX: dict[tuple[str, str], Row] = {
+    ("GET", "/healthz"): row(OPEN),
+    ("GET", "/readyz"): row(OPEN),
+    ("GET", "/api/v1/openapi.json"): row(OPEN),
+    ("HEAD", "/api/v1/openapi.json"): row(OPEN),
+    ("GET", "/metrics"): row(READER),
+    ("GET", "/api/v1/ledger/checkpoint"): row(READER),
+    ("POST", "/api/v1/ledger/checkpoint"): row(SIGNER),
+    ("GET", "/api/v1/ledger/entries"): row(READER, params={"start": 0, "end": 5}),
+    ("GET", "/api/v1/ledger/proof/inclusion"): row(READER, params={"index": 0}),
+    ("GET", "/api/v1/ledger/proof/consistency"): row(READER, params={"old": 1}),
+    ("GET", "/api/v1/ledger/proof/file"): row(READER, params={"index": 0}),
+    ("POST", "/api/v1/verify"): row(READER, body="signed_png", content_type="image/png"),
+    ("POST", "/{api_version}/models/{model_action}"): row(
+        EDITOR, path="/v1beta/models/gemini-2.5-flash-image:generateContent", body=GENERATE
+    ),
+    ("GET", "/{api_version}/models"): row(EDITOR, path="/v1beta/models"),
+    ("GET", "/{api_version}/models/{model}"): row(
+        EDITOR, path="/v1beta/models/gemini-2.5-flash-image"
+    ),
+    ("POST", "/{api_version}/models/{model}:countTokens"): row(
+        EDITOR, path="/v1beta/models/gemini-2.5-flash-image:countTokens", body=GENERATE
+    ),
+}
+
+
+def _app_routes() -> set[tuple[str, str]]:
+    """(method, path) of every route the app serves, routers included (FastAPI ≥ 0.16x keeps
+    included routers lazily: ``iter_route_contexts`` walks them with their prefixes)."""
+    app = create_app(Settings())  # services are built at start-up only: nothing is opened here
+    out = set()
+    for route in iter_route_contexts(app.routes):
+        for method in route.methods or ():
+            if route.path is not None:
+                out.add((method, route.path))
+    return out
+
+
+def test_every_route_has_a_row() -> None:
+    routes = _app_routes()
+    unguarded = sorted(routes - set(MATRIX))
+    assert not unguarded, (
+        f"routes without a row in MATRIX (add one, see the docstring): {unguarded}"
+    )
+    stale = sorted(set(MATRIX) - routes)
+    assert not stale, f"rows in MATRIX for routes the app no longer has: {stale}"
+
+
+@dataclass
+class Setup:
+    """A running gateway with a key per caller and content made by a real turn."""
+
+    custody: RunningCustody
+    keys: dict[str, str]
+    signed_png: bytes
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -> Iterator[Setup]:
+    custody = start_custody(tmp_path_factory.mktemp("authz") / "custody")
+    engine = custody.services.engine  # type: ignore[attr-defined]
+    keys = {
+        **{role: custody.keys[role] for role in ("editor", "reviewer", "auditor", "admin")},
+        "operator": create_key(engine, tenant="custody", actor="ops@custody", roles=["operator"]),
+        "other_admin": create_key(engine, tenant="globex", actor="admin@globex", roles=["admin"]),
+    }
+    photo = (fixtures_dir / "photos" / "sample1.png").read_bytes()
+    edit = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {"text": "make it teal"},
+                    {
+                        "inlineData": {
+                            "mimeType": "image/png",
+                            "data": base64.b64encode(photo).decode(),
+                        }
+                    },
+                ],
+            }
+        ]
+    }
+    resp = httpx.post(
+        custody.base_url + "/v1beta/models/gemini-2.5-flash-image:generateContent",
+        json=edit,
+        headers={"x-goog-api-key": keys["editor"]},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    part = next(
+        p
+        for p in resp.json()["candidates"][0]["content"]["parts"]
+        if "inlineData" in p or "inline_data" in p
+    )
+    signed = base64.b64decode((part.get("inlineData") or part["inline_data"])["data"])
+    custody.services.ledger.issue_checkpoint()  # type: ignore[attr-defined]
+    try:
+        yield Setup(custody, keys, signed)
+    finally:
+        custody.server.stop()  # type: ignore[attr-defined]
+        asyncio.run(custody.services.aclose())  # type: ignore[attr-defined]
+
+
+CELLS = [
+    pytest.param(key, caller, id=f"{key[0]} {key[1]} as {caller}")
+    for key in MATRIX
+    for caller in CALLERS
+]
+
+
+@pytest.mark.parametrize(("key", "caller"), CELLS)
+def test_cell(setup: Setup, key: tuple[str, str], caller: str) -> None:
+    method, route_path = key
+    spec = MATRIX[key]
+    headers = {} if caller == "no_key" else {"x-goog-api-key": setup.keys[caller]}
+    body = spec.body
+    if isinstance(body, str):
+        body = getattr(setup, body)
+    if spec.content_type:
+        headers["content-type"] = spec.content_type
+    resp = httpx.request(
+        method,
+        setup.custody.base_url + (spec.path or route_path),
+        params=spec.params,
+        headers=headers,
+        json=body if isinstance(body, dict) else None,
+        content=body if isinstance(body, bytes) else None,
+        timeout=60,
+    )
+    expected = spec.expect[caller]
+    assert resp.status_code == expected, f"{method} {route_path} as {caller}: {resp.text[:300]}"
+    if resp.status_code >= 400 and method != "HEAD":
+        error = resp.json()["error"]  # refusals are in Gemini's envelope
+        assert error["code"] == resp.status_code and error["message"]
