@@ -27,6 +27,7 @@ from governance.logredact import install_key_redaction
 from governance.pipeline.refusal import record_refusal
 from governance.services import Services, build_services
 from governance.settings import Settings
+from storage.ledger import LedgerPushback
 
 log = logging.getLogger("custody")
 
@@ -67,6 +68,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if exc.code in (401, 403) and exc.reason.startswith("API_KEY"):
             request.app.state.services.metrics.auth_failures.inc()
         return exc.response()
+
+    @app.exception_handler(LedgerPushback)
+    async def _ledger_pushback(_: Request, exc: LedgerPushback) -> Response:
+        seconds = max(1, -(-exc.retry_after_ms // 1000))  # Retry-After is whole seconds
+        return GeminiError(
+            503,
+            "Custody's ledger is at capacity and recorded nothing more of this request, so"
+            f" nothing was released: retry in {seconds} s (Retry-After). If this persists, ask"
+            " your Custody administrator to add gateway replicas or a faster ledger database.",
+            reason="LEDGER_PUSHBACK",
+            headers={"Retry-After": str(seconds)},
+        ).response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

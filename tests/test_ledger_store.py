@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from storage.db import is_sqlite, make_engine, migrate
+from storage.ledger import open_ledger
 from storage.ledger.checkpoint import open_checkpoint
 from storage.ledger.events import LedgerEvent
 from storage.ledger.leaf import decode_leaf
@@ -30,7 +31,7 @@ from storage.ledger.merkle import (
     stored_hash_index,
     tree_hash,
 )
-from storage.ledger.note import Ed25519NoteSigner, NoteSigner
+from storage.ledger.note import CallbackNoteSigner, Ed25519NoteSigner, NoteSigner, NoteVerifier
 from storage.ledger.verify import verify_ledger
 
 ORIGIN = "test.custody.example/ledger"
@@ -322,3 +323,43 @@ def test_an_application_role_locked_out_of_the_tables_can_still_append(
         admin.execute(f"DROP OWNED BY {app}")
         admin.execute(f"DROP ROLE IF EXISTS {app}")
         admin.close()
+
+
+def test_a_kms_signer_behind_a_callback_signs_checkpoints_verify_accepts(
+    db_url: str, tmp_path: Path
+) -> None:
+    held = Ed25519NoteSigner.generate(ORIGIN)  # the key inside the "KMS"
+    calls: list[bytes] = []
+
+    def kms_sign(msg: bytes) -> bytes:
+        calls.append(msg)
+        return held.sign(msg)
+
+    signer = CallbackNoteSigner(ORIGIN, held.public_key, kms_sign)
+    ledger = open_ledger(db_url, origin=ORIGIN, signer=signer)
+    try:
+        ledger.append([_event(i) for i in range(3)])
+        cp = ledger.issue_checkpoint()
+        assert calls and cp.size == 3
+        verifier = NoteVerifier.from_key_string(signer.verifier_key())
+        report = verify_ledger(ledger.engine, origin=ORIGIN, verifier=verifier)
+        assert report.ok and report.checkpoints == 1, report.summary()
+    finally:
+        ledger.close()
+
+
+def test_open_ledger_migrates_makes_the_key_file_and_owns_its_engine(
+    db_url: str, tmp_path: Path
+) -> None:
+    key = tmp_path / "keys" / "ledger-note.key"
+    ledger = open_ledger(db_url, origin=ORIGIN, signer=key, checkpoint_every_entries=0)
+    try:
+        assert ledger.append([_event(0)])[0].index == 0
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        again = load_or_create_note_signer(key, ORIGIN)
+        assert ledger.latest_checkpoint().note.endswith("\n")
+        report = verify_ledger(ledger.engine, origin=ORIGIN, verifier=again.verifier())
+        assert report.ok, report.summary()
+    finally:
+        ledger.close()
+    assert ledger.engine.pool.checkedout() == 0

@@ -16,6 +16,7 @@ from storage.ledger.checkpoint import (
     sign_checkpoint,
 )
 from storage.ledger.note import (
+    CallbackNoteSigner,
     Ed25519NoteSigner,
     NoteError,
     NoteSigner,
@@ -299,3 +300,49 @@ def test_format_checkpoint_refuses_impossible_values() -> None:
     ):
         with pytest.raises(CheckpointError):
             format_checkpoint(origin, size, root)
+
+
+# --- a signer behind a callback (an HSM or KMS) ---------------------------------------------
+
+
+class _RemoteKms:
+    """Stands in for a signing service: holds the private key, signs bytes it is sent."""
+
+    def __init__(self, skey: str) -> None:
+        self._key = Ed25519NoteSigner.from_key_string(skey)
+        self.requests: list[bytes] = []
+
+    @property
+    def public_key(self) -> bytes:
+        return self._key.public_key
+
+    def sign(self, msg: bytes) -> bytes:
+        self.requests.append(msg)
+        return self._key.sign(msg)
+
+
+def test_a_callback_signer_reproduces_go_signed_note_byte_for_byte(peter: NoteVerifier) -> None:
+    kms = _RemoteKms(PETER_SKEY)
+    signer = CallbackNoteSigner("PeterNeumann", kms.public_key, kms.sign)
+    assert signer.verifier_key() == PETER_VKEY
+    assert sign_note(signer, TEXT) == TEXT + "\n" + PETER_SIG
+    assert kms.requests == [TEXT.encode()]  # the service sees the note text, nothing else
+    assert open_note(sign_note(signer, TEXT), [peter]) == TEXT
+
+
+def test_a_callback_signed_checkpoint_opens_with_the_published_verifier_key() -> None:
+    kms = _RemoteKms(Ed25519NoteSigner.generate(ORIGIN).key_string())
+    signer = CallbackNoteSigner(ORIGIN, kms.public_key, kms.sign)
+    cp = sign_checkpoint(signer, ORIGIN, 42, ROOT)
+    verifier = NoteVerifier.from_key_string(signer.verifier_key())
+    assert open_checkpoint(cp.note, verifier, ORIGIN) == cp
+
+
+def test_a_callback_that_signs_with_another_key_is_refused_before_anything_is_published() -> None:
+    wrong = Ed25519NoteSigner.generate(ORIGIN)
+    signer = CallbackNoteSigner(ORIGIN, Ed25519NoteSigner.generate(ORIGIN).public_key, wrong.sign)
+    with pytest.raises(NoteError, match="its own verifier key rejects"):
+        sign_checkpoint(signer, ORIGIN, 1, ROOT)
+    garbage = CallbackNoteSigner(ORIGIN, wrong.public_key, lambda msg: b"short")
+    with pytest.raises(NoteError, match="64-byte"):
+        sign_note(garbage, TEXT)

@@ -25,6 +25,7 @@ from governance.pipeline.refusal import new_record_id
 from governance.pipeline.response import ResponseSummary, replace_images, summarise
 from governance.pipeline.signing import sign_outputs
 from governance.upstream.client import UpstreamResult, parse_json_object
+from storage.ledger.batching import LedgerPushback
 from storage.ledger.events import LedgerEvent, SideRows
 
 if TYPE_CHECKING:
@@ -121,6 +122,8 @@ class TurnPipeline:
             if isinstance(err, PolicyRefusal):
                 err.log(principal)
             await self._fail(turn, parsed, err)
+            raise
+        except LedgerPushback:  # the ledger takes nothing more now: the app answers 503
             raise
         except Exception as exc:
             log.exception("turn %s failed inside Custody (tenant %s)", turn_id, principal.tenant)

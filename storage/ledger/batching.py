@@ -97,6 +97,12 @@ class GroupCommit(Generic[T, R]):
         self.items = 0  # items they carried
         self.entries = 0  # entries they carried
 
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Items and entries waiting behind the flush in flight (a gauge, for metrics)."""
+        with self._mutex:
+            return len(self._queue), self._queued_entries
+
     def submit(self, item: T, *, entries: int = 1, nbytes: int = 0) -> R:
         """Queue ``item`` (``entries`` entries, ``nbytes`` bytes) and return its flush result."""
         me: _Waiter[T, R] = _Waiter(item, entries, nbytes)

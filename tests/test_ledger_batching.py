@@ -1,0 +1,165 @@
+"""Group commit as a component: order, durability before return, failure isolation, the bound.
+
+The flush functions here stand in for a store's append (a list that "commits"), and a gate
+holds a flush open so that the next submits provably queue behind it: no test depends on how
+fast anything runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from storage.ledger.batching import BatchLimits, GroupCommit, LedgerPushback
+
+
+class _Log:
+    """A flush that appends to ``committed``; the first ``held`` flushes wait on ``gate``."""
+
+    def __init__(self, held: int = 0, fail_if: Callable[[Sequence[int]], bool] | None = None):
+        self.committed: list[int] = []
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.held = held
+        self.fail_if = fail_if
+
+    def flush(self, items: Sequence[int]) -> list[int]:
+        self.batches.append(list(items))
+        if len(self.batches) <= self.held:
+            self.entered.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+        if self.fail_if is not None and self.fail_if(items):
+            raise OSError(f"disk full while writing {list(items)}")
+        first = len(self.committed)
+        self.committed.extend(items)
+        return list(range(first, first + len(items)))
+
+
+def _wait_for(what: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not what():
+        assert time.monotonic() < deadline, "the submits never queued"
+        time.sleep(0.001)
+
+
+def _submit_in_threads(
+    gc: GroupCommit[int, int], items: Sequence[int], out: dict[int, object]
+) -> list[threading.Thread]:
+    def run(item: int) -> None:
+        try:
+            out[item] = gc.submit(item)
+        except BaseException as exc:
+            out[item] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in items]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_items_are_flushed_in_submission_order_and_each_caller_gets_its_own_result() -> None:
+    log = _Log(held=1)
+    gc: GroupCommit[int, int] = GroupCommit(log.flush)
+    out: dict[int, object] = {}
+    first = _submit_in_threads(gc, [0], out)
+    assert log.entered.wait(30)
+    queued = []
+    for i in range(1, 6):  # one at a time, so the queue order is known
+        queued += _submit_in_threads(gc, [i], out)
+        _wait_for(lambda i=i: gc.queued[0] == i)
+    log.gate.set()
+    for t in [*first, *queued]:
+        t.join()
+    assert log.committed == [0, 1, 2, 3, 4, 5]
+    assert out == {i: i for i in range(6)}  # each caller got its own item's index
+    assert log.batches == [[0], [1, 2, 3, 4, 5]]  # everything that queued went in one flush
+    assert gc.flushes == 2 and gc.items == 6
+
+
+def test_nobody_returns_before_the_flush_carrying_their_item_returned() -> None:
+    log = _Log()
+    gc: GroupCommit[int, int] = GroupCommit(log.flush)
+    seen_committed: dict[int, bool] = {}
+
+    def writer(k: int) -> None:
+        for i in range(50):
+            item = k * 1000 + i
+            index = gc.submit(item)
+            seen_committed[item] = log.committed[index] == item  # durable when returned
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen_committed) == 400 and all(seen_committed.values())
+    for k in range(8):  # each writer's items stay in its order
+        mine = [x for x in log.committed if x // 1000 == k]
+        assert mine == sorted(mine)
+
+
+def test_a_failing_flush_fails_every_waiter_of_that_batch_and_only_them() -> None:
+    log = _Log(held=1, fail_if=lambda items: 2 in items)
+    gc: GroupCommit[int, int] = GroupCommit(log.flush, BatchLimits(max_entries=2))
+    out: dict[int, object] = {}
+    first = _submit_in_threads(gc, [0], out)
+    assert log.entered.wait(30)
+    later = []
+    for i in range(1, 6):
+        later += _submit_in_threads(gc, [i], out)
+        _wait_for(lambda i=i: gc.queued[0] == i)
+    log.gate.set()
+    for t in [*first, *later]:
+        t.join()
+    # Batches of at most 2 entries: [0], [1, 2] (fails), [3, 4], [5].
+    assert log.batches == [[0], [1, 2], [3, 4], [5]]
+    assert isinstance(out[1], OSError) and isinstance(out[2], OSError)
+    assert out[1] is out[2]  # the batch's one exception
+    assert [out[i] for i in (0, 3, 4, 5)] == [0, 1, 2, 3]
+    assert log.committed == [0, 3, 4, 5]
+    assert gc.submit(6) == 4  # and the queue goes on
+
+
+def test_a_full_queue_pushes_back_at_once_and_queues_nothing() -> None:
+    log = _Log(held=1)
+    limits = BatchLimits(max_queued_entries=3, max_queued_bytes=1 << 20)
+    gc: GroupCommit[int, int] = GroupCommit(log.flush, limits)
+    out: dict[int, object] = {}
+    first = _submit_in_threads(gc, [0], out)
+    assert log.entered.wait(30)
+    waiting = []
+    for i in range(1, 4):  # three entries wait behind the flush in flight: the bound
+        waiting += _submit_in_threads(gc, [i], out)
+        _wait_for(lambda i=i: gc.queued[0] == i)
+    with pytest.raises(LedgerPushback) as caught:
+        gc.submit(99)
+    assert caught.value.retry_after_ms >= 1
+    assert caught.value.queued_entries == 3
+    assert "retry in" in str(caught.value)
+    assert gc.queued == (3, 3)  # the refused item did not queue
+    log.gate.set()
+    for t in [*first, *waiting]:
+        t.join()
+    assert log.committed == [0, 1, 2, 3]  # 99 was never written
+    assert gc.submit(4) == 4  # room again once the queue drained
+
+
+def test_the_byte_bound_pushes_back_too_and_an_empty_queue_takes_any_item() -> None:
+    log = _Log(held=1)
+    gc: GroupCommit[int, int] = GroupCommit(log.flush, BatchLimits(max_queued_bytes=100))
+    big = threading.Thread(target=lambda: gc.submit(0, nbytes=10_000))  # alone: accepted
+    big.start()
+    assert log.entered.wait(30)
+    out: dict[int, object] = {}
+    threads = _submit_in_threads(gc, [1], out)  # 0 bytes: fits
+    _wait_for(lambda: gc.queued[0] == 1)
+    with pytest.raises(LedgerPushback):
+        gc.submit(2, nbytes=101)
+    log.gate.set()
+    for t in [big, *threads]:
+        t.join()
+    assert log.committed == [0, 1]
