@@ -363,3 +363,21 @@ def test_open_ledger_migrates_makes_the_key_file_and_owns_its_engine(
     finally:
         ledger.close()
     assert ledger.engine.pool.checkedout() == 0
+
+
+def test_two_handles_taking_turns_keep_one_tree(engine: Engine, signer: NoteSigner) -> None:
+    """Each store caches the tree's right edge; after the other appended, it must re-read it."""
+    a = Ledger.open(engine, origin=ORIGIN, signer=signer)
+    b = Ledger.open(engine, origin=ORIGIN, signer=signer)
+    try:
+        for i in range(9):
+            (a if i % 3 else b).append([_event(i), _event(100 + i)])
+        assert a.size() == 18
+        tree = MemoryHashReader()
+        tree.extend([e.leaf_hash for e in a.entries(0, 18)])
+        assert a.root(18) == b.root(18) == tree_hash(18, tree)
+        report = verify_ledger(engine, origin=ORIGIN, verifier=signer.verifier())
+        assert report.ok, report.summary()
+    finally:
+        a.close()
+        b.close()

@@ -1,11 +1,9 @@
 """The SQLite ledger store: ``BEGIN IMMEDIATE`` orders appends, hashes computed in Python.
 
 Order: the append transaction takes SQLite's write lock (``BEGIN IMMEDIATE``) before it reads
-the head counter, so processes sharing the file get one gap-free order. Before that, appenders
-of the same database queue on an advisory file lock (``<database>-ledger.lock``, ``flock``):
-the kernel wakes the next one the moment a commit ends, where SQLite's busy handler would
-sleep 1, 2, 5, 10 ms ... between retries — with several writer processes that sleep, not the
-fsync, was most of each append's cost.
+the head counter, so processes sharing the file get one gap-free order. (An advisory ``flock``
+queue in front of it, to spare waiters SQLite's sleeping busy handler, was measured and made
+four writer processes slower, not faster: see docs/performance.md.)
 
 Hashes: the store keeps the tree's right edge (``merkle.Frontier``) of the size it last wrote
 and computes the new stored hashes *before* taking the locks. Under the lock it only compares
@@ -15,8 +13,6 @@ the head with that size; when another process appended meanwhile, it reads the n
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,11 +35,6 @@ class SqliteStore:
         )
         self._writer: Any = None  # the leader's DB-API connection
         self._frontier: Frontier | None = None  # the right edge after this store's last write
-        database = engine.url.database or ""
-        self._lock_path = (
-            None if database in ("", ":memory:") or database.startswith("file:") else database
-        )
-        self._lock_fd: int | None = None
 
     @property
     def engine(self) -> Engine:
@@ -54,31 +45,32 @@ class SqliteStore:
         return self._read_engine
 
     def append(self, rows: Sequence[LeafRow], side: Sequence[SideRows]) -> int:
+        # Everything that does not need the lock is done before it, for the size this store
+        # wrote last; under the lock it is redone only if another process appended meanwhile.
         hashes = [r.leaf_hash for r in rows]
         frontier = self._frontier.copy() if self._frontier is not None else None
+        guess = frontier.size if frontier is not None else -1
         stored = frontier.extend(hashes) if frontier is not None else []
+        entry_rows = _entry_rows(guess, rows)
         if self._writer is None:
             self._writer = self._engine.raw_connection()
         raw = self._writer
-        self._lock()
         try:
             cur = raw.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")  # the write lock, before the head is read
                 cur.execute("SELECT size FROM ledger_head WHERE id = 1")
                 size = int(cur.fetchone()[0])
-                if frontier is None or frontier.size != size + len(rows):
+                if frontier is None or size != guess:
                     frontier = Frontier.read(size, CursorHashReader(cur))
                     stored = frontier.extend(hashes)
+                    entry_rows = _entry_rows(size, rows)
                 first_hash = stored_hash_count(size)
                 cur.executemany(
                     "INSERT INTO ledger_entries"
                     " (idx, time_ms, type, tenant, turn_id, leaf, leaf_hash)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (size + i, r.time_ms, r.type, r.tenant, r.turn_id, r.leaf, r.leaf_hash)
-                        for i, r in enumerate(rows)
-                    ],
+                    entry_rows,
                 )
                 cur.executemany(
                     "INSERT INTO ledger_hashes (idx, hash) VALUES (?, ?)",
@@ -93,8 +85,6 @@ class SqliteStore:
             self._frontier = None
             self._drop_writer(failed=True)
             raise
-        finally:
-            self._unlock()
         self._frontier = frontier
         return size
 
@@ -110,21 +100,7 @@ class SqliteStore:
 
     def close(self) -> None:
         self._drop_writer(failed=False)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
         self._read_engine.dispose()
-
-    def _lock(self) -> None:
-        if self._lock_path is None:
-            return
-        if self._lock_fd is None:
-            self._lock_fd = os.open(f"{self._lock_path}-ledger.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-
-    def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _drop_writer(self, *, failed: bool) -> None:
         raw, self._writer = self._writer, None
@@ -136,3 +112,10 @@ class SqliteStore:
             raw.close()
         except Exception:  # a broken connection: let the pool forget it
             raw.invalidate()
+
+
+def _entry_rows(size: int, rows: Sequence[LeafRow]) -> list[tuple[Any, ...]]:
+    return [
+        (size + i, r.time_ms, r.type, r.tenant, r.turn_id, r.leaf, r.leaf_hash)
+        for i, r in enumerate(rows)
+    ]
