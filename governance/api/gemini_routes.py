@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from governance.api.deps import authenticate, get_services
 from governance.api.errors import GeminiError
 from governance.auth.principal import Principal
-from governance.pipeline.turn import TurnRequest, dumps
+from governance.pipeline.turn import TurnOutcome, TurnPipeline, TurnRequest, dumps
 
 router = APIRouter()
 
@@ -74,16 +76,36 @@ async def generate(
     )
     outcome = await services.pipeline.run(turn, principal)
     headers = {"x-custody-turn": outcome.turn_id}
+    if await request.is_disconnected():  # released and recorded, but nobody is there to get it
+        await services.pipeline.record_undelivered(outcome, stage="before_send", sent=0)
+        return Response(status_code=499)
     if outcome.stream:
         if request.query_params.get("alt") == "sse":
-            return StreamingResponse(
-                _sse(outcome.documents), media_type="text/event-stream", headers=headers
-            )
+            return _DeliveredStream(outcome, services.pipeline, headers)
         # Without alt=sse Gemini streams one JSON array.
         return Response(dumps(outcome.documents), media_type="application/json", headers=headers)
     return Response(dumps(outcome.documents[0]), media_type="application/json", headers=headers)
 
 
-async def _sse(documents: list[dict[str, object]]) -> AsyncIterator[bytes]:
-    for doc in documents:
-        yield b"data: " + dumps(doc) + b"\r\n\r\n"
+class _DeliveredStream(StreamingResponse):
+    """The SSE events of a released turn; if the client goes away mid-stream, that is recorded
+    (``turn.undelivered``, after ``turn.released``) instead of passing as a delivery."""
+
+    def __init__(self, outcome: TurnOutcome, pipeline: TurnPipeline, headers: dict[str, str]):
+        self.outcome, self.pipeline, self.sent = outcome, pipeline, 0
+        super().__init__(self._events(), media_type="text/event-stream", headers=headers)
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        for doc in self.outcome.documents:
+            yield b"data: " + dumps(doc) + b"\r\n\r\n"
+            self.sent += 1  # resumed only after the event was handed to the server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.sent < len(self.outcome.documents):
+                with anyio.CancelScope(shield=True):
+                    await self.pipeline.record_undelivered(
+                        self.outcome, stage="mid_stream", sent=self.sent
+                    )
