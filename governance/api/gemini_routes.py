@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from governance.api.deps import authenticate, get_services
 from governance.api.errors import GeminiError
@@ -89,7 +89,11 @@ async def generate(
 
 class _DeliveredStream(StreamingResponse):
     """The SSE events of a released turn; if the client goes away mid-stream, that is recorded
-    (``turn.undelivered``, after ``turn.released``) instead of passing as a delivery."""
+    (``turn.undelivered``, after ``turn.released``) instead of passing as a delivery.
+
+    An event counts as sent when the server took it while the client was still connected (the
+    server drops writes to a closed connection silently, so each send is followed by a check).
+    """
 
     def __init__(self, outcome: TurnOutcome, pipeline: TurnPipeline, headers: dict[str, str]):
         self.outcome, self.pipeline, self.sent = outcome, pipeline, 0
@@ -98,14 +102,35 @@ class _DeliveredStream(StreamingResponse):
     async def _events(self) -> AsyncIterator[bytes]:
         for doc in self.outcome.documents:
             yield b"data: " + dumps(doc) + b"\r\n\r\n"
-            self.sent += 1  # resumed only after the event was handed to the server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal gone
+            if gone:
+                return
+            await send(message)
+            if message["type"] == "http.response.body" and message.get("body"):
+                if await _disconnected(receive):
+                    gone = True
+                else:
+                    self.sent += 1
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, tracked)
         finally:
             if self.sent < len(self.outcome.documents):
                 with anyio.CancelScope(shield=True):
                     await self.pipeline.record_undelivered(
                         self.outcome, stage="mid_stream", sent=self.sent
                     )
+
+
+async def _disconnected(receive: Receive) -> bool:
+    """Whether the client has gone (``http.disconnect`` waiting), without blocking."""
+    message: Message = {}
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        message = await receive()
+    return message.get("type") == "http.disconnect"
