@@ -473,3 +473,33 @@ def test_sdk_stream_that_is_cut_is_an_error_not_an_empty_success(gateway: Any) -
     assert caught.value.code == 502
     failed = [e for e in _new_turn_events(gateway, since) if e["type"] == "turn.failed"]
     assert failed[0]["body"]["reason"] == "UPSTREAM_STREAM_INCOMPLETE"
+
+
+@pytest.mark.parametrize("method", ["generateContent", "streamGenerateContent"])
+def test_upstream_timeout_is_504_deadline_exceeded_and_recorded(
+    tmp_path: Path, db_url: str, method: str
+) -> None:
+    from conftest import start_custody
+
+    running = start_custody(tmp_path / "custody", db_url, upstream_timeout_s=1.0)
+    try:
+        since = running.services.ledger.size()
+        response = httpx.post(
+            f"{running.base_url}/v1beta/models/{MODEL}:{method}",
+            params={"alt": "sse"} if method == "streamGenerateContent" else {},
+            content=_request_body(),
+            headers={"x-goog-api-key": running.keys["editor"], "x-emulator-fault": "slow:5000"},
+            timeout=60,
+        )
+        assert response.status_code == 504, response.text
+        error = response.json()["error"]
+        assert error["status"] == "DEADLINE_EXCEEDED"
+        assert error["details"][0]["reason"] == "UPSTREAM_TIMEOUT"
+        events = _new_turn_events(running, since)
+        returned = next(e for e in events if e["type"] == "upstream.returned")
+        assert returned["body"]["error"]["code"] == 504
+        failed = next(e for e in events if e["type"] == "turn.failed")
+        assert failed["body"]["reason"] == "UPSTREAM_TIMEOUT"
+    finally:
+        running.server.stop()
+        asyncio.run(running.services.aclose())
