@@ -171,6 +171,15 @@ SHAPES: dict[str, Shape] = {
     "stream-images-in-every-chunk": stream(
         resp(img(PNG), finish=None), resp(img(WEBP, "image/webp"), finish="STOP"), images=2
     ),
+    "labels-longer-than-the-index-holds": unary(
+        {**resp(img(PNG), finish="STOP"), "modelVersion": "m" * 5_000, "responseId": "r" * 5_000},
+        images=1,
+    ),
+    "stream-cut-mid-event": Shape(
+        events=(orjson.dumps(resp(TEXT, finish=None)), b'{"candidates": [{"content": {"pa'),
+        cut=True,
+        **INCOMPLETE,
+    ),
     # -- refused: not Gemini's structure, or bytes that are not what they claim
     "both-inlineData-and-inline_data": unary(
         resp({**img(PNG), **img(PNG, key="inline_data")}), **MALFORMED

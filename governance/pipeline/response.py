@@ -38,6 +38,10 @@ _PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "
 _INLINE_KEYS = ("inlineData", "inline_data")
 _FILE_KEYS = ("fileData", "file_data")
 _PNG_END = b"IEND\xaeB`\x82"
+# Upstream-controlled labels are clipped to what the turn index columns hold (the full response
+# is committed as it arrived, so nothing is lost).
+_LABEL_CHARS = 256
+_REASON_CHARS = 64
 
 MALFORMED = "UPSTREAM_MALFORMED"  # not Gemini's structure, bad base64, unreadable image bytes
 UNSUPPORTED = "UPSTREAM_OUTPUT_UNSUPPORTED"  # well-formed data that Custody cannot sign
@@ -227,12 +231,12 @@ def _walk_document(
     prefix = f"chunk {chunk}: " if chunk else ""
     model_version, response_id = doc.get("modelVersion"), doc.get("responseId")
     if model_version is not None:
-        summary.model_version = str(model_version)
+        summary.model_version = str(model_version)[:_LABEL_CHARS]
     if response_id is not None:
-        summary.response_id = str(response_id)
+        summary.response_id = str(response_id)[:_LABEL_CHARS]
     feedback = doc.get("promptFeedback")
     if isinstance(feedback, dict) and feedback.get("blockReason"):
-        summary.block_reason = str(feedback["blockReason"])
+        summary.block_reason = str(feedback["blockReason"])[:_REASON_CHARS]
     if isinstance(doc.get("usageMetadata"), dict):
         summary.usage = doc["usageMetadata"]
     found = 0
@@ -242,7 +246,7 @@ def _walk_document(
         if not isinstance(cand, dict):
             raise _malformed(f"{where_c} is not an object")
         if cand.get("finishReason"):
-            summary.finish_reasons.append(str(cand["finishReason"]))
+            summary.finish_reasons.append(str(cand["finishReason"])[:_REASON_CHARS])
             final = True
         content = cand.get("content")
         if content is None:

@@ -172,6 +172,8 @@ class TurnPipeline:
         summary = ResponseSummary()
         if upstream_error is None:
             summary = await s.run_blocking(summarise, documents)  # sniffs and reads headers
+            if request.stream:  # complete only if its last chunk says it finished
+                result.stream_complete = result.stream_complete and summary.final_chunk
             upstream_error = _unreleasable(request, result, summary)
         response_ref = await turn.content.upstream_response(result)
         turn.event(
@@ -385,7 +387,7 @@ def _error_of(doc: dict[str, Any], http_status: int) -> GeminiError:
     return GeminiError(
         code,
         str(message) if message else f"The upstream answered HTTP {http_status} with an error.",
-        status=str(status) if status and (http_status != 200 or code == inner) else None,
+        status=str(status)[:64] if status and (http_status != 200 or code == inner) else None,
         reason="UPSTREAM_ERROR",
         details=[d for d in details if isinstance(d, dict)],
     )
@@ -415,6 +417,8 @@ def _documents_of(result: UpstreamResult) -> tuple[list[dict[str, Any]], GeminiE
         return [], _error_of(parse_json_object(result.body) or {}, result.status)
     if result.events or not result.body:
         docs = [parse_json_object(e) for e in result.events]
+        if docs and docs[-1] is None and not result.stream_complete:
+            docs.pop()  # the event the cut interrupted: the stream is incomplete, not malformed
         if not docs:
             return [], _upstream_fault(
                 "The upstream stream ended before its first chunk; nothing was released.",

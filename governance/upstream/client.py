@@ -101,7 +101,8 @@ class UpstreamClient:
         """POST a streaming request and collect every SSE event (Custody signs before release).
 
         A stream cut by the upstream, or that times out, comes back with ``stream_complete``
-        False (and ``timed_out``); one whose last event has no finish reason is incomplete too.
+        False (and ``timed_out``). Whether its last event carries a finish reason is judged by
+        the pipeline's response walk, which parses every event anyway.
         """
         start = time.perf_counter()
         events: list[bytes] = []
@@ -130,7 +131,7 @@ class UpstreamClient:
                     dict(resp.headers),
                     (time.perf_counter() - start) * 1000,
                     events=events,
-                    stream_complete=complete and _has_final_chunk(events),
+                    stream_complete=complete and bool(events),
                     transport_error=error,
                     timed_out=timed_out,
                 )
@@ -157,22 +158,6 @@ class UpstreamClient:
 
 def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _has_final_chunk(events: list[bytes]) -> bool:
-    """Gemini's last stream chunk carries a finishReason (or a promptFeedback block)."""
-    if not events:
-        return False
-    last = parse_json_object(events[-1])
-    if last is None:
-        return False
-    feedback = last.get("promptFeedback")
-    if isinstance(feedback, dict) and feedback.get("blockReason"):
-        return True
-    candidates = last.get("candidates")
-    return isinstance(candidates, list) and any(
-        isinstance(c, dict) and c.get("finishReason") for c in candidates
-    )
 
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
