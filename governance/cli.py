@@ -62,11 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     from governance.upstream.emulator.cli import register as register_emulator
 
     for register in (
-        register_keys,
-        register_emulator,
-        register_ledger,
-        register_policy,
-        register_verify,
+        register_keys, register_emulator, register_ledger, register_policy, register_verify
     ):
         register(sub)
     return parser
