@@ -512,3 +512,21 @@ def test_upstream_timeout_is_504_deadline_exceeded_and_recorded(
     finally:
         running.server.stop()
         asyncio.run(running.services.aclose())
+
+
+@pytest.mark.parametrize("method", ["generateContent", "streamGenerateContent"])
+def test_emulator_error_in_200_reaches_the_caller_as_the_upstreams_429(
+    custody: Any, method: str
+) -> None:
+    since = custody.services.ledger.size()
+    response = httpx.post(
+        f"{custody.base_url}/v1beta/models/{MODEL}:{method}",
+        params={"alt": "sse"} if method == "streamGenerateContent" else {},
+        content=_request_body(),
+        headers={"x-goog-api-key": custody.keys["editor"], "x-emulator-fault": "error200"},
+        timeout=60,
+    )
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    failed = [e for e in _new_turn_events(custody, since) if e["type"] == "turn.failed"]
+    assert failed[0]["body"]["code"] == 429 and failed[0]["body"]["reason"] == "UPSTREAM_ERROR"

@@ -110,7 +110,8 @@ class UpstreamClient:
             async with self._http.stream(
                 "POST", path, content=body, headers=self._headers(incoming), params=params
             ) as resp:
-                if resp.status_code != 200:
+                event_stream = resp.headers.get("content-type", "").startswith("text/event-stream")
+                if resp.status_code != 200 or not event_stream:  # an error, or one JSON body
                     content = await resp.aread()
                     return UpstreamResult(
                         resp.status_code,
