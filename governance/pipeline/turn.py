@@ -376,18 +376,20 @@ def _upstream_fault(message: str, reason: str, code: int = 502) -> GeminiError:
 def _error_of(doc: dict[str, Any], http_status: int) -> GeminiError:
     """The Gemini error an upstream sent (as a non-200 status, or as a 200 with an ``error``
     object): its own code when it is an HTTP error code, else 502."""
-    err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+    found = doc.get("error")
+    err: dict[str, Any] = found if isinstance(found, dict) else {}
     inner = err.get("code")
-    code = http_status if http_status != 200 else 502
+    code = http_status if 400 <= http_status <= 599 else 502
     if http_status == 200 and isinstance(inner, int) and 400 <= inner <= 599:
         code = inner
-    details = err.get("details") if isinstance(err.get("details"), list) else []
+    listed = err.get("details")
+    details: list[Any] = listed if isinstance(listed, list) else []
     message = err.get("message")
     status = err.get("status")
     return GeminiError(
         code,
         str(message) if message else f"The upstream answered HTTP {http_status} with an error.",
-        status=str(status)[:64] if status and (http_status != 200 or code == inner) else None,
+        status=str(status)[:64] if status and code in (http_status, inner) else None,
         reason="UPSTREAM_ERROR",
         details=[d for d in details if isinstance(d, dict)],
     )
@@ -409,7 +411,8 @@ def _documents_of(result: UpstreamResult) -> tuple[list[dict[str, Any]], GeminiE
             )
         return [], GeminiError(
             502,
-            f"Custody could not reach the upstream: {result.transport_error}.",
+            f"Custody got no complete answer from the upstream ({result.transport_error});"
+            " nothing was released. Retry the request.",
             status="UNAVAILABLE",
             reason="UPSTREAM_ERROR",
         )
@@ -430,11 +433,11 @@ def _documents_of(result: UpstreamResult) -> tuple[list[dict[str, Any]], GeminiE
                 " released.",
                 "UPSTREAM_MALFORMED",
             )
-        found = [d for d in docs if d is not None]
-        for doc in found:
-            if "error" in doc:
-                return [], _error_of(doc, 200)
-        return found, None
+        chunks = [d for d in docs if d is not None]
+        for chunk in chunks:
+            if "error" in chunk:
+                return [], _error_of(chunk, 200)
+        return chunks, None
     doc = parse_json_object(result.body)
     if doc is None:
         return [], _upstream_fault(
