@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -99,7 +100,8 @@ class Shape:
 
 
 def unary(doc: Any, **kw: Any) -> Shape:
-    return Shape(body=doc if isinstance(doc, bytes) else orjson.dumps(doc), **kw)
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()  # any int size
+    return Shape(body=body, **kw)
 
 
 def stream(*docs: Any, **kw: Any) -> Shape:
@@ -173,6 +175,13 @@ SHAPES: dict[str, Shape] = {
     ),
     "labels-longer-than-the-index-holds": unary(
         {**resp(img(PNG), finish="STOP"), "modelVersion": "m" * 5_000, "responseId": "r" * 5_000},
+        images=1,
+    ),
+    "numbers-json-cannot-agree-on": unary(
+        {
+            **resp(img(PNG)),
+            "usageMetadata": {"promptTokenCount": 10**30, "ratio": 1.5, "big": 1e300},
+        },
         images=1,
     ),
     "stream-cut-mid-event": Shape(
@@ -530,3 +539,15 @@ def test_emulator_error_in_200_reaches_the_caller_as_the_upstreams_429(
     assert response.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
     failed = [e for e in _new_turn_events(custody, since) if e["type"] == "turn.failed"]
     assert failed[0]["body"]["code"] == 429 and failed[0]["body"]["reason"] == "UPSTREAM_ERROR"
+
+
+def test_release_check_counts_inline_data_that_is_not_a_signed_file() -> None:
+    from governance.pipeline.response import replace_images, unsigned_inline_data
+
+    docs = [resp(img(PNG), img(JPEG, "image/jpeg"))]
+    placed = replace_images(docs, {(0, 0, 0): GIF})
+    assert unsigned_inline_data(docs, placed) == 1  # the JPEG was not swapped for a signed file
+    docs[0]["candidates"][0]["content"]["parts"].pop()
+    assert unsigned_inline_data(docs, placed) == 0
+    docs[0]["usageMetadata"] = {"inline_data": {"data": b64(PNG)}}  # anywhere in the document
+    assert unsigned_inline_data(docs, placed) == 1

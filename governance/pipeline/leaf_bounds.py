@@ -16,6 +16,7 @@ leaf, the bytes and salt in the blob store, durable before the leaf like all tur
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +31,15 @@ Commit = Callable[[bytes], str]
 _JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS
 
 
+def _json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=_JSON)
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: the leaf encoder decides
+        return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False).encode()
+
+
 def _size(value: Any) -> int:
-    return len(orjson.dumps(value, option=_JSON))
+    return len(_json(value))
 
 
 def bound_body(body: dict[str, Any], commit: Commit) -> dict[str, Any]:
@@ -73,7 +81,7 @@ def _spill(key: str, item: Any, commit: Commit) -> dict[str, Any]:
             f"{key}_chars": len(item),
             f"{key}_full": commit(item.encode("utf-8", "surrogatepass")),
         }
-    data = orjson.dumps(item, option=_JSON)
+    data = _json(item)
     spilled: dict[str, Any] = {f"{key}_blob": commit(data), f"{key}_bytes": len(data)}
     if isinstance(item, list):
         spilled[f"{key}_count"] = len(item)

@@ -495,9 +495,13 @@ def _upstream_body(
 
 
 def _int_only(value: Any) -> Any:
-    """Ledger leaves hold no floats (RFC 8785 number forms differ across languages)."""
+    """Ledger leaves hold no floats (RFC 8785 number forms differ across languages) and no
+    integer beyond ±(2^53 - 1), which RFC 8785 cannot carry: an upstream's such number is kept
+    as its decimal text."""
     if isinstance(value, float):
-        return round(value * 1000)
+        value = round(value * 1000) if abs(value) < 2**53 / 1000 else str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53 - 1:
+        return str(value)
     if isinstance(value, dict):
         return {k: _int_only(v) for k, v in value.items()}
     if isinstance(value, list):
