@@ -109,6 +109,14 @@ class TurnContent:
             self._store(loop, data, c)
         return [c.commitment for c in made]
 
+    def commit_now(self, data: bytes) -> str:
+        """A salted commitment to ``data`` computed here, on the loop (for the few KiB to
+        hundreds of KiB an oversized event field holds: hashing is microseconds); its blob is
+        written in the background and made durable by ``closing_rows`` like every other."""
+        (made,) = _commit_all([(data, None)])
+        self._store(asyncio.get_running_loop(), data, made)
+        return made.commitment
+
     def _store(self, loop: asyncio.AbstractEventLoop, data: bytes, c: Commitment) -> None:
         put = partial(self.recorder.commitments.blobs.put, data, c.digest)
         self.pending.append(loop.run_in_executor(self.recorder.executor, put))
