@@ -1,16 +1,31 @@
-"""Turn a parsed request (and later the response) into the facts the policy decides on."""
+"""Turn a parsed request (and later the response) into the facts the policy decides on.
+
+The request facts carry everything the upstream will act on — every piece of text with the field
+it sits in, every image and non-image input, file references, tools and generation config — so
+that policy decides on what the model sees, not on the last user turn alone.
+"""
 
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from PIL import Image
 
 from governance.auth.principal import Principal
 from governance.pipeline.parse import ParsedRequest
 from governance.pipeline.response import ResponseSummary
-from governance.policy.decision import ImageFacts, RequestFacts, ResponseFacts
+from governance.policy.decision import (
+    DocumentFacts,
+    FileFacts,
+    ImageFacts,
+    RequestFacts,
+    ResponseFacts,
+)
+
+# generationConfig reaches the policy as given unless it is larger than this (then: its keys).
+MAX_CONFIG_BYTES = 4096
 
 if TYPE_CHECKING:
     from governance.pipeline.turn import TurnRequest
@@ -62,7 +77,51 @@ def request_facts(
         session_turn_count=max(user_turns - 1, 0),
         lineage=(),
         labels=parse_labels(request.headers.get("x-custody-labels")),
+        texts=tuple((t.field, t.text) for t in parsed.texts),
+        documents=tuple(
+            DocumentFacts(
+                mime_type=d.mime_type,
+                declared_mime_type=d.declared_mime_type,
+                size=len(d.data),
+                sha256=d.sha256,
+                history=d.history,
+            )
+            for d in parsed.documents
+        ),
+        files=tuple(
+            FileFacts(uri=f.uri, scheme=_scheme(f.uri), mime_type=f.mime_type) for f in parsed.files
+        ),
+        shape=request_shape(parsed),
     )
+
+
+def _scheme(uri: str) -> str:
+    scheme, sep, _ = uri.partition(":")
+    return scheme.lower()[:32] if sep and scheme.isascii() else ""
+
+
+def request_shape(parsed: ParsedRequest) -> dict[str, Any]:
+    """What else the upstream acts on, as plain facts: no text, only kinds and counts."""
+    chars: dict[str, int] = {}
+    parts: dict[str, int] = {}
+    for piece in parsed.texts:
+        chars[piece.field] = chars.get(piece.field, 0) + len(piece.text)
+        parts[piece.field] = parts.get(piece.field, 0) + 1
+    config: Any = parsed.generation_config
+    if len(orjson.dumps(config)) > MAX_CONFIG_BYTES:
+        config = {"keys": sorted(str(k)[:64] for k in config)[:64], "truncated": True}
+    return {
+        "system_instruction": parsed.system_instruction,
+        "history_turns": parsed.history_turns,
+        "thought_parts": parsed.thought_parts,
+        "text_chars": chars,
+        "text_parts": parts,
+        "structured_parts": dict(parsed.structured_parts),
+        "tools": sorted(set(parsed.tools)),
+        "tool_config": parsed.tool_config,
+        "generation_config": config,
+        "cached_content": parsed.cached_content,
+    }
 
 
 def _size_of(data: bytes) -> tuple[int, int]:

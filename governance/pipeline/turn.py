@@ -19,7 +19,7 @@ from governance import __version__
 from governance.api.errors import GeminiError
 from governance.auth.principal import Principal
 from governance.content import TurnContent
-from governance.pipeline.parse import ParsedRequest, parse_request
+from governance.pipeline.parse import InputLimits, ParsedRequest, parse_request
 from governance.pipeline.policy_facts import request_facts, response_facts
 from governance.pipeline.response import ResponseSummary, replace_images, summarise
 from governance.pipeline.signing import sign_outputs
@@ -109,8 +109,12 @@ class TurnPipeline:
         )
         parsed: ParsedRequest | None = None
         try:
+            limits = InputLimits.from_tenant(self.s.policy.tenant_settings(principal.tenant))
             parsed = await self.s.run_blocking(
-                parse_request, request.body, max_pixels=self.s.settings.max_image_pixels
+                parse_request,
+                request.body,
+                max_pixels=self.s.settings.max_image_pixels,
+                limits=limits,
             )
             return await self._run_parsed(turn, parsed)
         except GeminiError as err:

@@ -85,3 +85,36 @@ review contains "the edit involves a minor" if {
 review_output contains "production assets are reviewed before release" if {
 	labels.asset == "production"
 }
+
+# -- complete mediation: the model, and inputs Custody cannot see into
+
+default_settings := object.get(data.custody.tenants, "default", {})
+
+allowed_models := object.get(tenant, "allowed_models", object.get(default_settings, "allowed_models", []))
+
+deny contains msg if {
+	input.stage == "request"
+	not input.request.model in allowed_models
+	msg := concat("", [
+		"model ", input.request.model, " is not allowed for tenant ", input.actor.tenant,
+		"; use one of: ", concat(", ", allowed_models),
+	])
+}
+
+file_data := object.get(input.request, "file_data", [])
+
+deny contains msg if {
+	input.stage == "request"
+	count(file_data) > 0
+	not object.get(tenant, "allow_file_data", false)
+	msg := concat("", [
+		"file references (fileData, ", format_int(count(file_data), 10),
+		") are not inspected by Custody: send the content inline as inlineData",
+	])
+}
+
+deny contains "cached content (cachedContent) is not inspected by Custody: send the content in the request" if {
+	input.stage == "request"
+	object.get(input.request, "cached_content", false) == true
+	not object.get(tenant, "allow_cached_content", false)
+}
