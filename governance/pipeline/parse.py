@@ -246,11 +246,11 @@ def inspect_image(
             f"{where} is declared as {mime_type} but its bytes are not a {mime_type} image.",
             "MIME_TYPE_MISMATCH",
         )
-    if heif:  # Pillow has no HEIF reader; the ISOBMFF 'ispe' property holds the size
-        size = heif_size(data)
-        if size is None:
+    if heif:  # Pillow has no HEIF reader; the ISOBMFF item properties hold the size
+        geometry = heif_size(data)
+        if geometry is None:
             return None, None
-        width, height = size
+        width, height, pixels = geometry
     else:
         try:
             with warnings.catch_warnings():
@@ -267,9 +267,10 @@ def inspect_image(
             raise _bad(
                 f"{where} could not be read as {mime_type}: {exc}.", "INVALID_IMAGE"
             ) from None
-    if width * height > max_pixels:
+        pixels = width * height
+    if pixels > max_pixels:
         raise _bad(
-            f"{where} is {width}x{height} = {width * height:,} pixels, over the limit of"
+            f"{where} is {width}x{height} = {pixels:,} pixels decoded, over the limit of"
             f" {max_pixels:,}; Custody refused it before decoding (decompression-bomb guard).",
             "IMAGE_TOO_LARGE",
         )

@@ -123,13 +123,8 @@ def _boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
     return out
 
 
-def heif_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the largest ``ispe`` under ``meta/iprp/ipco``; None if absent.
-
-    The largest one is the primary image (a grid's ``ispe`` is the whole picture; tiles and
-    thumbnails are smaller), and the largest is what a decompression-bomb check must judge.
-    """
-    best: tuple[int, int] | None = None
+def _ipco(data: bytes) -> list[tuple[bytes, int, int]]:
+    """The item properties (``meta/iprp/ipco`` children) of an ISOBMFF file."""
     for kind, start, end in _boxes(data, 0, len(data)):
         if kind != b"meta":
             continue
@@ -137,11 +132,37 @@ def heif_size(data: bytes) -> tuple[int, int] | None:
             if k2 != b"iprp":
                 continue
             for k3, s3, e3 in _boxes(data, s2, e2):
-                if k3 != b"ipco":
-                    continue
-                for k4, s4, e4 in _boxes(data, s3, e3):
-                    if k4 == b"ispe" and e4 - s4 >= 12:
-                        width, height = struct.unpack(">II", data[s4 + 4 : s4 + 12])
-                        if best is None or width * height > best[0] * best[1]:
-                            best = (width, height)
-    return best
+                if k3 == b"ipco":
+                    return _boxes(data, s3, e3)
+    return []
+
+
+def heif_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, decoded pixels) of a HEIF image without decoding it; None if unknown.
+
+    The decoded size is the largest ``ispe`` (the primary image: a grid's ``ispe`` is the whole
+    picture; tiles and thumbnails are smaller) — what a decompression-bomb check must judge. The
+    displayed size is that, cropped by a clean aperture (``clap``) and turned by ``irot``.
+    """
+    coded: tuple[int, int] | None = None
+    clap: tuple[int, int] | None = None
+    turned = False
+    for kind, start, end in _ipco(data):
+        if kind == b"ispe" and end - start >= 12:
+            width, height = struct.unpack(">II", data[start + 4 : start + 12])
+            if coded is None or width * height > coded[0] * coded[1]:
+                coded = (width, height)
+        elif kind == b"clap" and end - start >= 16:
+            wn, wd, hn, hd = struct.unpack(">IIII", data[start : start + 16])
+            if wd and hd:
+                clap = (round(wn / wd), round(hn / hd))
+        elif kind == b"irot" and end - start >= 1:
+            turned = data[start] & 0x3 in (1, 3)
+    if coded is None:
+        return None
+    width, height = coded
+    if clap is not None and 0 < clap[0] <= width and 0 < clap[1] <= height:
+        width, height = clap
+    if turned:
+        width, height = height, width
+    return width, height, coded[0] * coded[1]

@@ -53,7 +53,10 @@ def _table() -> dict[int, str | None]:
             continue
         targets = [e["c"] for e in entries if e["c"].isascii() and e["c"].isalnum()]
         if targets:
-            best = min(targets, key=lambda t: (len(t), not t.isalpha(), not t.islower(), t))
+            upper = key != key.lower()  # a capital imitates a capital: Greek Ι is I, not l
+            best = min(targets, key=lambda t: (len(t), not t.isalpha(), t.isupper() != upper, t))
+            if upper and best == "l":  # UTS #39's prototype of the I/l/1 class is "l"
+                best = "I"
             table[ord(key)] = best.lower()
     return table
 
@@ -64,7 +67,8 @@ def _join_spaced(match: re.Match[str]) -> str:
 
 def _fold_raw(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
-    text = unicodedata.normalize("NFD", text).casefold().translate(_table())
+    table = _table()  # before and after case folding: the table has both cases' confusables
+    text = unicodedata.normalize("NFD", text).translate(table).casefold().translate(table)
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
