@@ -67,7 +67,7 @@ def test_every_text_field_is_read_with_where_it_sits() -> None:
         ("systemInstruction", "be terse"),
         ("history", "first ask"),
         ("thought", "pondering"),
-        ("history", "ok"),
+        ("model", "ok"),
         ("new", "now this"),
         ("thought", "hidden"),
         ("structured", "name\nf\nresponse\nnote\na tool note"),
@@ -114,7 +114,7 @@ def test_parts_custody_cannot_classify_are_refused(part) -> None:
 def test_a_scalar_unknown_part_field_carries_no_content_and_is_tolerated() -> None:
     part = {"text": "ok", "thoughtSignature": "c2ln", "unknownPartField": 7}
     parsed = _parse({"contents": [{"role": "model", "parts": [part]}, {"parts": [{"text": "x"}]}]})
-    assert _fields(parsed) == [("history", "ok"), ("new", "x")]
+    assert _fields(parsed) == [("model", "ok"), ("new", "x")]
 
 
 def test_non_image_inputs_are_sniffed_recorded_and_text_is_read() -> None:

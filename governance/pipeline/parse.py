@@ -94,7 +94,8 @@ _KNOWN_PART_FIELDS = frozenset({_TEXT, *_INLINE, *_FILE, *_STRUCTURED, *_METADAT
 
 # Where a piece of text sits, as the classifier's signals name it.
 FIELD_SYSTEM = "systemInstruction"
-FIELD_HISTORY = "history"
+FIELD_HISTORY = "history"  # earlier user turns
+FIELD_MODEL = "model"  # earlier model turns (resent as chat history; a client can forge them)
 FIELD_NEW = "new"
 FIELD_THOUGHT = "thought"
 FIELD_STRUCTURED = "structured"
@@ -526,7 +527,7 @@ def parse_request(
                 ci,
                 pi,
                 where=f"contents[{ci}].parts[{pi}]",
-                text_field=FIELD_NEW if new else FIELD_HISTORY,
+                text_field=FIELD_NEW if new else _history_field(content),
                 state=state,
             )
     parsed.history_turns = len(contents) - 1
@@ -534,6 +535,10 @@ def parse_request(
     _request_settings(document, parsed)
     _promote_history_parent(parsed)
     return parsed
+
+
+def _history_field(content: dict[str, Any]) -> str:
+    return FIELD_MODEL if content.get("role") == "model" else FIELD_HISTORY
 
 
 def _system_instruction(document: dict[str, Any], reader: _Reader) -> None:

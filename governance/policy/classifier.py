@@ -11,8 +11,9 @@ because the earlier turn is classified too.
 
 A signal is ``{"matched": bool, "terms": [...], "patterns": [...], "fields": [...], "detector":
 name}``: which listed terms matched, the indexes of the patterns that did and the fields they were
-found in (``systemInstruction``, ``history``, ``new``, ``thought``, ``structured``,
-``attachment``, and ``across_parts`` for a term split over two parts) — never the user's words.
+found in (``systemInstruction``, ``history`` (earlier user turns), ``model`` (earlier model
+turns), ``new``, ``thought``, ``structured``, ``attachment``, and ``across_parts`` for a term
+split over parts or turns) — never the user's words.
 
 Cost is linear in the text: every term of every category is found in one Aho-Corasick pass, each
 pattern is one bounded scan, and the parser caps the text before the classifier sees it.
@@ -33,6 +34,7 @@ from governance.policy.normalise import fold, variants, warm
 
 CLASSIFIER_DATA = ("custody", "classifier", "categories")
 FIELD_ACROSS = "across_parts"
+MODEL_FIELDS = frozenset({"model", "thought"})  # text the model wrote in earlier turns
 
 
 class Detector(Protocol):
@@ -136,10 +138,21 @@ class PromptClassifier:
         within = _Joined([(f, "\n".join(v)) for (f, _), v in zip(texts, forms, strict=True)], "\n")
         self._terms(within, hits, spanning=False)
         self._patterns(within, hits, spanning=False)
-        if len(texts) > 1:  # the pieces run together: a term split over two parts
-            across = _Joined([(f, v[0]) for (f, _), v in zip(texts, forms, strict=True)], "")
-            self._terms(across, hits, spanning=True)
-            self._patterns(across, hits, spanning=True)
+        # The pieces run together — all of them, the caller's alone (a model turn between two
+        # halves must not hide a split term), the model's alone: a term split over parts/turns.
+        pieces = [(f, v[0]) for (f, _), v in zip(texts, forms, strict=True)]
+        streams = [
+            pieces,
+            [p for p in pieces if p[0] not in MODEL_FIELDS],
+            [p for p in pieces if p[0] in MODEL_FIELDS],
+        ]
+        seen: list[list[tuple[str, str]]] = []
+        for stream in streams:
+            if len(stream) > 1 and stream not in seen:
+                seen.append(stream)
+                across = _Joined(stream, "")
+                self._terms(across, hits, spanning=True)
+                self._patterns(across, hits, spanning=True)
         return {
             cat.name: {
                 "matched": bool(hits[cat.name].terms or hits[cat.name].patterns),

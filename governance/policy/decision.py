@@ -71,7 +71,8 @@ class RequestFacts:
     lineage: tuple[Any, ...]
     labels: dict[str, str]
     # Every piece of text the upstream reads, as (field, text): field is "systemInstruction",
-    # "history", "new", "thought", "structured" or "attachment". Empty: classify ``prompt``.
+    # "history", "model", "new", "thought", "structured" or "attachment". Empty: classify
+    # ``prompt`` alone.
     texts: tuple[tuple[str, str], ...] = ()
     documents: tuple[DocumentFacts, ...] = ()
     files: tuple[FileFacts, ...] = ()
