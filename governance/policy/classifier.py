@@ -56,6 +56,17 @@ def normalise(text: str) -> str:
     return fold(text)
 
 
+_LITERAL_UPPER = re.compile(r"(?<!\\)[A-Z]")
+# Around a boundary between two pieces, how far a pattern that spans it may reach.
+SPAN_REACH = 160
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """The text is case-folded already; IGNORECASE (twice as slow) only for a capital literal."""
+    flags = re.IGNORECASE if _LITERAL_UPPER.search(pattern) else 0
+    return re.compile(pattern, flags)
+
+
 def _is_word(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
 
@@ -104,7 +115,7 @@ class PromptClassifier:
                 if folded:
                     by_term.setdefault(folded, set()).add(cat_name)
             try:
-                patterns = tuple(re.compile(p, re.IGNORECASE) for p in spec.get("patterns", []))
+                patterns = tuple(_compile(p) for p in spec.get("patterns", []))
             except re.error as exc:
                 raise ValueError(f"classifier category {cat_name!r}: bad pattern: {exc}") from exc
             compiled.append(_Category(cat_name, patterns))
@@ -188,11 +199,26 @@ class PromptClassifier:
                     hits[cat].terms.add(term)
 
     def _patterns(self, joined: _Joined, hits: dict[str, _Hits], spanning: bool) -> None:
+        ranges = _around_boundaries(joined) if spanning else [(0, len(joined.text))]
         for cat in self._categories:
             for index, pattern in enumerate(cat.patterns):
-                for m in pattern.finditer(joined.text):
-                    if self._record(joined, m.start(), m.end(), spanning, hits[cat.name]):
-                        hits[cat.name].patterns.add(index)
+                for start, end in ranges:
+                    for m in pattern.finditer(joined.text, start, end):
+                        if self._record(joined, m.start(), m.end(), spanning, hits[cat.name]):
+                            hits[cat.name].patterns.add(index)
+
+
+def _around_boundaries(joined: _Joined) -> list[tuple[int, int]]:
+    """Merged windows of ``SPAN_REACH`` either side of every boundary between two pieces: only
+    there can a match span pieces, so a spanning pass scans no more than that."""
+    ranges: list[tuple[int, int]] = []
+    for boundary in joined.starts[1:]:
+        start, end = max(boundary - SPAN_REACH, 0), min(boundary + SPAN_REACH, len(joined.text))
+        if ranges and start <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    return ranges
 
 
 def run_detectors(detectors: tuple[Detector, ...], facts: RequestFacts) -> dict[str, Any]:
