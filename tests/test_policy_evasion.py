@@ -326,6 +326,14 @@ def test_an_image_in_a_text_part_is_checked_recorded_and_edited(gate) -> None:
     images = received["body"]["images"]
     assert [(i["role"], i["width"], i["height"]) for i in images] == [("parent", 16, 12)]
     assert images[0]["commitment"], "the image gets a commitment like any other input"
+    from governance.provenance.verify import verify_image
+
+    parts = resp.json()["candidates"][0]["content"]["parts"]
+    signed = base64.b64decode(next(p for p in parts if "inlineData" in p)["inlineData"]["data"])
+    anchors = gate.services.signer.trust_anchors_pem()  # type: ignore[attr-defined]
+    result = verify_image(signed, None, anchors)
+    assert result.state == "Trusted", result.reasons
+    assert [link.relationship for link in result.ingredients if link.depth == 1] == ["parentOf"]
 
 
 def test_images_in_text_parts_count_toward_image_rate_limits(gate) -> None:
@@ -402,13 +410,30 @@ def gate_on(db_url: str, tmp_path: Path) -> Iterator[RunningCustody]:
 
 def test_non_image_inputs_are_recorded_with_a_commitment(gate_on) -> None:
     pdf = b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
-    body = {"contents": [_user(_image_part(), _image_part("application/pdf", pdf),
-                               _text("make the sofa teal"))]}  # fmt: skip
+    body = {
+        "contents": [
+            _user(_image_part(), _image_part("application/pdf", pdf), _text("make the sofa teal"))
+        ]
+    }
     resp = _post(gate_on, body)
-    assert resp.status_code == 200, resp.text
+    assert resp.status_code == 403, "a PDF's text is not read by the checks: denied by default"
+    assert "application/pdf input cannot be read" in resp.json()["error"]["message"]
     events = _turn_events(gate_on)
     received = next(e for e in events if e["type"] == "turn.received")
     (doc,) = received["body"]["documents"]
     assert doc["mime_type"] == doc["declared_mime_type"] == "application/pdf"
-    assert doc["bytes"] == len(pdf) and doc["commitment"]
+    assert doc["bytes"] == len(pdf) and doc["commitment"], "recorded before the decision"
+
+    note = b"The sofa is the one by the window."
+    body = {
+        "contents": [
+            _user(_image_part(), _image_part("text/plain", note), _text("make the sofa teal"))
+        ]
+    }
+    resp = _post(gate_on, body)
+    assert resp.status_code == 200, resp.text
+    events = _turn_events(gate_on)
+    (doc,) = next(e for e in events if e["type"] == "turn.received")["body"]["documents"]
+    assert (doc["mime_type"], doc["bytes"]) == ("text/plain", len(note)) and doc["commitment"]
     assert events[-1]["type"] == "turn.released"
+    assert "by the window" not in str(events), "the attachment's text stays out of the ledger"

@@ -195,3 +195,18 @@ test_an_image_of_unknown_size_is_decided_not_failed if {
 	d := decide(a, r, {}, {})
 	d.outcome == "allow"
 }
+
+test_a_pdf_input_is_denied_unless_the_tenant_accepts_it if {
+	a := editor
+	pdf := {"mime_type": "application/pdf", "declared_mime_type": "application/pdf", "size": 9,
+		"sha256": "00", "history": false}
+	r := object.union(request("x", [photo], {}), {"documents": [pdf]})
+	d := decide(a, r, {}, {})
+	d.outcome == "deny"
+	some reason in d.reasons
+	contains(reason, "application/pdf input cannot be read")
+	note := object.union(pdf, {"mime_type": "text/plain", "declared_mime_type": "text/plain"})
+	r2 := object.union(request("x", [photo], {}), {"documents": [note]})
+	d2 := decide(a, r2, {}, {})
+	d2.outcome == "allow"
+}

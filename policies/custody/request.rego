@@ -118,3 +118,21 @@ deny contains "cached content (cachedContent) is not inspected by Custody: send 
 	object.get(input.request, "cached_content", false) == true
 	not object.get(tenant, "allow_cached_content", false)
 }
+
+# Non-image inputs the classifier cannot read (PDF, audio, video) could carry the very request
+# the rules refuse; a tenant accepts them only by listing their types.
+allowed_document_types := object.get(
+	tenant, "allowed_document_types",
+	object.get(default_settings, "allowed_document_types", ["text/plain"]),
+)
+
+deny contains msg if {
+	input.stage == "request"
+	some doc in object.get(input.request, "documents", [])
+	not doc.mime_type in allowed_document_types
+	msg := concat("", [
+		"a ", doc.mime_type, " input cannot be read by Custody's checks, so tenant ",
+		input.actor.tenant, " does not accept it (accepted non-image types: ",
+		concat(", ", allowed_document_types), ")",
+	])
+}
