@@ -98,7 +98,7 @@ def test_an_image_in_a_text_part_is_an_input_image_too() -> None:
     "part",
     [
         {},
-        {"thought": True},
+        {"unknown": 1},
         {"secretPrompt": "remove the watermark"},
         {"text": "teal", "executableCodez": {"code": "x"}},
         {"text": "teal", "extra": ["words"]},
@@ -113,8 +113,23 @@ def test_parts_custody_cannot_classify_are_refused(part) -> None:
 
 def test_a_scalar_unknown_part_field_carries_no_content_and_is_tolerated() -> None:
     part = {"text": "ok", "thoughtSignature": "c2ln", "unknownPartField": 7}
-    parsed = _parse({"contents": [{"role": "model", "parts": [part]}, {"parts": [{"text": "x"}]}]})
+    signature_only = {"thoughtSignature": "c2ln"}
+    parsed = _parse(
+        {
+            "contents": [
+                {"role": "model", "parts": [part, signature_only]},
+                {"parts": [{"text": "x"}]},
+            ]
+        }
+    )
     assert _fields(parsed) == [("model", "ok"), ("new", "x")]
+
+
+def test_deeply_nested_structured_parts_are_read_without_recursion() -> None:
+    nested = "[" * 1000 + '"remove the watermark"' + "]" * 1000  # orjson reads up to 1024 deep
+    body = '{"contents": [{"parts": [{"functionResponse": {"name": "f", "response": {"d": %s}}}]}]}'
+    parsed = parse_request((body % nested).encode(), max_pixels=10)
+    assert parsed.texts[0].text.endswith("remove the watermark")
 
 
 def test_non_image_inputs_are_sniffed_recorded_and_text_is_read() -> None:
@@ -194,8 +209,10 @@ def test_file_data_tools_and_generation_config_are_facts() -> None:
             "toolConfig": {"functionCallingConfig": {"mode": "NONE"}},
             "generationConfig": {"responseModalities": ["IMAGE"]},
             "cachedContent": "cachedContents/abc",
+            "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "OFF"}],
         }
     )
+    assert parsed.safety_settings == [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "OFF"}]
     assert [(f.uri, f.mime_type) for f in parsed.files] == [("https://x.test/a.png", "image/png")]
     assert parsed.tools == ["googleSearch"] and parsed.tool_config and parsed.cached_content
     assert parsed.generation_config == {"responseModalities": ["IMAGE"]}
@@ -220,3 +237,14 @@ def test_a_heif_without_ispe_has_unknown_dimensions_not_an_error() -> None:
     with pytest.raises(GeminiError) as caught:
         _parse({"contents": [{"parts": [_blob(b"\x00\x00\x00\x18ftypisom", "image/heic")]}]})
     assert caught.value.reason == "MIME_TYPE_MISMATCH", "an MP4 is not a HEIC image"
+
+
+def test_a_huge_or_deep_generation_config_reaches_policy_as_its_keys() -> None:
+    from governance.pipeline.policy_facts import request_shape
+
+    deep = "[" * 1000 + "1" + "]" * 1000
+    body = '{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"knob": ' + deep + "}}"
+    shape = request_shape(parse_request(body.encode(), max_pixels=10))
+    assert shape["generation_config"] == {"keys": ["knob"], "truncated": True}
+    small = _parse({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"seed": 1}})
+    assert request_shape(small)["generation_config"] == {"seed": 1}

@@ -4,7 +4,8 @@ The request bytes themselves are forwarded upstream untouched; this module only 
 it, because the upstream acts on all of it: ``systemInstruction``, every turn of the history (the
 last user turn is "new", the rest "history"), every part including ``thought`` parts, text and
 inline data wherever they sit in a part, ``fileData`` references, structured parts
-(``functionCall``, ``executableCode``, ...), ``tools``/``toolConfig`` and ``generationConfig``.
+(``functionCall``, ``executableCode``, ...), ``tools``/``toolConfig``, ``generationConfig`` and
+``safetySettings``.
 A part Custody cannot classify (no known field, or an unknown field that carries data) is refused
 with a 400, never passed through unseen.
 
@@ -193,6 +194,7 @@ class ParsedRequest:
     tool_config: bool = False
     generation_config: dict[str, Any] = field(default_factory=dict)
     cached_content: bool = False
+    safety_settings: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def edited_images(self) -> list[InputImage]:
@@ -286,16 +288,19 @@ def _first(part: dict[str, Any], names: tuple[str, ...]) -> Any:
 
 
 def _strings(value: Any, out: list[str]) -> None:
-    """Every string leaf of a JSON value (keys included: a function's arguments are text)."""
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            out.append(str(k))
-            _strings(v, out)
-    elif isinstance(value, list):
-        for v in value:
-            _strings(v, out)
+    """Every string leaf of a JSON value, keys included (a function's arguments are text);
+    iterative, so no nesting depth the JSON parser accepts can exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            for k, v in reversed(item.items()):
+                stack.append(v)
+                stack.append(str(k))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
 
 
 class _Reader:
@@ -364,7 +369,8 @@ class _Reader:
             self._inline(blob, ci, pi, f"{where}.inlineData", state)
 
     def _check_fields(self, part: dict[str, Any], where: str) -> None:
-        carriers = [k for k in part if k in _KNOWN_PART_FIELDS and k not in _METADATA]
+        # A part of metadata only ({"thoughtSignature": ...}) carries nothing the model reads.
+        known = [k for k in part if k in _KNOWN_PART_FIELDS]
         for key, value in part.items():
             if key in _KNOWN_PART_FIELDS:
                 continue
@@ -375,7 +381,7 @@ class _Reader:
                     " and files in 'inlineData'.",
                     "UNKNOWN_PART_FIELD",
                 )
-        if not carriers:
+        if not known:
             raise _bad(
                 f"{where} carries no content Custody recognises (text, inlineData, fileData,"
                 " functionCall, functionResponse, executableCode, codeExecutionResult);"
@@ -563,7 +569,7 @@ def _system_instruction(document: dict[str, Any], reader: _Reader) -> None:
 
 
 def _request_settings(document: dict[str, Any], parsed: ParsedRequest) -> None:
-    """Tools, tool config, generation config and cached content, as facts for the policy."""
+    """Tools, tool config, generation config, cached content and safety settings, as facts."""
     tools = _first(document, ("tools",))
     if tools is not None:
         if not isinstance(tools, list):
@@ -579,6 +585,17 @@ def _request_settings(document: dict[str, Any], parsed: ParsedRequest) -> None:
             raise _bad("generationConfig must be an object.")
         parsed.generation_config = config
     parsed.cached_content = _first(document, ("cachedContent", "cached_content")) is not None
+    safety = _first(document, ("safetySettings", "safety_settings"))
+    if safety is not None:
+        if not isinstance(safety, list) or not all(isinstance(s, dict) for s in safety):
+            raise _bad("safetySettings must be a list of {category, threshold} objects.")
+        parsed.safety_settings = [
+            {
+                "category": str(s.get("category", ""))[:64],
+                "threshold": str(s.get("threshold", ""))[:64],
+            }
+            for s in safety[:64]
+        ]
 
 
 def _promote_history_parent(parsed: ParsedRequest) -> None:

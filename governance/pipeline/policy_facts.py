@@ -108,7 +108,11 @@ def request_shape(parsed: ParsedRequest) -> dict[str, Any]:
         chars[piece.field] = chars.get(piece.field, 0) + len(piece.text)
         parts[piece.field] = parts.get(piece.field, 0) + 1
     config: Any = parsed.generation_config
-    if len(orjson.dumps(config)) > MAX_CONFIG_BYTES:
+    try:
+        fits = len(orjson.dumps(config)) <= MAX_CONFIG_BYTES
+    except TypeError:  # nested deeper than any real config (orjson's recursion limit)
+        fits = False
+    if not fits:
         config = {"keys": sorted(str(k)[:64] for k in config)[:64], "truncated": True}
     return {
         "system_instruction": parsed.system_instruction,
@@ -121,6 +125,7 @@ def request_shape(parsed: ParsedRequest) -> dict[str, Any]:
         "tool_config": parsed.tool_config,
         "generation_config": config,
         "cached_content": parsed.cached_content,
+        "safety_settings": list(parsed.safety_settings),
     }
 
 
