@@ -248,3 +248,12 @@ def test_a_huge_or_deep_generation_config_reaches_policy_as_its_keys() -> None:
     assert shape["generation_config"] == {"keys": ["knob"], "truncated": True}
     small = _parse({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"seed": 1}})
     assert request_shape(small)["generation_config"] == {"seed": 1}
+
+
+def test_a_file_reference_reaches_policy_without_its_credentials() -> None:
+    from governance.pipeline.policy_facts import _file_facts
+
+    facts = _file_facts("https://u:p@bucket.example.test/a.png?X-Goog-Signature=abc#x", None)
+    assert (facts.scheme, facts.host) == ("https", "bucket.example.test")
+    assert facts.uri == "https://bucket.example.test/a.png"
+    assert _file_facts("gs://b/o", "image/png").host == "b"

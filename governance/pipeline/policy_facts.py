@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from PIL import Image
@@ -88,16 +89,21 @@ def request_facts(
             )
             for d in parsed.documents
         ),
-        files=tuple(
-            FileFacts(uri=f.uri, scheme=_scheme(f.uri), mime_type=f.mime_type) for f in parsed.files
-        ),
+        files=tuple(_file_facts(f.uri, f.mime_type) for f in parsed.files),
         shape=request_shape(parsed),
     )
 
 
-def _scheme(uri: str) -> str:
-    scheme, sep, _ = uri.partition(":")
-    return scheme.lower()[:32] if sep and scheme.isascii() else ""
+def _file_facts(uri: str, mime_type: str | None) -> FileFacts:
+    """A file reference as policy sees it: scheme, host, and the URI without its query string
+    or fragment (a signed URL's token is a credential, not a fact), at most 512 characters."""
+    try:
+        split = urlsplit(uri)
+        scheme, host = split.scheme.lower()[:32], (split.hostname or "")[:255]
+        bare = urlunsplit((split.scheme, split.netloc.rpartition("@")[2], split.path, "", ""))
+    except ValueError:
+        scheme, host, bare = "", "", ""
+    return FileFacts(uri=bare[:512], scheme=scheme, host=host, mime_type=mime_type)
 
 
 def request_shape(parsed: ParsedRequest) -> dict[str, Any]:

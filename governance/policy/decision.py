@@ -49,10 +49,11 @@ class DocumentFacts:
 
 @dataclass(frozen=True)
 class FileFacts:
-    """A ``fileData`` reference: content Custody cannot see; the URI's scheme and its type."""
+    """A ``fileData`` reference: content Custody cannot see; where it points and its type."""
 
-    uri: str
+    uri: str  # without query string, fragment or user info
     scheme: str
+    host: str
     mime_type: str | None
 
 

@@ -414,7 +414,8 @@ def request_input(
                 for d in facts.documents
             ],
             "file_data": [
-                {"uri": f.uri, "scheme": f.scheme, "mime_type": f.mime_type} for f in facts.files
+                {"uri": f.uri, "scheme": f.scheme, "host": f.host, "mime_type": f.mime_type}
+                for f in facts.files
             ],
             **facts.shape,
         },
