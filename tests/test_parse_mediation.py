@@ -192,6 +192,9 @@ def test_limits_come_from_tenant_settings_with_defaults() -> None:
     assert limits.max_prompt_chars == 10
     assert limits.max_text_parts == InputLimits().max_text_parts
     assert InputLimits.from_tenant({}) == InputLimits() == InputLimits.from_tenant(None)
+    default = {"input_limits": {"max_prompt_chars": 7, "max_text_parts": 9}}
+    inherited = InputLimits.from_tenant({"input_limits": {"max_text_parts": 3}}, default)
+    assert (inherited.max_prompt_chars, inherited.max_text_parts) == (7, 3)
 
 
 def test_file_data_tools_and_generation_config_are_facts() -> None:

@@ -383,6 +383,22 @@ def test_an_oversized_prompt_is_refused_before_classification(gate) -> None:
     assert _upstream_requests(gate) == []
 
 
+def test_input_caps_are_per_tenant(gate) -> None:
+    from governance.auth.keys import create_key
+
+    key = create_key(
+        gate.services.engine,  # type: ignore[attr-defined]
+        tenant="licensed-only",  # input_limits.max_prompt_chars: 20000
+        actor="caps@licensed-only",
+        roles=["editor"],
+    )
+    body = {"contents": [_user(_text("quiet " * 4_200))]}  # 25,200 characters
+    refused = _post(gate, body, key=key)
+    assert refused.status_code == 400
+    assert "20,000 characters" in refused.json()["error"]["message"]
+    assert _post(gate, body).status_code == 200, "acme's cap is the default, 200,000"
+
+
 def test_a_heic_input_reaches_policy_with_its_size_and_is_edited(gate) -> None:
     pillow_heif = pytest.importorskip("pillow_heif")
     pillow_heif.register_heif_opener()  # the emulator runs in this process: let it decode HEIC

@@ -113,19 +113,20 @@ class InputLimits:
     max_non_image_bytes: int = 20 * 1024 * 1024
 
     @classmethod
-    def from_tenant(cls, settings: dict[str, Any] | None) -> InputLimits:
-        """The caps a tenant's settings name (``input_limits``); defaults for missing ones."""
-        given = (settings or {}).get("input_limits")
-        if not isinstance(given, dict):
-            return cls()
-        base = cls()
-        values = {
-            name: int(given[name])
-            if isinstance(given.get(name), int) and not isinstance(given.get(name), bool)
-            else getattr(base, name)
-            for name in cls.__dataclass_fields__
-        }
-        return cls(**values)
+    def from_tenant(
+        cls, settings: dict[str, Any] | None, fallback: dict[str, Any] | None = None
+    ) -> InputLimits:
+        """The caps a tenant's settings name (``input_limits``); a cap it does not name comes
+        from ``fallback`` (the ``default`` tenant's settings), then from these defaults."""
+        chosen: dict[str, int] = {}
+        for source in (fallback, settings):
+            given = (source or {}).get("input_limits")
+            if isinstance(given, dict):
+                for name in cls.__dataclass_fields__:
+                    value = given.get(name)
+                    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                        chosen[name] = value
+        return cls(**chosen)
 
 
 @dataclass(frozen=True)

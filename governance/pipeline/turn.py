@@ -109,7 +109,10 @@ class TurnPipeline:
         )
         parsed: ParsedRequest | None = None
         try:
-            limits = InputLimits.from_tenant(self.s.policy.tenant_settings(principal.tenant))
+            policy = self.s.policy
+            limits = InputLimits.from_tenant(
+                policy.tenant_settings(principal.tenant), policy.tenant_settings("default")
+            )
             parsed = await self.s.run_blocking(
                 parse_request,
                 request.body,
