@@ -260,3 +260,18 @@ def test_a_file_reference_reaches_policy_without_its_credentials() -> None:
     assert (facts.scheme, facts.host) == ("https", "bucket.example.test")
     assert facts.uri == "https://bucket.example.test/a.png"
     assert _file_facts("gs://b/o", "image/png").host == "b"
+
+
+def test_one_field_under_both_spellings_is_refused() -> None:
+    png = base64.b64encode(_png()).decode()
+    part = {
+        "inlineData": {"mimeType": "image/png", "data": png},
+        "inline_data": {"mime_type": "image/png", "data": png},
+    }
+    for document in (
+        {"contents": [{"parts": [part]}]},
+        {"systemInstruction": "a", "system_instruction": "b", "contents": [{"parts": []}]},
+    ):
+        with pytest.raises(GeminiError) as caught:
+            _parse(document)
+        assert caught.value.reason == "DUPLICATE_FIELD"

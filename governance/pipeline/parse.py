@@ -93,6 +93,15 @@ _METADATA = _OPAQUE_METADATA | {
 }
 _KNOWN_PART_FIELDS = frozenset({_TEXT, *_INLINE, *_FILE, *_STRUCTURED, *_METADATA})
 
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.capitalize() for w in rest)
+
+
+# One field under both spellings is ambiguous: which one the upstream reads is not ours to guess.
+_SPELLINGS = {n: _camel(n) for n in _KNOWN_PART_FIELDS if "_" in n}
+
 # Where a piece of text sits, as the classifier's signals name it.
 FIELD_SYSTEM = "systemInstruction"
 FIELD_HISTORY = "history"  # earlier user turns
@@ -304,6 +313,16 @@ def _strings(value: Any, out: list[str]) -> None:
             stack.extend(reversed(item))
 
 
+@dataclass
+class _Turn:
+    """Where the reader is: which turn, whose, and whether the next image is a mask."""
+
+    new: bool  # the last user turn
+    from_model: bool
+    prompt: list[str]  # the new turn's own text parts
+    mask_next: bool = False
+
+
 class _Reader:
     """One pass over a request document, collecting what ``ParsedRequest`` holds."""
 
@@ -336,11 +355,11 @@ class _Reader:
         self.parsed.texts.append(TextPiece(field_name, text, ci, pi))
 
     def part(
-        self, part: Any, ci: int, pi: int, *, where: str, text_field: str, state: dict[str, Any]
+        self, part: Any, ci: int, pi: int, *, where: str, text_field: str, state: _Turn
     ) -> None:
         if not isinstance(part, dict):
             raise _bad(f"{where} must be an object.")
-        self._check_fields(part, where)
+        self.check_fields(part, where)
         thought = part.get("thought") is True
         if thought:
             self.parsed.thought_parts += 1
@@ -350,8 +369,8 @@ class _Reader:
                 raise _bad(f"{where}.text must be a string.")
             self.text(FIELD_THOUGHT if thought else text_field, text, ci, pi)
             if text_field == FIELD_NEW and not thought:
-                state["prompt"].append(text)
-            state["mask_next"] = text.strip().lower().startswith("mask")
+                state.prompt.append(text)
+            state.mask_next = text.strip().lower().startswith("mask")
         for key, value in part.items():
             if key in _STRUCTURED or (key in _METADATA and key not in _OPAQUE_METADATA):
                 if key in _STRUCTURED:
@@ -369,9 +388,16 @@ class _Reader:
         if blob is not None:
             self._inline(blob, ci, pi, f"{where}.inlineData", state)
 
-    def _check_fields(self, part: dict[str, Any], where: str) -> None:
+    def check_fields(self, part: dict[str, Any], where: str) -> None:
+        """400 unless every field of ``part`` is a known Gemini part field or a bare scalar."""
         # A part of metadata only ({"thoughtSignature": ...}) carries nothing the model reads.
         known = [k for k in part if k in _KNOWN_PART_FIELDS]
+        for snake, camel in _SPELLINGS.items():
+            if snake in part and camel in part:
+                raise _bad(
+                    f"{where} has both {camel!r} and {snake!r}; send one of them.",
+                    "DUPLICATE_FIELD",
+                )
         for key, value in part.items():
             if key in _KNOWN_PART_FIELDS:
                 continue
@@ -401,7 +427,7 @@ class _Reader:
             FileReference(ci, pi, uri, mime.lower() if isinstance(mime, str) else None)
         )
 
-    def _inline(self, blob: Any, ci: int, pi: int, where: str, state: dict[str, Any]) -> None:
+    def _inline(self, blob: Any, ci: int, pi: int, where: str, state: _Turn) -> None:
         if not isinstance(blob, dict):
             raise _bad(f"{where} must be an object with mimeType and data.")
         mime = blob.get("mimeType", blob.get("mime_type"))
@@ -414,20 +440,18 @@ class _Reader:
         else:
             self._document(data, mime, ci, pi, where, state)
 
-    def _image(
-        self, data: bytes, mime: str, ci: int, pi: int, where: str, state: dict[str, Any]
-    ) -> None:
+    def _image(self, data: bytes, mime: str, ci: int, pi: int, where: str, state: _Turn) -> None:
         width, height = inspect_image(data, mime, where, self.max_pixels)
         images = self.parsed.images
-        if not state["new"]:
+        if not state.new:
             role = "history"
-        elif state["mask_next"]:
+        elif state.mask_next:
             role = "mask"
         elif not any(i.role == "parent" for i in images):
             role = "parent"
         else:
             role = "reference"
-        state["mask_next"] = False
+        state.mask_next = False
         images.append(
             InputImage(
                 content_index=ci,
@@ -438,13 +462,11 @@ class _Reader:
                 sha256=hashlib.sha256(data).hexdigest(),
                 width=width,
                 height=height,
-                from_model=state["from_model"],
+                from_model=state.from_model,
             )
         )
 
-    def _document(
-        self, data: bytes, mime: str, ci: int, pi: int, where: str, state: dict[str, Any]
-    ) -> None:
+    def _document(self, data: bytes, mime: str, ci: int, pi: int, where: str, state: _Turn) -> None:
         expected = expected_kind(mime)
         if expected is None:
             raise _bad(
@@ -480,7 +502,7 @@ class _Reader:
                 declared_mime_type=mime,
                 data=data,
                 sha256=hashlib.sha256(data).hexdigest(),
-                history=not state["new"],
+                history=not state.new,
             )
         )
         if real == "text/plain":  # the model reads it: so does the classifier
@@ -522,12 +544,7 @@ def parse_request(
         if not isinstance(parts, list):
             raise _bad(f"contents[{ci}].parts must be a list.")
         new = ci == last_user
-        state = {
-            "new": new,
-            "from_model": content.get("role") == "model",
-            "mask_next": False,
-            "prompt": prompt_parts,
-        }
+        state = _Turn(new=new, from_model=content.get("role") == "model", prompt=prompt_parts)
         for pi, part in enumerate(parts):
             reader.part(
                 part,
@@ -544,12 +561,26 @@ def parse_request(
     return parsed
 
 
+_TOP_SPELLINGS = (
+    ("systemInstruction", "system_instruction"),
+    ("generationConfig", "generation_config"),
+    ("toolConfig", "tool_config"),
+    ("cachedContent", "cached_content"),
+    ("safetySettings", "safety_settings"),
+)
+
+
 def _history_field(content: dict[str, Any]) -> str:
     return FIELD_MODEL if content.get("role") == "model" else FIELD_HISTORY
 
 
 def _system_instruction(document: dict[str, Any], reader: _Reader) -> None:
     """``systemInstruction`` (a Content, or a bare string) holds text the model obeys."""
+    for camel, snake in _TOP_SPELLINGS:
+        if camel in document and snake in document:
+            raise _bad(
+                f"The request has both {camel!r} and {snake!r}; send one.", "DUPLICATE_FIELD"
+            )
     system = _first(document, ("systemInstruction", "system_instruction"))
     if system is None:
         return
@@ -563,7 +594,7 @@ def _system_instruction(document: dict[str, Any], reader: _Reader) -> None:
         where = f"systemInstruction.parts[{pi}]"
         if not isinstance(part, dict) or not isinstance(part.get("text"), str):
             raise _bad(f"{where} must be a text part: a system instruction holds text only.")
-        reader._check_fields(part, where)
+        reader.check_fields(part, where)
         if set(part) - {"text", *_OPAQUE_METADATA}:
             raise _bad(f"{where} must be a text part: a system instruction holds text only.")
         reader.text(FIELD_SYSTEM, part["text"], -1, pi)
