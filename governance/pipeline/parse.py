@@ -535,6 +535,11 @@ def parse_request(
     )
     parsed = ParsedRequest(body=body, document=document, prompt="")
     reader = _Reader(parsed, max_pixels, limits or InputLimits())
+    for camel, snake in _TOP_SPELLINGS:
+        if camel in document and snake in document:
+            raise _bad(
+                f"The request has both {camel!r} and {snake!r}; send one.", "DUPLICATE_FIELD"
+            )
     _system_instruction(document, reader)
     prompt_parts: list[str] = []
     for ci, content in enumerate(contents):
@@ -576,11 +581,6 @@ def _history_field(content: dict[str, Any]) -> str:
 
 def _system_instruction(document: dict[str, Any], reader: _Reader) -> None:
     """``systemInstruction`` (a Content, or a bare string) holds text the model obeys."""
-    for camel, snake in _TOP_SPELLINGS:
-        if camel in document and snake in document:
-            raise _bad(
-                f"The request has both {camel!r} and {snake!r}; send one.", "DUPLICATE_FIELD"
-            )
     system = _first(document, ("systemInstruction", "system_instruction"))
     if system is None:
         return
