@@ -20,7 +20,7 @@ from governance.api.errors import GeminiError
 from governance.auth.principal import Principal
 from governance.content import TurnContent
 from governance.pipeline.leaf_bounds import bound_body
-from governance.pipeline.parse import ParsedRequest, parse_request
+from governance.pipeline.parse import InputLimits, ParsedRequest, parse_request
 from governance.pipeline.policy_facts import request_facts, response_facts
 from governance.pipeline.refusal import new_record_id
 from governance.pipeline.response import (
@@ -122,8 +122,15 @@ class TurnPipeline:
         )
         parsed: ParsedRequest | None = None
         try:
+            policy = self.s.policy
+            limits = InputLimits.from_tenant(
+                policy.tenant_settings(principal.tenant), policy.tenant_settings("default")
+            )
             parsed = await self.s.run_blocking(
-                parse_request, request.body, max_pixels=self.s.settings.max_image_pixels
+                parse_request,
+                request.body,
+                max_pixels=self.s.settings.max_image_pixels,
+                limits=limits,
             )
             return await self._run_parsed(turn, parsed)
         except GeminiError as err:
