@@ -8,7 +8,6 @@ the impatient client against a slow upstream (``CUSTODY_EMULATOR_LATENCY_MS``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import os
@@ -83,8 +82,7 @@ def slow_custody(tmp_path: Path, db_url: str) -> Iterator[Any]:
     try:
         yield running
     finally:
-        running.server.stop()
-        asyncio.run(running.services.aclose())
+        running.stop()
 
 
 @pytest.mark.parametrize("method", ["generateContent", "streamGenerateContent"])
@@ -167,6 +165,5 @@ def test_client_gone_mid_stream_is_recorded_with_what_was_sent(tmp_path: Path) -
         assert undelivered["stage"] == "mid_stream"
         assert undelivered["events_sent"] < undelivered["events_total"] == 3
     finally:
-        running.server.stop()
-        asyncio.run(running.services.aclose())
+        running.stop()
         upstream.stop()

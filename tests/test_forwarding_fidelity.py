@@ -6,7 +6,6 @@ answers with fields Custody has never heard of. Only the image data may change (
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 from collections.abc import Iterator
@@ -117,8 +116,7 @@ def custody_over_capture(tmp_path: Path, capture_upstream):
     try:
         yield running, seen
     finally:
-        running.server.stop()
-        asyncio.run(running.services.aclose())
+        running.stop()
 
 
 REQUEST = {

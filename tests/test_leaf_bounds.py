@@ -7,7 +7,6 @@ bytes in the blob store), on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 from collections.abc import Iterator
@@ -87,8 +86,7 @@ def bulk_gateway(tmp_path: Path, db_url: str) -> Iterator[Any]:
     try:
         yield running
     finally:
-        running.server.stop()
-        asyncio.run(running.services.aclose())
+        running.stop()
         upstream.stop()
 
 
@@ -145,8 +143,7 @@ def test_500_input_images_get_an_answer_and_a_complete_bounded_record(
         )
         _all_leaves_fit(running)
     finally:
-        running.server.stop()
-        asyncio.run(running.services.aclose())
+        running.stop()
 
 
 def test_500_output_images_are_all_signed_and_recorded(bulk_gateway: Any) -> None:

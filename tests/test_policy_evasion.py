@@ -13,7 +13,6 @@ mention of "watermark" is refused, "add a watermark" included; the ordinary edit
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 from collections.abc import Iterator
@@ -229,8 +228,7 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCustody]:
     try:
         yield running
     finally:
-        running.server.stop()  # type: ignore[attr-defined]
-        asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
+        running.stop()
 
 
 def _post(
@@ -420,8 +418,7 @@ def gate_on(db_url: str, tmp_path: Path) -> Iterator[RunningCustody]:
     try:
         yield running
     finally:
-        running.server.stop()  # type: ignore[attr-defined]
-        asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
+        running.stop()
 
 
 def test_non_image_inputs_are_recorded_with_a_commitment(gate_on) -> None:

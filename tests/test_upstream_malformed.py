@@ -9,7 +9,6 @@ right output count, or ``turn.failed`` with the reason). The gateway runs on SQL
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -349,8 +348,7 @@ def gateway(
     try:
         yield running
     finally:
-        running.server.stop()
-        asyncio.run(running.services.aclose())
+        running.stop()
         databases.close()
 
 
@@ -519,8 +517,7 @@ def test_upstream_timeout_is_504_deadline_exceeded_and_recorded(
         failed = next(e for e in events if e["type"] == "turn.failed")
         assert failed["body"]["reason"] == "UPSTREAM_TIMEOUT"
     finally:
-        running.server.stop()
-        asyncio.run(running.services.aclose())
+        running.stop()
 
 
 @pytest.mark.parametrize("method", ["generateContent", "streamGenerateContent"])
