@@ -13,7 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from governance import __version__
 from governance.api import gemini_routes, health_routes, ledger_routes, verify_routes
+from governance.api.erasure_routes import router as erasure_router
 from governance.api.errors import GeminiError
+from governance.api.keys_routes import router as keys_router
 from governance.background import background_jobs
 from governance.services import Services, build_services
 from governance.settings import Settings
@@ -48,6 +50,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(health_routes.router)
     app.include_router(ledger_routes.router)
     app.include_router(verify_routes.router)
+    app.include_router(keys_router)
+    app.include_router(erasure_router)
     app.include_router(gemini_routes.router)
 
     @app.exception_handler(GeminiError)

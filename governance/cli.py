@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(func=_version)
 
     from governance.auth.cli import register as register_keys
+    from governance.erasure_cli import register as register_erase
     from governance.ledger_cli import register as register_ledger
     from governance.policy.cli import register as register_policy
     from governance.provenance.cli import register as register_verify
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_keys, register_emulator, register_ledger, register_policy, register_verify
     ):
         register(sub)
+    register_erase(sub)
     return parser
 
 
