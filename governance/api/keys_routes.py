@@ -23,7 +23,7 @@ from governance.auth.lifecycle import (
     Operator,
     parse_expiry_ms,
 )
-from governance.auth.principal import TENANT_ROLES, Principal
+from governance.auth.principal import ROLES, TENANT_ROLES, Principal
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 
@@ -133,6 +133,13 @@ async def create_key(request: Request, principal: Manager, body: CreateKey) -> d
             403,
             f"An admin of tenant {principal.tenant!r} may create keys only for that tenant.",
             reason="TENANT_SCOPE",
+        )
+    unknown = [r for r in body.roles if r not in ROLES]
+    if unknown:
+        raise GeminiError(
+            400,
+            f"Unknown role(s) {', '.join(unknown)}: choose from {', '.join(ROLES)}.",
+            reason="BAD_KEY_REQUEST",
         )
     if not principal.is_operator and any(r not in TENANT_ROLES for r in body.roles):
         raise GeminiError(
