@@ -188,3 +188,4 @@ def test_the_key_cache_is_bounded_and_unknown_ids_never_enter_it(served) -> None
     keys.revoke(made[-1].info.key_id, by=by)
     assert ring.identify(made[-1].key) == "revoked", "a cached key is refused once revoked"
     assert ring.identify(made[-1].key[:-1] + "x") == "unknown", "a wrong secret is unknown"
+    ring.close()

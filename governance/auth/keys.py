@@ -6,6 +6,10 @@ the database enter (unknown key ids cannot grow it). Whether a key is still *ali
 any process revokes or rotates it, so that is read on every request: one primary-key lookup of
 ``revoked_ms`` and ``expires_ms``. A revocation by the CLI, or by another gateway on the same
 database, is therefore refused on the very next request, with no cache to wait out.
+
+That lookup runs on a small pool of its own autocommit connections, through the DB-API cursor:
+no pre-ping, no BEGIN/ROLLBACK, no SQLAlchemy statement layer, which are most of the cost of a
+one-row read (``bench/key_auth_bench.py`` measures it against those floors).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
 
 from governance.auth.principal import ROLES, Principal
 
@@ -108,11 +113,63 @@ class _Known:
     digest: str
 
 
-_STATE = text("SELECT revoked_ms, expires_ms FROM api_keys WHERE key_id = :k")
 _FULL = text(
     "SELECT secret_sha256, tenant, actor, roles, revoked_ms, expires_ms FROM api_keys"
     " WHERE key_id = :k"
 )
+
+
+class _LivenessReader:
+    """``revoked_ms, expires_ms`` of one key, read on a pooled autocommit DB-API connection."""
+
+    def __init__(self, engine: Engine, pool_size: int = 4) -> None:
+        url = engine.url
+        self.is_sqlite = url.get_backend_name() == "sqlite"
+        connect_args: dict[str, Any] = (
+            {"check_same_thread": False} if self.is_sqlite else {"autocommit": True}
+        )
+        self.engine = create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=4 * pool_size,
+            pool_pre_ping=False,
+            pool_reset_on_return=None,  # autocommit: there is never a transaction to reset
+            connect_args=connect_args,
+        )
+        if self.is_sqlite:
+
+            @event.listens_for(self.engine, "connect")
+            def _autocommit(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.isolation_level = None
+                dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+        mark = "?" if self.is_sqlite else "%s"
+        self.sql = f"SELECT revoked_ms, expires_ms FROM api_keys WHERE key_id = {mark}"
+
+    def read(self, key_id: str) -> tuple[int | None, int | None] | None:
+        """(revoked_ms, expires_ms), or None when the key does not exist. A connection that
+        fails (a restarted server) is dropped and the read tried once on a fresh one."""
+        for attempt in (1, 2):
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                try:
+                    cur.execute(self.sql, (key_id,))
+                    row = cur.fetchone()
+                finally:
+                    cur.close()
+            except (DBAPIError, self.engine.dialect.loaded_dbapi.Error):
+                raw.invalidate()
+                if attempt == 2:
+                    raise
+                continue
+            finally:
+                raw.close()
+            return None if row is None else (row[0], row[1])
+        return None  # not reached: the second failure raises
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 class KeyRing:
@@ -120,6 +177,7 @@ class KeyRing:
 
     def __init__(self, engine: Engine, cache_size: int = CACHE_SIZE) -> None:
         self._engine = engine
+        self._liveness = _LivenessReader(engine)
         self._cache: OrderedDict[str, _Known] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -142,21 +200,27 @@ class KeyRing:
             known = self._cache.get(key_id)
             if known is not None:
                 self._cache.move_to_end(key_id)
-        with self._engine.connect() as conn:
-            row = conn.execute(_STATE if known else _FULL, {"k": key_id}).first()
-        if row is None:
-            self.forget(key_id)
-            return "unknown"
         if known is None:
+            with self._engine.connect() as conn:
+                row = conn.execute(_FULL, {"k": key_id}).first()
+            if row is None:
+                return "unknown"
             roles = frozenset(r for r in row.roles.split(",") if r)
             known = _Known(Principal(key_id, row.tenant, row.actor, roles), row.secret_sha256)
             self._remember(key_id, known)
+            state: tuple[int | None, int | None] | None = (row.revoked_ms, row.expires_ms)
+        else:
+            state = self._liveness.read(key_id)
+            if state is None:
+                self.forget(key_id)
+                return "unknown"
         if not hmac.compare_digest(known.digest, secret_digest(secret)):
             return "unknown"
         now = now_ms()
-        if row.revoked_ms is not None and row.revoked_ms <= now:
+        revoked_ms, expires_ms = state
+        if revoked_ms is not None and revoked_ms <= now:
             return "revoked"
-        if row.expires_ms is not None and row.expires_ms <= now:
+        if expires_ms is not None and expires_ms <= now:
             return "expired"
         self._used[key_id] = now
         return known.principal
@@ -184,3 +248,7 @@ class KeyRing:
         with self._lock:
             used, self._used = self._used, {}
         return used
+
+    def close(self) -> None:
+        """Close the connections of the per-request check."""
+        self._liveness.close()
