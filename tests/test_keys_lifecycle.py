@@ -160,6 +160,15 @@ def test_keys_list_shows_no_secret_and_create_says_an_admin(served) -> None:
     for text_ in (table, json.dumps(listed)):
         assert parse_key(key)[1] not in text_ and "secret" not in text_
     assert set(listed[0]) >= {"id", "actor", "roles", "label", "state", "created_ms", "expires_ms"}
+    dated = new_key(
+        served, "--role", "editor", "--tenant", "acme", "--expires", "2031-01-01T00:00Z"
+    )
+    (info,) = [
+        k
+        for k in json.loads(cli_ok(served, "keys", "list", "--json"))
+        if k["id"] == (parse_key(dated)[0])
+    ]
+    assert info["expires_ms"] == 1924992000000 and info["state"] == "active"
     bad = cli(served, "keys", "create", "--role", "editor", "--tenant", "acme", "--expires-in", "x")
     assert bad.returncode == 2 and "not a duration" in bad.stderr
     editor_id = parse_key(served.keys["editor"])[0]

@@ -120,7 +120,7 @@ async def list_keys(
                 reason="TENANT_SCOPE",
             )
         tenant = principal.tenant
-    keys = await get_services(request).run_blocking(_lifecycle(request).list, tenant=tenant)
+    keys = await get_services(request).run_blocking(_lifecycle(request).list_keys, tenant=tenant)
     return {"keys": [k.to_json() for k in keys]}
 
 

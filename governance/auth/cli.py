@@ -46,7 +46,8 @@ def _run(
     from governance.auth.lifecycle import KeyLifecycle, KeyLifecycleError
     from governance.state import open_state
 
-    state = open_state(Settings(), create=True)
+    # Listing only reads: it must not make an installation where there is none.
+    state = open_state(Settings(), create=command != "list")
     try:
         return step(KeyLifecycle(state.engine, state.ledger), args)
     except (KeyError_, KeyLifecycleError) as exc:
@@ -77,7 +78,7 @@ def _create(keys: KeyLifecycle, args: argparse.Namespace) -> int:
 
 
 def _list(keys: KeyLifecycle, args: argparse.Namespace) -> int:
-    listed = keys.list(tenant=args.tenant)
+    listed = keys.list_keys(tenant=args.tenant)
     if args.json:
         print(json.dumps([k.to_json() for k in listed], indent=2))
         return 0
@@ -137,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     def command(
         name: str, help_: str, step: Callable[[KeyLifecycle, argparse.Namespace], int]
     ) -> argparse.ArgumentParser:
-        parser = keys.add_parser(name, help=help_)
+        parser: argparse.ArgumentParser = keys.add_parser(name, help=help_)
         parser.set_defaults(func=lambda args: _run(name, step, args))
         return parser
 

@@ -208,12 +208,13 @@ class KeyRing:
             roles = frozenset(r for r in row.roles.split(",") if r)
             known = _Known(Principal(key_id, row.tenant, row.actor, roles), row.secret_sha256)
             self._remember(key_id, known)
-            state: tuple[int | None, int | None] | None = (row.revoked_ms, row.expires_ms)
+            state = (row.revoked_ms, row.expires_ms)
         else:
-            state = self._liveness.read(key_id)
-            if state is None:
+            read = self._liveness.read(key_id)
+            if read is None:
                 self.forget(key_id)
                 return "unknown"
+            state = read
         if not hmac.compare_digest(known.digest, secret_digest(secret)):
             return "unknown"
         now = now_ms()

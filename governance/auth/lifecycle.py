@@ -161,7 +161,7 @@ class KeyLifecycle:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def list(self, *, tenant: str | None = None) -> list[KeyInfo]:
+    def list_keys(self, *, tenant: str | None = None) -> list[KeyInfo]:
         """Every key (of ``tenant`` when given), oldest first."""
         query = select(*_LISTED).order_by(API_KEYS.c.created_ms, API_KEYS.c.key_id)
         if tenant is not None:
