@@ -55,6 +55,12 @@ def test_an_admin_erases_its_tenants_content_through_the_api(served, photo_bytes
     assert resp.status_code == 404 and resp.json()["error"]["details"][0]["reason"] == (
         "CONTENT_NOT_FOUND"
     )
+    missing = {"digest": "0" * 64, "reason": "x"}
+    other = call(served, "POST", "/api/v1/erasures", served.keys["admin"], json=missing)
+    assert other.status_code == 404
+    assert other.json()["error"]["message"] == resp.json()["error"]["message"].replace(
+        "globex", "acme"
+    ), "missing content and another tenant's content get the same answer"
     resp = call(served, "POST", "/api/v1/erasures", served.keys["editor"], json=request)
     assert resp.status_code == 403
     resp = call(served, "POST", "/api/v1/erasures", served.keys["admin"], json={"digest": digest})

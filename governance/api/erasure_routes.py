@@ -14,6 +14,7 @@ from pydantic import BaseModel, model_validator
 from governance.api.deps import get_services
 from governance.api.errors import GeminiError
 from governance.api.keys_routes import Manager, operator_of
+from governance.auth.principal import Principal
 from governance.erasure import ContentEraser, ErasureError, ErasureTarget
 
 router = APIRouter(prefix="/api/v1", tags=["erasure"])
@@ -40,22 +41,33 @@ def _eraser(request: Request) -> ContentEraser:
     )
 
 
+def _not_yours(principal: Principal) -> ErasureError:
+    # The same answer whether the content is missing or another tenant's: no existence leak.
+    return ErasureError(
+        404,
+        f"Tenant {principal.tenant!r} holds no such content: check the digest or commitment"
+        " against your tenant's ledger entries.",
+        "CONTENT_NOT_FOUND",
+    )
+
+
 @router.post("/erasures")
 async def erase(request: Request, principal: Manager, body: EraseContent) -> dict[str, Any]:
     """Erase one blob: its bytes are destroyed and the salts of its commitments emptied."""
     services = get_services(request)
     eraser = _eraser(request)
     try:
-        target: ErasureTarget = await services.run_blocking(
-            eraser.find, body.commitment or body.digest or ""
-        )
+        try:
+            target: ErasureTarget = await services.run_blocking(
+                eraser.find, body.commitment or body.digest or ""
+            )
+        except ErasureError as exc:
+            if exc.code == 404 and not principal.is_operator:
+                raise _not_yours(principal) from exc
+            raise
         if not principal.is_operator:
             if principal.tenant not in target.tenants:
-                raise ErasureError(
-                    404,
-                    f"Tenant {principal.tenant!r} holds no such content.",
-                    "CONTENT_NOT_FOUND",
-                )
+                raise _not_yours(principal)
             if len(target.tenants) > 1:
                 raise ErasureError(
                     403,
