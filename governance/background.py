@@ -1,4 +1,4 @@
-"""Periodic work of a gateway process: policy hot reload and timed checkpoints.
+"""Periodic work of a gateway process: policy hot reload, timed checkpoints, key upkeep.
 
 Each job runs in the service executor (it touches files, Rego and the database) on its own timer;
 a failing job is logged and retried on the next tick, never fatal to the process.
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from governance.services import Services
 
 log = logging.getLogger("custody")
+KEY_UPKEEP_MS = 1_000
 
 
 def reload_policy(services: Services) -> dict[str, Any] | None:
@@ -38,6 +39,17 @@ def checkpoint_if_due(services: Services) -> None:
     services.ledger.checkpoint_if_due()
 
 
+def keep_keys(services: Services) -> None:
+    """Record ``key.expired`` once for each key whose expiry passed (whichever process gets
+    there first), and store when keys were last used (batched here, off the request path)."""
+    from governance.auth.lifecycle import KeyLifecycle
+
+    keys = KeyLifecycle(services.engine, services.ledger)
+    for key_id in keys.record_expiries():
+        log.warning("API key %s expired (key.expired recorded)", key_id)
+    keys.record_last_used(services.keys.take_last_used())
+
+
 async def _every(services: Services, period_ms: int, job: Callable[[Services], Any]) -> None:
     while True:
         await asyncio.sleep(period_ms / 1000)
@@ -56,6 +68,7 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
         jobs.append((settings.policy_reload_ms, reload_policy))
     if settings.checkpoint_every_ms > 0:
         jobs.append((max(settings.checkpoint_every_ms // 2, 50), checkpoint_if_due))
+    jobs.append((KEY_UPKEEP_MS, keep_keys))
     tasks = [asyncio.create_task(_every(services, ms, job)) for ms, job in jobs]
     try:
         yield

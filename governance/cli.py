@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from governance.auth.cli import register as register_keys
     from governance.doctor import register as register_doctor
+    from governance.erasure_cli import register as register_erase
     from governance.ledger_cli import register as register_ledger
     from governance.policy.cli import register as register_policy
     from governance.provenance.cli import register as register_verify
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     for register in (
         register_doctor,
         register_keys,
+        register_erase,
         register_emulator,
         register_ledger,
         register_policy,

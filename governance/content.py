@@ -47,6 +47,7 @@ class StoredRequest:
     request_commitment: str
     prompt_commitment: str | None
     image_commitments: list[str]
+    document_commitments: list[str] = field(default_factory=list)  # non-image inputs
 
     def mask_commitments(self, parsed: ParsedRequest) -> list[str]:
         """The commitments of the mask images (the manifest names masks only this way)."""
@@ -84,6 +85,18 @@ class StoredRequest:
             "images": images,
             "history_images": sum(1 for i in parsed.images if i.role == "history"),
             "file_uris": len(parsed.file_uris),
+            "documents": [
+                {
+                    "content": d.content_index,
+                    "part": d.part_index,
+                    "mime_type": d.mime_type,
+                    "declared_mime_type": d.declared_mime_type,
+                    "bytes": len(d.data),
+                    "history": d.history,
+                    "commitment": commitment,
+                }
+                for d, commitment in zip(parsed.documents, self.document_commitments, strict=True)
+            ],
         }
 
 
@@ -109,18 +122,29 @@ class TurnContent:
             self._store(loop, data, c)
         return [c.commitment for c in made]
 
+    def commit_now(self, data: bytes) -> str:
+        """A salted commitment to ``data`` computed here, on the loop (for the few KiB to
+        hundreds of KiB an oversized event field holds: hashing is microseconds); its blob is
+        written in the background and made durable by ``closing_rows`` like every other."""
+        (made,) = _commit_all([(data, None)])
+        self._store(asyncio.get_running_loop(), data, made)
+        return made.commitment
+
     def _store(self, loop: asyncio.AbstractEventLoop, data: bytes, c: Commitment) -> None:
         put = partial(self.recorder.commitments.blobs.put, data, c.digest)
         self.pending.append(loop.run_in_executor(self.recorder.executor, put))
         self.made.append(c)
 
     async def request(self, parsed: ParsedRequest) -> StoredRequest:
-        """Commit to the request as it arrived, its prompt and every image the turn works on."""
+        """Commit to the request as it arrived, its prompt, every image the turn works on and
+        every non-image input."""
         images = [(i.data, i.sha256) for i in parsed.edited_images]  # hashed while parsing
-        request_c, prompt_c, *image_cs = await self.commit(
-            parsed.body, parsed.prompt.encode(), *images
+        documents = [(d.data, d.sha256) for d in parsed.documents]
+        request_c, prompt_c, *content_cs = await self.commit(
+            parsed.body, parsed.prompt.encode(), *images, *documents
         )
-        return StoredRequest(request_c, prompt_c if parsed.prompt else None, image_cs)
+        image_cs, document_cs = content_cs[: len(images)], content_cs[len(images) :]
+        return StoredRequest(request_c, prompt_c if parsed.prompt else None, image_cs, document_cs)
 
     async def decision_input(self, stage: str, document: dict[str, Any]) -> dict[str, Any]:
         """Keep the full input a decision was made on (for replay) as a blob, like any content:

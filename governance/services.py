@@ -60,6 +60,7 @@ class Services:
     async def aclose(self) -> None:
         await self.upstream.aclose()
         self.ledger.close()
+        self.keys.close()
         if self.emulator is not None:
             self.emulator.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)

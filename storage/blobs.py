@@ -253,24 +253,59 @@ class Commitments:
             return None
         return data
 
-    def erase(self, digest: str, *, reason: str, actor: str) -> bool:
-        """Destroy a blob and the salts of its commitments on an authorised request, recording
-        the erasure (the caller also appends an erasure event to the ledger). Returns whether
-        blob bytes were present."""
+    def digest_of(self, commitment: str) -> str | None:
+        """The digest of the blob ``commitment`` commits to, when it was recorded."""
+        row = self._row(commitment)
+        return None if row is None else row[0]
+
+    def commitments_of(self, digest: str) -> list[str]:
+        """Every recorded commitment to the blob ``digest`` (one per time it was committed)."""
         _check_digest(digest)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT commitment FROM blob_commitments WHERE digest = :d"
+                    " ORDER BY created_ms, commitment"
+                ),
+                {"d": digest},
+            ).all()
+        return [str(r[0]) for r in rows]
+
+    def erasure_record(self, digest: str, *, reason: str, actor: str) -> SideRows:
+        """The ``blob_erasures`` row of an erasure, to commit with its ledger event; then call
+        ``destroy``. The blob may not be destroyed before this row exists."""
+        _check_digest(digest)
+        return SideRows(
+            "blob_erasures",
+            ("digest", "time_ms", "reason", "actor"),
+            [(digest, _now_ms(), reason, actor)],
+        )
+
+    def destroy(self, digest: str) -> bool:
+        """Empty the salts of every commitment to ``digest`` and delete the blob, once its
+        erasure is recorded (``erasure_record``). Returns whether blob bytes were present."""
+        _check_digest(digest)
+        if not self.erased(digest):
+            raise PermissionError(
+                f"blob {digest} has no recorded erasure: record it (erasure_record) first"
+            )
         with self.engine.begin() as conn:
             conn.execute(
                 text("UPDATE blob_commitments SET salt = :empty WHERE digest = :d"),
                 {"empty": b"", "d": digest},
             )
-            conn.execute(
-                text(
-                    "INSERT INTO blob_erasures (digest, time_ms, reason, actor) "
-                    "VALUES (:d, :t, :r, :a)"
-                ),
-                {"d": digest, "t": _now_ms(), "r": reason, "a": actor},
-            )
         return self.blobs.erase(digest)
+
+    def erase(self, digest: str, *, reason: str, actor: str) -> bool:
+        """Destroy a blob and the salts of its commitments on an authorised request, recording
+        the erasure (callers with a ledger use ``erasure_record`` in the same transaction as
+        their ``content.erased`` event, then ``destroy``). Returns whether blob bytes were
+        present."""
+        record = self.erasure_record(digest, reason=reason, actor=actor)
+        insert = f"INSERT INTO {record.table} ({', '.join(record.columns)}) VALUES (:d, :t, :r, :a)"
+        with self.engine.begin() as conn:
+            conn.execute(text(insert), [dict(zip("dtra", row, strict=True)) for row in record.rows])
+        return self.destroy(digest)
 
     def erased(self, digest: str) -> bool:
         """True when an erasure of ``digest`` was recorded."""

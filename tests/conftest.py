@@ -90,6 +90,13 @@ class RunningCustody:
     def base_url(self) -> str:
         return self.server.base_url  # type: ignore[attr-defined,no-any-return]
 
+    def stop(self) -> None:
+        """Stop serving and close the services (database, ledger, upstream client)."""
+        import asyncio
+
+        self.server.stop()  # type: ignore[attr-defined]
+        asyncio.run(self.services.aclose())  # type: ignore[attr-defined]
+
     def client(self, role: str = "editor", api_version: str | None = None) -> object:
         """A google-genai client pointed at this gateway, as an integrating app would set it up."""
         from google import genai
@@ -149,10 +156,7 @@ def custody(tmp_path: Path) -> Iterator[RunningCustody]:
     try:
         yield running
     finally:
-        import asyncio
-
-        running.server.stop()  # type: ignore[attr-defined]
-        asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
+        running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -160,3 +164,28 @@ def photo_bytes(fixtures_dir: Path) -> dict[str, bytes]:
     """The real photographs of tests/fixtures/photos, by file name."""
     folder = fixtures_dir / "photos"
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# A policy for route tests: allow, except one word denied and one held for review.
+TEST_POLICY = """package custody
+
+default decision := {"outcome": "allow", "reasons": [], "obligations": {}}
+
+decision := {"outcome": "deny", "reasons": ["the test policy refuses 'forbidden-word'"],
+  "obligations": {}} if {
+  contains(lower(input.request.prompt), "forbidden-word")
+}
+
+decision := {"outcome": "review", "reasons": ["the test policy reviews 'needs-a-human'"],
+  "obligations": {}} if {
+  contains(lower(input.request.prompt), "needs-a-human")
+}
+"""
+
+
+def write_test_policy(tmp_path: Path) -> Path:
+    """A policy directory holding ``TEST_POLICY`` only."""
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    (policy_dir / "custody.rego").write_text(TEST_POLICY)
+    return policy_dir

@@ -230,10 +230,8 @@ def test_decision_inputs_are_commitments_that_replay_opens(db_url: str, tmp_path
         prompts = [doc["request"]["prompt"] for _, doc in inputs]
         assert prompts == [f"paint the lighthouse vermilion {MARK}", f"remove the watermark {MARK}"]
     finally:
-        import asyncio
 
-        running.server.stop()  # type: ignore[attr-defined]
-        asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
+        running.stop()
 
 
 def test_migration_0004_turns_clear_inputs_into_commitments(db_url: str, tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ attribute (e.g. ``"signed_png"``) for content made by a real turn. Override sing
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,6 +59,13 @@ SIGNER = profile(
 EDITOR = profile(
     editor=200, reviewer=403, auditor=403, admin=200, operator=403, no_key=401, other_admin=200
 )
+# Key and erasure management: a tenant's admin (for its own tenant) and the operator.
+MANAGER = profile(
+    editor=403, reviewer=403, auditor=403, admin=200, operator=200, no_key=401, other_admin=200
+)
+# The same callers are let through to a key or content that does not exist: 404, not 403.
+MANAGER_OF_NOTHING = {**MANAGER, "admin": 404, "operator": 404, "other_admin": 404}
+NO_SUCH_KEY = "/api/v1/keys/00000000000000ff"
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,18 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("POST", "/{api_version}/models/{model}:countTokens"): row(
         EDITOR, path="/v1beta/models/gemini-2.5-flash-image:countTokens", body=GENERATE
+    ),
+    ("GET", "/api/v1/keys"): row(MANAGER),
+    ("POST", "/api/v1/keys"): row(MANAGER, body={"roles": ["editor"], "label": "authz matrix"}),
+    # Success on a real key is in tests/test_keys_api.py; here: who gets past the role check.
+    ("POST", "/api/v1/keys/{key_id}/revoke"): row(
+        MANAGER_OF_NOTHING, path=NO_SUCH_KEY + "/revoke", body={}
+    ),
+    ("POST", "/api/v1/keys/{key_id}/rotate"): row(
+        MANAGER_OF_NOTHING, path=NO_SUCH_KEY + "/rotate", body={}
+    ),
+    ("POST", "/api/v1/erasures"): row(
+        MANAGER_OF_NOTHING, body={"digest": "ab" * 32, "reason": "authorization matrix"}
     ),
 }
 
@@ -185,8 +203,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -> Itera
     try:
         yield Setup(custody, keys, signed)
     finally:
-        custody.server.stop()  # type: ignore[attr-defined]
-        asyncio.run(custody.services.aclose())  # type: ignore[attr-defined]
+        custody.stop()
 
 
 CELLS = [

@@ -138,10 +138,8 @@ def test_no_custody_key_ever_reaches_the_upstream(
         ):
             assert chunk is not None
     finally:
-        import asyncio
 
-        running.server.stop()
-        asyncio.run(running.services.aclose())
+        running.stop()
     assert len(rec.requests) >= 3
     seen = rec.seen_text()
     for key in [*running.keys.values(), CUSTODY_LOOKALIKE]:

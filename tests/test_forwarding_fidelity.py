@@ -6,7 +6,6 @@ answers with fields Custody has never heard of. Only the image data may change (
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 from collections.abc import Iterator
@@ -117,8 +116,7 @@ def custody_over_capture(tmp_path: Path, capture_upstream):
     try:
         yield running, seen
     finally:
-        running.server.stop()
-        asyncio.run(running.services.aclose())
+        running.stop()
 
 
 REQUEST = {
@@ -192,13 +190,14 @@ def test_stream_keeps_every_field_and_signature(custody_over_capture) -> None:
 
 
 def test_upstream_secret_is_in_no_record(custody_over_capture) -> None:
-    custody, _ = custody_over_capture
-    httpx.post(
-        custody.base_url + "/v1beta/models/m:generateContent",
+    custody, seen = custody_over_capture
+    resp = httpx.post(
+        custody.base_url + "/v1beta/models/gemini-2.5-flash-image:generateContent",
         content=orjson.dumps(REQUEST),
         headers={"x-goog-api-key": custody.keys["editor"]},
         timeout=60,
     )
+    assert resp.status_code == 200 and seen, "the turn must reach the upstream to test its secret"
     assert "upstream-secret-123" not in str(custody.ledger_events())
     for path in Path(custody.services.settings.data_dir).rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:

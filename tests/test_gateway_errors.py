@@ -10,7 +10,6 @@ nothing leaks exception reprs or pydantic internals.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,40 +20,22 @@ from google import genai
 from google.genai import errors, types
 
 from storage.ledger.verify import verify_ledger
-from tests.conftest import RunningCustody, start_custody
+from tests.conftest import TEST_POLICY, RunningCustody, start_custody
 
 MODEL = "gemini-2.5-flash-image"
 GENERATE = f"/v1beta/models/{MODEL}:generateContent"
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
-TEST_POLICY = """package custody
-
-default decision := {"outcome": "allow", "reasons": [], "obligations": {}}
-
-decision := {"outcome": "deny", "reasons": ["the test policy refuses 'forbidden-word'"],
-  "obligations": {}} if {
-  contains(lower(input.request.prompt), "forbidden-word")
-}
-
-decision := {"outcome": "review", "reasons": ["the test policy reviews 'needs-a-human'"],
-  "obligations": {}} if {
-  contains(lower(input.request.prompt), "needs-a-human")
-}
-
+LABEL_RULE = """
 decision := {"outcome": "deny", "reasons": ["label block=yes"], "obligations": {}} if {
   input.request.labels.block == "yes"
 }
 """
 
 
-def _stop(running: RunningCustody) -> None:
-    running.server.stop()  # type: ignore[attr-defined]
-    asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
-
-
 def _start(tmp_path: Path, database_url: str = "", **overrides: object) -> RunningCustody:
     policy_dir = tmp_path / "policies"
     policy_dir.mkdir(exist_ok=True)
-    (policy_dir / "custody.rego").write_text(TEST_POLICY)
+    (policy_dir / "custody.rego").write_text(TEST_POLICY + LABEL_RULE)
     return start_custody(tmp_path / "custody", database_url, policy_dir=policy_dir, **overrides)
 
 
@@ -64,7 +45,7 @@ def gateway(tmp_path: Path) -> Iterator[RunningCustody]:
     try:
         yield running
     finally:
-        _stop(running)
+        running.stop()
 
 
 @pytest.fixture()
@@ -74,7 +55,7 @@ def small_gateway(tmp_path: Path, db_url: str) -> Iterator[RunningCustody]:
     try:
         yield running
     finally:
-        _stop(running)
+        running.stop()
 
 
 def _custody_info(details: list[dict[str, object]]) -> dict[str, object]:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from google.genai import errors
 
-from tests.conftest import RunningCustody, start_custody
+from tests.conftest import TEST_POLICY, RunningCustody, start_custody, write_test_policy
 
 MODEL = "gemini-2.5-flash-image"
 ROUTES = [
@@ -26,39 +26,15 @@ ROUTES = [
     ("v1beta", "streamGenerateContent", ""),
 ]
 
-TEST_POLICY = """package custody
-
-default decision := {"outcome": "allow", "reasons": [], "obligations": {}}
-
-decision := {"outcome": "deny", "reasons": ["the test policy refuses 'forbidden-word'"],
-  "obligations": {}} if {
-  contains(lower(input.request.prompt), "forbidden-word")
-}
-
-decision := {"outcome": "review", "reasons": ["the test policy reviews 'needs-a-human'"],
-  "obligations": {}} if {
-  contains(lower(input.request.prompt), "needs-a-human")
-}
-"""
-
-
-def _stop(running: RunningCustody) -> None:
-    import asyncio
-
-    running.server.stop()  # type: ignore[attr-defined]
-    asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
-
 
 @pytest.fixture()
 def custody_with_test_policy(tmp_path: Path) -> Iterator[RunningCustody]:
-    policy_dir = tmp_path / "policies"
-    policy_dir.mkdir()
-    (policy_dir / "custody.rego").write_text(TEST_POLICY)
+    policy_dir = write_test_policy(tmp_path)
     running = start_custody(tmp_path / "custody", policy_dir=policy_dir)
     try:
         yield running
     finally:
-        _stop(running)
+        running.stop()
 
 
 def _post(custody: RunningCustody, version: str, method: str, query: str, prompt: str):
@@ -139,7 +115,7 @@ def test_a_broken_policy_blocks_every_turn(tmp_path: Path, breakage: str) -> Non
         assert len(decided) == len(ROUTES)
         assert all(e["body"]["outcome"] == "deny" for e in decided)
     finally:
-        _stop(running)
+        running.stop()
 
 
 def test_policy_file_change_is_hot_reloaded_and_recorded(custody_with_test_policy, tmp_path):
@@ -185,7 +161,7 @@ def test_sixteen_concurrent_clients_never_pass_the_rate_limit(tmp_path: Path) ->
         assert codes.count(200) == limit
         assert codes.count(429) == 16
     finally:
-        _stop(running)
+        running.stop()
 
 
 # --- the default policy in policies/, through the route -------------------------------------

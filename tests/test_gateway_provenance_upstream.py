@@ -63,14 +63,7 @@ def gateway(tmp_path: Path, emulator: ThreadedServer) -> Iterator[RunningCustody
     try:
         yield running
     finally:
-        _stop(running)
-
-
-def _stop(running: RunningCustody) -> None:
-    import asyncio
-
-    running.server.stop()  # type: ignore[attr-defined]
-    asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
+        running.stop()
 
 
 def _image_of(response: types.GenerateContentResponse) -> bytes:
@@ -244,4 +237,4 @@ def test_an_echoed_earlier_custody_output_is_one_ingredient_not_the_providers(
             (2, "parent: input 1 (image/png)"),
         ]
     finally:
-        _stop(gateway)
+        gateway.stop()

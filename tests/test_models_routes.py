@@ -7,7 +7,6 @@ policy-checked like a turn (a deny is refused and never reaches the upstream; a 
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,42 +21,21 @@ from google.genai import errors, types
 from PIL import Image
 
 from governance.upstream.embedded import ThreadedServer
-from tests.conftest import RunningCustody, start_custody
+from tests.conftest import RunningCustody, start_custody, write_test_policy
 
 FLASH = "gemini-2.5-flash-image"
 PRO = "gemini-3-pro-image-preview"
-TEST_POLICY = """package custody
-
-default decision := {"outcome": "allow", "reasons": [], "obligations": {}}
-
-decision := {"outcome": "deny", "reasons": ["the test policy refuses 'forbidden-word'"],
-  "obligations": {}} if {
-  contains(lower(input.request.prompt), "forbidden-word")
-}
-
-decision := {"outcome": "review", "reasons": ["the test policy reviews 'needs-a-human'"],
-  "obligations": {}} if {
-  contains(lower(input.request.prompt), "needs-a-human")
-}
-"""
-
-
-def _stop(running: RunningCustody) -> None:
-    running.server.stop()  # type: ignore[attr-defined]
-    asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
 
 
 @pytest.fixture()
 def gateway(tmp_path: Path, db_url: str) -> Iterator[RunningCustody]:
     """Custody over the built-in emulator with a test policy, on SQLite and on PostgreSQL."""
-    policy_dir = tmp_path / "policies"
-    policy_dir.mkdir()
-    (policy_dir / "custody.rego").write_text(TEST_POLICY)
+    policy_dir = write_test_policy(tmp_path)
     running = start_custody(tmp_path / "custody", db_url, policy_dir=policy_dir)
     try:
         yield running
     finally:
-        _stop(running)
+        running.stop()
 
 
 def _upstream_log(custody: RunningCustody) -> list[dict[str, object]]:
@@ -210,7 +188,7 @@ def over_capture(tmp_path: Path) -> Iterator[tuple[RunningCustody, list[dict[str
     try:
         yield running, seen
     finally:
-        _stop(running)
+        running.stop()
         upstream.stop()
 
 
@@ -220,7 +198,7 @@ def test_model_routes_forward_with_the_upstream_key_only(over_capture) -> None:
     client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=custody.base_url))
     assert [m.name for m in client.models.list()] == ["models/m"]
     assert client.models.get(model="m").name == "models/m"
-    assert client.models.count_tokens(model="m", contents="hi").total_tokens == 3
+    assert client.models.count_tokens(model=FLASH, contents="hi").total_tokens == 3
     httpx.get(f"{custody.base_url}/v1beta/models?key={key}&pageSize=2", timeout=30)
     assert len(seen) == 4
     for request in seen:

@@ -6,7 +6,6 @@ on its own port; on PostgreSQL they also share the database blob store.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from pathlib import Path
 
@@ -64,5 +63,4 @@ def test_two_replicas_append_to_one_gap_free_ledger(db_url: str, tmp_path: Path)
         assert report.ok, report.summary()
     finally:
         for running in (a, b):
-            running.server.stop()  # type: ignore[attr-defined]
-            asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
+            running.stop()

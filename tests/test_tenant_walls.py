@@ -8,7 +8,6 @@ checkpoint. Bad integers and bad bytes are 400s in Gemini's envelope. All throug
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -44,8 +43,7 @@ def walled(db_url: str, tmp_path: Path) -> Iterator[RunningCustody]:
     try:
         yield running
     finally:
-        running.server.stop()  # type: ignore[attr-defined]
-        asyncio.run(running.services.aclose())  # type: ignore[attr-defined]
+        running.stop()
 
 
 def _call(custody, method: str, path: str, key: str | None, **kw: object) -> httpx.Response:

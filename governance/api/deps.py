@@ -34,6 +34,18 @@ def presented_key(request: Request) -> str:
     return ""
 
 
+_REFUSED = {
+    "malformed": "API key not valid: Custody keys look like ck_<id>_<secret>. Ask your Custody"
+    " administrator for a key (`custody keys create`).",
+    "unknown": "API key not valid: Custody does not know this key. Ask your Custody"
+    " administrator for a key (`custody keys create`).",
+    "revoked": "API key revoked: this key was revoked or rotated and is refused. Ask your Custody"
+    " administrator for its replacement (`custody keys list` shows what it was rotated to).",
+    "expired": "API key expired: this key has passed its expiry. Ask your Custody administrator"
+    " for a new key (`custody keys rotate` or `custody keys create`).",
+}
+
+
 def authenticate(request: Request) -> Principal:
     """The caller's principal; a Gemini-shaped 401 when the key is missing, 403 when unknown."""
     key = presented_key(request)
@@ -44,14 +56,9 @@ def authenticate(request: Request) -> Principal:
             " does this when you pass api_key), ?key= or Authorization: Bearer.",
             reason="API_KEY_MISSING",
         )
-    principal = get_services(request).keys.authenticate(key)
-    if principal is None:
-        raise GeminiError(
-            403,
-            "API key not valid: Custody does not know this key, or it was revoked. Ask your"
-            " Custody administrator for a key (`custody keys create`).",
-            reason="API_KEY_INVALID",
-        )
+    principal = get_services(request).keys.identify(key)
+    if not isinstance(principal, Principal):
+        raise GeminiError(403, _REFUSED[principal], reason="API_KEY_INVALID")
     request.state.principal = principal
     return principal
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
 
 from governance.api.custody_headers import SESSION_HEADER, check_custody_headers, check_model
 from governance.api.deps import get_services, require_role
 from governance.api.errors import GeminiError, not_served
 from governance.auth.principal import Principal
 from governance.pipeline.refusal import record_refusal
-from governance.pipeline.turn import TurnRequest, dumps
+from governance.pipeline.turn import TurnOutcome, TurnPipeline, TurnRequest, dumps
 from storage.ledger.events import LedgerEvent
 
 router = APIRouter()
@@ -124,16 +126,61 @@ async def generate(
     )
     outcome = await services.pipeline.run(turn, principal)
     headers = {"x-custody-turn": outcome.turn_id}
+    if await request.is_disconnected():  # released and recorded, but nobody is there to get it
+        await services.pipeline.record_undelivered(outcome, stage="before_send", sent=0)
+        return Response(status_code=499)
     if outcome.stream:
         if request.query_params.get("alt") == "sse":
-            return StreamingResponse(
-                _sse(outcome.documents), media_type="text/event-stream", headers=headers
-            )
+            return _DeliveredStream(outcome, services.pipeline, headers)
         # Without alt=sse Gemini streams one JSON array.
         return Response(dumps(outcome.documents), media_type="application/json", headers=headers)
     return Response(dumps(outcome.documents[0]), media_type="application/json", headers=headers)
 
 
-async def _sse(documents: list[dict[str, object]]) -> AsyncIterator[bytes]:
-    for doc in documents:
-        yield b"data: " + dumps(doc) + b"\r\n\r\n"
+class _DeliveredStream(StreamingResponse):
+    """The SSE events of a released turn; if the client goes away mid-stream, that is recorded
+    (``turn.undelivered``, after ``turn.released``) instead of passing as a delivery.
+
+    An event counts as sent when the server took it while the client was still connected (the
+    server drops writes to a closed connection silently, so each send is followed by a check).
+    """
+
+    def __init__(self, outcome: TurnOutcome, pipeline: TurnPipeline, headers: dict[str, str]):
+        self.outcome, self.pipeline, self.sent = outcome, pipeline, 0
+        super().__init__(self._events(), media_type="text/event-stream", headers=headers)
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        for doc in self.outcome.documents:
+            yield b"data: " + dumps(doc) + b"\r\n\r\n"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal gone
+            if gone:
+                return
+            await send(message)
+            if message["type"] == "http.response.body" and message.get("body"):
+                if await _disconnected(receive):
+                    gone = True
+                else:
+                    self.sent += 1
+
+        try:
+            await super().__call__(scope, receive, tracked)
+        finally:
+            if self.sent < len(self.outcome.documents):
+                with anyio.CancelScope(shield=True):
+                    await self.pipeline.record_undelivered(
+                        self.outcome, stage="mid_stream", sent=self.sent
+                    )
+
+
+async def _disconnected(receive: Receive) -> bool:
+    """Whether the client has gone (``http.disconnect`` waiting), without blocking."""
+    message: Message = {}
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        message = await receive()
+    return message.get("type") == "http.disconnect"

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from governance import __version__
+from governance.api.errors import GeminiError
 from governance.auth.principal import Principal
 from governance.pipeline.parse import ParsedRequest
 from governance.pipeline.response import OutputImage, ResponseSummary
 from governance.provenance.signer import InputImage as ProvenanceInput
-from governance.provenance.signer import ProvenanceContext, SignedOutput
+from governance.provenance.signer import ProvenanceContext, ProvenanceError, SignedOutput
 from governance.upstream.identity import identify_upstream
 
 if TYPE_CHECKING:
@@ -119,7 +120,8 @@ async def sign_outputs(
     prompt_commitment: str | None,
     mask_commitments: list[str],
 ) -> list[SignedItem]:
-    """Sign each output image (never re-encoded) and keep the signed file and manifest as blobs."""
+    """Sign each output image the response walk found (never re-encoded); a file c2pa cannot
+    sign fails the turn with a 502 naming the upstream, so no image goes out unsigned."""
     if not summary.images:
         return []
     ctx = _context(
@@ -136,8 +138,18 @@ async def sign_outputs(
     )
 
     def sign(img: OutputImage) -> SignedItem:  # in a worker thread: hashing included
-        out = s.signer.sign_output(img.data, img.mime_type, ctx)
         position = (img.chunk, img.candidate, img.part)
+        try:
+            out = s.signer.sign_output(img.data, img.mime_type, ctx)
+        except ProvenanceError as exc:
+            # The walk already read the image's header; c2pa failing on its structure is the
+            # upstream's fault, and nothing unsigned may go out instead.
+            raise GeminiError(
+                502,
+                f"The upstream's {img.mime_type} image at candidates[{img.candidate}].content"
+                f".parts[{img.part}] could not be signed ({exc}); nothing was released.",
+                reason="UPSTREAM_MALFORMED",
+            ) from exc
         return SignedItem(position, hashlib.sha256(img.data).hexdigest(), out)
 
     return list(await asyncio.gather(*(s.run_blocking(sign, img) for img in summary.images)))

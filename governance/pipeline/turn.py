@@ -19,10 +19,16 @@ from governance import __version__
 from governance.api.errors import GeminiError
 from governance.auth.principal import Principal
 from governance.content import TurnContent
-from governance.pipeline.parse import ParsedRequest, parse_request
+from governance.pipeline.leaf_bounds import bound_body
+from governance.pipeline.parse import InputLimits, ParsedRequest, parse_request
 from governance.pipeline.policy_facts import request_facts, response_facts
 from governance.pipeline.refusal import new_record_id
-from governance.pipeline.response import ResponseSummary, replace_images, summarise
+from governance.pipeline.response import (
+    ResponseSummary,
+    replace_images,
+    summarise,
+    unsigned_inline_data,
+)
 from governance.pipeline.signing import sign_outputs
 from governance.upstream.client import UpstreamResult, parse_json_object
 from storage.ledger.batching import LedgerPushback
@@ -62,6 +68,9 @@ class TurnOutcome:
     documents: list[dict[str, Any]]
     stream: bool
     turn_id: str
+    tenant: str = ""
+    actor: str = ""
+    session: str | None = None
 
 
 @dataclass
@@ -78,13 +87,14 @@ class _Turn:
     first_index: int | None = None
 
     def event(self, type_: str, body: dict[str, Any]) -> LedgerEvent:
+        """Queue an event; any oversized value in ``body`` moves to a committed blob."""
         ev = LedgerEvent(
             type=type_,
             tenant=self.principal.tenant,
             actor=self.principal.actor,
             session=self.request.headers.get("x-custody-session"),
             turn=self.turn_id,
-            body=body,
+            body=bound_body(body, self.content.commit_now),
         )
         self.events.append(ev)
         return ev
@@ -113,8 +123,15 @@ class TurnPipeline:
         )
         parsed: ParsedRequest | None = None
         try:
+            policy = self.s.policy
+            limits = InputLimits.from_tenant(
+                policy.tenant_settings(principal.tenant), policy.tenant_settings("default")
+            )
             parsed = await self.s.run_blocking(
-                parse_request, request.body, max_pixels=self.s.settings.max_image_pixels
+                parse_request,
+                request.body,
+                max_pixels=self.s.settings.max_image_pixels,
+                limits=limits,
             )
             return await self._run_parsed(turn, parsed)
         except GeminiError as err:
@@ -175,7 +192,12 @@ class TurnPipeline:
         s.metrics.upstream_latency.labels(turn.principal.tenant).observe(result.elapsed_ms / 1000)
 
         documents, upstream_error = _documents_of(result)
-        summary = summarise(documents) if upstream_error is None else ResponseSummary()
+        summary = ResponseSummary()
+        if upstream_error is None:
+            summary = await s.run_blocking(summarise, documents)  # sniffs and reads headers
+            if request.stream:  # complete only if its last chunk says it finished
+                result.stream_complete = result.stream_complete and summary.final_chunk
+            upstream_error = _unreleasable(request, result, summary)
         response_ref = await turn.content.upstream_response(result)
         turn.event(
             "upstream.returned", _upstream_body(result, summary, response_ref, upstream_error)
@@ -219,7 +241,15 @@ class TurnPipeline:
         for item in signed:
             ref = await turn.content.signed_output(item.output)
             turn.event("output.signed", {**item.ledger_body(), **ref})
-        replace_images(documents, {item.position: item.output.data for item in signed})
+        placed = replace_images(documents, {item.position: item.output.data for item in signed})
+        if len(signed) != len(summary.images) or unsigned_inline_data(documents, placed):
+            await self._append(turn)
+            raise GeminiError(
+                500,
+                "Custody refused to release this turn: its response would have carried an image"
+                " Custody did not sign. Nothing was released; report this turn id to the operator.",
+                reason="UNSIGNED_OUTPUT",
+            )
 
         total_ms = (time.perf_counter() - turn.started) * 1000
         released_body = {
@@ -257,7 +287,36 @@ class TurnPipeline:
         s.metrics.added_latency.labels(turn.principal.tenant).observe(
             max(total_ms - turn.upstream_ms, 0) / 1000
         )
-        return TurnOutcome(documents, request.stream, turn.turn_id)
+        return TurnOutcome(
+            documents,
+            request.stream,
+            turn.turn_id,
+            tenant=turn.principal.tenant,
+            actor=turn.principal.actor,
+            session=request.headers.get("x-custody-session"),
+        )
+
+    async def record_undelivered(self, outcome: TurnOutcome, *, stage: str, sent: int) -> None:
+        """The caller went away: a released turn's response did not (fully) reach it.
+
+        Appended after ``turn.released`` (the ledger never edits an entry): ``stage`` is
+        ``before_send`` (nothing was sent) or ``mid_stream`` (``sent`` stream events were).
+        """
+        event = LedgerEvent(
+            type="turn.undelivered",
+            tenant=outcome.tenant,
+            actor=outcome.actor,
+            session=outcome.session,
+            turn=outcome.turn_id,
+            body={
+                "stage": stage,
+                "events_sent": sent,
+                "events_total": len(outcome.documents) if outcome.stream else 1,
+                "reason": "the client disconnected before the response was delivered",
+            },
+        )
+        await self.s.run_blocking(self.s.ledger.append, [event])
+        self.s.metrics.turns.labels(outcome.tenant, "undelivered").inc()
 
     async def _fail(self, turn: _Turn, parsed: ParsedRequest | None, err: GeminiError) -> None:
         """Record why the turn ended without a release; the error still reaches the caller."""
@@ -378,52 +437,108 @@ def _held(turn_id: str, decision: Decision, stage: str) -> PolicyRefusal:
     )
 
 
+def _upstream_fault(message: str, reason: str, code: int = 502) -> GeminiError:
+    return GeminiError(code, message, reason=reason)
+
+
+def _error_of(doc: dict[str, Any], http_status: int) -> GeminiError:
+    """The Gemini error an upstream sent (as a non-200 status, or as a 200 with an ``error``
+    object): its own code when it is an HTTP error code, else 502."""
+    found = doc.get("error")
+    err: dict[str, Any] = found if isinstance(found, dict) else {}
+    inner = err.get("code")
+    code = http_status if 400 <= http_status <= 599 else 502
+    if http_status == 200 and isinstance(inner, int) and 400 <= inner <= 599:
+        code = inner
+    listed = err.get("details")
+    details: list[Any] = listed if isinstance(listed, list) else []
+    message = err.get("message")
+    status = err.get("status")
+    return GeminiError(
+        code,
+        str(message) if message else f"The upstream answered HTTP {http_status} with an error.",
+        status=str(status)[:64] if status and code in (http_status, inner) else None,
+        reason="UPSTREAM_ERROR",
+        details=[d for d in details if isinstance(d, dict)],
+    )
+
+
 def _documents_of(result: UpstreamResult) -> tuple[list[dict[str, Any]], GeminiError | None]:
-    """The upstream's JSON documents, or the Gemini error to hand the caller unchanged."""
+    """The upstream's JSON documents, or the Gemini error to hand the caller.
+
+    The upstream's own errors keep their code; what the upstream got wrong (bodies that are not
+    JSON, timeouts) is a 5xx naming the upstream, never a 4xx blaming the caller.
+    """
     if result.status == 0:
+        if result.timed_out:
+            return [], GeminiError(
+                504,
+                f"The upstream did not answer in time ({result.transport_error}); Custody"
+                " released nothing. Retry later, or raise CUSTODY_UPSTREAM_TIMEOUT_S.",
+                reason="UPSTREAM_TIMEOUT",
+            )
         return [], GeminiError(
             502,
-            f"Custody could not reach the upstream: {result.transport_error}.",
+            f"Custody got no complete answer from the upstream ({result.transport_error});"
+            " nothing was released. Retry the request.",
             status="UNAVAILABLE",
             reason="UPSTREAM_ERROR",
         )
     if result.status != 200:
-        doc = parse_json_object(result.body) or {}
-        err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
-        details = err.get("details") if isinstance(err.get("details"), list) else []
-        return [], GeminiError(
-            result.status,
-            str(err.get("message") or f"The upstream answered HTTP {result.status}."),
-            status=str(err.get("status") or "") or None,
-            reason="UPSTREAM_ERROR",
-            details=details,
-        )
+        return [], _error_of(parse_json_object(result.body) or {}, result.status)
     if result.events or not result.body:
         docs = [parse_json_object(e) for e in result.events]
-        if not docs or any(d is None for d in docs):
-            if result.events:
-                return [], GeminiError(
-                    502,
-                    "The upstream stream carried a chunk that is not JSON.",
-                    status="UNAVAILABLE",
-                    reason="UPSTREAM_ERROR",
-                )
-            return [], GeminiError(
-                502,
-                "The upstream stream ended before its first chunk.",
-                status="UNAVAILABLE",
-                reason="UPSTREAM_ERROR",
+        if docs and docs[-1] is None and not result.stream_complete:
+            docs.pop()  # the event the cut interrupted: the stream is incomplete, not malformed
+        if not docs:
+            return [], _upstream_fault(
+                "The upstream stream ended before its first chunk; nothing was released.",
+                "UPSTREAM_STREAM_INCOMPLETE",
             )
-        return [d for d in docs if d is not None], None
+        if any(d is None for d in docs):
+            return [], _upstream_fault(
+                "The upstream stream carried a chunk that is not a JSON object; nothing was"
+                " released.",
+                "UPSTREAM_MALFORMED",
+            )
+        chunks = [d for d in docs if d is not None]
+        for chunk in chunks:
+            if "error" in chunk:
+                return [], _error_of(chunk, 200)
+        return chunks, None
     doc = parse_json_object(result.body)
     if doc is None:
-        return [], GeminiError(
-            502,
-            "The upstream answered HTTP 200 with a body that is not JSON.",
-            status="UNAVAILABLE",
-            reason="UPSTREAM_ERROR",
+        return [], _upstream_fault(
+            "The upstream answered HTTP 200 with a body that is not a JSON object; nothing was"
+            " released.",
+            "UPSTREAM_MALFORMED",
         )
+    if "error" in doc:
+        return [], _error_of(doc, 200)
     return [doc], None
+
+
+def _unreleasable(
+    request: TurnRequest, result: UpstreamResult, summary: ResponseSummary
+) -> GeminiError | None:
+    """Why a well-formed upstream answer still cannot be released (or None)."""
+    if summary.fault is not None:
+        return _upstream_fault(summary.fault.message, summary.fault.reason)
+    if request.stream and not result.stream_complete:
+        if result.timed_out:
+            return GeminiError(
+                504,
+                "The upstream stream stopped sending before its last chunk (timed out); nothing"
+                " was released. Retry later, or raise CUSTODY_UPSTREAM_TIMEOUT_S.",
+                reason="UPSTREAM_TIMEOUT",
+            )
+        cut = f" ({result.transport_error})" if result.transport_error else ""
+        return _upstream_fault(
+            "The upstream stream ended without its final chunk (no finishReason)"
+            f"{cut}; nothing was released. Retry the request.",
+            "UPSTREAM_STREAM_INCOMPLETE",
+        )
+    return None
 
 
 def _upstream_body(
@@ -434,7 +549,7 @@ def _upstream_body(
         "elapsed_us": round(result.elapsed_ms * 1000),
         "model_version": summary.model_version,
         "response_id": summary.response_id,
-        "finish_reasons": summary.finish_reasons,
+        "finish_reasons": list(dict.fromkeys(summary.finish_reasons)),  # distinct, in order
         "block_reason": summary.block_reason,
         "safety": summary.safety_outcome if err is None else None,
         "usage": _int_only(summary.usage),
@@ -448,9 +563,13 @@ def _upstream_body(
 
 
 def _int_only(value: Any) -> Any:
-    """Ledger leaves hold no floats (RFC 8785 number forms differ across languages)."""
+    """Ledger leaves hold no floats (RFC 8785 number forms differ across languages) and no
+    integer beyond ±(2^53 - 1), which RFC 8785 cannot carry: an upstream's such number is kept
+    as its decimal text."""
     if isinstance(value, float):
-        return round(value * 1000)
+        value = round(value * 1000) if abs(value) < 2**53 / 1000 else str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53 - 1:
+        return str(value)
     if isinstance(value, dict):
         return {k: _int_only(v) for k, v in value.items()}
     if isinstance(value, list):

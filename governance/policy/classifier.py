@@ -1,25 +1,40 @@
 """Detector signals for policy: a pluggable step that runs before the engine decides.
 
 A detector looks at a turn's facts and returns named signals; each lands in ``input.signals`` and
-in the decision record. The shipped ``PromptClassifier`` matches the prompt against term lists
-and regular expressions kept with the policy (``custody/classifier/data.json``), so changing a
-list changes the bundle revision like any rule.
+in the decision record. The shipped ``PromptClassifier`` matches ALL the text the upstream reads —
+system instruction, every earlier turn, the new turn, thought parts, structured parts and text
+attachments — against term lists and regular expressions kept with the policy
+(``custody/classifier/data.json``), so changing a list changes the bundle revision like any rule.
+Text is matched in its folded form (``governance.policy.normalise``): zero-width characters,
+homoglyphs, spaced-out letters and the like do not hide a term. "Do what I asked above" is caught
+because the earlier turn is classified too.
 
-A signal is ``{"matched": bool, "terms": [...], "patterns": [...], "detector": name}``: which
-listed terms matched and the indexes of the patterns that did — never the user's own words.
+A signal is ``{"matched": bool, "terms": [...], "patterns": [...], "fields": [...], "detector":
+name}``: which listed terms matched, the indexes of the patterns that did and the fields they were
+found in (``systemInstruction``, ``history`` (earlier user turns), ``model`` (earlier model
+turns), ``new``, ``thought``, ``structured``, ``attachment``, and ``across_parts`` for a term
+split over parts or turns) — never the user's words.
+
+Cost is linear in the text: every term of every category is found in one Aho-Corasick pass, each
+pattern is one bounded scan, and the parser caps the text before the classifier sees it.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import ahocorasick
+
 from governance.policy.bundle import PolicyBundle
 from governance.policy.decision import RequestFacts
+from governance.policy.normalise import fold, variants, warm
 
 CLASSIFIER_DATA = ("custody", "classifier", "categories")
+FIELD_ACROSS = "across_parts"
+MODEL_FIELDS = frozenset({"model", "thought"})  # text the model wrote in earlier turns
 
 
 class Detector(Protocol):
@@ -33,36 +48,82 @@ class Detector(Protocol):
 @dataclass(frozen=True)
 class _Category:
     name: str
-    terms: re.Pattern[str] | None
     patterns: tuple[re.Pattern[str], ...]
 
 
 def normalise(text: str) -> str:
-    """Lower case, accents folded, whitespace collapsed: what the term lists are written in."""
-    folded = unicodedata.normalize("NFKD", text)
-    folded = "".join(c for c in folded if not unicodedata.combining(c))
-    return " ".join(folded.lower().replace("’", "'").split())
+    """The folded form the term lists are matched in (see ``governance.policy.normalise``)."""
+    return fold(text)
+
+
+_LITERAL_UPPER = re.compile(r"(?<!\\)[A-Z]")
+# Around a boundary between two pieces, how far a pattern that spans it may reach.
+SPAN_REACH = 160
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """The text is case-folded already; IGNORECASE (twice as slow) only for a capital literal."""
+    flags = re.IGNORECASE if _LITERAL_UPPER.search(pattern) else 0
+    return re.compile(pattern, flags)
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+class _Hits:
+    """What one category matched so far."""
+
+    def __init__(self) -> None:
+        self.terms: set[str] = set()
+        self.patterns: set[int] = set()
+        self.fields: set[str] = set()
+
+
+class _Joined:
+    """Pieces of text joined into one string, with the field of every offset."""
+
+    def __init__(self, pieces: list[tuple[str, str]], sep: str) -> None:
+        self.starts: list[int] = []
+        self.fields: list[str] = []
+        out: list[str] = []
+        pos = 0
+        for field_name, text in pieces:
+            self.starts.append(pos)
+            self.fields.append(field_name)
+            out.append(text)
+            pos += len(text) + len(sep)
+        self.text = sep.join(out)
+
+    def piece_at(self, offset: int) -> int:
+        return bisect.bisect_right(self.starts, offset) - 1
 
 
 class PromptClassifier:
-    """Matches the prompt against each category's terms (whole words) and patterns."""
+    """Matches all of a request's text against each category's terms (whole words) and patterns."""
 
     name = "prompt_terms"
 
     def __init__(self, categories: dict[str, Any]) -> None:
+        warm()
         compiled = []
+        automaton = ahocorasick.Automaton()
+        by_term: dict[str, set[str]] = {}
         for cat_name, spec in sorted(categories.items()):
-            terms = sorted({normalise(t) for t in spec.get("terms", []) if t.strip()}, key=len)
-            term_re = (
-                re.compile(r"(?<!\w)(?:" + "|".join(re.escape(t) for t in terms[::-1]) + r")(?!\w)")
-                if terms
-                else None
-            )
+            for term in spec.get("terms", []):
+                folded = fold(term) if isinstance(term, str) else ""
+                if folded:
+                    by_term.setdefault(folded, set()).add(cat_name)
             try:
-                patterns = tuple(re.compile(p, re.IGNORECASE) for p in spec.get("patterns", []))
+                patterns = tuple(_compile(p) for p in spec.get("patterns", []))
             except re.error as exc:
                 raise ValueError(f"classifier category {cat_name!r}: bad pattern: {exc}") from exc
-            compiled.append(_Category(cat_name, term_re, patterns))
+            compiled.append(_Category(cat_name, patterns))
+        for term, cats in by_term.items():
+            automaton.add_word(term, (term, tuple(sorted(cats))))
+        self._automaton = automaton if by_term else None
+        if self._automaton is not None:
+            self._automaton.make_automaton()
         self._categories = tuple(compiled)
 
     @classmethod
@@ -72,22 +133,92 @@ class PromptClassifier:
         return cls(categories if isinstance(categories, dict) else {})
 
     def detect(self, facts: RequestFacts) -> dict[str, dict[str, Any]]:
+        if facts.texts:
+            return self.classify_texts(list(facts.texts))
         return self.classify(facts.prompt)
 
     def classify(self, prompt: str) -> dict[str, dict[str, Any]]:
-        """One signal per category for this prompt text."""
-        text = normalise(prompt)
-        signals: dict[str, dict[str, Any]] = {}
-        for cat in self._categories:
-            terms = sorted(set(cat.terms.findall(text))) if cat.terms else []
-            patterns = [i for i, p in enumerate(cat.patterns) if p.search(text)]
-            signals[cat.name] = {
-                "matched": bool(terms or patterns),
-                "terms": terms,
-                "patterns": patterns,
+        """One signal per category for one prompt text (the new turn alone)."""
+        return self.classify_texts([("new", prompt)])
+
+    def classify_texts(self, texts: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+        """One signal per category for every (field, text) piece of a request."""
+        hits = {cat.name: _Hits() for cat in self._categories}
+        forms = [variants(text) for _, text in texts]
+        # Every form of every piece, one piece per line: matches inside one piece.
+        within = _Joined([(f, "\n".join(v)) for (f, _), v in zip(texts, forms, strict=True)], "\n")
+        self._terms(within, hits, spanning=False)
+        self._patterns(within, hits, spanning=False)
+        # The pieces run together — all of them, the caller's alone (a model turn between two
+        # halves must not hide a split term), the model's alone: a term split over parts/turns.
+        pieces = [(f, v[0]) for (f, _), v in zip(texts, forms, strict=True)]
+        streams = [
+            pieces,
+            [p for p in pieces if p[0] not in MODEL_FIELDS],
+            [p for p in pieces if p[0] in MODEL_FIELDS],
+        ]
+        seen: list[list[tuple[str, str]]] = []
+        for stream in streams:
+            if len(stream) > 1 and stream not in seen:
+                seen.append(stream)
+                across = _Joined(stream, "")
+                self._terms(across, hits, spanning=True)
+                self._patterns(across, hits, spanning=True)
+        return {
+            cat.name: {
+                "matched": bool(hits[cat.name].terms or hits[cat.name].patterns),
+                "terms": sorted(hits[cat.name].terms),
+                "patterns": sorted(hits[cat.name].patterns),
+                "fields": sorted(hits[cat.name].fields),
                 "detector": self.name,
             }
-        return signals
+            for cat in self._categories
+        }
+
+    def _record(self, joined: _Joined, start: int, end: int, spanning: bool, hit: _Hits) -> bool:
+        first, last = joined.piece_at(start), joined.piece_at(max(end - 1, start))
+        if spanning and first == last:
+            return False  # found by the within-piece pass already
+        hit.fields.update(joined.fields[first : last + 1])
+        if spanning:
+            hit.fields.add(FIELD_ACROSS)
+        return True
+
+    def _terms(self, joined: _Joined, hits: dict[str, _Hits], spanning: bool) -> None:
+        if self._automaton is None:
+            return
+        text = joined.text
+        for end, (term, cats) in self._automaton.iter(text):
+            start = end - len(term) + 1
+            if start > 0 and _is_word(text[start - 1]):
+                continue
+            if end + 1 < len(text) and _is_word(text[end + 1]):
+                continue
+            for cat in cats:
+                if self._record(joined, start, end + 1, spanning, hits[cat]):
+                    hits[cat].terms.add(term)
+
+    def _patterns(self, joined: _Joined, hits: dict[str, _Hits], spanning: bool) -> None:
+        ranges = _around_boundaries(joined) if spanning else [(0, len(joined.text))]
+        for cat in self._categories:
+            for index, pattern in enumerate(cat.patterns):
+                for start, end in ranges:
+                    for m in pattern.finditer(joined.text, start, end):
+                        if self._record(joined, m.start(), m.end(), spanning, hits[cat.name]):
+                            hits[cat.name].patterns.add(index)
+
+
+def _around_boundaries(joined: _Joined) -> list[tuple[int, int]]:
+    """Merged windows of ``SPAN_REACH`` either side of every boundary between two pieces: only
+    there can a match span pieces, so a spanning pass scans no more than that."""
+    ranges: list[tuple[int, int]] = []
+    for boundary in joined.starts[1:]:
+        start, end = max(boundary - SPAN_REACH, 0), min(boundary + SPAN_REACH, len(joined.text))
+        if ranges and start <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    return ranges
 
 
 def run_detectors(detectors: tuple[Detector, ...], facts: RequestFacts) -> dict[str, Any]:

@@ -30,10 +30,31 @@ class ImageFacts:
     role: str  # "parent" | "reference" | "mask"
     mime_type: str
     size: int
-    width: int
-    height: int
+    width: int | None  # None when the header does not say (an HEIF without 'ispe')
+    height: int | None
     sha256: str
     has_content_credentials: bool
+
+
+@dataclass(frozen=True)
+class DocumentFacts:
+    """One non-image input (PDF, text, audio, video): its sniffed and declared type, size, hash."""
+
+    mime_type: str
+    declared_mime_type: str
+    size: int
+    sha256: str
+    history: bool
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """A ``fileData`` reference: content Custody cannot see; where it points and its type."""
+
+    uri: str  # without query string, fragment or user info
+    scheme: str
+    host: str
+    mime_type: str | None
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,14 @@ class RequestFacts:
     session_turn_count: int
     lineage: tuple[Any, ...]
     labels: dict[str, str]
+    # Every piece of text the upstream reads, as (field, text): field is "systemInstruction",
+    # "history", "model", "new", "thought", "structured" or "attachment". Empty: classify
+    # ``prompt`` alone.
+    texts: tuple[tuple[str, str], ...] = ()
+    documents: tuple[DocumentFacts, ...] = ()
+    files: tuple[FileFacts, ...] = ()
+    # The rest of what the upstream acts on: tools, tool config, generation config, history size.
+    shape: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

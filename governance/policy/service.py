@@ -202,6 +202,10 @@ class PolicyService:
             reservation_id = self._reservations.pop(decision_id, None)
         return self.limiter.release(reservation_id) if reservation_id else False
 
+    def tenant_settings(self, tenant: str) -> dict[str, Any]:
+        """The policy data's settings for ``tenant`` (``default`` for unknown tenants)."""
+        return self._state.tenant_settings(tenant)
+
     def rate_limit_for(self, tenant: str) -> int | None:
         """The smallest per-window turn limit that applies to one actor of ``tenant``."""
         limits = self._state.tenant_settings(tenant).get("rate_limits")
@@ -361,10 +365,20 @@ def _image(img: Any) -> dict[str, Any]:
         "role": img.role,
         "mime_type": img.mime_type,
         "size": int(img.size),
-        "width": int(img.width),
-        "height": int(img.height),
+        "width": None if img.width is None else int(img.width),  # unknown: null, not a failure
+        "height": None if img.height is None else int(img.height),
         "sha256": img.sha256,
         "has_content_credentials": bool(img.has_content_credentials),
+    }
+
+
+def _signal(s: Any) -> dict[str, Any]:
+    if not isinstance(s, dict):
+        return {"matched": bool(s), "terms": [], "fields": []}
+    return {
+        "matched": bool(s.get("matched")),
+        "terms": list(s.get("terms") or []),
+        "fields": list(s.get("fields") or []),
     }
 
 
@@ -374,7 +388,11 @@ def request_input(
     signals: dict[str, Any],
     stage: str = "request",
 ) -> dict[str, Any]:
-    """The contract input document for a request (see docs/policy-guide.md)."""
+    """The contract input document for a request (see docs/policy-guide.md).
+
+    Everything the upstream acts on is here as facts; text only as ``prompt`` (the new turn,
+    masked in records) and, for all of it, as the classifier's signals.
+    """
     images = [_image(i) for i in facts.images]
     return {
         "actor": {"id": facts.actor, "roles": sorted(facts.roles), "tenant": facts.tenant},
@@ -385,6 +403,21 @@ def request_input(
             "masks": [i for i in images if i["role"] == "mask"],
             "references": [i for i in images if i["role"] == "reference"],
             "labels": dict(facts.labels),
+            "documents": [
+                {
+                    "mime_type": d.mime_type,
+                    "declared_mime_type": d.declared_mime_type,
+                    "size": int(d.size),
+                    "sha256": d.sha256,
+                    "history": bool(d.history),
+                }
+                for d in facts.documents
+            ],
+            "file_data": [
+                {"uri": f.uri, "scheme": f.scheme, "host": f.host, "mime_type": f.mime_type}
+                for f in facts.files
+            ],
+            **facts.shape,
         },
         "session": {
             "id": facts.session_id,
@@ -392,13 +425,8 @@ def request_input(
             "lineage": list(facts.lineage),
         },
         "counters": counters,
-        # matched and terms only: the rest is in the record; a smaller input evaluates faster
-        "signals": {
-            name: {"matched": bool(s.get("matched")), "terms": list(s.get("terms") or [])}
-            if isinstance(s, dict)
-            else {"matched": bool(s), "terms": []}
-            for name, s in signals.items()
-        },
+        # matched, terms and fields only: the rest is in the record; a smaller input is faster
+        "signals": {name: _signal(s) for name, s in signals.items()},
         "stage": stage,
     }
 

@@ -31,6 +31,7 @@ class UpstreamResult:
     events: list[bytes] = field(default_factory=list)  # SSE ``data:`` payloads, in order
     stream_complete: bool = True  # False when a stream ended without its final chunk
     transport_error: str | None = None
+    timed_out: bool = False  # the upstream did not answer (or finish a stream) in time
 
 
 class UpstreamClient:
@@ -80,7 +81,12 @@ class UpstreamClient:
             )
         except httpx.HTTPError as exc:
             return UpstreamResult(
-                0, b"", {}, (time.perf_counter() - start) * 1000, transport_error=_describe(exc)
+                0,
+                b"",
+                {},
+                (time.perf_counter() - start) * 1000,
+                transport_error=_describe(exc),
+                timed_out=isinstance(exc, httpx.TimeoutException),
             )
         return UpstreamResult(
             resp.status_code,
@@ -92,14 +98,20 @@ class UpstreamClient:
     async def post_stream(
         self, path: str, body: bytes, incoming: dict[str, str], params: dict[str, str]
     ) -> UpstreamResult:
-        """POST a streaming request and collect every SSE event (Custody signs before release)."""
+        """POST a streaming request and collect every SSE event (Custody signs before release).
+
+        A stream cut by the upstream, or that times out, comes back with ``stream_complete``
+        False (and ``timed_out``). Whether its last event carries a finish reason is judged by
+        the pipeline's response walk, which parses every event anyway.
+        """
         start = time.perf_counter()
         events: list[bytes] = []
         try:
             async with self._http.stream(
                 "POST", path, content=body, headers=self._headers(incoming), params=params
             ) as resp:
-                if resp.status_code != 200:
+                event_stream = resp.headers.get("content-type", "").startswith("text/event-stream")
+                if resp.status_code != 200 or not event_stream:  # an error, or one JSON body
                     content = await resp.aread()
                     return UpstreamResult(
                         resp.status_code,
@@ -107,19 +119,22 @@ class UpstreamClient:
                         dict(resp.headers),
                         (time.perf_counter() - start) * 1000,
                     )
-                complete = True
+                complete, timed_out, error = True, False, None
                 try:
                     async for payload in _sse_payloads(resp.aiter_bytes()):
                         events.append(payload)
-                except httpx.HTTPError:
-                    complete = False
+                except httpx.HTTPError as exc:
+                    complete, error = False, _describe(exc)
+                    timed_out = isinstance(exc, httpx.TimeoutException)
                 return UpstreamResult(
                     200,
                     b"",
                     dict(resp.headers),
                     (time.perf_counter() - start) * 1000,
                     events=events,
-                    stream_complete=complete and _has_final_chunk(events),
+                    stream_complete=complete and bool(events),
+                    transport_error=error,
+                    timed_out=timed_out,
                 )
         except httpx.HTTPError as exc:
             return UpstreamResult(
@@ -128,7 +143,9 @@ class UpstreamClient:
                 {},
                 (time.perf_counter() - start) * 1000,
                 events=events,
+                stream_complete=False,
                 transport_error=_describe(exc),
+                timed_out=isinstance(exc, httpx.TimeoutException),
             )
 
     async def get_resource(
@@ -165,40 +182,73 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _has_final_chunk(events: list[bytes]) -> bool:
-    """Gemini's last stream chunk carries a finishReason (or a promptFeedback block)."""
-    if not events:
-        return False
-    last = events[-1]
-    return b"finishReason" in last or b"blockReason" in last
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_OVERLAP = max(len(sep) for sep in _SEPARATORS) - 1
+
+
+class SseSplitter:
+    """Splits an SSE byte stream into events in time linear in its length.
+
+    Each byte is searched at most once per separator (plus a 3-byte overlap across chunk
+    boundaries): a 3 MB event read in 4 KiB chunks costs about 3 x 3 MB of scanning, where
+    re-scanning the buffer from its start on every chunk cost 3 x 3 MB x 375. ``scanned``
+    counts the bytes searched, so a test can hold the bound without timing anything.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._start = 0  # the first byte of the event being assembled
+        self._scan = 0  # bytes before this offset hold no separator that starts at/after _start
+        self.scanned = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The raw text of every event that ``chunk`` completes, in order."""
+        self._buffer += chunk
+        out: list[bytes] = []
+        while True:
+            cut = self._next_separator()
+            if cut is None:
+                break
+            out.append(bytes(self._buffer[self._start : cut[0]]))
+            self._start = self._scan = cut[1]
+        if self._start > len(self._buffer) // 2:  # amortised compaction keeps memory bounded
+            del self._buffer[: self._start]
+            self._scan -= self._start
+            self._start = 0
+        return out
+
+    def rest(self) -> bytes:
+        """What is left after the last separator (an event the stream did not terminate)."""
+        return bytes(self._buffer[self._start :])
+
+    def _next_separator(self) -> tuple[int, int] | None:
+        end = len(self._buffer)
+        lo = max(self._start, self._scan)
+        best: tuple[int, int] | None = None
+        for sep in _SEPARATORS:
+            hi = best[0] + len(sep) - 1 if best else end  # only an earlier separator matters
+            at = self._buffer.find(sep, lo, hi)
+            self.scanned += max((at + len(sep) if at != -1 else hi) - lo, 0)
+            if at != -1 and (best is None or at < best[0]):
+                best = (at, at + len(sep))
+        if best is None:
+            self._scan = max(self._start, end - _OVERLAP)
+        return best
 
 
 async def _sse_payloads(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Split an SSE byte stream into the ``data:`` payload of each event."""
-    buffer = b""
+    splitter = SseSplitter()
     async for chunk in chunks:
-        buffer += chunk
-        while True:
-            cut = _event_end(buffer)
-            if cut is None:
-                break
-            raw, buffer = buffer[: cut[0]], buffer[cut[1] :]
+        for raw in splitter.feed(chunk):
             payload = _data_of(raw)
             if payload is not None:
                 yield payload
-    if buffer.strip():
-        payload = _data_of(buffer)
+    rest = splitter.rest()
+    if rest.strip():
+        payload = _data_of(rest)
         if payload is not None:
             yield payload
-
-
-def _event_end(buffer: bytes) -> tuple[int, int] | None:
-    best: tuple[int, int] | None = None
-    for sep in (b"\r\n\r\n", b"\n\n", b"\r\r"):
-        at = buffer.find(sep)
-        if at != -1 and (best is None or at < best[0]):
-            best = (at, at + len(sep))
-    return best
 
 
 def _data_of(raw: bytes) -> bytes | None:

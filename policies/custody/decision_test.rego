@@ -136,3 +136,77 @@ test_upstream_safety_block_is_passed_through if {
 	d.outcome == "allow"
 	count(d.reasons) == 1
 }
+
+test_a_model_outside_the_allow_list_is_denied_naming_the_allowed_ones if {
+	a := editor
+	r := object.union(request("make the sofa teal", [photo], {}), {"model": "gemini-2.0-flash"})
+	d := decide(a, r, {}, {})
+	d.outcome == "deny"
+	some reason in d.reasons
+	contains(reason, "model gemini-2.0-flash is not allowed")
+	contains(reason, "gemini-3-pro-image-preview")
+}
+
+test_every_default_image_model_is_allowed if {
+	a := editor
+	every model in ["gemini-2.5-flash-image", "gemini-2.5-flash-image-preview", "gemini-3-pro-image-preview"] {
+		r := object.union(request("make the sofa teal", [photo], {}), {"model": model})
+		d := decide(a, r, {}, {})
+		d.outcome == "allow"
+	}
+}
+
+test_a_tenant_allow_list_overrides_the_default if {
+	a := {"id": "l@licensed-only", "roles": ["editor"], "tenant": "licensed-only"}
+	r := object.union(request("x", [photo], {"rights": "licensed"}), {"model": "gemini-3-pro-image-preview"})
+	d := decide(a, r, {}, {})
+	d.outcome == "deny"
+}
+
+test_file_references_are_denied_by_default if {
+	a := editor
+	f := [{"uri": "https://example.test/a.png", "scheme": "https", "mime_type": "image/png"}]
+	r := object.union(request("x", [photo], {}), {"file_data": f})
+	d := decide(a, r, {}, {})
+	d.outcome == "deny"
+	some reason in d.reasons
+	contains(reason, "inlineData")
+}
+
+test_cached_content_is_denied_by_default if {
+	a := editor
+	r := object.union(request("x", [photo], {}), {"cached_content": true})
+	d := decide(a, r, {}, {})
+	d.outcome == "deny"
+}
+
+test_a_signal_found_in_the_system_instruction_still_denies if {
+	a := editor
+	r := request("go ahead", [], {})
+	s := {"watermark_removal": {"matched": true, "terms": ["watermark"], "fields": ["systemInstruction"]}}
+	d := decide(a, r, s, {})
+	d.outcome == "deny"
+}
+
+test_an_image_of_unknown_size_is_decided_not_failed if {
+	a := editor
+	heic := object.union(photo, {"mime_type": "image/heic", "width": null, "height": null})
+	r := request("make the sofa teal", [heic], {})
+	d := decide(a, r, {}, {})
+	d.outcome == "allow"
+}
+
+test_a_pdf_input_is_denied_unless_the_tenant_accepts_it if {
+	a := editor
+	pdf := {"mime_type": "application/pdf", "declared_mime_type": "application/pdf", "size": 9,
+		"sha256": "00", "history": false}
+	r := object.union(request("x", [photo], {}), {"documents": [pdf]})
+	d := decide(a, r, {}, {})
+	d.outcome == "deny"
+	some reason in d.reasons
+	contains(reason, "application/pdf input cannot be read")
+	note := object.union(pdf, {"mime_type": "text/plain", "declared_mime_type": "text/plain"})
+	r2 := object.union(request("x", [photo], {}), {"documents": [note]})
+	d2 := decide(a, r2, {}, {})
+	d2.outcome == "allow"
+}

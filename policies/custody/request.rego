@@ -85,3 +85,54 @@ review contains "the edit involves a minor" if {
 review_output contains "production assets are reviewed before release" if {
 	labels.asset == "production"
 }
+
+# -- complete mediation: the model, and inputs Custody cannot see into
+
+default_settings := object.get(data.custody.tenants, "default", {})
+
+allowed_models := object.get(tenant, "allowed_models", object.get(default_settings, "allowed_models", []))
+
+deny contains msg if {
+	input.stage == "request"
+	not input.request.model in allowed_models
+	msg := concat("", [
+		"model ", input.request.model, " is not allowed for tenant ", input.actor.tenant,
+		"; use one of: ", concat(", ", allowed_models),
+	])
+}
+
+file_data := object.get(input.request, "file_data", [])
+
+deny contains msg if {
+	input.stage == "request"
+	count(file_data) > 0
+	not object.get(tenant, "allow_file_data", false)
+	msg := concat("", [
+		"file references (fileData, ", format_int(count(file_data), 10),
+		") are not inspected by Custody: send the content inline as inlineData",
+	])
+}
+
+deny contains "cached content (cachedContent) is not inspected by Custody: send the content in the request" if {
+	input.stage == "request"
+	object.get(input.request, "cached_content", false) == true
+	not object.get(tenant, "allow_cached_content", false)
+}
+
+# Non-image inputs the classifier cannot read (PDF, audio, video) could carry the very request
+# the rules refuse; a tenant accepts them only by listing their types.
+allowed_document_types := object.get(
+	tenant, "allowed_document_types",
+	object.get(default_settings, "allowed_document_types", ["text/plain"]),
+)
+
+deny contains msg if {
+	input.stage == "request"
+	some doc in object.get(input.request, "documents", [])
+	not doc.mime_type in allowed_document_types
+	msg := concat("", [
+		"a ", doc.mime_type, " input cannot be read by Custody's checks, so tenant ",
+		input.actor.tenant, " does not accept it (accepted non-image types: ",
+		concat(", ", allowed_document_types), ")",
+	])
+}

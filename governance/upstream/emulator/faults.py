@@ -16,6 +16,8 @@ KIND is one of:
 ``slow:MS`` the normal answer, after sleeping MS milliseconds (at most 120 000)
 ``cut``    stream: the first chunk, then the connection closes with no final chunk;
            non-stream: headers and half the body, then the connection closes
+``error200`` HTTP 200 whose body is a 429 RESOURCE_EXHAUSTED error envelope (as some proxies
+           answer): a gateway must treat it as the error it is, not as a success
 =========  =====================================================================================
 
 An unknown KIND is itself a 400, so a typo in a test never silently passes.
@@ -79,7 +81,7 @@ def invalid_argument(message: str) -> GeminiError:
 
 @dataclass(frozen=True)
 class Fault:
-    """One injected fault: ``kind`` in {"429", "500", "503", "400", "slow", "cut"}."""
+    """One injected fault: ``kind`` in {"429", "500", "503", "400", "slow", "cut", "error200"}."""
 
     kind: str
     slow_ms: int = 0
@@ -92,12 +94,13 @@ class Fault:
 def parse_fault(spec: str) -> Fault:
     """``"429"`` / ``"slow:250"`` / ``"cut"`` … → a Fault; anything else → GeminiError 400."""
     kind = spec.strip().lower()
-    if kind in ("429", "500", "503", "400", "cut"):
+    if kind in ("429", "500", "503", "400", "cut", "error200"):
         return Fault(kind)
     if kind.startswith("slow:") and kind[5:].isdigit():
         return Fault("slow", min(int(kind[5:]), MAX_SLOW_MS))
     raise invalid_argument(
-        f"Unknown emulator fault {spec!r}: use 429, 500, 503, 400, slow:MS or cut.{INJECTED}"
+        f"Unknown emulator fault {spec!r}: use 429, 500, 503, 400, slow:MS, cut or error200."
+        + INJECTED
     )
 
 
@@ -146,4 +149,15 @@ def fault_error(fault: Fault, model: str) -> GeminiError | None:
         return GeminiError(503, "The model is overloaded. Please try again later." + INJECTED)
     if fault.kind == "400":
         return GeminiError(400, "Request contains an invalid argument." + INJECTED)
+    if fault.kind == "error200":
+        return ErrorIn200(429, "Resource has been exhausted (e.g. check quota)." + INJECTED)
     return None
+
+
+class ErrorIn200(GeminiError):
+    """An error envelope sent with HTTP 200, the way a misbehaving proxy or upstream answers."""
+
+    def response(self) -> Response:
+        response = super().response()
+        response.status_code = 200
+        return response

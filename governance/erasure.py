@@ -1,0 +1,159 @@
+"""Erasure of content on an authorised request, recorded in the ledger before it happens.
+
+A target is a blob digest or a commitment to it (the blob is content-addressed, so erasing by one
+commitment erases the blob and empties the salt of every commitment to it). The tenants owning
+it are the tenants of the ledger entries whose leaves hold one of its commitments, and of the
+turns whose index rows name its digest; a tenant's admin may erase only content no other tenant
+references, an operator any.
+
+Order: one ``content.erased`` event per owning tenant (who, why, the commitments — never the
+content, and never the bare digest, which would let anyone confirm a guess of erased content)
+commits together with the ``blob_erasures`` row; only then are the salts emptied and the blob
+destroyed. A crash in between leaves a recorded erasure whose blob remains; running it again
+finishes it. ``custody ledger verify`` counts the erased commitments and still passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, text
+
+from governance.auth.lifecycle import Operator
+from storage.blobs import Commitments
+from storage.ledger.events import LedgerEvent
+from storage.ledger.leaf import COMMITMENT_PREFIX
+from storage.ledger.log import Ledger
+
+_HEX = frozenset("0123456789abcdef")
+
+
+class ErasureError(Exception):
+    """An erasure that cannot be done; ``code`` is the HTTP status an API answers with."""
+
+    def __init__(self, code: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ErasureTarget:
+    """A blob to erase: its digest, every commitment to it, and the tenants that own it."""
+
+    digest: str
+    commitments: tuple[str, ...]
+    tenants: frozenset[str]
+    already_erased: bool
+
+
+@dataclass(frozen=True)
+class ErasureDone:
+    target: ErasureTarget
+    blob_was_present: bool
+    entries: tuple[int, ...]  # ledger indexes of the content.erased events
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "commitments": list(self.target.commitments),
+            "tenants": sorted(self.target.tenants),
+            "blob_was_present": self.blob_was_present,
+            "ledger_entries": list(self.entries),
+        }
+
+
+def _tenants_in_ledger(engine: Engine, commitments: tuple[str, ...]) -> set[str]:
+    """Tenants of the entries whose leaf bytes hold one of ``commitments`` (a scan of the
+    ledger: erasure is rare, and the ledger is the record of who holds what)."""
+    if not commitments:
+        return set()
+    if engine.dialect.name == "postgresql":
+        match = " OR ".join(f"position(:c{i} in leaf) > 0" for i in range(len(commitments)))
+    else:
+        match = " OR ".join(f"instr(leaf, :c{i}) > 0" for i in range(len(commitments)))
+    params = {f"c{i}": c.encode() for i, c in enumerate(commitments)}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(f"SELECT DISTINCT tenant FROM ledger_entries WHERE {match}"), params
+        ).all()
+    return {str(r[0]) for r in rows}
+
+
+def _tenants_in_turns(engine: Engine, digest: str) -> set[str]:
+    """Tenants of the turns whose index rows name ``digest`` (inputs, outputs, manifests,
+    prompts, requests, responses)."""
+    query = text(
+        "SELECT DISTINCT t.tenant FROM turns t WHERE t.prompt_sha256 = :d"
+        " OR t.request_sha256 = :d OR t.response_sha256 = :d OR t.turn_id IN ("
+        " SELECT i.turn_id FROM turn_images i WHERE i.sha256 = :d OR i.signed_sha256 = :d"
+        " OR i.manifest_sha256 = :d)"
+    ).bindparams(bindparam("d"))
+    with engine.connect() as conn:
+        return {str(r[0]) for r in conn.execute(query, {"d": digest}).all()}
+
+
+class ContentEraser:
+    """Finds, authorises and erases content; the CLI and ``POST /api/v1/erasures`` use it."""
+
+    def __init__(self, engine: Engine, ledger: Ledger, commitments: Commitments) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.commitments = commitments
+
+    def find(self, digest_or_commitment: str) -> ErasureTarget:
+        """The blob named by a hex SHA-256 digest or by a commitment to it."""
+        value = digest_or_commitment.strip()
+        if value.startswith(COMMITMENT_PREFIX):
+            digest = self.commitments.digest_of(value)
+            if digest is None:
+                raise ErasureError(
+                    404,
+                    f"Custody holds no content with commitment {value}: check it against the"
+                    " ledger entry it came from.",
+                    "CONTENT_NOT_FOUND",
+                )
+        elif len(value) == 64 and set(value.lower()) <= _HEX:
+            digest = value.lower()
+        else:
+            raise ErasureError(
+                400,
+                "Name the content by its SHA-256 digest (64 hex characters) or by a commitment"
+                f" ({COMMITMENT_PREFIX}...) from its ledger entry.",
+                "BAD_ERASURE_TARGET",
+            )
+        commitments = tuple(self.commitments.commitments_of(digest))
+        present = self.commitments.blobs.exists(digest)
+        if not commitments and not present:
+            raise ErasureError(
+                404, f"Custody holds no content with digest {digest}.", "CONTENT_NOT_FOUND"
+            )
+        tenants = _tenants_in_ledger(self.engine, commitments) | _tenants_in_turns(
+            self.engine, digest
+        )
+        erased = self.commitments.erased(digest) and not present
+        return ErasureTarget(digest, commitments, frozenset(tenants), erased)
+
+    def erase(self, target: ErasureTarget, *, reason: str, by: Operator) -> ErasureDone:
+        """Record the erasure (ledger events and erasure row, one transaction), then destroy."""
+        if not reason.strip():
+            raise ErasureError(
+                400, "Say why the content is erased (a reason is recorded).", "REASON_REQUIRED"
+            )
+        if target.already_erased:
+            raise ErasureError(409, "This content was already erased.", "ALREADY_ERASED")
+        body = {
+            "commitments": list(target.commitments),
+            "reason": reason,
+            "by": by.body(),
+            "tenants": sorted(target.tenants),
+        }
+        events = [
+            LedgerEvent(type="content.erased", tenant=tenant, actor=by.actor, body=body)
+            for tenant in sorted(target.tenants) or ["*"]
+        ]
+        record = self.commitments.erasure_record(target.digest, reason=reason, actor=by.actor)
+        entries = self.ledger.append(events, [record])
+        present = self.commitments.destroy(target.digest)
+        return ErasureDone(target, present, tuple(e.index for e in entries))

@@ -1,0 +1,105 @@
+"""Text as the policy's term lists see it: one canonical form for every way of writing a word.
+
+Contract: ``fold(text)`` returns the matching form of ``text`` — Unicode NFKC, then canonical
+decomposition with combining marks dropped (accents fold: ``beyoncé`` → ``beyonce``), format
+characters (category Cf: zero-width spaces and joiners, bidi controls, soft hyphens) and invisible
+fillers removed, case folded, confusable letters of other scripts folded to the Latin letter they
+imitate (UTS #39 confusables: Cyrillic ``а`` → ``a``), whitespace collapsed, and runs of three or
+more single letters joined (``w-a-t-e-r``, ``w a t e r``, ``w.a.t.e.r`` → ``water``).
+``variants(text)`` adds the forms an evader relies on a reader to reconstruct: text under a
+right-to-left override reversed as it is displayed, and common digit-for-letter substitutions.
+
+Why: the upstream model reads through all of those tricks; a policy that compares raw strings
+does not. The original text is never changed — it is what the record keeps — only matched.
+
+The confusables come from the ``confusable-homoglyphs`` package, which ships Unicode's
+confusables data; its table is symmetric (no prototype direction), so the fold maps only
+non-ASCII characters, each to the ASCII letter (or digit) it is confusable with. ASCII text stays
+as written, so the classifier's regular expressions keep matching ordinary prose.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+import unicodedata
+from importlib import resources
+
+RLO, PDF = "\u202e", "\u202c"  # RIGHT-TO-LEFT OVERRIDE and the POP that ends it
+# Invisible letters (category Lo/So, not Cf) used to split words: Hangul fillers, braille blank.
+_INVISIBLE = ("\u115f", "\u1160", "\u3164", "\uffa0", "\u2800", "\u180e")
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a",
+                       "$": "s"})  # fmt: skip
+# Three or more single letters, each apart from the next by one to three separators.
+_SPACED = re.compile(r"(?<!\w)[^\W\d_](?:[^\w\n]{1,3}[^\W\d_](?!\w)){2,}")
+
+
+@functools.cache
+def _table() -> dict[int, str | None]:
+    """One ``str.translate`` table: drop format and mark characters, fold confusables."""
+    table: dict[int, str | None] = {}
+    for cp in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(cp)) in ("Cf", "Mn", "Me"):
+            table[cp] = None
+    for ch in _INVISIBLE:
+        table[ord(ch)] = None
+    table[ord("\u2019")] = "'"
+    table[ord("\u2018")] = "'"
+    source = resources.files("confusable_homoglyphs").joinpath("confusables.json")
+    for key, entries in json.loads(source.read_text(encoding="utf-8")).items():
+        if len(key) != 1 or key.isascii() or ord(key) in table:
+            continue
+        targets = [e["c"] for e in entries if e["c"].isascii() and e["c"].isalnum()]
+        if targets:
+            upper = key != key.lower()  # a capital imitates a capital: Greek Ι is I, not l
+            best = min(targets, key=lambda t: (len(t), not t.isalpha(), t.isupper() != upper, t))
+            if upper and best == "l":  # UTS #39's prototype of the I/l/1 class is "l"
+                best = "I"
+            table[ord(key)] = best.lower()
+    return table
+
+
+def _join_spaced(match: re.Match[str]) -> str:
+    return "".join(c for c in match.group() if c.isalpha())
+
+
+def _fold_raw(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)
+    table = _table()  # before and after case folding: the table has both cases' confusables
+    text = unicodedata.normalize("NFD", text).translate(table).casefold().translate(table)
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def fold(text: str) -> str:
+    """The matching form of ``text`` (see the module docstring)."""
+    return _SPACED.sub(_join_spaced, _fold_raw(text))
+
+
+def _displayed(text: str) -> str:
+    """``text`` with each right-to-left-override run reversed, as a reader sees it."""
+    out: list[str] = []
+    for i, segment in enumerate(text.split(RLO)):
+        if i == 0:
+            out.append(segment)
+            continue
+        overridden, _, rest = segment.partition(PDF)
+        out.append(overridden[::-1] + rest)
+    return "".join(out)
+
+
+def variants(text: str) -> list[str]:
+    """``fold(text)`` first, then the other forms it may be read as (each distinct, folded)."""
+    raw = _fold_raw(text)
+    forms = [_SPACED.sub(_join_spaced, raw)]
+    if any(c in raw for c in "013457@$"):
+        forms.append(_SPACED.sub(_join_spaced, raw.translate(_LEET)))
+    if RLO in text:
+        forms.append(fold(_displayed(text)))
+    return list(dict.fromkeys(forms))
+
+
+def warm() -> None:
+    """Build the translation table now (about a second, once) rather than on the first turn."""
+    _table()
