@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from storage.db import normalise_url
-from storage.ledger.note import NoteSigner
+from storage.ledger.note import Ed25519NoteSigner
 
 REPO = Path(__file__).resolve().parent.parent
 READ_ONLY = [
@@ -113,7 +113,7 @@ def test_every_command_finds_the_configured_installation_from_any_directory(
     assert verified.returncode == 0, verified.stderr
     vkey = _cli(env, tmp_path / "three", "ledger", "vkey")
     key_file = (tmp_path / "state" / "ledger-note.key").read_text()
-    assert vkey.stdout.strip() == NoteSigner.from_key_string(key_file).verifier_key()
+    assert vkey.stdout.strip() == Ed25519NoteSigner.from_key_string(key_file).verifier_key()
     for folder in ("one", "two", "three"):
         assert list((tmp_path / folder).iterdir()) == [], f"state appeared in {folder}/"
 

@@ -119,7 +119,8 @@ class NoteSigner(Protocol):
 
     The contract is Go's ``note.Signer``: ``name`` and ``key_hash`` identify the key in the
     signature line; ``sign`` returns the raw signature of ``msg`` (the note text's UTF-8 bytes),
-    which ``verifier()`` must accept. ``sign_note`` does the formatting around it.
+    which ``verifier()`` must accept; ``verifier_key()`` is the key string to publish.
+    ``sign_note`` does the formatting around it.
     """
 
     @property
@@ -131,6 +132,10 @@ class NoteSigner(Protocol):
     def sign(self, msg: bytes) -> bytes: ...
 
     def verifier(self) -> NoteVerifier: ...
+
+    def verifier_key(self) -> str:
+        """The verifier key string to publish (``verifier().key_string()``)."""
+        ...
 
 
 def sign_note(signer: NoteSigner, text: str) -> str:
