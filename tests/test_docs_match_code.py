@@ -41,6 +41,23 @@ def test_operations_documents_no_setting_that_does_not_exist() -> None:
     assert not unknown, f"docs/operations.md documents settings that do not exist: {unknown}"
 
 
+EVENT_TYPE = re.compile(
+    r"\"((?:turn|policy|review|upstream|output|key|content|models|tokens|request)\.[a-z_]+)\""
+)
+
+
+def test_every_ledger_event_type_is_documented() -> None:
+    emitted = {
+        name
+        for path in (ROOT / "governance").rglob("*.py")
+        for name in EVENT_TYPE.findall(path.read_text())
+    }
+    assert len(emitted) >= 15, "the scan no longer finds the event types"
+    ledger_format = (DOCS / "ledger-format.md").read_text()
+    missing = sorted(name for name in emitted if f"`{name}`" not in ledger_format)
+    assert not missing, f"docs/ledger-format.md does not document the events {missing}"
+
+
 def _commands(parser: argparse.ArgumentParser, prefix: str = "custody") -> list[str]:
     out: list[str] = []
     for action in parser._actions:
