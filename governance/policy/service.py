@@ -358,7 +358,7 @@ class PolicyService:
             obligations=dict(result.get("obligations") or {}),
             bundle_revision=state.revision,
             signals=signals,
-            input_masked=mask_input(document, state.mask),
+            input_masked=_masked(document, state.mask),
             elapsed_us=elapsed_us,
             engine=state.engine.name,
             input_document=document,
@@ -381,7 +381,7 @@ class PolicyService:
             obligations={"engine_error": True},
             bundle_revision=state.revision,
             signals=signals,
-            input_masked=mask_input(document, state.mask),
+            input_masked=_masked(document, state.mask),
             elapsed_us=elapsed_us,
             engine=ERROR_ENGINE,
             input_document=document,
@@ -470,6 +470,14 @@ def response_input(response: ResponseFacts) -> dict[str, Any]:
 
 def _prompt_only_facts(prompt: str) -> RequestFacts:
     return RequestFacts("", "", (), "", prompt, (), None, 0, (), {})
+
+
+def _masked(document: dict[str, Any], mask: tuple[str, ...]) -> dict[str, Any]:
+    """The input as recorded; a document that is not JSON (a lone surrogate) is recorded as such."""
+    try:
+        return mask_input(document, mask)
+    except (TypeError, ValueError) as exc:
+        return {"unrecordable": f"the policy input is not JSON: {exc}"}
 
 
 def _us_since(started_ns: int) -> int:
