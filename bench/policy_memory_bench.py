@@ -5,10 +5,11 @@ string, submitted from a 32-thread executor as the gateway's executor submits th
 is read once the service is loaded, after 100 decisions (warm-up: every executor thread has
 decided) and at the end. Goal: the end within 10 % of the after-warm-up figure.
 
-Each configuration runs in a fresh process, so one's memory does not hide another's: the engine on
-its default threads; the same with glibc limited to two arenas (``MALLOC_ARENA_MAX=2``), which
-takes out what the executor threads' own Python work keeps; and the engine given one thread per
-executor thread (32), which is what one interpreter per calling thread cost before.
+Each configuration runs in a fresh process, so one's memory does not hide another's: the engine as
+shipped (large inputs on its one large-input thread); the same with glibc limited to two arenas
+(``MALLOC_ARENA_MAX=2``), which takes out what the executor threads' own Python work keeps; and the
+engine told to evaluate every input on the caller's thread, as it did before (with its
+interpreters bounded, which alone does not help).
 
 The 2 MB rides in a label value rather than the prompt so that the prompt classifier, whose cost is
 bounded separately by input caps before evaluation, does not stretch the run: rego-cpp receives
@@ -25,9 +26,10 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from governance.policy.decision import ImageFacts, RequestFacts
-from governance.policy.engine_regopy import DEFAULT_THREADS, RegopyEngine
+from governance.policy.engine_regopy import MAX_INPUT_BYTES, RegopyEngine
 from governance.policy.service import PolicyService
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
@@ -55,11 +57,15 @@ def large_facts(i: int, note: str) -> RequestFacts:
     )  # fmt: skip
 
 
-def run(engine_threads: int, decisions: int = DECISIONS, callers: int = EXECUTOR_THREADS) -> dict:
-    """Decide ``decisions`` large turns from ``callers`` threads; RSS at start, warm-up, end."""
-    service = PolicyService(
-        POLICIES, engine_factory=lambda bundle: RegopyEngine(bundle, threads=engine_threads)
-    )
+def run(
+    inline: bool, decisions: int = DECISIONS, callers: int = EXECUTOR_THREADS
+) -> dict[str, Any]:
+    """Decide ``decisions`` large turns from ``callers`` threads; RSS at start, warm-up, end.
+
+    With ``inline`` every input is evaluated on the caller's thread, large ones included.
+    """
+    limit = {"inline_max_bytes": MAX_INPUT_BYTES} if inline else {}
+    service = PolicyService(POLICIES, engine_factory=lambda bundle: RegopyEngine(bundle, **limit))
     note = ("make the sofa teal, flatten the fabric " * (INPUT_BYTES // 39 + 1))[:INPUT_BYTES]
     facts = [large_facts(i, note) for i in range(50)]  # built before the first reading
     outcomes: Counter[str] = Counter()
@@ -79,7 +85,6 @@ def run(engine_threads: int, decisions: int = DECISIONS, callers: int = EXECUTOR
             peak = max(peak, rss_mib())
         end = rss_mib()
     return {
-        "engine_threads": engine_threads,
         "start": start,
         "warm": warm,
         "peak": peak,
@@ -89,13 +94,14 @@ def run(engine_threads: int, decisions: int = DECISIONS, callers: int = EXECUTOR
     }
 
 
-def _in_fresh_process(engine_threads: int, arena_max: str = "") -> dict:
+def _in_fresh_process(inline: bool, arena_max: str = "") -> dict[str, Any]:
     env = dict(os.environ)
     if arena_max:
         env["MALLOC_ARENA_MAX"] = arena_max
-    command = [sys.executable, "-m", "bench.policy_memory_bench", "--one", str(engine_threads)]
+    command = [sys.executable, "-m", "bench.policy_memory_bench", "--one", str(int(inline))]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return row
 
 
 def main() -> None:
@@ -104,15 +110,15 @@ def main() -> None:
         f" inputs from {EXECUTOR_THREADS} threads, RSS in MiB (fresh process each)"
     )
     rows = [
-        (f"{DEFAULT_THREADS} engine threads (default)", _in_fresh_process(DEFAULT_THREADS)),
-        (f"{DEFAULT_THREADS} engine threads, MALLOC_ARENA_MAX=2", _in_fresh_process(2, "2")),
-        (f"{EXECUTOR_THREADS} engine threads (one per caller)", _in_fresh_process(32)),
+        ("large inputs on the engine's thread (shipped)", _in_fresh_process(False)),
+        ("the same, MALLOC_ARENA_MAX=2", _in_fresh_process(False, "2")),
+        ("every input on the caller's thread (before)", _in_fresh_process(True)),
     ]
     for label, r in rows:
         growth = (r["end"] - r["warm"]) / r["warm"] * 100
         verdict = "flat" if growth <= 10 else "GROWS"
         print(
-            f"  {label:42} start {r['start']:6.0f}  after {WARM_UP} {r['warm']:6.0f}"
+            f"  {label:46} start {r['start']:6.0f}  after {WARM_UP} {r['warm']:6.0f}"
             f"  end {r['end']:6.0f}  peak {r['peak']:6.0f}  end vs warm-up {growth:+5.1f} %"
             f" ({verdict})  {r['seconds']:.1f} s  {r['outcomes']}"
         )
@@ -120,6 +126,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--one"]:
-        print(json.dumps(run(int(sys.argv[2]))))
+        print(json.dumps(run(inline=sys.argv[2] == "1")))
     else:
         main()

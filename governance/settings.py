@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     policy_dir: Path = Path(__file__).resolve().parent.parent / "policies"
     opa_url: str = ""
     policy_timeout_ms: int = 2_000
-    policy_engine_threads: int = Field(default=2, ge=1)  # Rego threads: they bound its memory
+    policy_interpreters: int = Field(default=2, ge=1)  # Rego interpreters shared by all threads
     policy_reload_ms: int = 2_000  # how often policy files are checked for changes (0: never)
 
     @classmethod

@@ -1,20 +1,22 @@
-"""The in-process engine: rego-cpp through ``regopy``, on a few threads of its own.
+"""The in-process engine: rego-cpp through ``regopy``, with memory bounded whatever the callers.
 
-Contract: ``RegopyEngine.evaluate`` may be called from any number of threads, and every call into
-rego-cpp (building the input, evaluating, freeing) runs on one of ``threads`` engine threads. Each
-engine thread owns one interpreter, compiled once from the bundle into a plan for the decision
-entry point (``Interpreter.build``); a decision only sets the input and runs that plan (re-parsing
-per call costs about 3 ms). A caller waits at most its timeout and then has its answer, an
-EngineError; rego-cpp cannot be interrupted, so the engine thread finishes that evaluation (or
-skips it if it had not started) before taking the next. An input larger than ``max_input_bytes``
-never reaches rego-cpp: it is refused whole, never evaluated in part.
+Contract: ``RegopyEngine.evaluate`` may be called from any number of threads. The engine holds a
+fixed number of interpreters (``interpreters``), each compiled once from the bundle into a plan for
+the decision entry point (``Interpreter.build``); a decision only sets the input and runs that
+plan (re-parsing per call costs about 3 ms). An ordinary input (up to ``inline_max_bytes``) is
+evaluated on the caller's thread with an interpreter borrowed from that pool; a larger one is
+handed to the engine's one large-input thread, with its own interpreter; one over
+``max_input_bytes`` never reaches rego-cpp: it is refused whole, never evaluated in part. A caller
+waits at most its timeout for an interpreter or for the large-input thread; rego-cpp cannot be
+interrupted, so an evaluation already running on the caller's thread is judged after the fact.
 
-Why threads of its own rather than interpreters borrowed by the calling thread: the regopy wheel
-links rego-cpp with snmalloc, which keeps what a thread allocated and freed for that thread to
-reuse (``malloc_trim`` cannot reach it), so each of the gateway's 32 executor threads that once
-evaluated a large input kept that evaluation's peak resident for good, on top of one interpreter
-per thread. Confined to a few threads, the engine's memory is a few peaks, whatever the number of
-callers. The measurements are in docs/performance.md ("Policy engine memory").
+Why large inputs go to a thread of their own: the regopy wheel links rego-cpp with snmalloc, which
+keeps what a thread allocated and freed for that thread to reuse (``malloc_trim`` cannot reach
+it). Each thread that evaluates keeps its largest evaluation's peak, about 6.5 times that input's
+size, for good: the gateway's 32 executor threads each kept ~13 MB after one 2 MB input. Ordinary
+inputs leave about half a megabyte per thread, and are not worth a hand-off between threads, which
+costs about 0.2 ms on a busy 2-core machine. The measurements are in docs/performance.md ("Policy
+engine memory").
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from governance.policy.bundle import PolicyBundle
 from governance.policy.decision import DECISION_PATH
 from governance.policy.rego_input import DocumentInput
 
-DEFAULT_THREADS = 2
-# Evaluating costs about 6.5 times the input's size at its peak, kept per engine thread.
+DEFAULT_INTERPRETERS = 2
+# Evaluating keeps about 6.5 times the input's size per evaluating thread (docs/performance.md).
+INLINE_MAX_BYTES = 64 * 1024
 MAX_INPUT_BYTES = 4 * 1024 * 1024
 
 _ERROR = re.compile(r"\(error \d+:([^|\s]*)\|(\d+)\|\d+\s+\(errormsg \d+:([^)]*)\)")
@@ -114,10 +117,10 @@ def evaluate_plan(compiled: _Compiled, document: dict[str, Any], entrypoint: str
 def _serve(
     bundle: PolicyBundle, entrypoint: str, jobs: queue.SimpleQueue[_Job | None], ready: Future[None]
 ) -> None:
-    """One engine thread: compile, then evaluate jobs until a ``None`` arrives.
+    """The large-input thread: compile, then evaluate jobs until a ``None`` arrives.
 
     It holds no reference to its engine, so an engine nobody uses any more is collected and its
-    finaliser stops the threads.
+    finaliser stops the thread.
     """
     try:
         compiled = compile_plan(bundle, entrypoint)
@@ -137,9 +140,8 @@ def _serve(
         del document, answer
 
 
-def _stop(jobs: queue.SimpleQueue[_Job | None], threads: int) -> None:
-    for _ in range(threads):
-        jobs.put(None)
+def _stop(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    jobs.put(None)
 
 
 def _input_size(document: dict[str, Any]) -> int:
@@ -162,39 +164,32 @@ class RegopyEngine:
         bundle: PolicyBundle,
         entrypoint: str = DECISION_PATH,
         *,
-        threads: int = DEFAULT_THREADS,
+        interpreters: int = DEFAULT_INTERPRETERS,
+        inline_max_bytes: int = INLINE_MAX_BYTES,
         max_input_bytes: int = MAX_INPUT_BYTES,
     ) -> None:
-        if threads < 1:
-            raise ValueError(f"the policy engine needs at least one thread, not {threads}")
+        if interpreters < 1:
+            raise ValueError(
+                f"the policy engine needs at least one interpreter, not {interpreters}"
+            )
         self.bundle = bundle
         self.entrypoint = entrypoint
-        self.threads = threads
+        self.interpreters = interpreters
+        self.inline_max_bytes = inline_max_bytes
         self.max_input_bytes = max_input_bytes
+        # Last in, first out: the interpreter used last is the one warm in the cache.
+        self._pool: queue.LifoQueue[_Compiled] = queue.LifoQueue()
+        for _ in range(interpreters):  # compiled now: a broken policy fails at load, loudly
+            self._pool.put(compile_plan(bundle, entrypoint))
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # no job is queued behind the stop markers
-        self._finalizer = weakref.finalize(self, _stop, self._jobs, threads)
-        started: list[Future[None]] = []
-        for i in range(threads):
-            ready: Future[None] = Future()
-            threading.Thread(
-                target=_serve,
-                args=(bundle, entrypoint, self._jobs, ready),
-                name=f"custody-rego-{bundle.revision[:8]}-{i}",
-                daemon=True,
-            ).start()
-            started.append(ready)
-        try:
-            for ready in started:  # compiled now: a broken policy fails at load, loudly
-                ready.result()
-        except BaseException:
-            self.close()
-            raise
+        self._large: threading.Thread | None = None  # started on the first large input
+        self._lock = threading.Lock()  # no job is queued behind the stop marker
+        self._finalizer = weakref.finalize(self, _stop, self._jobs)
 
     def evaluate(self, document: dict[str, Any], timeout_ms: int = 0) -> Any:
         """The entry point's value for ``document`` (None if undefined); EngineError on failure.
 
-        Waits at most ``timeout_ms`` (without limit when it is 0).
+        Waits at most ``timeout_ms`` (without limit when it is 0) for an interpreter.
         """
         try:
             size = _input_size(document)
@@ -206,27 +201,66 @@ class RegopyEngine:
                 f" {self.max_input_bytes:,}; it is refused rather than evaluated in part."
                 " Send less text in one turn (the prompt and labels reach the policy whole)"
             )
+        if not self._finalizer.alive:
+            raise EngineError("the policy engine was closed; the service is shutting down")
+        wait = timeout_ms / 1000 if timeout_ms > 0 else None
+        if size > self.inline_max_bytes:
+            return self._on_large_input_thread(document, wait, timeout_ms)
+        try:
+            compiled = self._pool.get(timeout=wait)
+        except queue.Empty:
+            raise EngineError(
+                f"no policy interpreter became free within the {timeout_ms} ms limit: all"
+                f" {self.interpreters} were busy"
+            ) from None
+        try:
+            return evaluate_plan(compiled, document, self.entrypoint)
+        finally:
+            self._pool.put(compiled)
+
+    def _on_large_input_thread(
+        self, document: dict[str, Any], wait: float | None, timeout_ms: int
+    ) -> Any:
         answer: Future[Any] = Future()
         with self._lock:
             if not self._finalizer.alive:
                 raise EngineError("the policy engine was closed; the service is shutting down")
+            if self._large is None:
+                ready: Future[None] = Future()
+                self._large = threading.Thread(
+                    target=_serve,
+                    args=(self.bundle, self.entrypoint, self._jobs, ready),
+                    name=f"custody-rego-{self.bundle.revision[:8]}-large",
+                    daemon=True,
+                )
+                self._large.start()
+                try:
+                    ready.result()
+                except BaseException:
+                    self._large = None
+                    raise
             self._jobs.put((document, answer))
         try:
-            return answer.result(timeout=timeout_ms / 1000 if timeout_ms > 0 else None)
+            return answer.result(timeout=wait)
         except TimeoutError:
             if answer.cancel():
                 raise EngineError(
-                    f"the decision did not start within the {timeout_ms} ms limit: every policy"
-                    f" engine thread ({self.threads}) was busy"
+                    f"the decision did not start within the {timeout_ms} ms limit: the policy"
+                    " engine's large-input thread was busy with earlier large inputs"
                 ) from None
             raise EngineError(
                 f"the decision did not finish within the {timeout_ms} ms limit"
             ) from None
 
     def close(self) -> None:
-        """Stop the engine threads once they finish what was queued before; idempotent."""
+        """Free the interpreters; the large-input thread stops after what was queued before."""
         with self._lock:
             self._finalizer()
+        while True:
+            try:
+                self._pool.get_nowait()
+            except queue.Empty:
+                return
 
 
 _TEST_RULE = re.compile(r"^(test_\w+)\s*(?:if\b|:?=|\{)", re.MULTILINE)

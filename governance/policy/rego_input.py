@@ -36,7 +36,7 @@ _INT64 = range(-(2**63), 2**63)
 _REPLACEMENT = "\ufffd".encode()
 
 
-class DocumentInput(Input):
+class DocumentInput(Input):  # type: ignore[misc]  # regopy ships no type information
     """A ``regopy.Input`` for ``document``; freed by regopy's own destructor."""
 
     def __init__(self, document: Any) -> None:

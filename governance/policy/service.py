@@ -54,11 +54,11 @@ SAFETY_FINISH_REASONS = frozenset(
 EngineFactory = Callable[[PolicyBundle], PolicyEngine]
 
 
-def regopy_factory(bundle: PolicyBundle, threads: int | None = None) -> PolicyEngine:
-    """The in-process engine on ``threads`` engine threads (its default when None)."""
-    from governance.policy.engine_regopy import DEFAULT_THREADS, RegopyEngine
+def regopy_factory(bundle: PolicyBundle, interpreters: int | None = None) -> PolicyEngine:
+    """The in-process engine with ``interpreters`` interpreters (its default when None)."""
+    from governance.policy.engine_regopy import DEFAULT_INTERPRETERS, RegopyEngine
 
-    return RegopyEngine(bundle, threads=threads or DEFAULT_THREADS)
+    return RegopyEngine(bundle, interpreters=interpreters or DEFAULT_INTERPRETERS)
 
 
 @dataclass(frozen=True)
@@ -133,14 +133,14 @@ class PolicyService:
     def from_settings(cls, settings: Settings) -> PolicyService:
         """The service the settings describe: OPA when ``opa_url`` is set, else in-process."""
         url, timeout = settings.opa_url, settings.policy_timeout_ms
-        threads = settings.policy_engine_threads
+        interpreters = settings.policy_interpreters
 
         def factory(bundle: PolicyBundle) -> PolicyEngine:
             if url:
                 from governance.policy.engine_opa import OpaEngine
 
                 return OpaEngine(url, bundle, timeout_ms=timeout)
-            return regopy_factory(bundle, threads)
+            return regopy_factory(bundle, interpreters)
 
         return cls(
             settings.policy_dir, engine_factory=factory, timeout_ms=settings.policy_timeout_ms
