@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from governance.policy.decision import ImageFacts, RequestFacts
-from governance.policy.engine_regopy import MAX_INPUT_BYTES, RegopyEngine
+from governance.policy.engine_regopy import INLINE_MAX_BYTES, MAX_INPUT_BYTES, RegopyEngine
 from governance.policy.service import PolicyService
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
@@ -64,8 +64,10 @@ def run(
 
     With ``inline`` every input is evaluated on the caller's thread, large ones included.
     """
-    limit = {"inline_max_bytes": MAX_INPUT_BYTES} if inline else {}
-    service = PolicyService(POLICIES, engine_factory=lambda bundle: RegopyEngine(bundle, **limit))
+    inline_max = MAX_INPUT_BYTES if inline else INLINE_MAX_BYTES
+    service = PolicyService(
+        POLICIES, engine_factory=lambda bundle: RegopyEngine(bundle, inline_max_bytes=inline_max)
+    )
     note = ("make the sofa teal, flatten the fabric " * (INPUT_BYTES // 39 + 1))[:INPUT_BYTES]
     facts = [large_facts(i, note) for i in range(50)]  # built before the first reading
     outcomes: Counter[str] = Counter()

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from bench.policy_memory_bench import large_facts, rss_mib
 from governance.policy.bundle import PolicyBundle
@@ -54,7 +55,7 @@ def _policy(tmp_path: Path, source: str) -> Path:
     return root
 
 
-def _with(**kwargs: int) -> Callable[[PolicyBundle], RegopyEngine]:
+def _with(**kwargs: Any) -> Callable[[PolicyBundle], RegopyEngine]:
     return lambda bundle: RegopyEngine(bundle, **kwargs)
 
 

@@ -162,8 +162,8 @@ class RegopyEngine:
     def __init__(
         self,
         bundle: PolicyBundle,
-        entrypoint: str = DECISION_PATH,
         *,
+        entrypoint: str = DECISION_PATH,
         interpreters: int = DEFAULT_INTERPRETERS,
         inline_max_bytes: int = INLINE_MAX_BYTES,
         max_input_bytes: int = MAX_INPUT_BYTES,
