@@ -189,7 +189,8 @@ class RegopyEngine:
     def evaluate(self, document: dict[str, Any], timeout_ms: int = 0) -> Any:
         """The entry point's value for ``document`` (None if undefined); EngineError on failure.
 
-        Waits at most ``timeout_ms`` (without limit when it is 0) for an interpreter.
+        Waits at most ``timeout_ms`` (without limit when it is 0) for an interpreter, or for the
+        large-input thread's answer.
         """
         try:
             size = _input_size(document)
