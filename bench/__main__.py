@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("gateway_bench", "ledger_bench", "c2pa_bench", "policy_bench")
+BENCHES = ("gateway_bench", "ledger_bench", "c2pa_bench", "policy_bench", "policy_memory_bench")
 
 
 def main(argv: list[str]) -> int:

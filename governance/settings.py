@@ -139,6 +139,7 @@ class Settings(BaseSettings):
     policy_dir: Path = Path(__file__).resolve().parent.parent / "policies"
     opa_url: str = ""
     policy_timeout_ms: int = 2_000
+    policy_interpreters: int = Field(default=2, ge=1)  # Rego interpreters shared by all threads
     policy_reload_ms: int = 2_000  # how often policy files are checked for changes (0: never)
 
     @field_validator("data_dir", mode="after")

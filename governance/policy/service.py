@@ -5,7 +5,8 @@ evaluates ``data.custody.decision`` on the loaded bundle (regopy in-process, or 
 ``CUSTODY_OPA_URL`` is set) and FAILS CLOSED: a missing or broken policy, an engine error, a
 timeout or a malformed result is a ``deny`` whose reason says the policy engine failed — never an
 exception to the caller. Hot reload swaps the whole loaded state at once, so a decision always
-runs on one revision and records that revision.
+runs on one revision and records that revision; the engine it replaced is closed when the last
+decision that started on it has finished, never under one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,10 +54,11 @@ SAFETY_FINISH_REASONS = frozenset(
 EngineFactory = Callable[[PolicyBundle], PolicyEngine]
 
 
-def regopy_factory(bundle: PolicyBundle) -> PolicyEngine:
-    from governance.policy.engine_regopy import RegopyEngine
+def regopy_factory(bundle: PolicyBundle, interpreters: int | None = None) -> PolicyEngine:
+    """The in-process engine with ``interpreters`` interpreters (its default when None)."""
+    from governance.policy.engine_regopy import DEFAULT_INTERPRETERS, RegopyEngine
 
-    return RegopyEngine(bundle)
+    return RegopyEngine(bundle, interpreters=interpreters or DEFAULT_INTERPRETERS)
 
 
 @dataclass(frozen=True)
@@ -120,20 +123,24 @@ class PolicyService:
         self._state = load_policy(self.policy_dir, engine_factory)
         self._reservations: dict[str, str] = {}  # decision id → rate-limit reservation id
         self._reservations_lock = threading.Lock()
+        self._in_use: dict[int, int] = {}  # id(state) → decisions running on it
+        self._retired: dict[int, LoadedPolicy] = {}  # replaced, closed when no longer in use
+        self._use_lock = threading.Lock()
         if self._state.error:
             log.error("policy at %s denies every turn: %s", self.policy_dir, self._state.error)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PolicyService:
         """The service the settings describe: OPA when ``opa_url`` is set, else in-process."""
-        factory: EngineFactory = regopy_factory
-        if settings.opa_url:
-            from governance.policy.engine_opa import OpaEngine
+        url, timeout = settings.opa_url, settings.policy_timeout_ms
+        interpreters = settings.policy_interpreters
 
-            url, timeout = settings.opa_url, settings.policy_timeout_ms
+        def factory(bundle: PolicyBundle) -> PolicyEngine:
+            if url:
+                from governance.policy.engine_opa import OpaEngine
 
-            def factory(bundle: PolicyBundle) -> PolicyEngine:
                 return OpaEngine(url, bundle, timeout_ms=timeout)
+            return regopy_factory(bundle, interpreters)
 
         return cls(
             settings.policy_dir, engine_factory=factory, timeout_ms=settings.policy_timeout_ms
@@ -153,7 +160,10 @@ class PolicyService:
 
     def decide_request(self, facts: RequestFacts) -> Decision:
         """Decide a turn before the upstream call; reserves its rate-limit place unless denied."""
-        state = self._state
+        with self._using() as state:
+            return self._decide_request(state, facts)
+
+    def _decide_request(self, state: LoadedPolicy, facts: RequestFacts) -> Decision:
         reservation_id: str | None = None
         try:
             signals = run_detectors(state.detectors, facts)
@@ -182,7 +192,12 @@ class PolicyService:
 
     def decide_response(self, facts: RequestFacts, response: ResponseFacts) -> Decision:
         """Decide on the upstream's answer, before anything is signed and released."""
-        state = self._state
+        with self._using() as state:
+            return self._decide_response(state, facts, response)
+
+    def _decide_response(
+        self, state: LoadedPolicy, facts: RequestFacts, response: ResponseFacts
+    ) -> Decision:
         try:
             signals = run_detectors(state.detectors, facts)
             counters = (
@@ -225,7 +240,12 @@ class PolicyService:
 
         With ``fresh_signals`` the prompt is re-classified with this policy's term lists.
         """
-        state = self._state
+        with self._using() as state:
+            return self._evaluate_document(state, document, fresh_signals)
+
+    def _evaluate_document(
+        self, state: LoadedPolicy, document: dict[str, Any], fresh_signals: bool
+    ) -> Decision:
         doc = dict(document)
         signals = dict(doc.get("signals") or {})
         if fresh_signals and state.detectors:
@@ -250,8 +270,7 @@ class PolicyService:
             new = load_policy(self.policy_dir, self._engine_factory)
             if new.revision == old.revision and new.error == old.error:
                 return None
-            self._state = new
-            _close(old.engine)
+            self._retire(old, new)
         changed = sorted(
             rel
             for rel in set(old.files) | set(new.files)
@@ -274,9 +293,39 @@ class PolicyService:
         return body
 
     def close(self) -> None:
-        _close(self._state.engine)
+        with self._use_lock:
+            retired, self._retired = list(self._retired.values()), {}
+        for state in (*retired, self._state):
+            _close(state.engine)
 
     # -- internals
+
+    @contextmanager
+    def _using(self) -> Iterator[LoadedPolicy]:
+        """The policy in force, kept open until the decision made on it is done."""
+        with self._use_lock:
+            state = self._state
+            self._in_use[id(state)] = self._in_use.get(id(state), 0) + 1
+        try:
+            yield state
+        finally:
+            with self._use_lock:
+                left = self._in_use.pop(id(state)) - 1
+                if left:
+                    self._in_use[id(state)] = left
+                done = None if left else self._retired.pop(id(state), None)
+            if done is not None:
+                _close(done.engine)
+
+    def _retire(self, old: LoadedPolicy, new: LoadedPolicy) -> None:
+        """Put ``new`` in force; close ``old`` now, or when its last decision is done."""
+        with self._use_lock:
+            self._state = new
+            busy = id(old) in self._in_use
+            if busy:
+                self._retired[id(old)] = old
+        if not busy:
+            _close(old.engine)
 
     def _decide(
         self, state: LoadedPolicy, document: dict[str, Any], signals: dict[str, Any]
@@ -313,7 +362,7 @@ class PolicyService:
             obligations=dict(result.get("obligations") or {}),
             bundle_revision=state.revision,
             signals=signals,
-            input_masked=mask_input(document, state.mask),
+            input_masked=_masked(document, state.mask),
             elapsed_us=elapsed_us,
             engine=state.engine.name,
             input_document=document,
@@ -336,7 +385,7 @@ class PolicyService:
             obligations={"engine_error": True},
             bundle_revision=state.revision,
             signals=signals,
-            input_masked=mask_input(document, state.mask),
+            input_masked=_masked(document, state.mask),
             elapsed_us=elapsed_us,
             engine=ERROR_ENGINE,
             input_document=document,
@@ -449,6 +498,14 @@ def response_input(response: ResponseFacts) -> dict[str, Any]:
 
 def _prompt_only_facts(prompt: str) -> RequestFacts:
     return RequestFacts("", "", (), "", prompt, (), None, 0, (), {})
+
+
+def _masked(document: dict[str, Any], mask: tuple[str, ...]) -> dict[str, Any]:
+    """The input as recorded; a document that is not JSON (a lone surrogate) is recorded as such."""
+    try:
+        return mask_input(document, mask)
+    except (TypeError, ValueError) as exc:
+        return {"unrecordable": f"the policy input is not JSON: {exc}"}
 
 
 def _us_since(started_ns: int) -> int:
