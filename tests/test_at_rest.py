@@ -230,7 +230,6 @@ def test_decision_inputs_are_commitments_that_replay_opens(db_url: str, tmp_path
         prompts = [doc["request"]["prompt"] for _, doc in inputs]
         assert prompts == [f"paint the lighthouse vermilion {MARK}", f"remove the watermark {MARK}"]
     finally:
-
         running.stop()
 
 

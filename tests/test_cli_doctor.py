@@ -58,7 +58,6 @@ def test_doctor_reports_the_running_installation_without_secrets(tmp_path, db_ur
         running.services.ledger.issue_checkpoint()
         size = running.services.ledger.size()
     finally:
-
         running.stop()
     url = db_url
     if url.startswith("postgresql://postgres@"):  # trust auth ignores it; doctor must mask it

@@ -138,7 +138,6 @@ def test_no_custody_key_ever_reaches_the_upstream(
         ):
             assert chunk is not None
     finally:
-
         running.stop()
     assert len(rec.requests) >= 3
     seen = rec.seen_text()
