@@ -236,6 +236,8 @@ def _check_turn(
     if closing is None:
         fault(None, "index", "the row has no closing event in the ledger", where)
         return
+    # A turn whose every event went in its closing append cannot know its first index then.
+    one_append = all(d.get("time_ms") == closing[1].get("time_ms") for _, d in ev.docs)
     for column, expected in (
         ("tenant", first.get("tenant")),
         ("actor", first.get("actor")),
@@ -243,6 +245,8 @@ def _check_turn(
         ("first_entry_index", first_idx),
         ("status", CLOSING[closing[1]["type"]]),
     ):
+        if column == "first_entry_index" and turn.get(column) is None and one_append:
+            continue
         if turn.get(column) != expected:
             bad(column, expected)
     cbody = closing[1].get("body") or {}
