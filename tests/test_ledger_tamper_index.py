@@ -345,7 +345,7 @@ def test_a_forged_erasure_is_named_by_its_salt_row(ledger: Ledger) -> None:
 
 
 def test_a_forged_erasure_row_without_its_event_is_named(ledger: Ledger) -> None:
-    commitment, digest = _request_commitment(ledger)
+    _, digest = _request_commitment(ledger)
     _raw(
         ledger.url,
         "INSERT INTO blob_erasures (digest, time_ms, reason, actor) VALUES (:d, 1, 'x', 'y')",
