@@ -359,7 +359,7 @@ def _check_images(
         key=lambda b: (b.get("candidate", 0), _part(b)),
     )
     for row, body in zip(_by_position(outputs), leaf_out, strict=False):
-        fields = (
+        expected: tuple[tuple[str, Any], ...] = (
             ("content_index", body.get("candidate")),
             ("part_index", _part(body)),
             ("mime_type", body.get("mime_type")),
@@ -367,7 +367,7 @@ def _check_images(
             ("signed_sha256", body.get("signed_sha256")),
             ("manifest_sha256", body.get("manifest_sha256")),
         )
-        wrong = [c for c, v in fields if row.get(c) != v]
+        wrong = [c for c, v in expected if row.get(c) != v]
         if wrong:
             fault(
                 None,
