@@ -12,8 +12,8 @@ Which open turns are dead, with several replicas on one database (the rule, in t
 1. every ``turn.received`` names the process running the turn: host name, pid and a random id
    made at process start (``ProcessInstance``);
 2. a turn of this very process (same random id) is alive;
-3. a turn of this host whose pid no longer runs, or runs a different Custody process (the pid is
-   this process's own but the random id differs: the pid was reused), is dead at once;
+3. a turn of this host whose pid no longer runs, or whose pid is this process's own but whose
+   random id belongs to no instance made in this process (the pid was reused), is dead at once;
 4. any other open turn (another host, or a pid that still runs) is dead only when its last event
    is older than ``stale_after_ms``: four times the upstream timeout and at least ten minutes,
    well above the longest a live turn spends between two appends (one upstream call).
@@ -42,6 +42,7 @@ log = logging.getLogger("custody")
 
 CLOSING_EVENTS = ("turn.released", "turn.failed", "turn.interrupted")
 MIN_STALE_MS = 600_000
+_MADE_HERE: set[str] = set()  # instance ids made in this process: their turns are alive
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,10 @@ class ProcessInstance:
 
     @classmethod
     def current(cls) -> ProcessInstance:
-        return cls(socket.gethostname(), os.getpid(), secrets.token_hex(8), _now_ms())
+        """A new instance for this process (one per ``Services``; tests make several)."""
+        made = cls(socket.gethostname(), os.getpid(), secrets.token_hex(8), _now_ms())
+        _MADE_HERE.add(made.instance)
+        return made
 
     def leaf_body(self) -> dict[str, Any]:
         return {
@@ -95,8 +99,8 @@ def why_dead(turn: OpenTurn, me: ProcessInstance, now_ms: int, stale_ms: int) ->
     """``process_gone`` or ``stale`` when the open turn is dead under the rule above, else None."""
     process = turn.received.get("body", {}).get("process")
     if isinstance(process, dict):
-        if process.get("instance") == me.instance:
-            return None
+        if process.get("instance") in _MADE_HERE:
+            return None  # this process's own (a sibling instance in the same process)
         if process.get("host") == me.host:
             pid = process.get("pid")
             if isinstance(pid, int) and (pid == me.pid or not _pid_runs(pid)):

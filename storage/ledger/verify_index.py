@@ -134,13 +134,17 @@ def _check_erasures(conn: Connection, fault: FaultSink) -> None:
             continue
         erased.update(c for c in body.get("commitments", []) if isinstance(c, str))
     for row_id, digest in conn.execute(text("SELECT id, digest FROM blob_erasures ORDER BY id")):
-        mine = [
+        # The salts this erasure emptied (the same content committed again later keeps its own).
+        emptied = {
             str(c)
             for (c,) in conn.execute(
-                text("SELECT commitment FROM blob_commitments WHERE digest = :d"), {"d": digest}
+                text(
+                    "SELECT commitment FROM blob_commitments WHERE digest = :d AND length(salt) = 0"
+                ),
+                {"d": digest},
             )
-        ]
-        if not mine or not set(mine) <= erased:
+        }
+        if not emptied <= erased:
             fault(
                 None,
                 "erasure",
