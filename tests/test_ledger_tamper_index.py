@@ -192,7 +192,12 @@ def test_the_untouched_copy_verifies_with_every_turn_checked(ledger: Ledger) -> 
 
 @pytest.mark.parametrize(
     ("column", "value"),
-    [("time_ms", "time_ms + 1"), ("turn_id", "'t_forged'"), ("type", "'turn.failed'")],
+    [
+        ("time_ms", "time_ms + 1"),
+        ("turn_id", "'t_forged'"),
+        ("type", "'turn.failed'"),
+        ("tenant", "'globex'"),
+    ],
 )
 def test_an_edited_entry_column_is_named_by_its_entry(
     ledger: Ledger, column: str, value: str
