@@ -173,6 +173,8 @@ def _interrupted(
     wanted = [body.get("request"), body.get("prompt"), *(i.get("commitment") for i in images)]
     digests = _digests(engine, [c for c in wanted if isinstance(c, str)])
     first_idx, first_ms = turn.entries[0][0], turn.entries[0][1]
+    requested = [d["body"] for _, _, ty, d in turn.entries if ty == "upstream.requested"]
+    upstream = str(requested[0].get("upstream", "")) if requested else ""
     turn_row = (
         turn.turn_id,
         received["tenant"],
@@ -186,7 +188,7 @@ def _interrupted(
         digests.get(body.get("prompt") or "") if body.get("prompt") else None,
         digests.get(body.get("request") or ""),
         None,
-        "",
+        upstream,
         None,
         None,
         None,
