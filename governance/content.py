@@ -6,10 +6,14 @@ answer, each signed file and its manifest, each decision input — goes to the b
 lawful erasure can destroy it without breaking the tree.
 
 Blob writes are slow (an fsync each), so a turn computes its commitments at once (hashing only)
-and writes the blobs in the background while the turn goes on (the upstream call is the long
-wait). ``closing_rows`` waits for every write and hands the salts and the turn's index rows to
-the turn's last ledger append, in one transaction, so nothing is released whose content is not
-durable and the index never disagrees with the ledger.
+and writes the blobs in the background while the turn goes on (the policy decides meanwhile).
+
+Contract: no ledger append refers to content that is not durable and openable. Before every
+append of a turn, ``durable_rows`` waits for every blob committed so far (each fsynced) and hands
+their salts (``blob_commitments`` rows) to that same append, in one transaction: a crash at any
+moment leaves each committed leaf with its blob and its salt, so ``ledger verify`` passes after a
+``kill -9``. ``closing_rows`` does the same for the last append and adds the turn's index rows,
+so the index never disagrees with the ledger.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ class StoredRequest:
 
 @dataclass
 class TurnContent:
-    """The content of one turn: commitments now, durable blobs by ``closing_rows``."""
+    """The content of one turn: commitments now, durable blobs before the append citing them."""
 
     recorder: ContentRecorder
     turn_id: str
@@ -125,7 +129,7 @@ class TurnContent:
     def commit_now(self, data: bytes) -> str:
         """A salted commitment to ``data`` computed here, on the loop (for the few KiB to
         hundreds of KiB an oversized event field holds: hashing is microseconds); its blob is
-        written in the background and made durable by ``closing_rows`` like every other."""
+        written in the background and made durable before the next append like every other."""
         (made,) = _commit_all([(data, None)])
         self._store(asyncio.get_running_loop(), data, made)
         return made.commitment
@@ -174,6 +178,15 @@ class TurnContent:
             return {}
         return {"request": (await self.commit(body))[0], "request_bytes": len(body)}
 
+    async def durable_rows(self) -> list[SideRows]:
+        """Wait until every blob committed so far is durable, then return the salts of those
+        commitments, to commit in the same transaction as the append that refers to them."""
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending)
+        made, self.made = self.made, []
+        return [self.recorder.commitments.side_rows(made)] if made else []
+
     async def closing_rows(
         self,
         principal: Principal,
@@ -196,9 +209,7 @@ class TurnContent:
         Call ``closed`` once that append succeeded; after it, this returns nothing more."""
         if self.is_closed:
             return []
-        pending, self.pending = self.pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        salts = await self.durable_rows()
         row = _turn_row(
             self.turn_id,
             principal,
@@ -215,14 +226,14 @@ class TurnContent:
         )
         images = _image_rows(self.turn_id, parsed, signed)
         return [
-            self.recorder.commitments.side_rows(self.made),
-            SideRows("turns", _TURN_COLUMNS, [tuple(row[c] for c in _TURN_COLUMNS)]),
+            *salts,
+            SideRows("turns", TURN_COLUMNS, [tuple(row[c] for c in TURN_COLUMNS)]),
             SideRows(
-                "turn_images", _IMAGE_COLUMNS, [tuple(r[c] for c in _IMAGE_COLUMNS) for r in images]
+                "turn_images", IMAGE_COLUMNS, [tuple(r[c] for c in IMAGE_COLUMNS) for r in images]
             ),
             SideRows(
                 "decision_inputs",
-                _INPUT_COLUMNS,
+                INPUT_COLUMNS,
                 [
                     (self.turn_id, stage, commitment, row["created_ms"])
                     for stage, commitment in self.decision_inputs
@@ -257,7 +268,7 @@ class ContentRecorder:
         return TurnContent(self, turn_id)
 
 
-_TURN_COLUMNS = (
+TURN_COLUMNS = (
     "turn_id",
     "tenant",
     "actor",
@@ -282,7 +293,7 @@ _TURN_COLUMNS = (
     "created_ms",
     "finished_ms",
 )
-_IMAGE_COLUMNS = (
+IMAGE_COLUMNS = (
     "turn_id",
     "direction",
     "role",
@@ -298,7 +309,7 @@ _IMAGE_COLUMNS = (
 )
 
 
-_INPUT_COLUMNS = ("turn_id", "stage", "input_commitment", "created_ms")
+INPUT_COLUMNS = ("turn_id", "stage", "input_commitment", "created_ms")
 
 
 def _turn_row(

@@ -20,6 +20,7 @@ from governance.content import ContentRecorder
 from governance.metrics import Metrics
 from governance.policy.service import PolicyService
 from governance.provenance.signer import OutputSigner
+from governance.recovery import ProcessInstance, recover_interrupted
 from governance.settings import GOOGLE_GEMINI_URL, Settings
 from governance.state import open_state
 from governance.upstream.client import UpstreamClient
@@ -51,6 +52,8 @@ class Services:
     ledger_verifier_key: str = ""  # the note verifier key operators publish beside checkpoints
     emulator: EmbeddedEmulator | None = None
     pipeline: Any = field(default=None)
+    instance: ProcessInstance = field(default_factory=ProcessInstance.current)
+    interrupted: list[str] = field(default_factory=list)  # turns recorded as interrupted at start
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (database, hashing, signing, Rego) off the event loop."""
@@ -101,6 +104,11 @@ def build_services(settings: Settings) -> Services:
     engine, ledger, blobs, note_signer = state.engine, state.ledger, state.blobs, state.signer
     read_engine = make_engine(settings.effective_database_url, immediate=False)
     ledger.latest_checkpoint()  # a first checkpoint at start-up: no reader's request ever signs
+    instance = ProcessInstance.current()
+    # Turns a dead process left open are closed (turn.interrupted) before this one takes any.
+    interrupted = recover_interrupted(
+        ledger, engine, instance, upstream_timeout_s=settings.upstream_timeout_s
+    )
     upstream, emulator = _upstream(settings)
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="custody")
     services = Services(
@@ -118,6 +126,8 @@ def build_services(settings: Settings) -> Services:
         executor=executor,
         ledger_verifier_key=note_signer.verifier_key(),
         emulator=emulator,
+        instance=instance,
+        interrupted=interrupted,
     )
     from governance.pipeline.turn import TurnPipeline
 

@@ -107,11 +107,15 @@ class TurnPipeline:
         self.s = services
 
     async def _append(self, turn: _Turn, side: Sequence[SideRows] = ()) -> None:
-        """Make the queued events durable (one group-committed append) before going on."""
+        """Make the queued events durable (one group-committed append) before going on.
+
+        Every blob those events commit to is durable first, and its salt commits in the same
+        transaction (``TurnContent.durable_rows``): no leaf ever refers to unopenable content."""
         if not turn.events:
             return
         events, turn.events = turn.events, []
-        entries = await self.s.run_blocking(self.s.ledger.append, events, side)
+        salts = [] if side else await turn.content.durable_rows()  # closing rows carry their own
+        entries = await self.s.run_blocking(self.s.ledger.append, events, [*salts, *side])
         if turn.first_index is None:
             turn.first_index = entries[0].index
 
@@ -158,7 +162,9 @@ class TurnPipeline:
         s = self.s
         request = turn.request
         stored = await turn.content.request(parsed)
-        turn.event("turn.received", stored.received_body(request, parsed))
+        received = stored.received_body(request, parsed)
+        received["process"] = s.instance.leaf_body()  # whose turn it is, for crash recovery
+        turn.event("turn.received", received)
 
         facts = request_facts(turn.principal, request, parsed)
         decision = await s.run_blocking(s.policy.decide_request, facts)

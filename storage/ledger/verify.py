@@ -6,6 +6,11 @@ counter, every stored checkpoint's signature and root, and the roots of checkpoi
 earlier (a rewritten history with a re-signed checkpoint fails here). Where blobs remain, each
 commitment is checked against its blob; erased blobs are counted, not faults.
 
+Everything the API, lookups or replay read outside the leaf bytes is checked against them too:
+each entry's ``time_ms``/``type``/``tenant``/``turn_id`` columns equal its leaf's fields, and the
+index tables (``turns``, ``turn_images``, ``decision_inputs``) and erasure records agree with the
+events (``verify_index``). A fault names the entry index, or the table and row.
+
 Memory stays O(log n): the tree is rebuilt from its right edge (``merkle.Frontier``, the same
 one the SQLite store appends with).
 """
@@ -24,6 +29,7 @@ from storage.ledger.checkpoint import CheckpointError, open_checkpoint
 from storage.ledger.leaf import LeafError, decode_leaf, is_canonical, iter_commitments
 from storage.ledger.merkle import Frontier, leaf_hash, stored_hash_count
 from storage.ledger.note import NoteVerifier
+from storage.ledger.verify_index import verify_index
 
 BATCH = 5_000
 
@@ -34,14 +40,16 @@ class CommitmentChecker(Protocol):
 
 @dataclass(frozen=True)
 class Fault:
-    """One thing wrong, in plain words; ``index`` is the entry it concerns (None: the log)."""
+    """One thing wrong, in plain words; ``index`` is the entry it concerns, ``row`` the index
+    table row (``turns turn_id=…``); neither: the log."""
 
     index: int | None
     kind: str
     message: str
+    row: str | None = None
 
     def __str__(self) -> str:
-        where = f"entry {self.index}" if self.index is not None else "the log"
+        where = f"entry {self.index}" if self.index is not None else (self.row or "the log")
         return f"{where}: {self.message}"
 
 
@@ -52,6 +60,7 @@ class VerifyReport:
     published_checkpoints: int = 0
     commitments_checked: int = 0
     erased: int = 0
+    turns_checked: int = 0
     faults: list[Fault] = field(default_factory=list)
 
     @property
@@ -74,9 +83,11 @@ class VerifyReport:
             "published_checkpoints": self.published_checkpoints,
             "commitments_checked": self.commitments_checked,
             "erased_blobs": self.erased,
+            "turns_checked": self.turns_checked,
             "first_bad_entry": first.index if first else None,
             "faults": [
-                {"index": f.index, "kind": f.kind, "message": f.message} for f in self.faults
+                {"index": f.index, "row": f.row, "kind": f.kind, "message": f.message}
+                for f in self.faults
             ],
         }
 
@@ -84,7 +95,8 @@ class VerifyReport:
         head = (
             f"{self.entries:,} entries, {self.checkpoints} checkpoints, "
             f"{self.published_checkpoints} published checkpoints, "
-            f"{self.commitments_checked:,} commitments checked, {self.erased} erased blobs"
+            f"{self.commitments_checked:,} commitments checked, {self.erased} erased blobs, "
+            f"{self.turns_checked:,} turns checked against their index rows"
         )
         if self.ok:
             return f"OK: the ledger verifies ({head})."
@@ -214,8 +226,8 @@ def _verify(
         with engine.connect() as conn:
             rows = conn.execute(
                 text(
-                    "SELECT idx, leaf, leaf_hash FROM ledger_entries"
-                    " WHERE idx >= :a AND idx < :b ORDER BY idx"
+                    "SELECT idx, leaf, leaf_hash, time_ms, type, tenant, turn_id"
+                    " FROM ledger_entries WHERE idx >= :a AND idx < :b ORDER BY idx"
                 ),
                 {"a": start, "b": end},
             ).all()
@@ -225,7 +237,7 @@ def _verify(
             ).all()
         stored_hashes = {int(i): bytes(h) for i, h in hash_rows}
         expected_idx = start
-        for idx, leaf_b, lh_b in rows:
+        for idx, leaf_b, lh_b, *columns in rows:
             idx, leaf, stored_lh = int(idx), bytes(leaf_b), bytes(lh_b)
             while expected_idx < idx:
                 report.faults.append(Fault(expected_idx, "gap", "this entry is missing (a gap)"))
@@ -237,7 +249,7 @@ def _verify(
                 report.faults.append(
                     Fault(idx, "leaf", "the leaf's bytes do not match its stored leaf hash")
                 )
-            _check_leaf(idx, leaf, origin, commitments, report)
+            _check_leaf(idx, leaf, origin, commitments, report, columns)
             for h in edge.append(computed):
                 stored = stored_hashes.get(next_hash)
                 if stored != h:
@@ -252,6 +264,11 @@ def _verify(
             expected_idx += 1
         if progress:
             progress(end, total)
+
+    def index_fault(index: int | None, kind: str, message: str, row: str | None) -> None:
+        report.faults.append(Fault(index, kind, message, row))
+
+    report.turns_checked = verify_index(engine, index_fault)
 
 
 def _check_root(
@@ -282,6 +299,7 @@ def _check_leaf(
     origin: str,
     commitments: CommitmentChecker | None,
     report: VerifyReport,
+    columns: Sequence[Any] = (),
 ) -> None:
     try:
         doc = decode_leaf(leaf)
@@ -294,6 +312,17 @@ def _check_leaf(
         report.faults.append(
             Fault(idx, "leaf", f"the leaf names log {doc.get('origin')!r}, not {origin!r}")
         )
+    for column, value in zip(("time_ms", "type", "tenant", "turn_id"), columns, strict=False):
+        field_ = "turn" if column == "turn_id" else column
+        if value != doc.get(field_):
+            report.faults.append(
+                Fault(
+                    idx,
+                    "column",
+                    f"ledger_entries.{column} is {value!r} but the leaf says {doc.get(field_)!r}"
+                    " (the API and lookups read that column)",
+                )
+            )
     if commitments is None:
         return
     for path, commitment in iter_commitments(doc.get("body")):

@@ -1,0 +1,324 @@
+"""Crash soak: ``kill -9`` a real ``custody serve`` under a 16-client load, restart, check, repeat.
+
+Contract checked after every round (``check_round``):
+
+- ``custody ledger verify`` passes: no leaf refers to content that is not durable and openable;
+- no turn is left open: every ``turn.received`` has a closing event, the turns the dead process
+  left are ``turn.interrupted`` events and ``turns`` rows with status ``interrupted``;
+- every response a client received (HTTP 200 with ``x-custody-turn``) has its full record:
+  ``turn.released`` and one ``output.signed`` per image, whose ``signed_sha256`` is the SHA-256
+  of the bytes the client got.
+
+``python -m bench.soak [--rounds 5] [--database-url URL]`` (``make soak``) prints the figures of
+each round; ``tests/test_crash_clean.py`` runs two short rounds on each database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from governance.recovery import find_open_turns
+from governance.upstream.embedded import free_port
+from storage.db import make_engine
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "gemini-2.5-flash-image"
+PHOTO = REPO / "tests" / "fixtures" / "photos" / "sample1.png"
+
+
+@dataclass
+class RoundReport:
+    """What one round did and found."""
+
+    round: int
+    load_s: float
+    acknowledged: int = 0
+    client_errors: int = 0
+    interrupted: int = 0
+    entries: int = 0
+    verify_ok: bool = False
+    restart_s: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"round {self.round}: killed after {self.load_s:.1f} s;"
+            f" {self.acknowledged} acknowledged, {self.interrupted} interrupted recorded,"
+            f" {self.entries} entries, verify "
+            f"{'OK' if self.verify_ok else 'FAILED'}, restart {self.restart_s:.1f} s"
+            + (f"; PROBLEMS: {self.problems}" if self.problems else "")
+        )
+
+
+class Gateway:
+    """``custody serve`` as a subprocess on one database and data directory."""
+
+    def __init__(self, database_url: str, data_dir: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTODY_")}
+        self.env.update(
+            PYTHONPATH=str(REPO),
+            CUSTODY_DATA_DIR=str(data_dir),
+            CUSTODY_DATABASE_URL=database_url,
+            CUSTODY_EMULATOR_LATENCY_MS="150",  # turns spend time upstream, as real ones do
+        )
+        self.database_url = database_url
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "governance.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+            timeout=600,
+        )
+
+    def key(self) -> str:
+        made = self.cli("keys", "create", "--role", "editor", "--tenant", "acme")
+        if made.returncode != 0:
+            raise RuntimeError(made.stderr)
+        return made.stdout.strip().splitlines()[-1]
+
+    def start(self) -> float:
+        """Start serving; returns the seconds until healthy (start-up recovery included)."""
+        began = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "governance.cli", "serve", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self.env,
+            cwd=REPO,
+        )
+        while time.monotonic() - began < 180:
+            if self.proc.poll() is not None:
+                raise RuntimeError("custody serve exited during start-up")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
+                    return time.monotonic() - began
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("custody serve did not become healthy")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Acknowledged:
+    turn_id: str
+    image_sha256: list[str]
+
+
+def _client(base_url: str, key: str, body: bytes, stop: threading.Event, out: list[Any]) -> None:
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        while not stop.is_set():
+            try:
+                resp = http.post(
+                    f"/v1beta/models/{MODEL}:generateContent",
+                    content=body,
+                    headers={"x-goog-api-key": key, "content-type": "application/json"},
+                )
+            except httpx.HTTPError:
+                out.append("error")
+                return  # the gateway is gone
+            turn = resp.headers.get("x-custody-turn")
+            if resp.status_code != 200 or not turn:
+                out.append("error")
+                continue
+            parts = resp.json()["candidates"][0]["content"]["parts"]
+            images = [
+                hashlib.sha256(base64.b64decode(p["inlineData"]["data"])).hexdigest()
+                for p in parts
+                if "inlineData" in p
+            ]
+            out.append(Acknowledged(turn, images))
+
+
+def load_and_kill(
+    gateway: Gateway, key: str, *, clients: int, load_s: float
+) -> tuple[list[Acknowledged], int]:
+    """Run ``clients`` threads against the gateway, ``kill -9`` it after ``load_s`` seconds."""
+    photo = base64.b64encode(PHOTO.read_bytes()).decode()
+    body = json.dumps(
+        {
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [
+                        {"inlineData": {"mimeType": "image/png", "data": photo}},
+                        {"text": "warmer light"},
+                    ],
+                }
+            ]
+        }
+    ).encode()
+    stop = threading.Event()
+    results: list[list[Any]] = [[] for _ in range(clients)]
+    threads = [
+        threading.Thread(target=_client, args=(gateway.base_url, key, body, stop, results[i]))
+        for i in range(clients)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(load_s)
+    gateway.kill9()
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    flat = [r for rs in results for r in rs]
+    acked = [r for r in flat if isinstance(r, Acknowledged)]
+    return acked, sum(1 for r in flat if r == "error")
+
+
+def check_round(gateway: Gateway, acked: list[Acknowledged], report: RoundReport) -> None:
+    """After a restart: verify, no open turn, interrupted turns indexed, acknowledged complete."""
+    verified = gateway.cli("ledger", "verify", "--json")
+    result = json.loads(verified.stdout) if verified.stdout.strip().startswith("{") else {}
+    report.verify_ok = verified.returncode == 0 and bool(result.get("ok"))
+    report.entries = int(result.get("entries", 0))
+    if not report.verify_ok:
+        report.problems.append(f"verify: {result.get('faults', verified.stderr)[:5]}")
+    engine = make_engine(gateway.database_url, immediate=False)
+    try:
+        still_open = find_open_turns(engine)
+        if still_open:
+            report.problems.append(f"{len(still_open)} turns left open")
+        with engine.connect() as conn:
+            events = {
+                str(t)
+                for (t,) in conn.execute(
+                    text("SELECT turn_id FROM ledger_entries WHERE type = 'turn.interrupted'")
+                )
+            }
+            rows = {
+                str(t)
+                for (t,) in conn.execute(
+                    text("SELECT turn_id FROM turns WHERE status = 'interrupted'")
+                )
+            }
+            if events != rows:
+                report.problems.append("turn.interrupted events and turns rows disagree")
+            report.interrupted = len(events)
+            for ack in acked:
+                types_ = [
+                    (str(ty), bytes(leaf))
+                    for ty, leaf in conn.execute(
+                        text(
+                            "SELECT type, leaf FROM ledger_entries WHERE turn_id = :t ORDER BY idx"
+                        ),
+                        {"t": ack.turn_id},
+                    )
+                ]
+                signed = sorted(
+                    json.loads(leaf)["body"]["signed_sha256"]
+                    for ty, leaf in types_
+                    if ty == "output.signed"
+                )
+                if "turn.released" not in [ty for ty, _ in types_]:
+                    report.problems.append(f"acknowledged turn {ack.turn_id} has no turn.released")
+                elif signed != sorted(ack.image_sha256):
+                    report.problems.append(
+                        f"acknowledged turn {ack.turn_id}: output.signed differ from the images"
+                    )
+    finally:
+        engine.dispose()
+
+
+def soak(
+    database_url: str,
+    data_dir: Path,
+    *,
+    rounds: int,
+    clients: int = 16,
+    load_s: tuple[float, float] = (2.0, 6.0),
+    seed: int | None = None,
+    out: Any = None,
+) -> list[RoundReport]:
+    """``rounds`` rounds of load, ``kill -9`` at a random moment, restart and check."""
+    rng = random.Random(seed)
+    gateway = Gateway(database_url, data_dir)
+    key = gateway.key()
+    reports = []
+    gateway.start()
+    try:
+        seen_interrupted = 0
+        for n in range(1, rounds + 1):
+            report = RoundReport(n, rng.uniform(*load_s))
+            acked, report.client_errors = load_and_kill(
+                gateway, key, clients=clients, load_s=report.load_s
+            )
+            report.acknowledged = len(acked)
+            report.restart_s = gateway.start()
+            check_round(gateway, acked, report)
+            report.interrupted, seen_interrupted = (
+                report.interrupted - seen_interrupted,
+                report.interrupted,
+            )
+            reports.append(report)
+            if out is not None:
+                print(report.line(), file=out, flush=True)
+    finally:
+        gateway.stop()
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--database-url", default="", help="default: SQLite in a temporary dir")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="custody-soak-") as tmp:
+        url = args.database_url or f"sqlite:///{Path(tmp) / 'custody.db'}"
+        began = time.monotonic()
+        reports = soak(
+            url, Path(tmp) / "data", rounds=args.rounds, clients=args.clients, out=sys.stdout
+        )
+    acked = sum(r.acknowledged for r in reports)
+    interrupted = sum(r.interrupted for r in reports)
+    bad = [r for r in reports if r.problems or not r.verify_ok]
+    print(
+        f"{len(reports)} rounds in {time.monotonic() - began:.0f} s: {acked} acknowledged responses"
+        f" all fully recorded: {'yes' if not bad else 'NO'}; {interrupted} interrupted turns"
+        f" recorded; verify passed after every round: {'yes' if not bad else 'NO'}"
+    )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
