@@ -44,10 +44,22 @@ def _run(
 ) -> int:
     from governance.auth.keys import KeyError_
     from governance.auth.lifecycle import KeyLifecycle, KeyLifecycleError
-    from governance.state import open_state
+    from governance.state import StateError, open_state
 
-    # Listing only reads: it must not make an installation where there is none.
-    state = open_state(Settings(), create=command != "list")
+    settings = Settings()
+    try:
+        state = open_state(settings, create=False)
+    except StateError:
+        if command == "list":  # listing only reads: it must not make an installation
+            raise
+        # A key made in a new installation is refused by a gateway that uses another one: say so.
+        print(
+            f"custody keys {command}: there was no installation at {settings.data_dir};"
+            " creating one. A gateway refuses this key unless it uses the same data directory"
+            " (`custody doctor` prints what is resolved).",
+            file=sys.stderr,
+        )
+        state = open_state(settings, create=True)
     try:
         return step(KeyLifecycle(state.engine, state.ledger), args)
     except (KeyError_, KeyLifecycleError) as exc:
