@@ -9,7 +9,9 @@ made a new installation without a word, so the key was refused by a gateway that
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from governance.cli import build_parser
 from governance.upstream.embedded import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,3 +139,46 @@ def test_doctor_names_a_custody_toml_here_that_it_does_not_read(tmp_path) -> Non
     assert f"{unread} is not read; set CUSTODY_CONFIG={unread} to use it" in proc.stdout
     assert f"data dir:      {tmp_path / 'data'}  [env]" in proc.stdout
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "data").exists()
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _documented_invocations() -> list[str]:
+    """Every ``custody …`` the README and docs/ show: in backticks, and in shell blocks."""
+    text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted(REPO.glob("docs/*.md"))])
+    found = re.findall(r"`(?:\.venv/bin/)?(custody [^`]+)`", text)
+    found += re.findall(r"^(?:\.venv/bin/)?(custody [^\n#]+)", text, flags=re.MULTILINE)
+    return found
+
+
+def test_every_documented_command_and_option_exists() -> None:
+    root = build_parser()
+    checked = 0
+    for invocation in _documented_invocations():
+        words = re.sub(r"[\[\]]|\\\|", " ", invocation).split()[1:]
+        parser, path = root, ["custody"]
+        while words and (sub := _subparsers(parser)) and not words[0].startswith("-"):
+            if "|" in words[0]:  # alternatives: `custody ledger verify|checkpoint|vkey`
+                missing = [w for w in words[0].split("|") if w not in sub]
+                assert not missing, f"`{invocation}`: no {missing}"
+                break
+            if words[0] not in sub:
+                assert words[0] in {"…", "...", "COMMAND"}, f"`{invocation}`: no {words[0]!r}"
+                break
+            path.append(words.pop(0))
+            parser = sub[path[-1]]
+        assert len(path) > 1, f"`{invocation}` names no command"
+        if _subparsers(parser):
+            continue  # a group named on its own (`custody ledger …`)
+        options = {o for action in parser._actions for o in action.option_strings}
+        for word in words:
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--"):
+                assert flag in options, f"`{invocation}`: {' '.join(path)} has no {flag}"
+        checked += 1
+    assert checked >= 30, "the docs show the commands"
