@@ -91,7 +91,8 @@ def _print(name, result, independent, record) -> None:  # type: ignore[no-untype
     # nearest the top), indented by depth.
     for link in result.ingredients:
         indent = "  " * link.depth
-        line = f"{indent}ingredient [{link.relationship}] {link.title}: {link.state}"
+        state = "no Content Credentials" if link.state == "none" else link.state
+        line = f"{indent}ingredient [{link.relationship}] {link.title}: {state}"
         if link.custody_turn and link.custody_turn not in link.title:
             line += f" (Custody turn {link.custody_turn})"
         print(line + ("; " + "; ".join(link.reasons) if link.reasons else ""))
