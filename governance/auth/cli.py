@@ -19,7 +19,7 @@ from governance.auth.principal import ROLES
 from governance.settings import Settings
 
 if TYPE_CHECKING:
-    from governance.auth.lifecycle import KeyLifecycle, Operator
+    from governance.auth.lifecycle import KeyInfo, KeyLifecycle, Operator
 
 
 def article(word: str) -> str:
@@ -89,6 +89,15 @@ def _create(keys: KeyLifecycle, args: argparse.Namespace) -> int:
     return 0
 
 
+def _refused_from(key: KeyInfo) -> int | None:
+    """When a usable key stops working: its expiry, or the end of a rotation's grace period."""
+    ends = [key.expires_ms]
+    if key.state() == "rotating":
+        ends.append(key.revoked_ms)
+    known = [t for t in ends if t is not None]
+    return min(known) if known else None
+
+
 def _list(keys: KeyLifecycle, args: argparse.Namespace) -> int:
     listed = keys.list_keys(tenant=args.tenant)
     if args.json:
@@ -108,7 +117,7 @@ def _list(keys: KeyLifecycle, args: argparse.Namespace) -> int:
             k.label or "-",
             k.state(),
             _when(k.created_ms),
-            _when(k.expires_ms),
+            _when(_refused_from(k)),
             _when(k.last_used_ms),
         )
         for k in listed
