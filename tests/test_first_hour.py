@@ -126,6 +126,13 @@ def test_keys_create_says_when_it_makes_a_new_installation(tmp_path) -> None:
     assert second.stderr == "", "the installation exists now, from any directory"
     listed = _cli(env, REPO, "keys", "list")
     assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 3, listed.stdout
+    first_id = first.stdout.strip().splitlines()[-1].split("_")[1]
+    rotated = _cli(env, tmp_path, "keys", "rotate", first_id, "--grace", "2h")
+    assert rotated.returncode == 0, rotated.stderr
+    after = _cli(env, tmp_path, "keys", "list").stdout.splitlines()
+    assert after[0].split()[5:8] == ["STATE", "CREATED", "EXPIRES"]
+    row = next(line.split() for line in after if line.startswith(first_id))
+    assert row[5] == "rotating" and row[7] != "-", "the end of the grace period is shown"
 
 
 def test_doctor_names_a_custody_toml_here_that_it_does_not_read(tmp_path) -> None:
