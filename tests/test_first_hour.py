@@ -99,7 +99,6 @@ def test_a_relative_data_dir_is_refused_by_every_command(tmp_path) -> None:
         ["serve", "--port", str(free_port())],
         ["keys", "create", "--role", "editor", "--tenant", "acme"],
         ["ledger", "verify"],
-        ["doctor"],
     ):
         proc = _cli(env, tmp_path, *args)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
