@@ -188,3 +188,30 @@ def test_every_documented_command_and_option_exists() -> None:
                 assert flag in options, f"`{invocation}`: {' '.join(path)} has no {flag}"
         checked += 1
     assert checked >= 30, "the docs show the commands"
+
+
+def test_verify_of_a_custody_image_without_its_installation_refuses(
+    tmp_path, custody, photo_bytes
+) -> None:
+    from google.genai import types
+
+    response = custody.client("editor").models.generate_content(
+        model="gemini-2.5-flash-image",
+        contents=[
+            types.Part.from_bytes(data=photo_bytes["sample1.png"], mime_type="image/png"),
+            "warmer light",
+        ],
+    )
+    signed = next(p.inline_data.data for p in response.candidates[0].content.parts if p.inline_data)
+    image = tmp_path / "released.png"
+    image.write_bytes(signed)
+    nowhere = tmp_path / "nowhere"
+    env = _env(tmp_path, CUSTODY_DATA_DIR=str(nowhere))
+    refused = _cli(env, tmp_path, "verify", str(image))
+    assert refused.returncode == 2, refused.stdout
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(nowhere) in lines[0] and "--no-ledger" in lines[0], lines
+    assert "ledger: the image was not looked up" in refused.stdout
+    alone = _cli(env, tmp_path, "verify", str(image), "--no-ledger")
+    assert alone.returncode == 0, alone.stderr
+    assert not nowhere.exists(), "verify created an installation"
