@@ -83,7 +83,7 @@ class VerifyReport:
         head = (
             f"{self.entries:,} entries, {self.checkpoints} checkpoints, "
             f"{self.published_checkpoints} published checkpoints, "
-            f"{self.commitments_checked:,} commitments checked, {self.erased} erased blobs"
+            f"{self.commitments_checked:,} commitments checked, {self.erased} to erased content"
         )
         if self.ok:
             return f"OK: the ledger verifies ({head})."
