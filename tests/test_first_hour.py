@@ -215,3 +215,49 @@ def test_verify_of_a_custody_image_without_its_installation_refuses(
     alone = _cli(env, tmp_path, "verify", str(image), "--no-ledger")
     assert alone.returncode == 0, alone.stderr
     assert not nowhere.exists(), "verify created an installation"
+
+
+def test_no_custody_key_reaches_the_upstream_on_the_model_routes(
+    monkeypatch, tmp_path, photo_bytes
+) -> None:
+    """models.list, models.get and countTokens are passed through too: with the app's key in the
+    header, in ``?key=`` and as a bearer token, the upstream sees only Custody's own key."""
+    from conftest import start_custody
+    from test_config_upstream_key import CUSTODY_LOOKALIKE, RecordingUpstream
+
+    from governance.upstream.embedded import ThreadedServer
+
+    monkeypatch.setenv("GEMINI_API_KEY", CUSTODY_LOOKALIKE)
+    recorder = RecordingUpstream()
+    upstream = ThreadedServer(recorder).start()
+    running = start_custody(
+        tmp_path / "custody", upstream_base_url=upstream.base_url, upstream_api_key="AIza-real"
+    )
+    try:
+        client = running.client("editor")
+        assert [m.name for m in client.models.list()], "the model list comes through"
+        assert client.models.get(model="gemini-2.5-flash-image").name
+        assert client.models.count_tokens(model="gemini-2.5-flash-image", contents="a sofa")
+        key = running.keys["editor"]
+        base = f"{running.base_url}/v1beta/models"
+        for request in (
+            httpx.Request("GET", f"{base}?key={key}"),
+            httpx.Request("GET", base, headers={"authorization": f"Bearer {key}"}),
+            httpx.Request(
+                "POST",
+                f"{base}/gemini-2.5-flash-image:countTokens?key={key}",
+                json={"contents": [{"parts": [{"text": "a sofa"}]}]},
+            ),
+        ):
+            assert httpx.Client().send(request).status_code == 200
+    finally:
+        running.stop()
+        upstream.stop()
+    paths = {r["path"] for r in recorder.requests}
+    assert any(p.endswith(":countTokens") for p in paths) and any(
+        p.endswith("/models") for p in paths
+    ), paths
+    seen = recorder.seen_text()
+    assert "ck_" not in seen, "a Custody key was sent upstream"
+    sent = {v for r in recorder.requests for k, v in r["headers"] if k == "x-goog-api-key"}
+    assert sent == {"AIza-real"}
