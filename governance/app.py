@@ -29,6 +29,7 @@ from governance.logredact import install_key_redaction
 from governance.pipeline.refusal import record_refusal
 from governance.services import Services, build_services
 from governance.settings import Settings
+from governance.upstream.identity import is_google_endpoint
 from storage.ledger import LedgerPushback
 
 log = logging.getLogger("custody")
@@ -161,4 +162,11 @@ def announce(services: Services) -> None:
         bar = "!" * 78
         log.warning("\n".join(["", bar, *(f"!!  {line}" for line in lines), bar]))
     else:
-        log.info("Custody upstream: %s (%s)", services.upstream.label, services.upstream.base_url)
+        google = is_google_endpoint(services.upstream.base_url)
+        log.info(
+            "Custody upstream: %s (%s)",
+            services.upstream.base_url,
+            "a Google Gemini endpoint"
+            if google
+            else "not a Google endpoint: manifests name it by host, never Google or SynthID",
+        )

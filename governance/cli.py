@@ -8,13 +8,9 @@ never a traceback: the person running the command needs the sentence, not the st
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import logging
 import os
-import socket
 import sys
-from collections.abc import Iterator
 
 from governance import __version__
 from governance.settings import ConfigError, Settings
@@ -22,78 +18,23 @@ from governance.settings import ConfigError, Settings
 log = logging.getLogger("custody")
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (``OSError`` when it cannot be bound).
-
-    The gateway binds before it announces anything or opens state, and hands this very socket to
-    uvicorn, so "serving on" is never printed for a port another process holds.
-    """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
-def _server_class() -> type:
-    import uvicorn
-
-    class GracefulServer(uvicorn.Server):
-        """uvicorn's server, except that SIGTERM/SIGINT end with exit status 0 after the graceful
-        shutdown: uvicorn re-raises the captured signal once it has shut down, so the process died
-        by that signal (status 143) although it had stopped cleanly. It also logs uvicorn's
-        "Uvicorn running on" line for the socket bound beforehand (uvicorn skips it then)."""
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            if sockets is not None and self.started:
-                self._log_started_message(sockets)
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            with super().capture_signals():
-                try:
-                    yield
-                finally:
-                    self.stopped_by = list(self._captured_signals)
-                    self._captured_signals.clear()
-
-    return GracefulServer
-
-
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from governance.app import create_app
+    from governance.listening import bind_or_explain, run_on_socket
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
     settings.upstream_key()  # a Custody key as upstream key: refuse before anything starts
-    try:
-        sock = bind_listener(settings.host, settings.port)
-    except OSError as exc:
-        in_use = exc.errno == errno.EADDRINUSE
-        reason = "is in use" if in_use else f"cannot be bound ({exc.strerror})"
-        print(
-            f"custody serve: port {settings.port} on {settings.host} {reason}; choose another"
-            " with --port or CUSTODY_PORT",
-            file=sys.stderr,
-        )
+    sock = bind_or_explain("custody serve", settings.host, settings.port, "--port or CUSTODY_PORT")
+    if sock is None:
         return 2
     print(
         f"Custody {__version__} serving on http://{settings.host}:{settings.port}"
         f" (data in {settings.data_dir})",
         flush=True,
     )
-    config = uvicorn.Config(
+    started = run_on_socket(
+        sock,
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -101,12 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=10,
     )
-    server = _server_class()(config)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-    if not server.started:
+    if not started:
         return 3  # start-up failed; uvicorn has logged why
     print("Custody stopped: the ledger and the upstream are closed.", flush=True)
     return 0

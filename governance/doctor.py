@@ -105,11 +105,18 @@ def _ledger(settings: Settings) -> dict[str, Any]:
         state.close()
 
 
+def _unread_config_here(in_force: Path | None) -> str | None:
+    """A ``custody.toml`` in the current directory, which Custody never reads, if there is one."""
+    here = Path.cwd() / "custody.toml"
+    return str(here) if here.is_file() and here != in_force else None
+
+
 def diagnose(settings: Settings) -> dict[str, Any]:
     """The whole report as a JSON-able dict; ``installation`` says whether one was found."""
     path = config_file()
     report: dict[str, Any] = {
         "config_file": str(path) if path else None,
+        "unread_config_file": _unread_config_here(path),
         "data_dir": str(settings.data_dir),
         "database_url": settings.masked_database_url,
         "blob_store": settings.blob_store,
@@ -134,6 +141,11 @@ def _lines(report: dict[str, Any]) -> list[str]:
     up = report["upstream"]
     out = [
         f"config file:   {report['config_file'] or '(none: environment and defaults only)'}",
+        *(
+            [f"               {unread} is not read; set CUSTODY_CONFIG={unread} to use it"]
+            if (unread := report["unread_config_file"])
+            else []
+        ),
         f"data dir:      {report['data_dir']}  [{src['data_dir']}]",
         f"database:      {report['database_url']}  [{src['database_url']}]",
         f"blob store:    {report['blob_store']}  [{src['blob_store']}]",

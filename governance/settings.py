@@ -5,10 +5,10 @@ is ``CUSTODY_CONFIG`` when set (it must exist), else ``$XDG_CONFIG_HOME/custody/
 (``~/.config/custody/custody.toml``) when it exists — never a file in the current directory.
 
 Everything Custody writes lives under ``data_dir``, which is always absolute and resolved the same
-way by every command: ``CUSTODY_DATA_DIR``, else ``data_dir`` in the config file (relative to the
-file), else ``$XDG_DATA_HOME/custody`` (``~/.local/share/custody``). A default that followed the
-current directory silently forked an installation: a command run elsewhere made a new, empty
-ledger and then verified it.
+way by every command: ``CUSTODY_DATA_DIR`` (absolute: a relative one is refused), else
+``data_dir`` in the config file (relative to the file), else ``$XDG_DATA_HOME/custody``
+(``~/.local/share/custody``). A default that followed the current directory silently forked an
+installation: a command run elsewhere made a new, empty ledger and then verified it.
 
 The upstream key comes only from ``CUSTODY_UPSTREAM_API_KEY`` or the file named by
 ``CUSTODY_UPSTREAM_API_KEY_FILE`` (the Docker/Kubernetes secret convention). ``GEMINI_API_KEY``
@@ -86,6 +86,17 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def _refuse_a_relative_data_dir() -> None:
+    """A relative ``CUSTODY_DATA_DIR`` names a new installation in every directory: refuse it."""
+    value = os.environ.get("CUSTODY_DATA_DIR", "")
+    if value and not Path(value).expanduser().is_absolute():
+        raise ConfigError(
+            f"CUSTODY_DATA_DIR is the relative path {value!r}, which would be a different"
+            " installation in every directory; set it to an absolute path"
+            f" (from here that is {Path(value).absolute()})"
+        )
+
+
 @dataclass(frozen=True)
 class UpstreamKey:
     """The upstream key and where it came from (``source`` is safe to print; ``value`` is not)."""
@@ -156,6 +167,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        _refuse_a_relative_data_dir()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = config_file()
         if path is not None:

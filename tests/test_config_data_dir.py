@@ -67,11 +67,13 @@ def test_custody_config_wins_over_the_per_user_file_and_env_wins_over_both(
     explicit.write_text(f'data_dir = "{tmp_path / "prod-data"}"\n')
     monkeypatch.setenv("CUSTODY_CONFIG", str(explicit))
     assert Settings().data_dir == tmp_path / "prod-data"
-    monkeypatch.setenv("CUSTODY_DATA_DIR", "relative/dir")
+    monkeypatch.setenv("CUSTODY_DATA_DIR", str(tmp_path / "env-data"))
     settings = Settings()
-    assert settings.data_dir.is_absolute()
-    assert settings.data_dir == Path.cwd() / "relative" / "dir"
+    assert settings.data_dir == tmp_path / "env-data"
     assert settings.setting_sources()["data_dir"] == "env"
+    monkeypatch.setenv("CUSTODY_DATA_DIR", "relative/dir")
+    with pytest.raises(ConfigError, match="relative path 'relative/dir'"):
+        Settings()
 
 
 def test_a_missing_custody_config_is_an_error_not_silence(clean_env, monkeypatch) -> None:

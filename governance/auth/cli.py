@@ -19,7 +19,7 @@ from governance.auth.principal import ROLES
 from governance.settings import Settings
 
 if TYPE_CHECKING:
-    from governance.auth.lifecycle import KeyLifecycle, Operator
+    from governance.auth.lifecycle import KeyInfo, KeyLifecycle, Operator
 
 
 def article(word: str) -> str:
@@ -44,10 +44,22 @@ def _run(
 ) -> int:
     from governance.auth.keys import KeyError_
     from governance.auth.lifecycle import KeyLifecycle, KeyLifecycleError
-    from governance.state import open_state
+    from governance.state import StateError, open_state
 
-    # Listing only reads: it must not make an installation where there is none.
-    state = open_state(Settings(), create=command != "list")
+    settings = Settings()
+    try:
+        state = open_state(settings, create=False)
+    except StateError:
+        if command == "list":  # listing only reads: it must not make an installation
+            raise
+        # A key made in a new installation is refused by a gateway that uses another one: say so.
+        print(
+            f"custody keys {command}: there was no installation at {settings.data_dir};"
+            " creating one. A gateway refuses this key unless it uses the same data directory"
+            " (`custody doctor` prints what is resolved).",
+            file=sys.stderr,
+        )
+        state = open_state(settings, create=True)
     try:
         return step(KeyLifecycle(state.engine, state.ledger), args)
     except (KeyError_, KeyLifecycleError) as exc:
@@ -77,6 +89,15 @@ def _create(keys: KeyLifecycle, args: argparse.Namespace) -> int:
     return 0
 
 
+def _refused_from(key: KeyInfo) -> int | None:
+    """When a usable key stops working: its expiry, or the end of a rotation's grace period."""
+    ends = [key.expires_ms]
+    if key.state() == "rotating":
+        ends.append(key.revoked_ms)
+    known = [t for t in ends if t is not None]
+    return min(known) if known else None
+
+
 def _list(keys: KeyLifecycle, args: argparse.Namespace) -> int:
     listed = keys.list_keys(tenant=args.tenant)
     if args.json:
@@ -96,7 +117,7 @@ def _list(keys: KeyLifecycle, args: argparse.Namespace) -> int:
             k.label or "-",
             k.state(),
             _when(k.created_ms),
-            _when(k.expires_ms),
+            _when(_refused_from(k)),
             _when(k.last_used_ms),
         )
         for k in listed

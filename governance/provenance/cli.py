@@ -24,11 +24,14 @@ def _run(args: argparse.Namespace) -> int:
     anchors = Path(args.anchors).read_text() if args.anchors else trust_anchors_pem(settings)
     result = verify_image(data, None, anchors)
     independent = verify_independently(data, None, anchors) if result.state != "none" else None
-    record, lookup = (None, "not looked up (--no-ledger)")
+    record, lookup, installed = (None, "not looked up (--no-ledger)", True)
     if not args.no_ledger:
-        record, lookup = _ledger_record(settings, data, result.custody)
+        record, lookup, installed = _ledger_record(settings, data, result.custody)
     if record is None and not args.no_ledger:
-        print(f"custody verify: {lookup}", file=sys.stderr)
+        hint = ""
+        if result.custody and not installed:
+            hint = "; a Custody image needs its ledger (or --no-ledger to check the file alone)"
+        print(f"custody verify: {lookup}{hint}", file=sys.stderr)
     if args.json:
         out = {"c2pa": result.to_dict(), "ledger": record, "ledger_lookup": lookup}
         out["independent"] = asdict(independent) if independent else None
@@ -37,20 +40,25 @@ def _run(args: argparse.Namespace) -> int:
         _print(args.image, result, independent, record)
         if record is None:
             print(f"  ledger: {lookup}")
-    return 1 if result.state == "Invalid" else 0
+    if result.state == "Invalid" or (record is not None and not record["proofs_verified"]):
+        return 1
+    # A Custody image checked without the installation it names is not an answer ("Valid", no
+    # record): refuse, as the ledger commands do, rather than exit 0.
+    return 2 if result.custody and not installed else 0
 
 
 def _ledger_record(
     settings: Settings, data: bytes, custody: dict[str, Any] | None
-) -> tuple[dict[str, Any] | None, str]:
-    """The image's turn record in this installation's ledger, and a sentence on the lookup."""
+) -> tuple[dict[str, Any] | None, str, bool]:
+    """The image's turn record in this installation's ledger, a sentence on the lookup, and
+    whether there was an installation to look in."""
     from governance.provenance.lookup import turn_for_hash, turn_record
     from governance.state import StateError, open_state
 
     try:
         state = open_state(settings, create=False)
     except StateError as exc:
-        return None, f"the image was not looked up: {exc}"
+        return None, f"the image was not looked up: {exc}", False
     where = f"the ledger at {settings.masked_database_url}"
     try:
         ref = (custody or {}).get("ledger") or {}
@@ -61,8 +69,8 @@ def _ledger_record(
         if turn_id:
             record = turn_record(ledger, turn_id, viewer_tenant=None, commitments=state.commitments)
         if record is None:
-            return None, f"no record of this image in {where}"
-        return record, f"found in {where}"
+            return None, f"no record of this image in {where}", True
+        return record, f"found in {where}", True
     finally:
         state.close()
 
@@ -91,7 +99,8 @@ def _print(name, result, independent, record) -> None:  # type: ignore[no-untype
     # nearest the top), indented by depth.
     for link in result.ingredients:
         indent = "  " * link.depth
-        line = f"{indent}ingredient [{link.relationship}] {link.title}: {link.state}"
+        state = "no Content Credentials" if link.state == "none" else link.state
+        line = f"{indent}ingredient [{link.relationship}] {link.title}: {state}"
         if link.custody_turn and link.custody_turn not in link.title:
             line += f" (Custody turn {link.custody_turn})"
         print(line + ("; " + "; ".join(link.reasons) if link.reasons else ""))

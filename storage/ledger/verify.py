@@ -95,7 +95,7 @@ class VerifyReport:
         head = (
             f"{self.entries:,} entries, {self.checkpoints} checkpoints, "
             f"{self.published_checkpoints} published checkpoints, "
-            f"{self.commitments_checked:,} commitments checked, {self.erased} erased blobs, "
+            f"{self.commitments_checked:,} commitments checked, {self.erased} to erased content, "
             f"{self.turns_checked:,} turns checked against their index rows"
         )
         if self.ok:

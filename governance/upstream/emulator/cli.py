@@ -1,4 +1,9 @@
-"""``custody emulator``: serve the Gemini emulator on its own port (for demos and benchmarks)."""
+"""``custody emulator``: serve the Gemini emulator on its own port (for demos and benchmarks).
+
+It starts and stops as ``custody serve`` does (``governance.listening``): a busy port is one line
+and exit status 2 before the banner, the banner prints once, uvicorn's startup line appears, and
+SIGTERM exits 0 after a clean shutdown.
+"""
 
 from __future__ import annotations
 
@@ -29,19 +34,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     parser.add_argument("--latency-ms", type=int, default=0, help="delay added to every call")
     parser.add_argument("--api-key", default=None, help="require this key (x-goog-api-key/?key=)")
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--access-log", action="store_true", help="log every request line")
     parser.set_defaults(func=run_emulator)
 
 
 def run_emulator(args: argparse.Namespace) -> int:
-    """Print the banner, then serve until interrupted."""
-    import uvicorn
-
+    """Bind the port, print the banner, then serve until SIGTERM/SIGINT (exit status 0)."""
+    from governance.listening import bind_or_explain, run_on_socket
     from governance.upstream.emulator import create_emulator_app
 
     config = EmulatorConfig(latency_ms=args.latency_ms, api_key=args.api_key)
     if args.blocked_words:
         config.blocked_words = list(args.blocked_words)
+    sock = bind_or_explain("custody emulator", args.host, args.port, "--port")
+    if sock is None:
+        return 2
     print(
         BANNER.format(
             host=args.host,
@@ -52,7 +60,12 @@ def run_emulator(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
-    uvicorn.run(
-        create_emulator_app(config), host=args.host, port=args.port, log_level=args.log_level
+    started = run_on_socket(
+        sock,
+        create_emulator_app(config),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
     )
-    return 0
+    return 0 if started else 3
