@@ -10,7 +10,22 @@ See ``app`` (routes), ``engine`` (safety triggers, Gemini-3 thoughts and signatu
 (prompt keywords → Pillow edits, measured costs), ``faults`` (fault directives, error envelope).
 """
 
-from governance.upstream.emulator.app import RequestLog, create_emulator_app
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from governance.upstream.emulator.config import EmulatorConfig
 
+if TYPE_CHECKING:
+    from governance.upstream.emulator.app import RequestLog, create_emulator_app
+
 __all__ = ["EmulatorConfig", "RequestLog", "create_emulator_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # The app (FastAPI, Pillow) loads on first use, not whenever a CLI builds its parser.
+    if name in ("RequestLog", "create_emulator_app"):
+        from governance.upstream.emulator import app
+
+        return getattr(app, name)
+    raise AttributeError(name)
