@@ -272,6 +272,11 @@ def test_note_key_is_created_private_and_reloaded(tmp_path: Path) -> None:
         load_or_create_note_signer(path, "another.example/log")
 
 
+APP_TABLES = (
+    "api_keys, turns, turn_images, decision_inputs, blobs, blob_commitments, blob_erasures"
+)
+
+
 def test_an_application_role_locked_out_of_the_tables_can_still_append(
     pg_url: str, signer: NoteSigner
 ) -> None:
@@ -298,6 +303,9 @@ def test_an_application_role_locked_out_of_the_tables_can_still_append(
         admin.execute(f"GRANT SELECT ON {tables} TO {app}")
         admin.execute(f"GRANT EXECUTE ON FUNCTION {', '.join(functions)} TO {app}")
         admin.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {app}')
+        # The application keeps its ordinary rights on its own tables (keys, the turn index,
+        # blobs and salts): verify reads them against the leaves.
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {APP_TABLES} TO {app}")
 
         app_url = pg_url.replace("postgres@", f"{app}@", 1)
         engine = make_engine(app_url)
