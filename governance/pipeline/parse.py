@@ -561,7 +561,7 @@ def parse_request(
             )
     parsed.history_turns = len(contents) - 1
     parsed.prompt = "\n".join(prompt_parts)
-    _request_settings(document, parsed)
+    _request_settings(document, parsed, reader)
     _promote_history_parent(parsed)
     return parsed
 
@@ -600,22 +600,30 @@ def _system_instruction(document: dict[str, Any], reader: _Reader) -> None:
         reader.text(FIELD_SYSTEM, part["text"], -1, pi)
 
 
-def _request_settings(document: dict[str, Any], parsed: ParsedRequest) -> None:
-    """Tools, tool config, generation config, cached content and safety settings, as facts."""
+def _request_settings(document: dict[str, Any], parsed: ParsedRequest, reader: _Reader) -> None:
+    """Tools, tool config, generation config, cached content and safety settings, as facts.
+
+    The model reads the text in them too (a function's description, a response schema's
+    descriptions): their string leaves are classified like a structured part."""
     tools = _first(document, ("tools",))
     if tools is not None:
         if not isinstance(tools, list):
             raise _bad("tools must be a list of tool objects.")
-        for tool in tools:
+        for ti, tool in enumerate(tools):
             if not isinstance(tool, dict):
                 raise _bad("tools must be a list of tool objects.")
             parsed.tools.extend(sorted(str(k)[:64] for k in tool))
-    parsed.tool_config = _first(document, ("toolConfig", "tool_config")) is not None
+            _settings_text(tool, reader, ti)
+    tool_config = _first(document, ("toolConfig", "tool_config"))
+    parsed.tool_config = tool_config is not None
+    if tool_config is not None:
+        _settings_text(tool_config, reader, 0)
     config = _first(document, ("generationConfig", "generation_config"))
     if config is not None:
         if not isinstance(config, dict):
             raise _bad("generationConfig must be an object.")
         parsed.generation_config = config
+        _settings_text(config, reader, 0)
     parsed.cached_content = _first(document, ("cachedContent", "cached_content")) is not None
     safety = _first(document, ("safetySettings", "safety_settings"))
     if safety is not None:
@@ -628,6 +636,13 @@ def _request_settings(document: dict[str, Any], parsed: ParsedRequest) -> None:
             }
             for s in safety[:64]
         ]
+
+
+def _settings_text(value: Any, reader: _Reader, index: int) -> None:
+    leaves: list[str] = []
+    _strings(value, leaves)
+    if leaves:
+        reader.text(FIELD_STRUCTURED, "\n".join(leaves), -1, index)
 
 
 def _promote_history_parent(parsed: ParsedRequest) -> None:

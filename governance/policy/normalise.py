@@ -5,9 +5,13 @@ decomposition with combining marks dropped (accents fold: ``beyoncé`` → ``bey
 characters (category Cf: zero-width spaces and joiners, bidi controls, soft hyphens) and invisible
 fillers removed, case folded, confusable letters of other scripts folded to the Latin letter they
 imitate (UTS #39 confusables: Cyrillic ``а`` → ``a``), whitespace collapsed, and runs of three or
-more single letters joined (``w-a-t-e-r``, ``w a t e r``, ``w.a.t.e.r`` → ``water``).
-``variants(text)`` adds the forms an evader relies on a reader to reconstruct: text under a
-right-to-left override reversed as it is displayed, and common digit-for-letter substitutions.
+more single letters joined (``w-a-t-e-r``, ``w a t e r``, ``w.a.t.e.r`` → ``water``). Unicode tag
+characters (U+E0020–U+E007E, invisible on screen) are read as the ASCII they encode: models decode
+them ("ASCII smuggling"). ``variants(text)`` adds the forms an evader relies on a reader to
+reconstruct: text under a right-to-left override reversed as it is displayed, common
+digit-for-letter substitutions, HTML character references and percent-encoding decoded, and
+punctuation or underscores inside words read as spaces (``water_mark``, ``wAtEr.MaRk``,
+``W_a_T_e_R``).
 
 Why: the upstream model reads through all of those tricks; a policy that compares raw strings
 does not. The original text is never changed — it is what the record keeps — only matched.
@@ -21,11 +25,13 @@ as written, so the classifier's regular expressions keep matching ordinary prose
 from __future__ import annotations
 
 import functools
+import html
 import json
 import re
 import sys
 import unicodedata
 from importlib import resources
+from urllib.parse import unquote
 
 RLO, PDF = "\u202e", "\u202c"  # RIGHT-TO-LEFT OVERRIDE and the POP that ends it
 # Invisible letters (category Lo/So, not Cf) used to split words: Hangul fillers, braille blank.
@@ -34,6 +40,10 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
                        "$": "s"})  # fmt: skip
 # Three or more single letters, each apart from the next by one to three separators.
 _SPACED = re.compile(r"(?<!\w)[^\W\d_](?:[^\w\n]{1,3}[^\W\d_](?!\w)){2,}")
+# Punctuation and underscores, which a reader skips inside a word (not line breaks: pieces).
+_INNER_SEPARATORS = re.compile(r"[^\w\s]+|_+")
+_PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
+TAGS = range(0xE0020, 0xE007F)  # TAG SPACE .. TAG TILDE: ASCII, invisibly
 
 
 @functools.cache
@@ -45,6 +55,8 @@ def _table() -> dict[int, str | None]:
             table[cp] = None
     for ch in _INVISIBLE:
         table[ord(ch)] = None
+    for cp in TAGS:
+        table[cp] = chr(cp - 0xE0000)
     table[ord("\u2019")] = "'"
     table[ord("\u2018")] = "'"
     source = resources.files("confusable_homoglyphs").joinpath("confusables.json")
@@ -89,12 +101,27 @@ def _displayed(text: str) -> str:
     return "".join(out)
 
 
+def _decoded(text: str) -> list[str]:
+    """``text``, then as a reader of HTML entities or of percent-encoding would read it."""
+    out = [text]
+    if "&" in text:
+        out.append(html.unescape(text))
+    if _PERCENT.search(text):
+        out.append(unquote(text))
+    return out
+
+
 def variants(text: str) -> list[str]:
     """``fold(text)`` first, then the other forms it may be read as (each distinct, folded)."""
-    raw = _fold_raw(text)
-    forms = [_SPACED.sub(_join_spaced, raw)]
-    if any(c in raw for c in "013457@$"):
-        forms.append(_SPACED.sub(_join_spaced, raw.translate(_LEET)))
+    forms: list[str] = []
+    for source in _decoded(text):
+        raw = _fold_raw(source)
+        spelled = [raw, raw.translate(_LEET)] if any(c in raw for c in "013457@$") else [raw]
+        for form in spelled:
+            forms.append(_SPACED.sub(_join_spaced, form))
+            if _INNER_SEPARATORS.search(form):
+                spaced = " ".join(_INNER_SEPARATORS.sub(" ", form).split())
+                forms.append(_SPACED.sub(_join_spaced, spaced))
     if RLO in text:
         forms.append(fold(_displayed(text)))
     return list(dict.fromkeys(forms))
