@@ -9,9 +9,11 @@ more single letters joined (``w-a-t-e-r``, ``w a t e r``, ``w.a.t.e.r`` → ``wa
 characters (U+E0020–U+E007E, invisible on screen) are read as the ASCII they encode: models decode
 them ("ASCII smuggling"). ``variants(text)`` adds the forms an evader relies on a reader to
 reconstruct: text under a right-to-left override reversed as it is displayed, common
-digit-for-letter substitutions, HTML character references and percent-encoding decoded, and
-punctuation or underscores inside words read as spaces (``water_mark``, ``wAtEr.MaRk``,
-``W_a_T_e_R``).
+digit-for-letter substitutions, letter pairs read as one letter (``rn`` → ``m``, ``vv`` →
+``w``), HTML character references, percent-encoding and base64 runs decoded, and punctuation or
+underscores inside words read as spaces (``water_mark``, ``wAtEr.MaRk``, ``W_a_T_e_R``).
+Regional-indicator, negative circled and squared letters and small capitals read as the letters
+they show; ``©`` reads as "copyright".
 
 Why: the upstream model reads through all of those tricks; a policy that compares raw strings
 does not. The original text is never changed — it is what the record keeps — only matched.
@@ -24,6 +26,7 @@ as written, so the classifier's regular expressions keep matching ordinary prose
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import json
@@ -44,6 +47,13 @@ _SPACED = re.compile(r"(?<!\w)[^\W\d_](?:[^\w\n]{1,3}[^\W\d_](?!\w)){2,}")
 _INNER_SEPARATORS = re.compile(r"[^\w\s]+|_+")
 _PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
 TAGS = range(0xE0020, 0xE007F)  # TAG SPACE .. TAG TILDE: ASCII, invisibly
+# Regional indicators (🇼), negative circled (🅦) and negative squared (🅰) letters: A–Z each.
+_LETTER_BLOCKS = (0x1F1E6, 0x1F150, 0x1F170)
+_SMALL_CAPITALS = "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘꞯʀꜱᴛᴜᴠᴡʏᴢ"  # a–z but x, which has none
+# Letter pairs read as one letter (UTS #39 lists them): "waterrnark", "vvatermark".
+_PAIRS = (("rn", "m"), ("vv", "w"))
+# A run of base64 long enough to hold a sentence: models decode it and obey what it says.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 
 
 @functools.cache
@@ -57,6 +67,12 @@ def _table() -> dict[int, str | None]:
         table[ord(ch)] = None
     for cp in TAGS:
         table[cp] = chr(cp - 0xE0000)
+    for first in _LETTER_BLOCKS:  # symbols that read as letters but have no decomposition
+        for offset in range(26):
+            table[first + offset] = chr(ord("a") + offset)
+    for small, letter in zip(_SMALL_CAPITALS, "abcdefghijklmnopqrstuvwyz", strict=True):
+        table[ord(small)] = letter
+    table[ord("\u00a9")] = " copyright "  # ©
     table[ord("\u2019")] = "'"
     table[ord("\u2018")] = "'"
     source = resources.files("confusable_homoglyphs").joinpath("confusables.json")
@@ -101,13 +117,38 @@ def _displayed(text: str) -> str:
     return "".join(out)
 
 
+def _base64_text(text: str) -> str | None:
+    """The text that the base64 runs in ``text`` decode to, where they decode to text."""
+    found = []
+    for match in _BASE64_RUN.finditer(text):
+        run = match.group().rstrip("=")
+        altchars = b"-_" if "-" in run or "_" in run else None
+        try:
+            data = base64.b64decode(run + "=" * (-len(run) % 4), altchars=altchars, validate=True)
+            decoded = data.decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if decoded.isprintable() or all(c.isprintable() or c.isspace() for c in decoded):
+            found.append(decoded)
+    return " ".join(found) if found else None
+
+
 def _decoded(text: str) -> list[str]:
-    """``text``, then as a reader of HTML entities or of percent-encoding would read it."""
+    """``text``, then as a reader of HTML entities, percent-encoding (repeated) or base64
+    would read it."""
     out = [text]
     if "&" in text:
         out.append(html.unescape(text))
-    if _PERCENT.search(text):
-        out.append(unquote(text))
+    unquoted = text
+    for _ in range(3):  # %2520 is a percent-encoded %20
+        if not _PERCENT.search(unquoted):
+            break
+        unquoted = unquote(unquoted)
+        out.append(unquoted)
+    if len(text) >= 16:
+        inner = _base64_text(text)
+        if inner:
+            out.append(inner)
     return out
 
 
@@ -117,6 +158,9 @@ def variants(text: str) -> list[str]:
     for source in _decoded(text):
         raw = _fold_raw(source)
         spelled = [raw, raw.translate(_LEET)] if any(c in raw for c in "013457@$") else [raw]
+        for pair, letter in _PAIRS:
+            if pair in raw:
+                spelled.append(raw.replace(pair, letter))
         for form in spelled:
             forms.append(_SPACED.sub(_join_spaced, form))
             if _INNER_SEPARATORS.search(form):
