@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from PIL import Image
 
@@ -338,3 +339,71 @@ def test_a_tenants_input_caps_hold_on_count_tokens_too(gate, method) -> None:
     )
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["details"][0]["reason"] == "PROMPT_TOO_LARGE"
+
+
+def _nested(depth: int) -> bytes:
+    inner = b'{"a":' * depth + b"1" + b"}" * depth
+    return b'{"contents":[{"parts":[{"text":"x","functionCall":' + inner + b"}]}]}"
+
+
+BOUNDS: dict[str, tuple[bytes, dict[str, str], set[int]]] = {
+    "70 KB session header": (
+        orjson.dumps({"contents": [_user({"text": "a red bicycle"})]}),
+        {"x-custody-session": "s" * 70_000},
+        {400},
+    ),
+    "500 images": (
+        orjson.dumps({"contents": [_user(*[_image() for _ in range(500)], {"text": "teal"})]}),
+        {},
+        {200, 429},  # within the request caps; the image rate limit may refuse the next call
+    ),
+    "10 MB prompt": (orjson.dumps({"contents": [_user({"text": "teal " * 2_000_000})]}), {}, {400}),
+    "5,000 text parts": (
+        orjson.dumps({"contents": [_user(*[{"text": "teal"} for _ in range(5_000)])]}),
+        {},
+        {400},
+    ),
+    "10,000 levels of nesting": (_nested(10_000), {}, {400}),
+    "63 MB body of one base64 image": (
+        b'{"contents":[{"parts":[{"inlineData":{"mimeType":"image/png","data":"'
+        + b"iVBORw0KGgo" * (63 * 1024 * 1024 // 11)
+        + b'"}}]}]}',
+        {},
+        {400},
+    ),
+}
+BOUND_ROUTES = [
+    ("v1beta", "generateContent", ""),
+    ("v1beta", "streamGenerateContent", "?alt=sse"),
+    ("v1", "streamGenerateContent", ""),
+    ("v1", "countTokens", ""),
+]
+
+
+@pytest.mark.parametrize(("version", "method", "query"), BOUND_ROUTES, ids=lambda r: str(r))
+@pytest.mark.parametrize("name", list(BOUNDS))
+def test_an_oversized_request_gets_a_clear_answer_and_a_record(
+    gate, version, method, query, name
+) -> None:
+    body, headers, codes = BOUNDS[name]
+    since = gate.services.ledger.size()  # type: ignore[attr-defined]
+    resp = httpx.post(
+        f"{gate.base_url}/{version}/models/{MODEL}:{method}{query}",
+        content=body,
+        headers={
+            "x-goog-api-key": gate.keys["editor"],
+            "content-type": "application/json",
+            **headers,
+        },
+        timeout=120,
+    )
+    assert resp.status_code in codes, (name, resp.status_code, resp.text[:300])
+    events = [e for e in gate.ledger_events() if e["index"] >= since]
+    if resp.status_code == 200:
+        assert events[-1]["type"] in ("turn.released", "tokens.counted"), events[-1]["type"]
+        return
+    assert resp.headers["content-type"].startswith("application/json")
+    error = resp.json()["error"]
+    assert error["code"] == resp.status_code and error["message"] and error["status"]
+    assert "Traceback" not in error["message"] and "pydantic" not in error["message"]
+    assert events and events[-1]["type"] in ("turn.failed", "request.refused"), events
