@@ -658,7 +658,8 @@ def _request_settings(document: dict[str, Any], parsed: ParsedRequest, reader: _
     """Tools, tool config, generation config, cached content and safety settings, as facts.
 
     The model reads the text in them too (a function's description, a response schema's
-    descriptions): their string leaves are classified like a structured part."""
+    descriptions): their string leaves are classified like a structured part, and so are those
+    of any top-level field Custody does not know (a newer API's field may reach the model)."""
     tools = _first(document, ("tools",))
     if tools is not None:
         if not isinstance(tools, list):
@@ -678,6 +679,9 @@ def _request_settings(document: dict[str, Any], parsed: ParsedRequest, reader: _
             raise _bad("generationConfig must be an object.")
         parsed.generation_config = config
         _settings_text(config, reader, 0)
+    for key, value in document.items():
+        if key not in _READ_ELSEWHERE:  # a field Custody does not know: its text is read too
+            _settings_text(value, reader, 0)
     parsed.cached_content = _first(document, ("cachedContent", "cached_content")) is not None
     safety = _first(document, ("safetySettings", "safety_settings"))
     if safety is not None:
@@ -690,6 +694,28 @@ def _request_settings(document: dict[str, Any], parsed: ParsedRequest, reader: _
             }
             for s in safety[:64]
         ]
+
+
+# Top-level fields read above or by the caller of ``_request_settings``, or that hold no text
+# the model reads (labels are billing metadata; safety settings and the model name are enums).
+_READ_ELSEWHERE = frozenset(
+    {
+        "contents",
+        "systemInstruction",
+        "system_instruction",
+        "tools",
+        "toolConfig",
+        "tool_config",
+        "generationConfig",
+        "generation_config",
+        "safetySettings",
+        "safety_settings",
+        "cachedContent",
+        "cached_content",
+        "labels",
+        "model",
+    }
+)
 
 
 def _settings_text(value: Any, reader: _Reader, index: int) -> None:
