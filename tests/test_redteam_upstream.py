@@ -148,6 +148,25 @@ SHAPES: dict[str, Shape] = {
 }
 
 
+_last = orjson.dumps(resp(img(PNG)))
+# Streams as raw bytes on the wire: SSE variations a real server may send.
+RAW_STREAMS: dict[str, bytes] = {
+    "sse-comments-and-event-names": b": keep-alive\r\n\r\nevent: message\r\ndata: "
+    + _last
+    + b"\r\n\r\n",
+    "sse-lf-separators": b"data: "
+    + orjson.dumps(resp(TEXT, finish=None))
+    + b"\n\ndata: "
+    + _last
+    + b"\n\n",
+    "sse-data-over-two-lines": b"data: " + _last[:40] + b"\ndata: " + _last[40:] + b"\r\n\r\n",
+    "sse-no-space-after-colon": b"data:" + _last + b"\r\n\r\n",
+    "sse-trailing-garbage-line": b"data: " + _last + b"\r\n\r\ngarbage without a field\r\n\r\n",
+}
+for _name in RAW_STREAMS:
+    SHAPES[_name] = Shape(streamed=True)
+
+
 class HeldOutUpstream:
     """An ASGI app answering each request with the shape its ``x-emulator-fault`` header names."""
 
@@ -168,6 +187,10 @@ class HeldOutUpstream:
             return
         headers = [(b"content-type", b"text/event-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        name = dict(scope["headers"])[b"x-emulator-fault"].decode()
+        if name in RAW_STREAMS:
+            await send({"type": "http.response.body", "body": RAW_STREAMS[name]})
+            return
         for event in shape.events:
             chunk = b"data: " + event + b"\r\n\r\n"
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
