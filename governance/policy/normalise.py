@@ -45,6 +45,7 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
 _SPACED = re.compile(r"(?<!\w)[^\W\d_](?:[^\w\n]{1,3}[^\W\d_](?!\w)){2,}")
 # Punctuation and underscores, which a reader skips inside a word (not line breaks: pieces).
 _INNER_SEPARATORS = re.compile(r"[^\w\s]+|_+")
+_INSIDE_A_WORD = re.compile(r"[^\W_](?:[^\w\s]+|_+|-\s)[^\W_]")  # water_mark, water- mark
 _PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
 TAGS = range(0xE0020, 0xE007F)  # TAG SPACE .. TAG TILDE: ASCII, invisibly
 # Regional indicators (🇼), negative circled (🅦) and negative squared (🅰) letters: A–Z each.
@@ -134,17 +135,16 @@ def _base64_text(text: str) -> str | None:
 
 
 def _decoded(text: str) -> list[str]:
-    """``text``, then as a reader of HTML entities, percent-encoding (repeated) or base64
-    would read it."""
+    """``text``; then as a reader of HTML entities and percent-encoding (repeated) reads it, in
+    one form; then the text its base64 runs decode to. Each form only if it differs."""
     out = [text]
-    if "&" in text:
-        out.append(html.unescape(text))
-    unquoted = text
+    decoded = html.unescape(text) if "&" in text else text
     for _ in range(3):  # %2520 is a percent-encoded %20
-        if not _PERCENT.search(unquoted):
+        if not _PERCENT.search(decoded):
             break
-        unquoted = unquote(unquoted)
-        out.append(unquoted)
+        decoded = unquote(decoded)
+    if decoded != text:
+        out.append(decoded)
     if len(text) >= 16:
         inner = _base64_text(text)
         if inner:
@@ -152,18 +152,27 @@ def _decoded(text: str) -> list[str]:
     return out
 
 
+def _read_as(raw: str) -> str:
+    """``raw`` with digits read as letters and letter pairs read as one letter."""
+    if any(c in raw for c in "013457@$"):
+        raw = raw.translate(_LEET)
+    for pair, letter in _PAIRS:
+        raw = raw.replace(pair, letter)
+    return raw
+
+
 def variants(text: str) -> list[str]:
-    """``fold(text)`` first, then the other forms it may be read as (each distinct, folded)."""
+    """``fold(text)`` first, then the other forms it may be read as (each distinct, folded).
+
+    At most four forms of each decoding of ``text`` (as written, read as a reader reads it, each
+    with inner punctuation as spaces), so the classifier's cost stays a small multiple of the
+    text's length."""
     forms: list[str] = []
     for source in _decoded(text):
         raw = _fold_raw(source)
-        spelled = [raw, raw.translate(_LEET)] if any(c in raw for c in "013457@$") else [raw]
-        for pair, letter in _PAIRS:
-            if pair in raw:
-                spelled.append(raw.replace(pair, letter))
-        for form in spelled:
+        for form in dict.fromkeys((raw, _read_as(raw))):
             forms.append(_SPACED.sub(_join_spaced, form))
-            if _INNER_SEPARATORS.search(form):
+            if _INSIDE_A_WORD.search(form):
                 spaced = " ".join(_INNER_SEPARATORS.sub(" ", form).split())
                 forms.append(_SPACED.sub(_join_spaced, spaced))
     if RLO in text:
