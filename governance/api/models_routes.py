@@ -31,7 +31,7 @@ from governance.api.deps import get_services, require_role
 from governance.api.errors import GeminiError, not_served
 from governance.api.gemini_routes import API_VERSIONS, METHODS, checked_body, refuse
 from governance.auth.principal import Principal
-from governance.pipeline.parse import parse_request
+from governance.pipeline.parse import InputLimits, parse_request
 from governance.pipeline.policy_facts import request_facts
 from governance.pipeline.refusal import MAX_MESSAGE_CHARS, clip, new_record_id
 from governance.pipeline.turn import TurnRequest
@@ -204,8 +204,14 @@ async def count_tokens(
     record_id = new_record_id()
     facts: dict[str, Any] = {"api_version": api_version, "model": name}
     try:
+        limits = InputLimits.from_tenant(
+            s.policy.tenant_settings(principal.tenant), s.policy.tenant_settings("default")
+        )
         parsed = await s.run_blocking(
-            parse_request, generate_request_of(body), max_pixels=s.settings.max_image_pixels
+            parse_request,
+            generate_request_of(body),
+            max_pixels=s.settings.max_image_pixels,
+            limits=limits,
         )
     except GeminiError as err:
         raise await refuse(

@@ -7,7 +7,8 @@ inline data wherever they sit in a part, ``fileData`` references, structured par
 (``functionCall``, ``executableCode``, ...), ``tools``/``toolConfig``, ``generationConfig`` and
 ``safetySettings``.
 A part Custody cannot classify (no known field, or an unknown field that carries data) is refused
-with a 400, never passed through unseen.
+with a 400, never passed through unseen; so is a key repeated within one object (which copy the
+upstream reads is not Custody's to guess).
 
 It accepts what real clients send: ``inlineData`` or ``inline_data``, ``mimeType`` or
 ``mime_type``, standard or URL-safe base64 with or without padding. Every inline blob is sniffed:
@@ -23,6 +24,8 @@ from __future__ import annotations
 import binascii
 import hashlib
 import io
+import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -519,6 +522,14 @@ def parse_request(
         raise _bad(f"The request body is not valid JSON: {exc}.", "INVALID_JSON") from None
     if not isinstance(document, dict):
         raise _bad("The request body must be a JSON object.", "INVALID_JSON")
+    duplicate = _duplicate_key(body, document)
+    if duplicate is not None:
+        raise _bad(
+            f"The request repeats the key {duplicate[:80]!r} within one object. JSON readers"
+            " disagree on which copy counts, so Custody cannot know which one the model would"
+            " act on; send each field once.",
+            "DUPLICATE_FIELD",
+        )
     contents = document.get("contents")
     if isinstance(contents, dict):
         contents = [contents]
@@ -561,9 +572,52 @@ def parse_request(
             )
     parsed.history_turns = len(contents) - 1
     parsed.prompt = "\n".join(prompt_parts)
-    _request_settings(document, parsed)
+    _request_settings(document, parsed, reader)
     _promote_history_parent(parsed)
     return parsed
+
+
+# Where a key may end: a closing quote, then a colon. A string value holding '":' matches too,
+# so the count is an upper bound of the keys in the body.
+_KEY_END = re.compile(rb'"\s*:')
+
+
+def _keys_in(document: Any) -> int:
+    count, stack = 0, [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def _duplicate_key(body: bytes, document: Any) -> str | None:
+    """A key repeated within one object of ``body`` (which parsed to ``document``), or None.
+
+    The parser keeps the last copy of a repeated key while the upstream may read the first: the
+    gate would classify one text and the model obey another. Checked in about a millisecond for
+    a 4 MB body (a count of the places a key can end); only when that count exceeds the keys
+    parsed is the body re-read key by key."""
+    if len(_KEY_END.findall(body)) <= _keys_in(document):
+        return None
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not found:
+                found.append(key)
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except RecursionError:  # nested deeper than the re-reader goes: refused, not passed unseen
+        return "(an object nested too deep to check)"
+    return found[0] if found else None
 
 
 _TOP_SPELLINGS = (
@@ -600,22 +654,34 @@ def _system_instruction(document: dict[str, Any], reader: _Reader) -> None:
         reader.text(FIELD_SYSTEM, part["text"], -1, pi)
 
 
-def _request_settings(document: dict[str, Any], parsed: ParsedRequest) -> None:
-    """Tools, tool config, generation config, cached content and safety settings, as facts."""
+def _request_settings(document: dict[str, Any], parsed: ParsedRequest, reader: _Reader) -> None:
+    """Tools, tool config, generation config, cached content and safety settings, as facts.
+
+    The model reads the text in them too (a function's description, a response schema's
+    descriptions): their string leaves are classified like a structured part, and so are those
+    of any top-level field Custody does not know (a newer API's field may reach the model)."""
     tools = _first(document, ("tools",))
     if tools is not None:
         if not isinstance(tools, list):
             raise _bad("tools must be a list of tool objects.")
-        for tool in tools:
+        for ti, tool in enumerate(tools):
             if not isinstance(tool, dict):
                 raise _bad("tools must be a list of tool objects.")
             parsed.tools.extend(sorted(str(k)[:64] for k in tool))
-    parsed.tool_config = _first(document, ("toolConfig", "tool_config")) is not None
+            _settings_text(tool, reader, ti)
+    tool_config = _first(document, ("toolConfig", "tool_config"))
+    parsed.tool_config = tool_config is not None
+    if tool_config is not None:
+        _settings_text(tool_config, reader, 0)
     config = _first(document, ("generationConfig", "generation_config"))
     if config is not None:
         if not isinstance(config, dict):
             raise _bad("generationConfig must be an object.")
         parsed.generation_config = config
+        _settings_text(config, reader, 0)
+    for key, value in document.items():
+        if key not in _READ_ELSEWHERE:  # a field Custody does not know: its text is read too
+            _settings_text(value, reader, 0)
     parsed.cached_content = _first(document, ("cachedContent", "cached_content")) is not None
     safety = _first(document, ("safetySettings", "safety_settings"))
     if safety is not None:
@@ -628,6 +694,35 @@ def _request_settings(document: dict[str, Any], parsed: ParsedRequest) -> None:
             }
             for s in safety[:64]
         ]
+
+
+# Top-level fields read above or by the caller of ``_request_settings``, or that hold no text
+# the model reads (labels are billing metadata; safety settings and the model name are enums).
+_READ_ELSEWHERE = frozenset(
+    {
+        "contents",
+        "systemInstruction",
+        "system_instruction",
+        "tools",
+        "toolConfig",
+        "tool_config",
+        "generationConfig",
+        "generation_config",
+        "safetySettings",
+        "safety_settings",
+        "cachedContent",
+        "cached_content",
+        "labels",
+        "model",
+    }
+)
+
+
+def _settings_text(value: Any, reader: _Reader, index: int) -> None:
+    leaves: list[str] = []
+    _strings(value, leaves)
+    if leaves:
+        reader.text(FIELD_STRUCTURED, "\n".join(leaves), -1, index)
 
 
 def _promote_history_parent(parsed: ParsedRequest) -> None:

@@ -6,7 +6,9 @@ system instruction, every earlier turn, the new turn, thought parts, structured 
 attachments — against term lists and regular expressions kept with the policy
 (``custody/classifier/data.json``), so changing a list changes the bundle revision like any rule.
 Text is matched in its folded form (``governance.policy.normalise``): zero-width characters,
-homoglyphs, spaced-out letters and the like do not hide a term. "Do what I asked above" is caught
+homoglyphs, spaced-out letters and the like do not hide a term; a term of several words also
+matches with its words run together (a hashtag, letters spaced across the word gap), and a
+term followed by "s" (a plural, a possessive) still matches. "Do what I asked above" is caught
 because the earlier turn is classified too.
 
 A signal is ``{"matched": bool, "terms": [...], "patterns": [...], "fields": [...], "detector":
@@ -59,6 +61,9 @@ def normalise(text: str) -> str:
 _LITERAL_UPPER = re.compile(r"(?<!\\)[A-Z]")
 # Around a boundary between two pieces, how far a pattern that spans it may reach.
 SPAN_REACH = 160
+# A term of several words also matches run together (``#ElonMusk``, ``T a y l o r S w i f t``
+# joins to ``taylorswift``) when that form is this long: short ones ("my son") are other words.
+SQUASHED_MIN = 8
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -114,6 +119,9 @@ class PromptClassifier:
                 folded = fold(term) if isinstance(term, str) else ""
                 if folded:
                     by_term.setdefault(folded, set()).add(cat_name)
+                squashed = folded.replace(" ", "")
+                if squashed != folded and len(squashed) >= SQUASHED_MIN:
+                    by_term.setdefault(squashed, set()).add(cat_name)
             try:
                 patterns = tuple(_compile(p) for p in spec.get("patterns", []))
             except re.error as exc:
@@ -192,7 +200,10 @@ class PromptClassifier:
             start = end - len(term) + 1
             if start > 0 and _is_word(text[start - 1]):
                 continue
-            if end + 1 < len(text) and _is_word(text[end + 1]):
+            after = end + 1
+            if after < len(text) and text[after] == "s":  # a plural or a joined possessive
+                after += 1
+            if after < len(text) and _is_word(text[after]):
                 continue
             for cat in cats:
                 if self._record(joined, start, end + 1, spanning, hits[cat]):

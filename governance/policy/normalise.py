@@ -5,9 +5,15 @@ decomposition with combining marks dropped (accents fold: ``beyoncé`` → ``bey
 characters (category Cf: zero-width spaces and joiners, bidi controls, soft hyphens) and invisible
 fillers removed, case folded, confusable letters of other scripts folded to the Latin letter they
 imitate (UTS #39 confusables: Cyrillic ``а`` → ``a``), whitespace collapsed, and runs of three or
-more single letters joined (``w-a-t-e-r``, ``w a t e r``, ``w.a.t.e.r`` → ``water``).
-``variants(text)`` adds the forms an evader relies on a reader to reconstruct: text under a
-right-to-left override reversed as it is displayed, and common digit-for-letter substitutions.
+more single letters joined (``w-a-t-e-r``, ``w a t e r``, ``w.a.t.e.r`` → ``water``). Unicode tag
+characters (U+E0020–U+E007E, invisible on screen) are read as the ASCII they encode: models decode
+them ("ASCII smuggling"). ``variants(text)`` adds the forms an evader relies on a reader to
+reconstruct: text under a right-to-left override reversed as it is displayed, common
+digit-for-letter substitutions, letter pairs read as one letter (``rn`` → ``m``, ``vv`` →
+``w``), HTML character references, percent-encoding and base64 runs decoded, and punctuation or
+underscores inside words read as spaces (``water_mark``, ``wAtEr.MaRk``, ``W_a_T_e_R``).
+Regional-indicator, negative circled and squared letters and small capitals read as the letters
+they show; ``©`` reads as "copyright".
 
 Why: the upstream model reads through all of those tricks; a policy that compares raw strings
 does not. The original text is never changed — it is what the record keeps — only matched.
@@ -20,12 +26,15 @@ as written, so the classifier's regular expressions keep matching ordinary prose
 
 from __future__ import annotations
 
+import base64
 import functools
+import html
 import json
 import re
 import sys
 import unicodedata
 from importlib import resources
+from urllib.parse import unquote
 
 RLO, PDF = "\u202e", "\u202c"  # RIGHT-TO-LEFT OVERRIDE and the POP that ends it
 # Invisible letters (category Lo/So, not Cf) used to split words: Hangul fillers, braille blank.
@@ -34,6 +43,18 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
                        "$": "s"})  # fmt: skip
 # Three or more single letters, each apart from the next by one to three separators.
 _SPACED = re.compile(r"(?<!\w)[^\W\d_](?:[^\w\n]{1,3}[^\W\d_](?!\w)){2,}")
+# Punctuation and underscores, which a reader skips inside a word (not line breaks: pieces).
+_INNER_SEPARATORS = re.compile(r"[^\w\s]+|_+")
+_INSIDE_A_WORD = re.compile(r"[^\W_](?:[^\w\s]+|_+|-\s)[^\W_]")  # water_mark, water- mark
+_PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
+TAGS = range(0xE0020, 0xE007F)  # TAG SPACE .. TAG TILDE: ASCII, invisibly
+# Regional indicators (🇼), negative circled (🅦) and negative squared (🅰) letters: A–Z each.
+_LETTER_BLOCKS = (0x1F1E6, 0x1F150, 0x1F170)
+_SMALL_CAPITALS = "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘꞯʀꜱᴛᴜᴠᴡʏᴢ"  # a–z but x, which has none
+# Letter pairs read as one letter (UTS #39 lists them): "waterrnark", "vvatermark".
+_PAIRS = (("rn", "m"), ("vv", "w"))
+# A run of base64 long enough to hold a sentence: models decode it and obey what it says.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 
 
 @functools.cache
@@ -45,6 +66,14 @@ def _table() -> dict[int, str | None]:
             table[cp] = None
     for ch in _INVISIBLE:
         table[ord(ch)] = None
+    for cp in TAGS:
+        table[cp] = chr(cp - 0xE0000)
+    for first in _LETTER_BLOCKS:  # symbols that read as letters but have no decomposition
+        for offset in range(26):
+            table[first + offset] = chr(ord("a") + offset)
+    for small, letter in zip(_SMALL_CAPITALS, "abcdefghijklmnopqrstuvwyz", strict=True):
+        table[ord(small)] = letter
+    table[ord("\u00a9")] = " copyright "  # ©
     table[ord("\u2019")] = "'"
     table[ord("\u2018")] = "'"
     source = resources.files("confusable_homoglyphs").joinpath("confusables.json")
@@ -89,12 +118,63 @@ def _displayed(text: str) -> str:
     return "".join(out)
 
 
-def variants(text: str) -> list[str]:
-    """``fold(text)`` first, then the other forms it may be read as (each distinct, folded)."""
-    raw = _fold_raw(text)
-    forms = [_SPACED.sub(_join_spaced, raw)]
+def _base64_text(text: str) -> str | None:
+    """The text that the base64 runs in ``text`` decode to, where they decode to text."""
+    found = []
+    for match in _BASE64_RUN.finditer(text):
+        run = match.group().rstrip("=")
+        altchars = b"-_" if "-" in run or "_" in run else None
+        try:
+            data = base64.b64decode(run + "=" * (-len(run) % 4), altchars=altchars, validate=True)
+            decoded = data.decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if decoded.isprintable() or all(c.isprintable() or c.isspace() for c in decoded):
+            found.append(decoded)
+    return " ".join(found) if found else None
+
+
+def _decoded(text: str) -> list[str]:
+    """``text``; then as a reader of HTML entities and percent-encoding (repeated) reads it, in
+    one form; then the text its base64 runs decode to. Each form only if it differs."""
+    out = [text]
+    decoded = html.unescape(text) if "&" in text else text
+    for _ in range(3):  # %2520 is a percent-encoded %20
+        if not _PERCENT.search(decoded):
+            break
+        decoded = unquote(decoded)
+    if decoded != text:
+        out.append(decoded)
+    if len(text) >= 16:
+        inner = _base64_text(text)
+        if inner:
+            out.append(inner)
+    return out
+
+
+def _read_as(raw: str) -> str:
+    """``raw`` with digits read as letters and letter pairs read as one letter."""
     if any(c in raw for c in "013457@$"):
-        forms.append(_SPACED.sub(_join_spaced, raw.translate(_LEET)))
+        raw = raw.translate(_LEET)
+    for pair, letter in _PAIRS:
+        raw = raw.replace(pair, letter)
+    return raw
+
+
+def variants(text: str) -> list[str]:
+    """``fold(text)`` first, then the other forms it may be read as (each distinct, folded).
+
+    At most four forms of each decoding of ``text`` (as written, read as a reader reads it, each
+    with inner punctuation as spaces), so the classifier's cost stays a small multiple of the
+    text's length."""
+    forms: list[str] = []
+    for source in _decoded(text):
+        raw = _fold_raw(source)
+        for form in dict.fromkeys((raw, _read_as(raw))):
+            forms.append(_SPACED.sub(_join_spaced, form))
+            if _INSIDE_A_WORD.search(form):
+                spaced = " ".join(_INNER_SEPARATORS.sub(" ", form).split())
+                forms.append(_SPACED.sub(_join_spaced, spaced))
     if RLO in text:
         forms.append(fold(_displayed(text)))
     return list(dict.fromkeys(forms))

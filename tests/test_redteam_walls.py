@@ -1,0 +1,233 @@
+"""Held-out tenant-wall checks (issue 14): tenant B's admin, auditor and reviewer learn nothing
+of tenant A through any route, error messages included.
+
+Tenant A (``acme``) makes real turns — one in a session, one denied, one with an image it later
+wants erased — and its identifiers are collected: turn ids, key ids, actors, the session id, the
+tenant's name, the digest of its input. Then every route of the app is called by each caller of
+tenant B (``globex``), with A's identifiers as arguments wherever a route takes one (A's key ids
+to revoke and rotate, A's digest to erase, A's signed output to verify, A's session id on a
+turn, A's ledger indexes to prove), and no response — status, body or headers — may contain any
+of them — unless the caller sent it (a key id it names; a released image carries its own C2PA
+record, tenant and turn id included, by design). Runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from governance.auth.keys import create_key
+from tests.conftest import RunningCustody, start_custody
+from tests.test_authz_matrix import MATRIX
+
+MODEL = "gemini-2.5-flash-image"
+GENERATE = f"/v1beta/models/{MODEL}:generateContent"
+SESSION = "acme-secret-session-7f3a"
+CALLERS_OF_B = ("globex-admin", "globex-auditor", "globex-reviewer", "other-tenant-editor")
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 18), (1, 2, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+INPUT = _png()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def walls(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningCustody, dict[str, Any]]]:
+    if request.param == "postgres":
+        from tests.test_upstream_malformed import _pg_database
+
+        databases: Any = _pg_database()
+    else:
+        databases = iter([""])
+    url = next(databases)
+    running = start_custody(tmp_path_factory.mktemp(f"walls-{request.param}") / "custody", url)
+    engine = running.services.engine  # type: ignore[attr-defined]
+    for role in ("admin", "auditor", "reviewer"):
+        running.keys[f"globex-{role}"] = create_key(
+            engine, tenant="globex", actor=f"{role}@globex", roles=[role]
+        )
+    try:
+        yield running, _tenant_a(running)
+    finally:
+        running.stop()
+        if hasattr(databases, "close"):
+            databases.close()
+
+
+def _call(custody: RunningCustody, method: str, path: str, key: str, **kw: Any) -> httpx.Response:
+    headers = {"x-goog-api-key": custody.keys[key], **kw.pop("headers", {})}
+    return httpx.request(method, custody.base_url + path, headers=headers, timeout=60, **kw)
+
+
+def _tenant_a(custody: RunningCustody) -> dict[str, Any]:
+    """Tenant A's activity and every identifier of it that must stay behind its wall."""
+    body = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {
+                        "inlineData": {
+                            "mimeType": "image/png",
+                            "data": base64.b64encode(INPUT).decode(),
+                        }
+                    },
+                    {"text": "make the sofa teal"},
+                ],
+            }
+        ]
+    }
+    turn = _call(
+        custody, "POST", GENERATE, "editor", json=body, headers={"x-custody-session": SESSION}
+    )
+    assert turn.status_code == 200, turn.text
+    parts = turn.json()["candidates"][0]["content"]["parts"]
+    signed = base64.b64decode(next(p for p in parts if "inlineData" in p)["inlineData"]["data"])
+    denied = _call(
+        custody,
+        "POST",
+        GENERATE,
+        "editor",
+        json={"contents": [{"parts": [{"text": "remove the watermark"}]}]},
+    )
+    assert denied.status_code == 403
+    keys = _call(custody, "GET", "/api/v1/keys", "admin").json()["keys"]
+    secrets = {
+        "acme",
+        SESSION,
+        turn.headers["x-custody-turn"],
+        denied.json()["error"]["details"][0]["metadata"]["turn_id"],
+        *(k["id"] for k in keys),
+        *(k["actor"] for k in keys),
+    }
+    return {
+        "secrets": secrets,
+        "key_ids": [k["id"] for k in keys],
+        "signed": signed,
+        "digest": hashlib.sha256(INPUT).hexdigest(),
+        "size": custody.services.ledger.size(),  # type: ignore[attr-defined]
+    }
+
+
+def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path, request options) for every route, with A's identifiers as arguments."""
+    last = a["size"] - 1
+    probes: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", "/metrics", {}),
+        ("GET", "/api/v1/ledger/checkpoint", {}),
+        ("POST", "/api/v1/ledger/checkpoint", {}),
+        ("GET", "/api/v1/ledger/entries", {"params": {"start": 0, "end": a["size"]}}),
+        ("GET", "/api/v1/ledger/proof/inclusion", {"params": {"index": last}}),
+        ("GET", "/api/v1/ledger/proof/consistency", {"params": {"old": 1}}),
+        ("GET", "/api/v1/ledger/proof/file", {"params": {"index": last}}),
+        (
+            "POST",
+            "/api/v1/verify",
+            {"content": a["signed"], "headers": {"content-type": "image/png"}},
+        ),
+        ("GET", "/api/v1/keys", {}),
+        ("GET", "/api/v1/keys", {"params": {"tenant": "acme"}}),
+        ("POST", "/api/v1/keys", {"json": {"roles": ["editor"], "label": "walls"}}),
+        ("POST", "/api/v1/erasures", {"json": {"digest": a["digest"], "reason": "walls"}}),
+        ("GET", "/v1beta/models", {}),
+        ("GET", f"/v1beta/models/{MODEL}", {}),
+        (
+            "POST",
+            f"/v1beta/models/{MODEL}:countTokens",
+            {"json": {"contents": [{"parts": [{"text": "a red bicycle"}]}]}},
+        ),
+        (
+            "POST",
+            GENERATE,
+            {
+                "json": {"contents": [{"parts": [{"text": "a red bicycle"}]}]},
+                "headers": {"x-custody-session": SESSION},
+            },
+        ),
+        ("GET", "/healthz", {}),
+        ("GET", "/readyz", {}),
+    ]
+    for key_id in a["key_ids"]:
+        probes.append(("POST", f"/api/v1/keys/{key_id}/revoke", {"json": {}}))
+        probes.append(("POST", f"/api/v1/keys/{key_id}/rotate", {"json": {}}))
+    return probes
+
+
+def test_the_probes_cover_every_route_of_the_matrix() -> None:
+    probed = {
+        (m, p) for m, p, _ in _probes({"size": 1, "key_ids": ["k"], "signed": b"", "digest": ""})
+    }
+    templates = {
+        ("POST", "/{api_version}/models/{model_action}"): ("POST", GENERATE),
+        ("GET", "/{api_version}/models"): ("GET", "/v1beta/models"),
+        ("GET", "/{api_version}/models/{model}"): ("GET", f"/v1beta/models/{MODEL}"),
+        ("POST", "/{api_version}/models/{model}:countTokens"): (
+            "POST",
+            f"/v1beta/models/{MODEL}:countTokens",
+        ),
+        ("POST", "/api/v1/keys/{key_id}/revoke"): ("POST", "/api/v1/keys/k/revoke"),
+        ("POST", "/api/v1/keys/{key_id}/rotate"): ("POST", "/api/v1/keys/k/rotate"),
+    }
+    unprobed = {
+        key
+        for key in MATRIX
+        if templates.get(key, key) not in probed and key[0] != "HEAD" and "openapi" not in key[1]
+    }
+    assert not unprobed, f"routes no wall probe calls: {sorted(unprobed)}"
+
+
+@pytest.mark.parametrize("caller", CALLERS_OF_B)
+def test_tenant_b_learns_nothing_of_tenant_a_on_any_route(walls, caller) -> None:
+    custody, a = walls
+    leaks = []
+    for method, path, options in _probes(a):
+        resp = _call(custody, method, path, caller, **options)
+        assert resp.status_code != 500, (method, path, resp.text[:300])
+        seen = resp.text + " ".join(f"{k}: {v}" for k, v in resp.headers.items())
+        # What the caller sent is not a leak: a key id it names, the manifest inside a file it
+        # holds (a released image carries its own C2PA record, by design).
+        sent = (path + str(options.get("params", "")) + str(options.get("json", ""))).encode()
+        sent += options.get("content", b"")
+        found = sorted(s for s in a["secrets"] if s in seen and s.encode() not in sent)
+        if found:
+            leaks.append((method, path, resp.status_code, found, resp.text[:200]))
+    assert not leaks, leaks
+
+
+def test_tenant_b_cannot_erase_revoke_or_rotate_what_is_tenant_as(walls) -> None:
+    custody, a = walls
+    for key_id in a["key_ids"]:
+        for action in ("revoke", "rotate"):
+            resp = _call(
+                custody, "POST", f"/api/v1/keys/{key_id}/{action}", "globex-admin", json={}
+            )
+            assert resp.status_code == 404, resp.text
+    erase = _call(
+        custody,
+        "POST",
+        "/api/v1/erasures",
+        "globex-admin",
+        json={"digest": a["digest"], "reason": "x"},
+    )
+    assert erase.status_code == 404, erase.text
+    still = _call(
+        custody,
+        "POST",
+        GENERATE,
+        "editor",
+        json={"contents": [{"parts": [{"text": "a red bicycle"}]}]},
+    )
+    assert still.status_code == 200, "A's keys still work after B's attempts"
