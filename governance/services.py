@@ -102,7 +102,9 @@ def build_services(settings: Settings) -> Services:
     read_engine = make_engine(settings.effective_database_url, immediate=False)
     ledger.latest_checkpoint()  # a first checkpoint at start-up: no reader's request ever signs
     upstream, emulator = _upstream(settings)
-    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="custody")
+    executor = ThreadPoolExecutor(
+        max_workers=settings.executor_threads, thread_name_prefix="custody"
+    )
     services = Services(
         settings=settings,
         engine=engine,
