@@ -14,12 +14,14 @@ threads. ``--tracemalloc`` adds a bench-only harness process that starts ``trace
 runs the same ``custody serve`` in-process, and on SIGUSR2 writes what Python itself holds — the
 product has no such switch.
 
-``python -m bench.gateway_memory_bench [--quick] [--all | --config NAME ...] [--tracemalloc]``;
-``--quick`` (or ``CUSTODY_BENCH_QUICK=1``) sends 200 turns.
+``python -m bench.gateway_memory_bench [--quick] [--all | --config NAME ...] [--tracemalloc]``
+(``--tracemalloc`` alone runs only the harness); ``--quick`` (or ``CUSTODY_BENCH_QUICK=1``) sends
+200 turns.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -74,6 +76,8 @@ def drive(stack: Stack, turns: int, image: bytes) -> dict[str, Any]:
             unary_call(stack.via(turn), image)
         except errors.APIError as exc:  # counted and shown: memory is still measured
             failures[f"{exc.code} {exc.message or ''}"[:90]] += 1
+        except Exception as exc:  # a connection the server closed as the client reused it
+            failures[f"{type(exc).__name__}: {exc}"[:90]] += 1
 
     began = time.perf_counter()
     with ThreadPoolExecutor(CLIENTS) as pool:
@@ -123,9 +127,27 @@ def harness() -> int:
     def write_snapshot(_signum: int, _frame: object) -> None:
         current, peak = tracemalloc.get_traced_memory()
         stats = tracemalloc.take_snapshot().statistics("lineno")[:12]
+        # Who holds the large buffers still alive: containers that refer to a bytes over 1 MB.
+        holders: Counter[str] = Counter()
+        for obj in gc.get_objects():
+            for ref in gc.get_referents(obj):
+                if isinstance(ref, bytes | bytearray) and len(ref) > 1_000_000:
+                    owners = [type(o).__qualname__ for o in gc.get_referrers(obj)][:4]
+                    holders[f"{type(obj).__qualname__} <- {owners}"] += 1
+        # What only the cycle collector would free: kept aside (DEBUG_SAVEALL) to name its types.
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        garbage = Counter(type(o).__qualname__ for o in gc.garbage)
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.collect()
+        after_gc, _ = tracemalloc.get_traced_memory()
         summary = {
             "current_mib": current / 2**20,
             "peak_mib": peak / 2**20,
+            "after_gc_mib": after_gc / 2**20,
+            "cycle_garbage": [f"{n:>6} {name}" for name, n in garbage.most_common(25)],
+            "holders": [f"{n:>6} {name}" for name, n in holders.most_common(15)],
             "top": [f"{s.size / 2**20:8.1f} MiB {s.count:>7} blocks  {s.traceback}" for s in stats],
         }
         partial = out.with_suffix(".part")
@@ -141,9 +163,9 @@ def harness() -> int:
 def main() -> None:
     args = sys.argv[1:]
     turns = QUICK_TURNS if quick() else TURNS
-    names = [args[i + 1] for i, a in enumerate(args) if a == "--config"] or (
-        list(CONFIGS) if "--all" in args else list(DEFAULT_CONFIGS)
-    )
+    names = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
+    if not names and "--tracemalloc" not in args:
+        names = list(CONFIGS) if "--all" in args else list(DEFAULT_CONFIGS)
     image = photo_like_png()
     print(
         f"gateway memory: {turns} turns from {CLIENTS} SDK clients, each a"
@@ -172,6 +194,15 @@ def main() -> None:
             f" {snap['peak_mib']:.1f} MiB; largest holders:"
         )
         for line in snap["top"]:
+            print(f"      {line}")
+        print(
+            f"    after gc.collect(): Python-traced {snap['after_gc_mib']:.1f} MiB; what only the"
+            " cycle collector freed, by type:"
+        )
+        for line in snap["cycle_garbage"]:
+            print(f"      {line}")
+        print("    what referred to buffers over 1 MB before the collection (holder <- holders):")
+        for line in snap["holders"]:
             print(f"      {line}")
 
 
