@@ -8,11 +8,11 @@ process): the real route, policy, signing and durable record. The gateway's VmRS
 after-100 figure (issue 14) and at most 300 MiB (issue 15).
 
 Each configuration runs in a fresh gateway, so one's memory does not hide another's: as shipped
-(``custody serve`` caps glibc malloc at 2 arenas with a fixed 1 MiB mmap threshold and freezes
-its start-up objects out of the cycle collector's view) and with glibc's malloc defaults; with ``--all`` also each malloc setting alone and 8 executor
-threads. ``--tracemalloc`` adds a bench-only harness process that starts ``tracemalloc`` and then
-runs the same ``custody serve`` in-process, and on SIGUSR2 writes what Python itself holds — the
-product has no such switch.
+(``custody serve`` caps glibc malloc at 2 arenas with a fixed 1 MiB mmap threshold and freezes its
+start-up objects out of the cycle collector's view) and with glibc's malloc defaults; with ``--all``
+also each malloc setting alone and 8 executor threads. ``--tracemalloc`` adds a bench-only harness
+process that starts ``tracemalloc`` and then runs the same ``custody serve`` in-process, and on
+SIGUSR2 writes what Python itself holds — the product has no such switch.
 
 ``python -m bench.gateway_memory_bench [--quick] [--all | --config NAME ...] [--tracemalloc]``
 (``--tracemalloc`` alone runs only the harness); ``--quick`` (or ``CUSTODY_BENCH_QUICK=1``) sends
