@@ -8,6 +8,7 @@ never a traceback: the person running the command needs the sentence, not the st
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -18,6 +19,34 @@ from governance.settings import ConfigError, Settings
 log = logging.getLogger("custody")
 
 
+def tune_malloc(arena_max: int, mmap_threshold: int) -> bool:
+    """Set glibc's malloc up for a gateway of 2 MB requests; 0 leaves a knob at glibc's default.
+
+    ``arena_max`` (``mallopt(M_ARENA_MAX)``): glibc gives each thread that allocates an arena of
+    its own (up to 8 per core) and each arena keeps the request and response buffers it once held.
+    ``mmap_threshold`` (``mallopt(M_MMAP_THRESHOLD)``): a fixed threshold turns off glibc's
+    dynamic one, which after the first freed 2 MB buffer serves every later one from the arenas,
+    where it stays; above the threshold a buffer is mapped and goes back to the system when freed.
+    Called before any thread starts. False where the C library is not glibc (no effect there).
+    """
+    if arena_max <= 0 and mmap_threshold <= 0:
+        return True
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
+    done = True
+    if arena_max > 0:
+        done = bool(mallopt(m_arena_max, arena_max)) and done
+    if mmap_threshold > 0:
+        done = bool(mallopt(m_mmap_threshold, mmap_threshold)) and done
+    return done
+
+
 def _serve(args: argparse.Namespace) -> int:
     from governance.app import create_app
     from governance.listening import bind_or_explain, run_on_socket
@@ -25,6 +54,8 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
     settings.upstream_key()  # a Custody key as upstream key: refuse before anything starts
+    if not tune_malloc(settings.malloc_arena_max, settings.malloc_mmap_threshold):
+        log.warning("this C library is not glibc: CUSTODY_MALLOC_* settings have no effect")
     sock = bind_or_explain("custody serve", settings.host, settings.port, "--port or CUSTODY_PORT")
     if sock is None:
         return 2
@@ -33,6 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
         f" (data in {settings.data_dir})",
         flush=True,
     )
+    # Start-up objects move out of the collector's view, so full collections follow the turns'
+    # own garbage: request and upstream buffers held in reference cycles otherwise waited in the
+    # oldest generation (see docs/performance.md, "Gateway, end to end").
+    gc.freeze()
     started = run_on_socket(
         sock,
         create_app(settings),

@@ -110,7 +110,9 @@ def build_services(settings: Settings) -> Services:
         ledger, engine, instance, upstream_timeout_s=settings.upstream_timeout_s
     )
     upstream, emulator = _upstream(settings)
-    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="custody")
+    executor = ThreadPoolExecutor(
+        max_workers=settings.executor_threads, thread_name_prefix="custody"
+    )
     services = Services(
         settings=settings,
         engine=engine,

@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     policy_interpreters: int = Field(default=2, ge=1)  # Rego interpreters shared by all threads
     policy_reload_ms: int = 2_000  # how often policy files are checked for changes (0: never)
 
+    # -- process
+    executor_threads: int = Field(default=32, ge=1)  # threads for byte-heavy turn work
+    malloc_arena_max: int = Field(default=2, ge=0)  # glibc malloc arenas at `serve` (0: glibc's)
+    malloc_mmap_threshold: int = Field(default=1_048_576, ge=0)  # bytes; 0: glibc's dynamic one
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
