@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
@@ -85,6 +86,32 @@ def _checked(fn: Callable[..., T], *args: Any) -> T:
         ) from None
 
 
+# What Custody's assertion may tell a reader of another tenant: what made the image, not who.
+_PUBLIC_ASSERTION_FIELDS = (
+    "generator", "emulator", "synthid", "upstream", "model", "model_version", "gateway_version",
+)  # fmt: skip
+_TURN_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
+def walled_c2pa(report: dict[str, Any]) -> dict[str, Any]:
+    """The C2PA report of another tenant's image, without who made it or under which turn.
+
+    The file itself carries its manifest, but Custody's answer keeps the tenant wall: the tenant,
+    actor, turn id, ledger reference, prompt commitment and policy of another tenant's turn are
+    left out, and turn ids in ingredient titles are masked.
+    """
+    custody = report.get("custody")
+    if isinstance(custody, dict):
+        kept = {k: custody[k] for k in _PUBLIC_ASSERTION_FIELDS if k in custody}
+        kept["redacted"] = "another tenant's turn: who, which turn and which policy are not shown"
+        report = {**report, "custody": kept}
+    report["ingredients"] = [
+        {**i, "title": _TURN_ID.sub("[another tenant's turn]", str(i.get("title", "")))}
+        for i in report.get("ingredients") or []
+    ]
+    return report
+
+
 @router.post("/verify")
 async def verify(
     request: Request,
@@ -128,9 +155,12 @@ async def verify(
             )
         except NotYetCheckpointed as exc:
             return not_yet_checkpointed(exc)
+    c2pa_report = result.to_dict()
+    if record is not None and not record.get("visible", True):
+        c2pa_report = walled_c2pa(c2pa_report)
     payload = {
         "sha256": sha256,
-        "c2pa": result.to_dict(),
+        "c2pa": c2pa_report,
         "independent": asdict(independent) if independent else None,
         "found_by": found_by if record else None,
         "ledger": record,
