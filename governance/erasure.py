@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, text
 
 from governance.auth.lifecycle import Operator
+from governance.refusal_error import Refusal
 from storage.blobs import Commitments
 from storage.ledger.events import LedgerEvent
 from storage.ledger.leaf import COMMITMENT_PREFIX
@@ -29,14 +30,8 @@ from storage.ledger.log import Ledger
 _HEX = frozenset("0123456789abcdef")
 
 
-class ErasureError(Exception):
-    """An erasure that cannot be done; ``code`` is the HTTP status an API answers with."""
-
-    def __init__(self, code: int, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
+class ErasureError(Refusal):
+    """An erasure that cannot be done. ``code`` is the HTTP status an API answers with."""
 
 
 @dataclass(frozen=True)

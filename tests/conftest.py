@@ -189,3 +189,16 @@ def write_test_policy(tmp_path: Path) -> Path:
     policy_dir.mkdir()
     (policy_dir / "custody.rego").write_text(TEST_POLICY)
     return policy_dir
+
+
+async def asgi_request_ready(scope: dict[str, object], receive: object, send: object) -> bool:
+    """For a test's raw ASGI upstream: answer the lifespan protocol (False: nothing more to do),
+    or read the request body to its end (True: answer the request)."""
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":  # type: ignore[operator]
+            await send({"type": message["type"] + ".complete"})  # type: ignore[operator]
+        await send({"type": "lifespan.shutdown.complete"})  # type: ignore[operator]
+        return False
+    while (await receive()).get("more_body"):  # type: ignore[operator]
+        pass
+    return True

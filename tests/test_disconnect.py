@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from governance.upstream.embedded import ThreadedServer
+from tests.conftest import asgi_request_ready
 
 MODEL = "gemini-2.5-flash-image"
 
@@ -121,13 +122,8 @@ class BigStreamUpstream:
         self.images = [base64.b64encode(_png(1100, noise=True)).decode() for _ in range(3)]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        if not await asgi_request_ready(scope, receive, send):
             return
-        while (await receive()).get("more_body"):
-            pass
         headers = [(b"content-type", b"text/event-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         for n, data in enumerate(self.images):

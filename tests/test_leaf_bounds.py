@@ -21,6 +21,7 @@ from PIL import Image
 from governance.pipeline.leaf_bounds import MAX_FIELD_BYTES, PREVIEW_CHARS, bound_body
 from governance.upstream.embedded import ThreadedServer
 from storage.ledger.leaf import MAX_LEAF_BYTES
+from tests.conftest import asgi_request_ready
 
 MODEL = "gemini-2.5-flash-image"
 
@@ -36,13 +37,8 @@ class BulkUpstream:
     """``x-emulator-fault: images:N`` answers N images; ``error:N`` a 429 with an N-char message."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        if not await asgi_request_ready(scope, receive, send):
             return
-        while (await receive()).get("more_body"):
-            pass
         kind, _, count = dict(scope["headers"])[b"x-emulator-fault"].decode().partition(":")
         n = int(count)
         if kind == "images":

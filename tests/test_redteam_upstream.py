@@ -28,6 +28,7 @@ from PIL import Image
 
 from governance.provenance.verify import verify_image
 from governance.upstream.embedded import ThreadedServer
+from tests.conftest import asgi_request_ready
 from tests.test_upstream_malformed import (
     PNG,
     TEXT,
@@ -171,13 +172,8 @@ class HeldOutUpstream:
     """An ASGI app answering each request with the shape its ``x-emulator-fault`` header names."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        if not await asgi_request_ready(scope, receive, send):
             return
-        while (await receive()).get("more_body"):
-            pass
         shape = SHAPES[dict(scope["headers"])[b"x-emulator-fault"].decode()]
         if shape.body is not None:
             start = {"type": "http.response.start", "status": shape.status}

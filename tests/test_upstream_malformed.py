@@ -27,6 +27,7 @@ from PIL import Image
 from governance.pipeline.response import sniff
 from governance.provenance.verify import verify_image
 from governance.upstream.embedded import ThreadedServer
+from tests.conftest import asgi_request_ready
 
 MODEL = "gemini-2.5-flash-image"
 PG_ADMIN_URL = os.environ.get("CUSTODY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -264,13 +265,8 @@ class MalformedUpstream:
     """An ASGI app answering each request with the shape its ``x-emulator-fault`` header names."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": message["type"] + ".complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        if not await asgi_request_ready(scope, receive, send):
             return
-        while (await receive()).get("more_body"):
-            pass
         headers = dict(scope["headers"])
         shape = SHAPES[headers[b"x-emulator-fault"].decode()]
         streamed = b"streamGenerateContent" in scope["path"].encode()

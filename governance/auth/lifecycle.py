@@ -21,6 +21,7 @@ from sqlalchemy import Engine, select, text
 
 from governance.auth.keys import check_key_fields, new_key_material, now_ms
 from governance.auth.models import API_KEYS
+from governance.refusal_error import Refusal
 from storage.ledger.events import LedgerEvent, SideRows
 from storage.ledger.log import Ledger
 
@@ -37,14 +38,8 @@ KEY_COLUMNS = (
 )
 
 
-class KeyLifecycleError(Exception):
-    """A lifecycle step that cannot be done; ``code`` is the HTTP status an API answers with."""
-
-    def __init__(self, code: int, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
+class KeyLifecycleError(Refusal):
+    """A lifecycle step that cannot be done. ``code`` is the HTTP status an API answers with."""
 
 
 @dataclass(frozen=True)
