@@ -20,9 +20,12 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/custody serve
 
+# The suite waits more than it computes (servers, fsyncs, subprocesses): three pytest-xdist workers,
+# one test file each at a time (module fixtures stay in one worker). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/ruff check governance storage tests bench
-	@$(BIN)/python -m pytest; rc=$$?; \
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure"; fi; \
 	exit $$rc
 

@@ -92,7 +92,8 @@ def test_client_gone_before_the_answer_is_recorded_as_undelivered(
 ) -> None:
     sock = _connect(slow_custody.base_url)
     sock.sendall(_request(slow_custody.base_url, slow_custody.keys["editor"], method, _edit_body()))
-    time.sleep(0.3)  # the upstream takes 1.5 s; the caller does not wait for it
+    # The turn has begun (its body was read); the upstream takes 1.5 s and the caller leaves now.
+    _wait_for(slow_custody, "turn.received")
     sock.close()
     events = _wait_for(slow_custody, "turn.undelivered")
     types = [e["type"] for e in events]
@@ -163,3 +164,18 @@ def test_client_gone_mid_stream_is_recorded_with_what_was_sent(tmp_path: Path) -
     finally:
         running.stop()
         upstream.stop()
+
+
+def test_client_gone_before_its_body_is_read_is_recorded_as_a_refusal(slow_custody: Any) -> None:
+    """Half a body, then the connection closes: a recorded 499 refusal, never a 500."""
+    body = _edit_body()
+    request = _request(slow_custody.base_url, slow_custody.keys["editor"], "generateContent", body)
+    sock = _connect(slow_custody.base_url)
+    sock.sendall(request[: len(request) - len(body) // 2])
+    sock.shutdown(socket.SHUT_WR)
+    sock.close()
+    events = _wait_for(slow_custody, "request.refused")
+    refused = events[-1]["body"]
+    assert (refused["code"], refused["status"]) == (499, "CANCELLED"), refused
+    assert refused["reason"] == "CLIENT_CLOSED_REQUEST"
+    assert not [e for e in slow_custody.ledger_events() if e["type"] == "turn.received"]

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
 from governance.api.custody_headers import SESSION_HEADER, check_custody_headers, check_model
@@ -38,12 +39,27 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise _too_large(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _gone_before_body(size) from None
     return b"".join(chunks)
+
+
+def _gone_before_body(size: int) -> GeminiError:
+    """The caller closed the connection before its request body was read: nothing was asked."""
+    err = GeminiError(
+        499,
+        f"The client closed the connection before its request body was read ({size:,} bytes"
+        " read); no turn was started.",
+        reason="CLIENT_CLOSED_REQUEST",
+    )
+    err.metadata["request_bytes"] = str(size)
+    return err
 
 
 def _too_large(size: int, limit: int) -> GeminiError:
