@@ -5,7 +5,8 @@ describe exactly what they build (``tests/test_schema_matches_migrations.py`` co
 SQLite and PostgreSQL), and Alembic's autogenerate diffs against ``metadata`` to write the next
 migration (docs/operations.md, "Changing the schema"). They never create tables themselves.
 
-One import line per module: each registers its tables on ``SQLModel.metadata``.
+One import line per module (``import m as m``: re-exported, and each stays on its own line):
+importing a module registers its tables on ``SQLModel.metadata``.
 """
 
 from __future__ import annotations
