@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(func=_version)
 
     from governance.auth.cli import register as register_keys
+    from governance.db_cli import register as register_db
     from governance.doctor import register as register_doctor
     from governance.erasure_cli import register as register_erase
     from governance.ledger_cli import register as register_ledger
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     from governance.upstream.emulator.cli import register as register_emulator
 
     for register in (
+        register_db,
         register_doctor,
         register_keys,
         register_erase,

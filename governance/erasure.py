@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Engine, or_, select, text
 
 from governance.auth.lifecycle import Operator
 from governance.refusal_error import Refusal
@@ -26,6 +26,7 @@ from storage.blobs import Commitments
 from storage.ledger.events import LedgerEvent
 from storage.ledger.leaf import COMMITMENT_PREFIX
 from storage.ledger.log import Ledger
+from storage.schema.turns import TURN_IMAGES, TURNS
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -79,14 +80,28 @@ def _tenants_in_ledger(engine: Engine, commitments: tuple[str, ...]) -> set[str]
 def _tenants_in_turns(engine: Engine, digest: str) -> set[str]:
     """Tenants of the turns whose index rows name ``digest`` (inputs, outputs, manifests,
     prompts, requests, responses)."""
-    query = text(
-        "SELECT DISTINCT t.tenant FROM turns t WHERE t.prompt_sha256 = :d"
-        " OR t.request_sha256 = :d OR t.response_sha256 = :d OR t.turn_id IN ("
-        " SELECT i.turn_id FROM turn_images i WHERE i.sha256 = :d OR i.signed_sha256 = :d"
-        " OR i.manifest_sha256 = :d)"
-    ).bindparams(bindparam("d"))
+    turns, images = TURNS.c, TURN_IMAGES.c
+    naming_images = select(images.turn_id).where(
+        or_(
+            images.sha256 == digest,
+            images.signed_sha256 == digest,
+            images.manifest_sha256 == digest,
+        )
+    )
+    query = (
+        select(turns.tenant)
+        .distinct()
+        .where(
+            or_(
+                turns.prompt_sha256 == digest,
+                turns.request_sha256 == digest,
+                turns.response_sha256 == digest,
+                turns.turn_id.in_(naming_images),
+            )
+        )
+    )
     with engine.connect() as conn:
-        return {str(r[0]) for r in conn.execute(query, {"d": digest}).all()}
+        return {str(r[0]) for r in conn.execute(query).all()}
 
 
 class ContentEraser:

@@ -1,5 +1,9 @@
 """Database engines for SQLite (embedded default) and PostgreSQL, and schema migration with Alembic.
 
+The migrations build the database; ``storage.schema`` describes what they build, and
+``new_revision`` writes the next migration from the difference (docs/operations.md, "Changing the
+schema").
+
 SQLite runs in WAL mode with ``synchronous=FULL`` so an acknowledged commit survives power loss;
 writers take the lock up front (``BEGIN IMMEDIATE``) so a read-then-append cannot interleave.
 The SQLite file is created 0600 (its directory 0700) before the first connection: it holds the
@@ -9,11 +13,16 @@ file's mode.
 
 from __future__ import annotations
 
+import re
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.operations.ops import MigrationScript
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 
 from storage.private_files import create_private_file, tighten
@@ -95,6 +104,7 @@ def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    cfg.set_main_option("file_template", "%%(rev)s")  # versions/0006_reviews.py, as by hand
     return cfg
 
 
@@ -102,3 +112,54 @@ def migrate(url: str) -> None:
     """Bring the database at ``url`` to the newest schema (idempotent, safe across replicas)."""
     create_private_sqlite(url)
     command.upgrade(alembic_config(url), "head")
+
+
+def next_revision_id(cfg: Config, message: str) -> str:
+    """``NNNN_slug``: one more than the highest numbered revision, and the message in
+    lower-case words (the form of every migration so far)."""
+    numbers = [
+        int(m.group(1))
+        for script in ScriptDirectory.from_config(cfg).walk_revisions()
+        if (m := re.match(r"(\d+)_", script.revision))
+    ]
+    slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:40].rstrip("_")
+    if not slug:
+        raise ValueError("a revision message needs at least one letter or digit")
+    return f"{max(numbers, default=0) + 1:04d}_{slug}"
+
+
+def _drop_if_empty(_context: MigrationContext, _rev: Any, directives: list[Any]) -> None:
+    # An autogenerate run that finds the models equal to the database writes no file.
+    script = directives[0]
+    if isinstance(script, MigrationScript) and all(
+        ops.is_empty() for ops in script.upgrade_ops_list
+    ):
+        directives[:] = []
+
+
+def new_revision(cfg: Config, message: str, *, autogenerate: bool) -> Path | None:
+    """Write the next migration into the versions directory; its path.
+
+    With ``autogenerate`` the body is the difference between ``storage.schema.metadata`` and the
+    database of ``cfg`` (which must be at head); None when there is none, and no file is
+    written. Without it, an empty migration to write by hand. Where ruff is installed (the
+    ``test`` extra), the file is written in the repository's format.
+    """
+    if find_spec("ruff") is not None:
+        cfg.set_section_option("post_write_hooks", "hooks", "ruff")
+        cfg.set_section_option("post_write_hooks", "ruff.type", "module")
+        cfg.set_section_option("post_write_hooks", "ruff.module", "ruff")
+        cfg.set_section_option(
+            "post_write_hooks", "ruff.options", "format REVISION_SCRIPT_FILENAME"
+        )
+    script = command.revision(
+        cfg,
+        message=message,
+        autogenerate=autogenerate,
+        rev_id=next_revision_id(cfg, message),
+        process_revision_directives=_drop_if_empty if autogenerate else None,
+    )
+    if not script:
+        return None
+    assert not isinstance(script, list), "Custody's migrations have one head"
+    return Path(script.path)

@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy import Engine, select, text
 
 from governance.auth.keys import check_key_fields, new_key_material, now_ms
-from governance.auth.models import API_KEYS
 from governance.refusal_error import Refusal
 from storage.ledger.events import LedgerEvent, SideRows
 from storage.ledger.log import Ledger
+from storage.schema.keys import API_KEYS
 
 KEY_COLUMNS = (
     "key_id",

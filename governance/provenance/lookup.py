@@ -14,12 +14,13 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, case, or_, select
 
 from storage.blobs import Commitments
 from storage.ledger.checkpoint import Checkpoint
 from storage.ledger.log import Ledger
 from storage.ledger.merkle import ProofError, check_inclusion
+from storage.schema.turns import TURN_IMAGES
 
 
 def turn_for_hash(read_engine: Engine, sha256: str) -> str | None:
@@ -28,15 +29,18 @@ def turn_for_hash(read_engine: Engine, sha256: str) -> str | None:
     The turn that *released* those exact bytes wins over one whose upstream returned them: an
     upstream that echoes an earlier Custody output hands back that turn's signed file.
     """
+    images = TURN_IMAGES.c
+    query = (
+        select(images.turn_id)
+        .where(
+            images.direction == "output",
+            or_(images.signed_sha256 == sha256, images.sha256 == sha256),
+        )
+        .order_by(case((images.signed_sha256 == sha256, 0), else_=1))
+        .limit(1)
+    )
     with read_engine.connect() as conn:
-        row = conn.execute(
-            text(
-                "SELECT turn_id FROM turn_images WHERE direction = 'output'"
-                " AND (signed_sha256 = :h OR sha256 = :h)"
-                " ORDER BY CASE WHEN signed_sha256 = :h THEN 0 ELSE 1 END LIMIT 1"
-            ),
-            {"h": sha256},
-        ).first()
+        row = conn.execute(query).first()
     return str(row[0]) if row else None
 
 

@@ -1,14 +1,36 @@
-"""Alembic environment: runs Custody's migrations online against the configured URL."""
+"""Alembic environment: runs Custody's migrations online against the configured URL, and diffs
+the database against ``storage.schema.metadata`` for ``custody db revision --autogenerate``.
+
+What autogenerate compares is tables, columns (types, nullability, server defaults), indexes,
+unique and foreign-key constraints; it does not see triggers, functions, roles or rows. So the
+objects that only the migrations hold — the append-only triggers, the PostgreSQL append
+functions, the ``custody_ledger_owner`` role and the ``ledger_head`` row — need no filter here:
+they are invisible to the comparison, and a new one is written by hand in its migration.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
+from sqlmodel.sql.sqltypes import AutoString
+
+from storage.schema import metadata
 
 config = context.config
 url: str = config.get_main_option("sqlalchemy.url") or ""
 assert url, "sqlalchemy.url must be set by storage.db.alembic_config"
+
+
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
+    """Write SQLModel's ``AutoString`` (a model field with no ``sa_column``) as ``sa.String``,
+    so a generated migration needs only SQLAlchemy, like the hand-written ones."""
+    if type_ == "type" and isinstance(obj, AutoString):
+        return f"sa.String({obj.length})" if obj.length else "sa.String()"
+    return False
 
 
 def run_migrations_online() -> None:
@@ -18,7 +40,15 @@ def run_migrations_online() -> None:
             # Two replicas starting at once must not both run the same migration.
             connection.execute(text("SELECT pg_advisory_lock(727274)"))
             connection.commit()
-        context.configure(connection=connection, target_metadata=None)
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            compare_server_default=True,
+            # SQLite alters a column only by copying its table: generated migrations use batch
+            # operations, which are plain ALTERs on PostgreSQL.
+            render_as_batch=True,
+            render_item=render_item,
+        )
         with context.begin_transaction():
             context.run_migrations()
         if connection.dialect.name == "postgresql":

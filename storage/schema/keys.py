@@ -1,15 +1,13 @@
-"""The ``api_keys`` table as a SQLModel model: one schema source for the key code.
+"""The ``api_keys`` table: who holds each key, what it may do, and where it is in its life.
 
-Alembic stays the migration path (``storage/migrations/versions/0001_core.py`` and
-``0005_key_lifecycle.py`` create these columns); this model must match them and is never used to
-create tables. Queries go through SQLAlchemy Core on ``API_KEYS`` (the model's table), the same on
-SQLite and PostgreSQL. The secret's hash is a column here and nowhere else: nothing that leaves
-the key store (listings, ledger events) is built from it.
+Created by ``0001_core`` and extended by ``0005_key_lifecycle``. The secret's hash is a column
+here and nowhere else: nothing that leaves the key store (listings, ledger events) is built
+from it. ``revoked_ms`` may lie in the future (a key rotated with a grace period).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, String, Table, Text
+from sqlalchemy import BigInteger, Column, Index, String, Table, Text, text
 from sqlmodel import Field, SQLModel
 
 
@@ -17,13 +15,18 @@ class ApiKey(SQLModel, table=True):
     """One API key: who holds it, what it may do, and where it is in its life."""
 
     __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_expires", "expires_ms"),)
 
     key_id: str = Field(sa_column=Column(String(32), primary_key=True))
     secret_sha256: str = Field(sa_column=Column(String(64), nullable=False))
     tenant: str = Field(sa_column=Column(String(128), nullable=False, index=True))
     actor: str = Field(sa_column=Column(String(256), nullable=False))
     roles: str = Field(sa_column=Column(String(256), nullable=False))  # comma-separated, sorted
-    label: str = Field(default="", sa_column=Column(String(256), nullable=False))
+    # The empty string as SQL (``''``), not as a Python ``""``: Alembic's SQLite comparison
+    # reads the database's ``''`` back as two quote characters and would see a change.
+    label: str = Field(
+        default="", sa_column=Column(String(256), nullable=False, server_default=text("''"))
+    )
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     revoked_ms: int | None = Field(default=None, sa_column=Column(BigInteger))  # may be future
     expires_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
