@@ -20,7 +20,7 @@ import rfc8785
 
 from governance.review.errors import ReviewError
 
-REFERENCE = re.compile(r"^(?:[0-9a-f]{64}|salted-sha256:[0-9a-f]{64}(?::[0-9a-f]{1,64})?)$")
+REFERENCE = re.compile(r"^(?:[0-9a-f]{64}|salted-sha256:[A-Za-z0-9_-]{43})$")
 MAX_ITEMS = 64
 
 

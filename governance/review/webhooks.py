@@ -193,7 +193,7 @@ class WebhookRegistry:
         )
         return hook, secret
 
-    def list(self, tenant: str | None) -> list[Webhook]:
+    def endpoints(self, tenant: str | None) -> list[Webhook]:
         query = select(HOOKS).where(HOOKS.c.removed_ms.is_(None)).order_by(HOOKS.c.created_ms)
         if tenant is not None:
             query = query.where(HOOKS.c.tenant == tenant)
@@ -205,7 +205,7 @@ class WebhookRegistry:
 
     def remove(self, webhook_id: str, *, tenant: str | None, by: str) -> Webhook:
         """Stop delivering to an endpoint (``tenant`` None: an operator, any tenant's)."""
-        found = [h for h in self.list(tenant) if h.webhook_id == webhook_id]
+        found = [h for h in self.endpoints(tenant) if h.webhook_id == webhook_id]
         if not found:
             raise ReviewError(
                 404,
