@@ -299,7 +299,7 @@ class WebhookSender:
 
     def deliver_due(self) -> list[Attempt]:
         """Send every due delivery this process claims; record each attempt."""
-        out = []
+        out: list[Attempt] = []
         claimed = self._claim(self.clock())
         if not claimed:
             return out

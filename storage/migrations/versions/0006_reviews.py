@@ -57,9 +57,7 @@ def upgrade() -> None:
     op.create_table(
         "review_decisions",
         sa.Column("decision_id", sa.String(32), primary_key=True),
-        sa.Column(
-            "task_id", sa.String(32), sa.ForeignKey("review_tasks.task_id"), nullable=False
-        ),
+        sa.Column("task_id", sa.String(32), sa.ForeignKey("review_tasks.task_id"), nullable=False),
         sa.Column("reviewer", sa.String(256), nullable=False),
         sa.Column("reviewer_key", sa.String(32), nullable=True),
         sa.Column("reviewer_group", sa.String(128), nullable=False),
