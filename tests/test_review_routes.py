@@ -3,6 +3,7 @@ of separation of duties, the shown-digest binding, and that every step and refus
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,3 +198,20 @@ def test_a_turns_status_and_trail(custody: RunningCustody) -> None:
     )
     assert api(custody, other_editor, "GET", path).status_code == 404
     assert api(custody, custody.keys["other-tenant-editor"], "GET", path).status_code == 404
+
+
+def test_concurrent_decisions_close_a_task_exactly_once(custody: RunningCustody) -> None:
+    engine = custody.services.engine  # type: ignore[attr-defined]
+    keys = []
+    for n in range(4):
+        actor = f"crowd{n}@acme"
+        keys.append(create_key(engine, tenant="acme", actor=actor, roles=["reviewer"]))
+        add_member(custody, "reviewers", actor)
+    task = open_task(custody, approvals_required=2)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda key: decide(custody, key, task), keys))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 200, 409, 409], [a.text for a in answers]
+    assert {reason_of(a) for a in answers if a.status_code == 409} == {"REVIEW_CLOSED"}
+    types = _types(custody, task.turn_id)
+    assert types.count("review.decided") == 2 and types.count("review.approved") == 1
