@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from governance.review import ReviewTask, desk_for
 from storage.db import is_sqlite
+from storage.schema.reviews import REVIEW_TASKS
 from tests.conftest import RunningCustody, start_custody
 from tests.review_helpers import add_member, api, decide, open_task, reason_of
 
@@ -42,6 +45,14 @@ def test_a_late_task_is_rejected_at_its_deadline(db_url: str, tmp_path: Path) ->
         custody.stop()
 
 
+def _due_now(custody: RunningCustody, task: ReviewTask) -> None:
+    """Move the task's deadline into the past (the job then acts on it at its next tick)."""
+    with custody.services.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(
+            update(REVIEW_TASKS).where(REVIEW_TASKS.c.task_id == task.task_id).values(deadline_ms=1)
+        )
+
+
 def test_a_late_task_escalates_once_then_is_decided_by_the_other_group(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -49,11 +60,13 @@ def test_a_late_task_escalates_once_then_is_decided_by_the_other_group(
     try:
         add_member(custody, "reviewers", "reviewer@acme")
         task = open_task(
-            custody, review_deadline_s=1, on_deadline="escalate", escalate_to="acme-legal"
+            custody, review_deadline_s=3600, on_deadline="escalate", escalate_to="acme-legal"
         )
+        _due_now(custody, task)
         review = _until(custody, task, "escalated")
         assert review["group"] == "acme-legal" and review["round"] == 1
         assert review["on_deadline"] == "reject" and review["escalate_to"] is None
+        assert review["deadline_ms"] > task.created_ms  # a fresh deadline, a full period away
         wrong = decide(custody, custody.keys["reviewer"], task)
         assert wrong.status_code == 403 and reason_of(wrong) == "NOT_IN_GROUP"
         add_member(custody, "acme-legal", "reviewer@acme")
@@ -64,9 +77,11 @@ def test_a_late_task_escalates_once_then_is_decided_by_the_other_group(
         assert types[-1] == "review.approved"
         # An escalated task that nobody decides is rejected at its second deadline.
         other = open_task(
-            custody, review_deadline_s=1, on_deadline="escalate", escalate_to="acme-legal"
+            custody, review_deadline_s=3600, on_deadline="escalate", escalate_to="acme-legal"
         )
+        _due_now(custody, other)
         _until(custody, other, "escalated")
+        _due_now(custody, other)
         assert _until(custody, other, "expired")["round"] == 1
     finally:
         custody.stop()
@@ -104,3 +119,31 @@ def test_a_task_opened_on_one_process_is_decided_on_another_while_the_first_wait
     finally:
         b.stop()
         a.stop()
+
+
+def test_an_outcome_whose_event_was_never_appended_is_recorded_late(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A process that died between closing a task and appending its outcome leaves the task
+    held (not settled); the review job appends the missing event."""
+    custody = start_custody(tmp_path / "custody", db_url)
+    try:
+        task = open_task(custody)
+        desk = desk_for(custody.services)  # type: ignore[arg-type]
+        with custody.services.engine.begin() as conn:  # type: ignore[attr-defined]
+            conn.execute(
+                update(REVIEW_TASKS)
+                .where(REVIEW_TASKS.c.task_id == task.task_id)
+                .values(status="rejected", decided_ms=1, reason="crashed before its event")
+            )
+        assert not desk.get(task.task_id).settled  # type: ignore[union-attr]
+        for _ in range(100):
+            settled = desk.get(task.task_id)
+            if settled is not None and settled.settled:
+                break
+            time.sleep(0.1)
+        assert settled is not None and settled.settled
+        late = [e for e in custody.ledger_events(task.turn_id) if e["type"] == "review.rejected"]
+        assert len(late) == 1 and late[0]["body"]["recorded_late"] is True  # type: ignore[index]
+    finally:
+        custody.stop()

@@ -122,17 +122,16 @@ async def list_reviews(
     limit: Annotated[int, Query(ge=1, le=MAX_QUEUE)] = 100,
 ) -> dict[str, Any]:
     """The queue: open tasks by default (``status=all`` for every task), soonest deadline first."""
-    problem = None
+    err = None
     if status not in (*STATUSES, "open", "all"):
-        problem = f"status is one of open, all, {', '.join(STATUSES)}"
-    elif stage is not None and stage not in STAGES:
-        problem = "stage is 'request' or 'response'"
-    elif tenant is not None and not principal.is_operator and tenant != principal.tenant:
-        problem = f"a key of tenant {principal.tenant!r} reads only that tenant's queue"
-    if problem:
         err = ReviewError(
-            400 if "tenant" not in problem else 403, f"{problem}.", "BAD_REVIEW_QUERY"
+            400, f"status is one of open, all, {', '.join(STATUSES)}.", "BAD_REVIEW_QUERY"
         )
+    elif stage is not None and stage not in STAGES:
+        err = ReviewError(400, "stage is 'request' or 'response'.", "BAD_REVIEW_QUERY")
+    elif tenant is not None and not principal.is_operator and tenant != principal.tenant:
+        err = _scope_error(principal)
+    if err is not None:
         raise await _refuse(request, principal, "read", None, err)
     scope = tenant if principal.is_operator else principal.tenant
     flt = QueueFilter(
@@ -310,7 +309,7 @@ def _managed_tenant(principal: Principal, tenant: str | None) -> str | None:
 def _scope_error(principal: Principal) -> ReviewError:
     return ReviewError(
         403,
-        f"A key of tenant {principal.tenant!r} manages only that tenant's review settings.",
+        f"A key of tenant {principal.tenant!r} reads and manages only that tenant's reviews.",
         "TENANT_SCOPE",
     )
 

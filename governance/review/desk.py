@@ -845,8 +845,8 @@ class ReviewDesk:
     def record_refusal(
         self, principal: Principal, action: str, task_id: str | None, err: ReviewError
     ) -> None:
-        """``review.refused``: who was refused what on which task, and why (in the caller's
-        tenant: a task of another tenant is never named to it)."""
+        """``review.refused``: who was refused what on which task id (as the caller named it),
+        and why; recorded in the caller's tenant, whichever tenant the task belongs to."""
         body = {
             "action": action[:64],
             "task": (task_id or "")[:64] or None,
