@@ -106,7 +106,7 @@ def test_review_events_are_delivered_signed_retried_and_recorded(
     assert sorted(k["type"] for k in kinds) == ["review.decided", "review.rejected"]
     assert {k["data"]["reason"] for k in kinds} == {"no model release"}
 
-    for _ in range(100):  # the last attempt's event is appended just after its answer
+    for _ in range(300):  # the last attempt's event is appended just after its answer
         events = custody.ledger_events()
         if sum(e["type"] == "webhook.delivered" for e in events) == 3:
             break
