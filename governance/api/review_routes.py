@@ -34,7 +34,7 @@ from governance.review import (
     WebhookRegistry,
     desk_for,
 )
-from governance.review.desk import STAGES, STATUSES, not_found
+from governance.review.tasks import STAGES, STATUSES, not_found
 from storage.ledger.leaf import decode_leaf
 
 router = APIRouter(prefix="/api/v1", tags=["reviews"])

@@ -55,17 +55,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from governance.review.desk import (
-    Approval,
-    Decision,
-    HeldTurn,
-    QueueFilter,
-    ReviewDesk,
-    ReviewTask,
-)
+from governance.review.desk import ReviewDesk
 from governance.review.errors import ReviewError
 from governance.review.groups import ReviewGroups
 from governance.review.shown import Shown, shown_digest
+from governance.review.tasks import Approval, Decision, HeldTurn, QueueFilter, ReviewTask
 from governance.review.terms import ReviewTerms
 from governance.review.webhooks import WebhookRegistry, WebhookSender
 
