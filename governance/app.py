@@ -20,6 +20,7 @@ from governance.api import (
     keys_routes,
     ledger_routes,
     models_routes,
+    review_routes,
     verify_routes,
 )
 from governance.api.deps import get_services, presented_key
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(verify_routes.router)
     app.include_router(keys_routes.router)
     app.include_router(erasure_routes.router)
+    app.include_router(review_routes.router)
     app.include_router(models_routes.router)  # before gemini_routes: :countTokens is its own
     app.include_router(gemini_routes.router)
 

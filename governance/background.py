@@ -1,4 +1,5 @@
-"""Periodic work of a gateway process: policy hot reload, timed checkpoints, key upkeep.
+"""Periodic work of a gateway process: policy hot reload, timed checkpoints, key upkeep, review
+deadlines and webhook deliveries.
 
 Each job runs in the service executor (it touches files, Rego and the database) on its own timer;
 a failing job is logged and retried on the next tick, never fatal to the process.
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("custody")
 KEY_UPKEEP_MS = 1_000
+REVIEW_UPKEEP_MS = 500
 
 
 def reload_policy(services: Services) -> dict[str, Any] | None:
@@ -50,6 +52,13 @@ def keep_keys(services: Services) -> None:
     keys.record_last_used(services.keys.take_last_used())
 
 
+def keep_reviews(services: Services) -> None:
+    """Expire or escalate review tasks past their deadline; send due webhook deliveries."""
+    from governance.review import keep_reviews as tick
+
+    tick(services)
+
+
 async def _every(services: Services, period_ms: int, job: Callable[[Services], Any]) -> None:
     while True:
         await asyncio.sleep(period_ms / 1000)
@@ -69,6 +78,7 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
     if settings.checkpoint_every_ms > 0:
         jobs.append((max(settings.checkpoint_every_ms // 2, 50), checkpoint_if_due))
     jobs.append((KEY_UPKEEP_MS, keep_keys))
+    jobs.append((REVIEW_UPKEEP_MS, keep_reviews))
     tasks = [asyncio.create_task(_every(services, ms, job)) for ms, job in jobs]
     try:
         yield

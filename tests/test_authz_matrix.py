@@ -66,6 +66,20 @@ MANAGER = profile(
 # The same callers are let through to a key or content that does not exist: 404, not 403.
 MANAGER_OF_NOTHING = {**MANAGER, "admin": 404, "operator": 404, "other_admin": 404}
 NO_SUCH_KEY = "/api/v1/keys/00000000000000ff"
+# The review queue: reviewers and auditors of a tenant, the operator; never an editor.
+REVIEW_READER = profile(
+    editor=403, reviewer=200, auditor=200, admin=200, operator=200, no_key=401, other_admin=200
+)
+# Claiming and deciding: reviewers only (admins hold the role); here on a task that does not
+# exist, so those let through get 404 (success is in tests/test_review_routes.py).
+REVIEW_DECIDER_OF_NOTHING = profile(
+    editor=403, reviewer=404, auditor=403, admin=404, operator=403, no_key=401, other_admin=404
+)
+NO_SUCH_REVIEW = "/api/v1/reviews/" + "0" * 32
+# A turn's status: its requester, the tenant's reviewers and auditors, the operator.
+TURN_READER_OF_NOTHING = profile(
+    editor=404, reviewer=404, auditor=404, admin=404, operator=404, no_key=401, other_admin=404
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,33 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("POST", "/api/v1/erasures"): row(
         MANAGER_OF_NOTHING, body={"digest": "ab" * 32, "reason": "authorization matrix"}
+    ),
+    ("GET", "/api/v1/reviews"): row(REVIEW_READER),
+    ("GET", "/api/v1/reviews/{task_id}"): row(
+        {**REVIEW_READER, **{c: 404 for c in ("reviewer", "auditor", "admin", "operator")}},
+        path=NO_SUCH_REVIEW,
+        other_admin=404,
+    ),
+    ("POST", "/api/v1/reviews/{task_id}/claim"): row(
+        REVIEW_DECIDER_OF_NOTHING, path=NO_SUCH_REVIEW + "/claim", body={}
+    ),
+    ("POST", "/api/v1/reviews/{task_id}/decision"): row(
+        REVIEW_DECIDER_OF_NOTHING,
+        path=NO_SUCH_REVIEW + "/decision",
+        body={"decision": "approve", "comment": "", "shown_digest": "0" * 64},
+    ),
+    ("GET", "/api/v1/turns/{turn_id}"): row(TURN_READER_OF_NOTHING, path="/api/v1/turns/nothing"),
+    ("GET", "/api/v1/review-groups"): row(MANAGER),
+    ("POST", "/api/v1/review-groups/{group}/members"): row(
+        MANAGER, path="/api/v1/review-groups/reviewers/members", body={"actor": "matrix@acme"}
+    ),
+    ("DELETE", "/api/v1/review-groups/{group}/members/{actor}"): row(
+        MANAGER_OF_NOTHING, path="/api/v1/review-groups/reviewers/members/nobody@acme"
+    ),
+    ("GET", "/api/v1/webhooks"): row(MANAGER),
+    ("POST", "/api/v1/webhooks"): row(MANAGER, body={"url": "https://hooks.example.invalid/x"}),
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): row(
+        MANAGER_OF_NOTHING, path="/api/v1/webhooks/" + "0" * 32
     ),
 }
 

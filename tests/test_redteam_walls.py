@@ -25,11 +25,13 @@ from PIL import Image
 
 from governance.auth.keys import create_key
 from tests.conftest import RunningCustody, start_custody
+from tests.review_helpers import open_task
 from tests.test_authz_matrix import MATRIX
 
 MODEL = "gemini-2.5-flash-image"
 GENERATE = f"/v1beta/models/{MODEL}:generateContent"
 SESSION = "acme-secret-session-7f3a"
+HOOK_URL = "https://hooks.tenant-a.example/custody?token=a-secret-token"
 CALLERS_OF_B = ("globex-admin", "globex-auditor", "globex-reviewer", "other-tenant-editor")
 
 
@@ -105,6 +107,16 @@ def _tenant_a(custody: RunningCustody) -> dict[str, Any]:
     )
     assert denied.status_code == 403
     keys = _call(custody, "GET", "/api/v1/keys", "admin").json()["keys"]
+    task = open_task(custody, requester="editor@acme")  # a held turn of A's, under review
+    member = _call(
+        custody,
+        "POST",
+        "/api/v1/review-groups/reviewers/members",
+        "admin",
+        json={"actor": "reviewer@acme"},
+    )
+    assert member.status_code == 200, member.text
+    hook = _call(custody, "POST", "/api/v1/webhooks", "admin", json={"url": HOOK_URL}).json()
     secrets = {
         "acme",
         SESSION,
@@ -112,9 +124,20 @@ def _tenant_a(custody: RunningCustody) -> dict[str, Any]:
         denied.json()["error"]["details"][0]["metadata"]["turn_id"],
         *(k["id"] for k in keys),
         *(k["actor"] for k in keys),
+        task.task_id,
+        task.turn_id,
+        task.shown_digest,
+        hook["webhook"]["id"],
+        hook["secret"],
+        "hooks.tenant-a.example",
+        "a-secret-token",
     }
     return {
         "secrets": secrets,
+        "task": task.task_id,
+        "held_turn": task.turn_id,
+        "shown_digest": task.shown_digest,
+        "webhook": hook["webhook"]["id"],
         "key_ids": [k["id"] for k in keys],
         "signed": signed,
         "digest": hashlib.sha256(INPUT).hexdigest(),
@@ -160,6 +183,28 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", "/healthz", {}),
         ("GET", "/readyz", {}),
     ]
+    task, acme = a["task"], {"tenant": "acme"}
+    decision = {"decision": "approve", "comment": "", "shown_digest": a["shown_digest"]}
+    probes += [
+        ("GET", "/api/v1/reviews", {}),
+        ("GET", "/api/v1/reviews", {"params": {**acme, "status": "all"}}),
+        ("GET", f"/api/v1/reviews/{task}", {}),
+        ("POST", f"/api/v1/reviews/{task}/claim", {"json": {}}),
+        ("POST", f"/api/v1/reviews/{task}/decision", {"json": decision}),
+        ("GET", f"/api/v1/turns/{a['held_turn']}", {}),
+        ("GET", "/api/v1/review-groups", {}),
+        ("GET", "/api/v1/review-groups", {"params": acme}),
+        (
+            "POST",
+            "/api/v1/review-groups/reviewers/members",
+            {"json": {"actor": "walls@globex", **acme}},
+        ),
+        ("DELETE", "/api/v1/review-groups/reviewers/members/reviewer@acme", {"params": acme}),
+        ("GET", "/api/v1/webhooks", {}),
+        ("GET", "/api/v1/webhooks", {"params": acme}),
+        ("POST", "/api/v1/webhooks", {"json": {"url": "https://walls.example/h", **acme}}),
+        ("DELETE", f"/api/v1/webhooks/{a['webhook']}", {}),
+    ]
     for key_id in a["key_ids"]:
         probes.append(("POST", f"/api/v1/keys/{key_id}/revoke", {"json": {}}))
         probes.append(("POST", f"/api/v1/keys/{key_id}/rotate", {"json": {}}))
@@ -167,9 +212,9 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def test_the_probes_cover_every_route_of_the_matrix() -> None:
-    probed = {
-        (m, p) for m, p, _ in _probes({"size": 1, "key_ids": ["k"], "signed": b"", "digest": ""})
-    }
+    stub = {"size": 1, "key_ids": ["k"], "signed": b"", "digest": "", "task": "t"}
+    stub.update(held_turn="h", shown_digest="", webhook="w")
+    probed = {(m, p) for m, p, _ in _probes(stub)}
     templates = {
         ("POST", "/{api_version}/models/{model_action}"): ("POST", GENERATE),
         ("GET", "/{api_version}/models"): ("GET", "/v1beta/models"),
@@ -180,6 +225,19 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
         ),
         ("POST", "/api/v1/keys/{key_id}/revoke"): ("POST", "/api/v1/keys/k/revoke"),
         ("POST", "/api/v1/keys/{key_id}/rotate"): ("POST", "/api/v1/keys/k/rotate"),
+        ("GET", "/api/v1/reviews/{task_id}"): ("GET", "/api/v1/reviews/t"),
+        ("POST", "/api/v1/reviews/{task_id}/claim"): ("POST", "/api/v1/reviews/t/claim"),
+        ("POST", "/api/v1/reviews/{task_id}/decision"): ("POST", "/api/v1/reviews/t/decision"),
+        ("GET", "/api/v1/turns/{turn_id}"): ("GET", "/api/v1/turns/h"),
+        ("POST", "/api/v1/review-groups/{group}/members"): (
+            "POST",
+            "/api/v1/review-groups/reviewers/members",
+        ),
+        ("DELETE", "/api/v1/review-groups/{group}/members/{actor}"): (
+            "DELETE",
+            "/api/v1/review-groups/reviewers/members/reviewer@acme",
+        ),
+        ("DELETE", "/api/v1/webhooks/{webhook_id}"): ("DELETE", "/api/v1/webhooks/w"),
     }
     unprobed = {
         key

@@ -68,10 +68,26 @@ base_obligations := {
 	"thumbnails": object.get(tenant, "thumbnails", false),
 }
 
+# What a review task is opened with (governance/review/terms.py checks each value): who decides,
+# how many distinct approvals, the deadline and what happens at it (reject, or escalate once to
+# another group), how the manifest names the reviewer (name, pseudonym or commitment), and how
+# long a Gemini caller's connection is held for the decision (0: answer at once).
 review_obligations := object.union(base_obligations, {
 	"reviewer_group": object.get(tenant, "reviewer_group", "reviewers"),
 	"approvals_required": approvals_required,
+	"review_deadline_s": object.get(tenant, "review_deadline_s", 86400),
+	"on_deadline": on_deadline,
+	"escalate_to": escalate_to,
+	"reviewer_identity": object.get(tenant, "reviewer_identity", "name"),
+	"review_wait_s": object.get(tenant, "review_wait_s", 0),
 })
+
+on_deadline := "escalate" if {
+	object.get(tenant, "on_deadline", "reject") == "escalate"
+	object.get(tenant, "escalate_to", "") != ""
+} else := "reject"
+
+escalate_to := tenant.escalate_to if on_deadline == "escalate" else := ""
 
 approvals_required := object.get(tenant, "production_approvals", 1) if {
 	labels.asset == "production"

@@ -65,6 +65,41 @@ test_identifiable_people_with_consent_go_to_review if {
 	d.obligations.reviewer_group == "acme-brand-review"
 }
 
+test_acme_review_terms_escalate_to_legal_and_name_reviewers_by_pseudonym if {
+	r := request("x", [photo], {"consent": "obtained"})
+	d := decide(editor, r, signals(["identifiable_people"]), {})
+	d.obligations.review_deadline_s == 14400
+	d.obligations.on_deadline == "escalate"
+	d.obligations.escalate_to == "acme-legal"
+	d.obligations.reviewer_identity == "pseudonym"
+	d.obligations.review_wait_s == 0
+}
+
+test_default_review_terms_reject_at_a_day_and_name_the_reviewer if {
+	a := {"id": "x@nowhere", "roles": ["editor"], "tenant": "nowhere"}
+	d := decide(a, request("x", [photo], {}), signals(["identifiable_people"]), {})
+	d.obligations.approvals_required == 1
+	d.obligations.review_deadline_s == 86400
+	d.obligations.on_deadline == "reject"
+	d.obligations.escalate_to == ""
+	d.obligations.reviewer_identity == "name"
+}
+
+test_escalation_without_a_target_group_rejects_instead if {
+	a := {"id": "x@t", "roles": ["editor"], "tenant": "t"}
+	t := object.union(data.custody.tenants, {"t": object.union(data.custody.tenants["default"], {"on_deadline": "escalate"})})
+	d := decide(a, request("x", [photo], {}), signals(["identifiable_people"]), {}) with data.custody.tenants as t
+	d.obligations.on_deadline == "reject"
+}
+
+test_licensed_only_reviewers_appear_as_commitments if {
+	a := {"id": "l@licensed-only", "roles": ["editor"], "tenant": "licensed-only"}
+	r := request("x", [photo], {"rights": "licensed", "consent": "obtained"})
+	d := decide(a, r, signals(["identifiable_people"]), {})
+	d.outcome == "review"
+	d.obligations.reviewer_identity == "commitment"
+}
+
 test_acme_requires_consent_for_people if {
 	a := editor
 	r := request("x", [photo], {})

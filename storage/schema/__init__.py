@@ -17,5 +17,6 @@ from storage.schema import blobs as blobs
 from storage.schema import keys as keys
 from storage.schema import ledger as ledger
 from storage.schema import turns as turns
+from storage.schema import reviews as reviews
 
 metadata = SQLModel.metadata
