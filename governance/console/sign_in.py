@@ -233,6 +233,6 @@ async def bare(request: Request) -> Response:
     return RedirectResponse(HOME if user else "/console/sign-in", status_code=303)
 
 
-@router.get("/static/console.css")
+@router.get("/static/style.css")
 async def stylesheet() -> Response:
-    return FileResponse(STATIC / "console.css", media_type="text/css")
+    return FileResponse(STATIC / "style.css", media_type="text/css")
