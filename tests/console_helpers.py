@@ -80,3 +80,35 @@ def console_events(running: RunningCustody, *prefixes: str) -> list[dict[str, An
     ledger = running.services.ledger  # type: ignore[attr-defined]
     docs = [decode_leaf(e.leaf) for e in ledger.entries(0, ledger.size())]
     return [d for d in docs if str(d["type"]).startswith(prefixes)]
+
+
+def signed_image(running: RunningCustody, photo: bytes, *, key_role: str = "editor") -> bytes:
+    """An image Custody signed: one real edit turn through the Gemini route."""
+    import base64
+
+    edit = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {"text": "make the bicycle teal"},
+                    {
+                        "inlineData": {
+                            "mimeType": "image/png",
+                            "data": base64.b64encode(photo).decode(),
+                        }
+                    },
+                ],
+            }
+        ]
+    }
+    resp = httpx.post(
+        running.base_url + "/v1beta/models/gemini-2.5-flash-image:generateContent",
+        json=edit,
+        headers={"x-goog-api-key": running.keys[key_role]},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    part = next(p for p in resp.json()["candidates"][0]["content"]["parts"] if "inlineData" in p)
+    running.services.ledger.issue_checkpoint()  # type: ignore[attr-defined]
+    return base64.b64decode(part["inlineData"]["data"])
