@@ -5,9 +5,10 @@ Reuses what the native API reads (``Ledger.latest_checkpoint``, ``ledger_routes.
 tenant walls) and what ``custody ledger verify`` runs (``storage.ledger.verify.verify_ledger``).
 Each page load checks the latest checkpoint itself — its Ed25519 signature under this log's key,
 and its root against the tree stored for that size. A full verification recomputes every leaf and
-is started from the page (one at a time per process); its last result is shown with when and by
-whom it ran. Only an operator sees a fault's words (they may name another tenant's rows); a
-tenant's reader sees how many faults there are and the first bad entry's index.
+is started from the page (one at a time per process); its last result is shown with when it ran
+and by whom (the who only to that person's tenant and to operators). Only an operator sees a
+fault's words (they may name another tenant's rows); a tenant's reader sees how many faults there
+are and the first bad entry's index.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy import text
 
 from governance.api.deps import get_services
 from governance.api.ledger_routes import entry_json
-from governance.api.tenant_scope import INSTALLATION_TENANT
+from governance.api.tenant_scope import INSTALLATION_TENANT, sees_tenant
 from governance.auth.principal import Principal
 from governance.console.nav import READER_ROLES
 from governance.console.web import (
@@ -51,6 +52,7 @@ class FullVerification:
     finished_ms: int
     seconds: float
     by: str
+    by_tenant: str
     report: dict[str, Any]
 
 
@@ -118,7 +120,7 @@ def _verification_for(principal: Principal, last: FullVerification | None) -> di
     return {
         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last.finished_ms / 1000)),
         "seconds": f"{last.seconds:.2f}",
-        "by": last.by,
+        "by": last.by if sees_tenant(principal, last.by_tenant) else "someone of another tenant",
         "report": report,
         "fault_count": len(last.report.get("faults", [])),
     }
@@ -171,6 +173,7 @@ async def verify_now(
                 finished_ms=int(time.time() * 1000),
                 seconds=time.perf_counter() - started,
                 by=f"{user.principal.actor} ({user.principal.tenant})",
+                by_tenant=user.principal.tenant,
                 report=report.to_dict(),
             )
     return RedirectResponse("/console/ledger", status_code=303, headers=SECURITY_HEADERS)
