@@ -58,6 +58,7 @@ def test_upload_a_signed_image_and_see_its_provenance(served, page, tmp_path: Pa
     sign_in(page, served["url"], "alice")
     upload_for_verification(page, served["url"], served["signed"])
     assert page.inner_text("#c2pa-state").startswith("Trusted")
+    assert page.inner_text("#independent-state") == "encypher-c2pa: Trusted"
     turn = page.inner_text("#turn-id")
     assert len(turn) == 32
     record = page.inner_text("#record-status")
