@@ -367,6 +367,7 @@ class Accounts:
                 )
             ).first()
         stored = row.password_hash if row is not None else _DUMMY_HASH
+        matches: bool
         try:
             matches = _HASHER.verify(stored, password)
         except (VerificationError, InvalidHashError):
