@@ -17,7 +17,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from governance.accounts.store import Account, Accounts, check_name
+from governance.accounts.store import Account, AccountError, Accounts, check_name
 from governance.api.deps import get_services
 from governance.api.tenant_scope import INSTALLATION_TENANT
 from governance.auth.principal import ROLES
@@ -107,7 +107,7 @@ def _failed(tenant: str, account: Account | None, typed_username: str, reason: s
         )
     try:
         recorded_tenant = check_name("The tenant", tenant)
-    except Exception:
+    except AccountError:
         recorded_tenant = INSTALLATION_TENANT
     return LedgerEvent(
         type="console.sign_in_failed",
