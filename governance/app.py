@@ -26,6 +26,7 @@ from governance.api import (
 from governance.api.deps import get_services, presented_key
 from governance.api.errors import GeminiError, not_served
 from governance.background import background_jobs
+from governance.console import install as install_console
 from governance.logredact import install_key_redaction
 from governance.pipeline.refusal import record_refusal
 from governance.services import Services, build_services
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(review_routes.router)
     app.include_router(models_routes.router)  # before gemini_routes: :countTokens is its own
     app.include_router(gemini_routes.router)
+    install_console(app)  # /console/: people's pages, HTML refusals
 
     @app.exception_handler(GeminiError)
     async def _gemini_error(request: Request, exc: GeminiError) -> Response:

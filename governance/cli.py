@@ -1,4 +1,5 @@
-"""The ``custody`` command line: serve, doctor, emulator, keys, ledger, policy, verify, version.
+"""The ``custody`` command line: serve, doctor, emulator, keys, accounts, ledger, policy, verify,
+version.
 
 Every command resolves settings and opens state the same way (``governance.settings``,
 ``governance.state``). A configuration or state problem is one line on stderr and exit status 2,
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print Custody's version")
     version.set_defaults(func=_version)
 
+    from governance.accounts.cli import register as register_accounts
     from governance.auth.cli import register as register_keys
     from governance.db_cli import register as register_db
     from governance.doctor import register as register_doctor
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_db,
         register_doctor,
         register_keys,
+        register_accounts,
         register_erase,
         register_emulator,
         register_ledger,

@@ -153,6 +153,14 @@ class Settings(BaseSettings):
     policy_interpreters: int = Field(default=2, ge=1)  # Rego interpreters shared by all threads
     policy_reload_ms: int = 2_000  # how often policy files are checked for changes (0: never)
 
+    # -- review console (people's sign-in, governance/console)
+    console_cookie_secure: str = "auto"  # "auto": Secure when served over https; "on"; "off"
+    console_session_ttl_s: int = Field(default=8 * 3600, ge=60)
+    console_session_idle_s: int = Field(default=1800, ge=0)  # 0: no idle limit
+    console_sign_in_max_failures: int = Field(default=5, ge=1)  # then the account is throttled
+    console_sign_in_lockout_s: int = Field(default=60, ge=1)  # doubled per further failure
+    console_sign_in_per_client: int = Field(default=20, ge=1)  # attempts per minute per address
+
     # -- process
     executor_threads: int = Field(default=32, ge=1)  # threads for byte-heavy turn work
     malloc_arena_max: int = Field(default=2, ge=0)  # glibc malloc arenas at `serve` (0: glibc's)

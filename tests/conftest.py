@@ -202,3 +202,26 @@ async def asgi_request_ready(scope: dict[str, object], receive: object, send: ob
     while (await receive()).get("more_body"):  # type: ignore[operator]
         pass
     return True
+
+
+# --- Debian's Chromium, driven by Playwright (never a downloaded browser) -----------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[object]:
+    """A headless Chromium for one test module (``@pytest.mark.browser`` tests)."""
+    if not CHROMIUM.is_file():
+        _skip_or_fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        _skip_or_fail(f"playwright is not installed: {exc}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

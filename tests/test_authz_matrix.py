@@ -15,6 +15,13 @@ lists it (path parameters in braces, e.g. ``/{api_version}/models/{model_action}
 ``params`` is the query string; ``body`` is JSON (a dict) or bytes, or the name of a ``Setup``
 attribute (e.g. ``"signed_png"``) for content made by a real turn. Override single cells with
 ``row(READER, other_admin=200)``.
+
+Console rows (``console=True``, the HTML pages under ``/console/``) authenticate with a session
+cookie instead of a key: each caller has a console account of the same roles, and each cell opens
+a fresh session for it directly (an editor could not sign in, but a session of theirs must still
+be refused by the route). A POST sends ``form`` with the session's CSRF token; ``sign_in_form``
+rows send the sign-in page's double-submit token instead. No session is a 303 to the sign-in
+page; a refusal is an HTML page, not Gemini's envelope.
 """
 
 from __future__ import annotations
@@ -29,8 +36,12 @@ import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
 
+from governance.accounts.store import Account, Accounts
 from governance.app import create_app
 from governance.auth.keys import create_key
+from governance.auth.lifecycle import Operator
+from governance.console.sessions import ConsoleSessions, csrf_token
+from governance.console.web import COOKIE, SIGN_IN_CSRF_COOKIE
 from governance.settings import Settings
 from tests.conftest import RunningCustody, start_custody
 
@@ -65,6 +76,22 @@ MANAGER = profile(
 )
 # The same callers are let through to a key or content that does not exist: 404, not 403.
 MANAGER_OF_NOTHING = {**MANAGER, "admin": 404, "operator": 404, "other_admin": 404}
+# Console pages: anyone signed in with a console role (reviewer, auditor, admin, operator);
+# without a session, a 303 to the sign-in page.
+CONSOLE = profile(
+    editor=403, reviewer=200, auditor=200, admin=200, operator=200, no_key=303, other_admin=200
+)
+# Console pages of readers (the ledger, verification): as READER, signed in.
+CONSOLE_READER = {**CONSOLE, "reviewer": 403}
+# A POST whose success is a redirect back (verify the ledger now).
+CONSOLE_READER_POST = {**CONSOLE_READER, "auditor": 303, "admin": 303, "operator": 303,
+                       "other_admin": 303}  # fmt: skip
+EVERYONE_REDIRECTED = profile(
+    editor=303, reviewer=303, auditor=303, admin=303, operator=303, no_key=303, other_admin=303
+)
+NOBODY_SIGNS_IN = profile(
+    editor=401, reviewer=401, auditor=401, admin=401, operator=401, no_key=401, other_admin=401
+)
 NO_SUCH_KEY = "/api/v1/keys/00000000000000ff"
 # The review queue: reviewers and auditors of a tenant, the operator; never an editor.
 REVIEW_READER = profile(
@@ -89,6 +116,10 @@ class Row:
     params: dict[str, Any] = field(default_factory=dict)
     body: dict[str, Any] | bytes | str | None = None
     content_type: str | None = None
+    console: bool = False
+    form: dict[str, str] | None = None
+    upload: str | None = None  # a Setup attribute sent as the form's "image" file
+    sign_in_form: bool = False
 
 
 def row(
@@ -98,9 +129,23 @@ def row(
     params: dict[str, Any] | None = None,
     body: dict[str, Any] | bytes | str | None = None,
     content_type: str | None = None,
+    console: bool = False,
+    form: dict[str, str] | None = None,
+    upload: str | None = None,
+    sign_in_form: bool = False,
     **overrides: int,
 ) -> Row:
-    return Row({**expect, **overrides}, path, params or {}, body, content_type)
+    return Row(
+        {**expect, **overrides},
+        path,
+        params or {},
+        body,
+        content_type,
+        console,
+        form,
+        upload,
+        sign_in_form,
+    )
 
 
 GENERATE = {"contents": [{"role": "user", "parts": [{"text": "a red bicycle"}]}]}
@@ -167,6 +212,21 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("DELETE", "/api/v1/webhooks/{webhook_id}"): row(
         MANAGER_OF_NOTHING, path="/api/v1/webhooks/" + "0" * 32
     ),
+    ("GET", "/console/sign-in"): row(OPEN, console=True),
+    ("POST", "/console/sign-in"): row(
+        NOBODY_SIGNS_IN,
+        console=True,
+        sign_in_form=True,
+        form={"tenant": "acme", "username": "nobody", "password": "not the password"},
+    ),
+    ("POST", "/console/sign-out"): row(EVERYONE_REDIRECTED, console=True, form={}),
+    ("GET", "/console"): row(EVERYONE_REDIRECTED, console=True),
+    ("GET", "/console/"): row(CONSOLE, console=True),
+    ("GET", "/console/static/style.css"): row(OPEN, console=True),
+    ("GET", "/console/ledger"): row(CONSOLE_READER, console=True),
+    ("POST", "/console/ledger/verify"): row(CONSOLE_READER_POST, console=True, form={}),
+    ("GET", "/console/verify"): row(CONSOLE_READER, console=True),
+    ("POST", "/console/verify"): row(CONSOLE_READER, console=True, form={}, upload="signed_png"),
 }
 
 
@@ -199,6 +259,18 @@ class Setup:
     custody: RunningCustody
     keys: dict[str, str]
     signed_png: bytes
+    accounts: dict[str, Account]
+
+    def console_session(self, caller: str) -> str:
+        """A fresh console session of ``caller``'s account (its cookie value)."""
+        services = self.custody.services
+        sessions = ConsoleSessions(
+            services.engine,  # type: ignore[attr-defined]
+            services.ledger,  # type: ignore[attr-defined]
+            ttl_ms=3_600_000,
+            idle_ms=0,
+        )
+        return sessions.open(self.accounts[caller]).token
 
 
 @pytest.fixture(scope="module")
@@ -240,9 +312,24 @@ def setup(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -> Itera
         if "inlineData" in p or "inline_data" in p
     )
     signed = base64.b64decode((part.get("inlineData") or part["inline_data"])["data"])
+    people = Accounts(engine, custody.services.ledger)  # type: ignore[attr-defined]
+    by = Operator(actor="authz-matrix", via="cli")
+    accounts = {
+        caller: people.create(
+            tenant=tenant, username=caller, password="matrix password 1", roles=[role], by=by
+        )
+        for caller, tenant, role in (
+            ("editor", "acme", "editor"),
+            ("reviewer", "acme", "reviewer"),
+            ("auditor", "acme", "auditor"),
+            ("admin", "acme", "admin"),
+            ("operator", "custody", "operator"),
+            ("other_admin", "globex", "admin"),
+        )
+    }
     custody.services.ledger.issue_checkpoint()  # type: ignore[attr-defined]
     try:
-        yield Setup(custody, keys, signed)
+        yield Setup(custody, keys, signed, accounts)
     finally:
         custody.stop()
 
@@ -254,10 +341,42 @@ CELLS = [
 ]
 
 
+def _console_cell(setup: Setup, method: str, route_path: str, spec: Row, caller: str) -> None:
+    cookies: dict[str, str] = {}
+    form = dict(spec.form or {})
+    if caller != "no_key":
+        token = setup.console_session(caller)
+        cookies[COOKIE] = token
+        form["csrf"] = csrf_token(token)
+    if spec.sign_in_form:
+        cookies[SIGN_IN_CSRF_COOKIE] = form["csrf"] = "matrix-sign-in-token"
+    files = (
+        {"image": ("image.png", getattr(setup, spec.upload), "image/png")} if spec.upload else None
+    )
+    with httpx.Client(base_url=setup.custody.base_url, cookies=cookies, timeout=60) as client:
+        resp = client.request(
+            method,
+            spec.path or route_path,
+            params=spec.params,
+            data=form if spec.form is not None else None,
+            files=files,
+        )
+    expected = spec.expect[caller]
+    assert resp.status_code == expected, f"{method} {route_path} as {caller}: {resp.text[:300]}"
+    if caller == "no_key" and expected == 303:
+        assert resp.headers["location"].startswith("/console/sign-in")
+    if resp.status_code >= 400:
+        assert resp.headers["content-type"].startswith("text/html")
+        assert "refused" in resp.text or "Sign in" in resp.text
+
+
 @pytest.mark.parametrize(("key", "caller"), CELLS)
 def test_cell(setup: Setup, key: tuple[str, str], caller: str) -> None:
     method, route_path = key
     spec = MATRIX[key]
+    if spec.console:
+        _console_cell(setup, method, route_path, spec, caller)
+        return
     headers = {} if caller == "no_key" else {"x-goog-api-key": setup.keys[caller]}
     body = spec.body
     if isinstance(body, str):

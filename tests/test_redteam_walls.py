@@ -23,7 +23,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from governance.accounts.store import Accounts
 from governance.auth.keys import create_key
+from governance.auth.lifecycle import Operator
+from governance.console.sessions import ConsoleSessions, csrf_token
+from governance.console.web import COOKIE, SIGN_IN_CSRF_COOKIE
 from tests.conftest import RunningCustody, start_custody
 from tests.review_helpers import open_task
 from tests.test_authz_matrix import MATRIX
@@ -33,6 +37,8 @@ GENERATE = f"/v1beta/models/{MODEL}:generateContent"
 SESSION = "acme-secret-session-7f3a"
 HOOK_URL = "https://hooks.tenant-a.example/custody?token=a-secret-token"
 CALLERS_OF_B = ("globex-admin", "globex-auditor", "globex-reviewer", "other-tenant-editor")
+ACME_PERSON = "acme-person-q7"  # tenant A's console account: its name stays behind the wall
+PERSON_PASSWORD = "walls person passphrase"
 
 
 def _png() -> bytes:
@@ -61,6 +67,21 @@ def walls(
         running.keys[f"globex-{role}"] = create_key(
             engine, tenant="globex", actor=f"{role}@globex", roles=[role]
         )
+    people = Accounts(engine, running.services.ledger)  # type: ignore[attr-defined]
+    by = Operator(actor="walls", via="cli")
+    running.console_accounts = {  # type: ignore[attr-defined]
+        caller: people.create(
+            tenant="globex", username=caller, password=PERSON_PASSWORD, roles=[role], by=by
+        )
+        for caller, role in (
+            ("globex-admin", "admin"),
+            ("globex-auditor", "auditor"),
+            ("globex-reviewer", "reviewer"),
+            ("other-tenant-editor", "editor"),
+        )
+    }
+    people.create(tenant="acme", username=ACME_PERSON, password=PERSON_PASSWORD,
+                  roles=["auditor"], by=by)  # fmt: skip
     try:
         yield running, _tenant_a(running)
     finally:
@@ -70,8 +91,32 @@ def walls(
 
 
 def _call(custody: RunningCustody, method: str, path: str, key: str, **kw: Any) -> httpx.Response:
+    if path.startswith("/console"):
+        return _console_call(custody, method, path, key, **kw)
     headers = {"x-goog-api-key": custody.keys[key], **kw.pop("headers", {})}
     return httpx.request(method, custody.base_url + path, headers=headers, timeout=60, **kw)
+
+
+def _console_call(
+    custody: RunningCustody,
+    method: str,
+    path: str,
+    caller: str,
+    *,
+    data: dict[str, str] | None = None,
+    files: dict[str, Any] | None = None,
+    sign_in: bool = False,
+) -> httpx.Response:
+    """A console page as the caller's console account sees it (a fresh session each call)."""
+    services: Any = custody.services
+    sessions = ConsoleSessions(services.engine, services.ledger, ttl_ms=3_600_000, idle_ms=0)
+    token = sessions.open(custody.console_accounts[caller]).token  # type: ignore[attr-defined]
+    cookies = {COOKIE: token}
+    form = None if data is None else {**data, "csrf": csrf_token(token)}
+    if sign_in and form is not None:
+        cookies[SIGN_IN_CSRF_COOKIE] = form["csrf"] = "walls-sign-in"
+    with httpx.Client(base_url=custody.base_url, cookies=cookies, timeout=60) as client:
+        return client.request(method, path, data=form, files=files)
 
 
 def _tenant_a(custody: RunningCustody) -> dict[str, Any]:
@@ -131,6 +176,7 @@ def _tenant_a(custody: RunningCustody) -> dict[str, Any]:
         hook["secret"],
         "hooks.tenant-a.example",
         "a-secret-token",
+        ACME_PERSON,
     }
     return {
         "secrets": secrets,
@@ -205,6 +251,25 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", "/api/v1/webhooks", {"json": {"url": "https://walls.example/h", **acme}}),
         ("DELETE", f"/api/v1/webhooks/{a['webhook']}", {}),
     ]
+    probes += [  # the console, as B's people (accounts with the callers' roles) see it
+        ("GET", "/console/sign-in", {}),
+        (
+            "POST",
+            "/console/sign-in",
+            {
+                "data": {"tenant": "acme", "username": ACME_PERSON, "password": "not it at all"},
+                "sign_in": True,
+            },
+        ),
+        ("GET", "/console", {}),
+        ("GET", "/console/", {}),
+        ("GET", "/console/static/style.css", {}),
+        ("GET", "/console/ledger", {}),
+        ("POST", "/console/ledger/verify", {"data": {}}),
+        ("GET", "/console/verify", {}),
+        ("POST", "/console/verify", {"data": {}, "files": {"image": ("a.png", a["signed"])}}),
+        ("POST", "/console/sign-out", {"data": {}}),
+    ]
     for key_id in a["key_ids"]:
         probes.append(("POST", f"/api/v1/keys/{key_id}/revoke", {"json": {}}))
         probes.append(("POST", f"/api/v1/keys/{key_id}/rotate", {"json": {}}))
@@ -258,7 +323,8 @@ def test_tenant_b_learns_nothing_of_tenant_a_on_any_route(walls, caller) -> None
         # What the caller sent is not a leak: a key id it names, the manifest inside a file it
         # holds (a released image carries its own C2PA record, by design).
         sent = (path + str(options.get("params", "")) + str(options.get("json", ""))).encode()
-        sent += options.get("content", b"")
+        sent += str(options.get("data", "")).encode() + options.get("content", b"")
+        sent += b"".join(f[1] for f in (options.get("files") or {}).values())
         found = sorted(s for s in a["secrets"] if s in seen and s.encode() not in sent)
         if found:
             leaks.append((method, path, resp.status_code, found, resp.text[:200]))

@@ -60,7 +60,7 @@ def not_yet_checkpointed(exc: NotYetCheckpointed) -> Response:
     return response
 
 
-def _entry_json(entry: Entry, principal: Principal) -> dict[str, object]:
+def entry_json(entry: Entry, principal: Principal) -> dict[str, object]:
     visible = sees_tenant(principal, entry.event.tenant)
     out: dict[str, object] = {"index": entry.index, "leaf_hash": _b64(entry.leaf_hash)}
     if visible:
@@ -118,7 +118,7 @@ async def entries(
         "size": size,
         "start": start,
         "end": end,
-        "entries": [_entry_json(e, principal) for e in rows],
+        "entries": [entry_json(e, principal) for e in rows],
     }
 
 

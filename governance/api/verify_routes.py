@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import pybase64
@@ -31,6 +31,9 @@ from governance.auth.principal import Principal
 from governance.provenance.lookup import NotYetCheckpointed, turn_for_hash, turn_record
 from governance.provenance.verify import sniff_mime, verify_image, verify_independently
 from storage.blobs import Commitments
+
+if TYPE_CHECKING:
+    from governance.services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["verify"])
 log = logging.getLogger("custody")
@@ -120,7 +123,21 @@ async def verify(
     services = get_services(request)
     body = await read_body(request, services.settings.max_request_bytes)
     content_type = request.headers.get("content-type", "")
-    image = _image_of(body, content_type)
+    try:
+        payload = await verification(
+            services, principal, _image_of(body, content_type), content_type
+        )
+    except NotYetCheckpointed as exc:
+        return not_yet_checkpointed(exc)
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+async def verification(
+    services: Services, principal: Principal, image: bytes, content_type: str
+) -> dict[str, Any]:
+    """What ``POST /api/v1/verify`` answers about ``image`` (the console's verify page shows
+    the same): a ``GeminiError`` 400 for bytes that are no readable image, and
+    ``NotYetCheckpointed`` when its record is newer than the latest checkpoint."""
     if not image:
         raise _bad(f"The request carries no image. {_HOW}")
     mime = _mime_of(image, content_type)
@@ -142,27 +159,23 @@ async def verify(
         found_by = "hash" if turn_id else None
     record: dict[str, Any] | None = None
     if turn_id:
-        try:
-            record = await services.run_blocking(
-                partial(
-                    turn_record,
-                    services.ledger,
-                    turn_id,
-                    viewer_tenant=None if principal.is_operator else principal.tenant,
-                    commitments=Commitments(services.engine, services.blobs),
-                    may_sign=may_sign_checkpoints(principal),
-                )
+        record = await services.run_blocking(
+            partial(
+                turn_record,
+                services.ledger,
+                turn_id,
+                viewer_tenant=None if principal.is_operator else principal.tenant,
+                commitments=Commitments(services.engine, services.blobs),
+                may_sign=may_sign_checkpoints(principal),
             )
-        except NotYetCheckpointed as exc:
-            return not_yet_checkpointed(exc)
+        )
     c2pa_report = result.to_dict()
     if record is not None and not record.get("visible", True):
         c2pa_report = walled_c2pa(c2pa_report)
-    payload = {
+    return {
         "sha256": sha256,
         "c2pa": c2pa_report,
         "independent": asdict(independent) if independent else None,
         "found_by": found_by if record else None,
         "ledger": record,
     }
-    return Response(orjson.dumps(payload), media_type="application/json")

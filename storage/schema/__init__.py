@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from sqlmodel import SQLModel
 
+from storage.schema import accounts as accounts
 from storage.schema import blobs as blobs
 from storage.schema import keys as keys
 from storage.schema import ledger as ledger
