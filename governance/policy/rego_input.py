@@ -256,9 +256,7 @@ def _literal_marker(content: str) -> str:
 
 
 _REF = re.compile(r"(?<![\w.\x01])input\b")
-_STEP = re.compile(
-    r'\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:"\x01([A-Za-z_]\w*)\x01"\s*\]|[^\]]*\]))'
-)
+_STEP = re.compile(r'\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:"\x01([A-Za-z_]\w*)\x01"\s*\]|[^\]]*\]))')
 _GET = re.compile(r'\s*,\s*"\x01([A-Za-z_]\w*)\x01"')
 _OBJECT_GET = re.compile(r"object\.get\(\s*$")
 

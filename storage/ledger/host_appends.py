@@ -121,6 +121,7 @@ class HostAppends:
         self._closing = False
         self.remote_batches = 0  # batches this process committed for other processes
         self.sent_batches = 0  # batches this process had another process commit
+        self.direct_appends = 0  # transactions without a sequencer (none reachable, closing)
 
     @property
     def engine(self) -> Engine:
@@ -167,8 +168,14 @@ class HostAppends:
                     return found
                 # not committed: send it again, to the next sequencer or directly
 
+    @property
+    def transactions(self) -> int:
+        """Append transactions this process committed, for itself and for others."""
+        return self._commits.flushes + self.direct_appends
+
     def _direct(self, rows: Sequence[LeafRow], side: Sequence[SideRows]) -> int:
         first = self.store.append(rows, side)
+        self.direct_appends += 1
         self._after = max(self._after, first + len(rows))
         return first
 
