@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from regopy import Input
 from regopy.rego_shared import rego
@@ -54,14 +54,17 @@ class DocumentInput(Input):  # type: ignore[misc]  # regopy ships no type inform
 
 
 def _add(handle: int, value: Any) -> None:
+    # The hot loop of every decision: one C call per value, checks inlined, keys encoded once.
     kind = type(value)
     if kind is str:
         code = _str(handle, _c_string(value))
     elif kind is dict:
         for key, item in value.items():
-            _check(_str(handle, _c_string(key if type(key) is str else str(key))))
+            if code := _str(handle, _key(key if type(key) is str else str(key))):
+                _refused(code)
             _add(handle, item)
-            _check(_item(handle))
+            if code := _item(handle):
+                _refused(code)
         code = _object(handle, len(value))
     elif kind is list or kind is tuple:
         for item in value:
@@ -83,7 +86,20 @@ def _add(handle: int, value: Any) -> None:
         code = _set(handle, len(value))
     else:
         raise EngineError(f"the policy input holds a {kind.__name__}, which is not JSON")
-    _check(code)
+    if code:
+        _refused(code)
+
+
+_KEYS: dict[str, bytes] = {}  # object keys repeat on every decision; bounded, short keys only
+
+
+def _key(key: str) -> bytes:
+    data = _KEYS.get(key)
+    if data is None:
+        data = _c_string(key)
+        if len(key) <= 64 and len(_KEYS) < 4096:
+            _KEYS[key] = data
+    return data
 
 
 def _c_string(text: str) -> bytes:
@@ -94,9 +110,8 @@ def _c_string(text: str) -> bytes:
     return data.replace(b"\x00", _REPLACEMENT) if b"\x00" in data else data
 
 
-def _check(code: int) -> None:
-    if code != 0:
-        raise EngineError(f"rego-cpp refused the policy input (error code {code})")
+def _refused(code: int) -> NoReturn:
+    raise EngineError(f"rego-cpp refused the policy input (error code {code})")
 
 
 # --- the part of the document the rules can read ------------------------------------------------
