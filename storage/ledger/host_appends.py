@@ -149,7 +149,7 @@ class HostAppends:
         while True:
             if self._closing or time.monotonic() < self._direct_until:
                 return self._direct(rows, side)
-            if self.serving or self._try_to_serve():
+            if self.serving or (self._client is None and self._try_to_serve()):
                 return self._commits.submit((rows, side), entries=len(rows))
             try:
                 client = self._connected()
