@@ -271,7 +271,7 @@ class HostAppends:
             threading.Thread(
                 target=self._accept, args=(listener,), name="custody-ledger-host", daemon=True
             ).start()
-            log.info("this process sequences the host's ledger appends (%s)", self.endpoint)
+            log.debug("this process sequences the host's ledger appends (%s)", self.endpoint)
             return True
 
     def _accept(self, listener: socket.socket) -> None:
