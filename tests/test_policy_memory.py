@@ -30,8 +30,9 @@ import rego.v1
 
 decision := {ALLOW} if {{
 \tcount([x | some x in numbers.range(1, to_number(input.request.labels.n))]) >= 0
+\tis_string(object.get(input.request.labels, "note", ""))
 }}
-"""
+"""  # it reads the note: a large one reaches the engine whole (InputProjection)
 PROMPT_POLICY = f"""package custody
 
 import rego.v1

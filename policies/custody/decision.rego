@@ -12,10 +12,11 @@ tenant := t if {
 	t := data.custody.tenants[input.actor.tenant]
 } else := data.custody.tenants["default"]
 
-# The names of the detector signals that matched (input.signals.<name>.matched).
+# The names of the detector signals that matched (input.signals.<name>.matched). Read through
+# the path, not the whole signal: the engine then hands rego-cpp only each signal's "matched".
 matched contains name if {
-	some name, signal in input.signals
-	signal.matched == true
+	some name
+	input.signals[name].matched == true
 }
 
 has_images if count(input.request.images) > 0

@@ -6,6 +6,8 @@ A thin facade over three parts, each with its own contract:
   processes and durability — an index is never returned before it is durable;
 - ``batching.GroupCommit``: threads of this process share append transactions, and a full
   queue pushes back (``LedgerPushback``) instead of growing without bound;
+- ``host_appends.HostAppends``: the processes of one host share them too, through one
+  process elected to commit for all;
 - ``merkle``: RFC 6962 math over the stored hashes (proofs, roots, the tree frontier).
 
 Checkpoints are never signed inside an append: only ``issue_checkpoint`` (explicit calls) and
@@ -25,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from storage.ledger.batching import BatchLimits, GroupCommit
 from storage.ledger.checkpoint import Checkpoint, sign_checkpoint
 from storage.ledger.events import Entry, LedgerEvent, SideRows
+from storage.ledger.host_appends import shared
 from storage.ledger.leaf import encode_leaf
 from storage.ledger.merkle import (
     Frontier,
@@ -98,12 +101,15 @@ class Ledger:
         checkpoint_every_entries: int = 256,
         checkpoint_every_ms: int = 5_000,
         limits: BatchLimits | None = None,
+        share_appends: bool = True,
     ) -> Ledger:
         """A handle on the log in ``engine`` (migrated). ``checkpoint_if_due`` signs one when
         ``checkpoint_every_entries`` entries arrived or ``checkpoint_every_ms`` passed (0 turns
-        a trigger off)."""
+        a trigger off). With ``share_appends`` the processes of this host that open the same
+        database commit their appends together (``host_appends``)."""
+        store = open_store(engine)
         return cls(
-            open_store(engine),
+            shared(store, limits) if share_appends else store,
             origin=origin,
             signer=signer,
             checkpoint_every_entries=checkpoint_every_entries,

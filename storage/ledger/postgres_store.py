@@ -27,7 +27,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from storage.ledger.checkpoint import Checkpoint
 from storage.ledger.events import SideRows
-from storage.ledger.store import LeafRow, insert_side_rows
+from storage.ledger.store import LOCATE_SQL, LeafRow, find_rows, insert_side_rows
 
 _APPEND = (
     "SELECT custody_ledger_append(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bytea[])"
@@ -84,6 +84,13 @@ class PostgresStore:
         if row is None:
             raise RuntimeError("bad math: custody_ledger_append returned no row")
         return int(row[0])
+
+    def locate(self, rows: Sequence[LeafRow], after: int) -> int | None:
+        with psycopg.connect(self._conninfo) as conn:  # one transaction, rolled back at the end
+            conn.execute("SELECT custody_ledger_lock_head()")  # waits out an open append
+            found = find_rows(conn.execute(LOCATE_SQL.format(mark="%s"), (after,)), rows)
+            conn.rollback()
+            return found
 
     def add_checkpoint(self, checkpoint: Checkpoint, time_ms: int) -> None:
         with self._engine.begin() as conn:

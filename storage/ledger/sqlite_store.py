@@ -22,7 +22,13 @@ from storage.db import make_engine
 from storage.ledger.checkpoint import Checkpoint
 from storage.ledger.events import SideRows
 from storage.ledger.merkle import Frontier, stored_hash_count
-from storage.ledger.store import CursorHashReader, LeafRow, insert_side_rows
+from storage.ledger.store import (
+    LOCATE_SQL,
+    CursorHashReader,
+    LeafRow,
+    find_rows,
+    insert_side_rows,
+)
 
 
 class SqliteStore:
@@ -87,6 +93,20 @@ class SqliteStore:
             raise
         self._frontier = frontier
         return size
+
+    def locate(self, rows: Sequence[LeafRow], after: int) -> int | None:
+        raw = self._engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")  # waits out any writer still in a transaction
+                cur.execute(LOCATE_SQL.format(mark="?"), (after,))
+                return find_rows(cur, rows)
+            finally:
+                cur.close()
+                raw.rollback()
+        finally:
+            raw.close()
 
     def add_checkpoint(self, checkpoint: Checkpoint, time_ms: int) -> None:
         with self._engine.begin() as conn:

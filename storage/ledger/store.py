@@ -14,6 +14,8 @@ checks on both databases:
   transaction), with their stored tree hashes and the side rows, all or nothing, and returns
   only once the transaction is durable. It is called by one thread at a time per store (the
   group-commit leader).
+- ``locate`` answers whether a batch whose sender lost its answer was committed: it waits for
+  the order lock first, so a transaction still open cannot commit after it looked.
 - ``add_checkpoint`` stores a signed checkpoint; a second one of the same size fails with
   ``sqlalchemy.exc.IntegrityError``.
 - Reads never take the order lock: committed entries, hashes and checkpoints never change.
@@ -57,6 +59,11 @@ class LedgerStore(Protocol):
 
     def append(self, rows: Sequence[LeafRow], side: Sequence[SideRows]) -> int:
         """Append ``rows`` and ``side`` in one durable transaction; the first row's index."""
+        ...
+
+    def locate(self, rows: Sequence[LeafRow], after: int) -> int | None:
+        """Under the order lock (any transaction still open has ended): the index of ``rows``
+        if they were appended, together and in order, at or after index ``after``; else None."""
         ...
 
     def add_checkpoint(self, checkpoint: Checkpoint, time_ms: int) -> None: ...
@@ -176,3 +183,19 @@ def insert_side_rows(cur: Any, side: Sequence[SideRows], mark: str) -> None:
             cur.executemany(
                 f"INSERT INTO {s.table} ({', '.join(s.columns)}) VALUES ({marks})", s.rows
             )
+
+
+LOCATE_SQL = "SELECT idx, leaf_hash FROM ledger_entries WHERE idx >= {mark} ORDER BY idx"
+
+
+def find_rows(found: Iterable[Any], rows: Sequence[LeafRow]) -> int | None:
+    """The first index of ``rows`` (by leaf hash, consecutive) among ``found`` (idx, leaf_hash)."""
+    want = [r.leaf_hash for r in rows]
+    run: list[tuple[int, bytes]] = []
+    for idx, lh in found:
+        run.append((int(idx), bytes(lh)))
+        if len(run) > len(want):
+            run.pop(0)
+        if len(run) == len(want) and all(h == w for (_, h), w in zip(run, want, strict=True)):
+            return run[0][0]
+    return None
