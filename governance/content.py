@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from governance.pipeline.response import ResponseSummary
     from governance.pipeline.signing import SignedItem
     from governance.pipeline.turn import TurnRequest
-    from governance.provenance.signer import SignedOutput
+    from governance.provenance.types import SignedOutput
     from governance.upstream.client import UpstreamResult
 
 Runner = Callable[..., Any]

@@ -17,8 +17,8 @@ from governance.api.errors import GeminiError
 from governance.auth.principal import Principal
 from governance.pipeline.parse import ParsedRequest
 from governance.pipeline.response import OutputImage, ResponseSummary
-from governance.provenance.signer import InputImage as ProvenanceInput
-from governance.provenance.signer import ProvenanceContext, ProvenanceError, SignedOutput
+from governance.provenance.types import InputImage as ProvenanceInput
+from governance.provenance.types import ProvenanceContext, ProvenanceError, SignedOutput
 from governance.upstream.identity import identify_upstream
 
 if TYPE_CHECKING:
