@@ -1,14 +1,14 @@
 """The manifest names Google only when the facts do; Custody's own manifest is recognised as such.
 
 Identity comes from the upstream endpoint and the answer's ``modelVersion``
-(``governance.upstream.identity``), wired through ``pipeline.signing._context``; whose credentials
-an image carries comes from what verifies (assertion, Trusted state, our signing certificate).
+(``governance.upstream.identity``), wired through ``pipeline.signing.OutputSigning.context``;
+whose credentials an image carries comes from what verifies (assertion, Trusted state, our
+signing certificate).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -16,8 +16,8 @@ from governance.auth.principal import Principal
 from governance.pipeline import policy_facts
 from governance.pipeline.parse import ParsedRequest
 from governance.pipeline.response import ResponseSummary
-from governance.pipeline.signing import _context
-from governance.pipeline.turn import TurnRequest
+from governance.pipeline.signing import OutputSigning
+from governance.pipeline.turn_types import StoredRequest, TurnRequest, TurnState
 from governance.policy.decision import Decision
 from governance.provenance import signer as signer_module
 from governance.provenance.credentials import carries_content_credentials
@@ -68,10 +68,13 @@ def test_identity_follows_the_endpoint_and_the_model_version(
 
 
 def _turn_context(base_url: str, *, is_emulator: bool, model_version: str | None):  # type: ignore[no-untyped-def]
-    """``pipeline.signing._context`` for one turn against ``base_url``."""
-    services = SimpleNamespace(
-        upstream=SimpleNamespace(base_url=base_url, is_emulator=is_emulator),
-        settings=Settings(data_dir=Path("/nonexistent"), training_mining="notAllowed"),
+    """``pipeline.signing.OutputSigning.context`` for one turn against ``base_url``."""
+    signing = OutputSigning(
+        None,  # type: ignore[arg-type]  # the context needs no signer
+        upstream_base_url=base_url,
+        is_emulator=is_emulator,
+        log_origin=Settings(data_dir=Path("/nonexistent")).log_origin,
+        training_mining="notAllowed",
     )
     decision = Decision(
         decision_id="d1",
@@ -86,18 +89,18 @@ def _turn_context(base_url: str, *, is_emulator: bool, model_version: str | None
         engine="regopy",
     )
     request = TurnRequest("v1beta", "gemini-2.5-flash-image", "generateContent", b"{}", {}, {})
-    return _context(
-        services,  # type: ignore[arg-type]
-        "t1",
-        Principal("k1", "acme", "editor@acme", frozenset({"editor"})),
+    state = TurnState(
         request,
-        ParsedRequest(body=b"{}", document={}, prompt="teal"),
-        ResponseSummary(model_version=model_version),
-        decision,
-        0,
-        "salted-sha256:abc",
-        [],
+        Principal("k1", "acme", "editor@acme", frozenset({"editor"})),
+        "t1",
+        None,  # type: ignore[arg-type]  # no content is committed here
+        parsed=ParsedRequest(body=b"{}", document={}, prompt="teal"),
+        stored=StoredRequest("salted-sha256:req", "0" * 64, "salted-sha256:abc", "1" * 64, [], []),
+        decision=decision,
+        summary=ResponseSummary(model_version=model_version),
+        first_index=0,
     )
+    return signing.context(state)
 
 
 @pytest.fixture(scope="module")

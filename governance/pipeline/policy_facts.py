@@ -30,7 +30,7 @@ from governance.provenance.credentials import carries_content_credentials
 MAX_CONFIG_BYTES = 4096
 
 if TYPE_CHECKING:
-    from governance.pipeline.turn import TurnRequest
+    from governance.pipeline.turn_types import TurnRequest
 
 
 def parse_labels(header: str | None) -> dict[str, str]:
