@@ -55,7 +55,9 @@ class TurnContent:
     async def commitments(self, *items: bytes | tuple[bytes, str]) -> list[Commitment]:
         """``commit``, returning each ``Commitment`` whole (with the digest, hashed once)."""
         loop = asyncio.get_running_loop()
-        pairs = [item if isinstance(item, tuple) else (item, None) for item in items]
+        pairs: list[tuple[bytes, str | None]] = [
+            item if isinstance(item, tuple) else (item, None) for item in items
+        ]
         made = await loop.run_in_executor(self.recorder.executor, _commit_all, pairs)
         for (data, _), c in zip(pairs, made, strict=True):
             self._store(loop, data, c)
