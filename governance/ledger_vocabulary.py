@@ -233,6 +233,153 @@ class ContentErased(TypedDict):
     tenants: list[str]
 
 
+# -- review of held turns -------------------------------------------------------------------------
+
+
+class ReviewOpened(TypedDict):
+    task: str
+    stage: str
+    group: str
+    approvals_required: int
+    deadline_ms: int
+    on_deadline: str
+    escalate_to: str | None
+    reviewer_identity: str
+    shown_digest: str  # SHA-256 of the RFC 8785 JSON of what the reviewers are shown
+    reasons: list[str]
+
+
+class ReviewClaimed(TypedDict):
+    task: str
+    round: int
+    claimed_until_ms: int
+
+
+class ReviewDecided(TypedDict):
+    task: str
+    decision_id: str
+    stage: str
+    round: int
+    group: str
+    decision: str
+    reviewer_key: str | None
+    credit: str  # the reviewer as the policy's reviewer_identity allows
+    shown_digest: str
+    comment: str | None  # a commitment to the comment
+    comment_chars: int
+    approvals: int
+    approvals_required: int
+
+
+class ReviewSettledByDecision(TypedDict):
+    """``review.approved`` / ``review.rejected`` / ``review.changes_requested``: a decision
+    closed the task; ``recorded_late`` alone when the review job recorded it after a crash."""
+
+    task: str
+    round: int
+    decision_id: NotRequired[str]
+    approvals: NotRequired[int]
+    shown_digest: NotRequired[str]
+    recorded_late: NotRequired[bool]
+
+
+class ReviewExpired(TypedDict):
+    task: str
+    round: int
+    group: NotRequired[str]
+    deadline_ms: NotRequired[int]
+    approvals: NotRequired[int]
+    approvals_required: NotRequired[int]
+    recorded_late: NotRequired[bool]
+
+
+class ReviewEscalated(TypedDict):
+    task: str
+    round: int
+    group: str
+    deadline_ms: int
+    approvals: int
+    approvals_required: int
+    escalated_to: str
+    new_deadline_ms: int
+
+
+class ReviewRefused(TypedDict):
+    action: str
+    task: str | None
+    code: int
+    reason: str
+    message: str
+
+
+class ReviewMember(TypedDict):
+    """``review.member_added`` / ``review.member_removed``."""
+
+    group: str
+    member: str
+    by: str
+
+
+class WebhookChanged(TypedDict):
+    """``webhook.registered`` / ``webhook.removed``."""
+
+    webhook: str
+    host: str
+    by: str
+
+
+class WebhookAttempted(TypedDict):
+    """``webhook.delivered`` / ``webhook.failed``: one delivery attempt."""
+
+    delivery: str
+    webhook: str
+    host: str
+    event: str
+    task: str | None
+    attempt: int
+    status_code: int | None
+    final: bool
+    error: NotRequired[str]
+    next_attempt_ms: NotRequired[int | None]
+
+
+# -- people's accounts and console sessions -------------------------------------------------------
+
+
+class AccountCreated(TypedDict):
+    account: dict[str, Any]
+    by: dict[str, Any]
+
+
+class AccountDisabled(TypedDict):
+    account: dict[str, Any]
+    by: dict[str, Any]
+    reason: str
+
+
+class AccountPasswordChanged(TypedDict):
+    account: dict[str, Any]
+    by: dict[str, Any]
+    sessions_ended: int
+
+
+class ConsoleSignedIn(TypedDict):
+    account: dict[str, Any]
+    session: str
+    expires_ms: int
+
+
+class ConsoleSignedOut(TypedDict):
+    account: dict[str, Any]
+    session: str
+
+
+class ConsoleSignInFailed(TypedDict):
+    account: dict[str, Any] | None
+    reason: str
+    username_chars: NotRequired[int]  # no such account: only the length of what was typed
+
+
 EVENT_BODIES: dict[str, type] = {
     "turn.received": TurnReceived,
     "policy.decided": PolicyDecided,
@@ -254,6 +401,27 @@ EVENT_BODIES: dict[str, type] = {
     "key.rotated": KeyRotated,
     "key.expired": KeyExpired,
     "content.erased": ContentErased,
+    "review.opened": ReviewOpened,
+    "review.claimed": ReviewClaimed,
+    "review.decided": ReviewDecided,
+    "review.approved": ReviewSettledByDecision,
+    "review.rejected": ReviewSettledByDecision,
+    "review.changes_requested": ReviewSettledByDecision,
+    "review.expired": ReviewExpired,
+    "review.escalated": ReviewEscalated,
+    "review.refused": ReviewRefused,
+    "review.member_added": ReviewMember,
+    "review.member_removed": ReviewMember,
+    "webhook.registered": WebhookChanged,
+    "webhook.removed": WebhookChanged,
+    "webhook.delivered": WebhookAttempted,
+    "webhook.failed": WebhookAttempted,
+    "account.created": AccountCreated,
+    "account.disabled": AccountDisabled,
+    "account.password_changed": AccountPasswordChanged,
+    "console.signed_in": ConsoleSignedIn,
+    "console.signed_out": ConsoleSignedOut,
+    "console.sign_in_failed": ConsoleSignInFailed,
 }
 # The events that close an edit turn (exactly one per turn).
 CLOSING_EVENTS = ("turn.released", "turn.failed", "turn.interrupted")
