@@ -25,6 +25,7 @@ run: $(STAMP)
 TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/ruff check governance storage tests bench
+	$(BIN)/lint-imports
 	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure"; fi; \
 	exit $$rc

@@ -19,12 +19,8 @@ import c2pa
 from PIL import Image
 
 from governance.provenance.pki import ensure_dev_pki
-from governance.provenance.signer import (
-    FileKeyBackend,
-    InputImage,
-    OutputSigner,
-    ProvenanceContext,
-)
+from governance.provenance.signer import FileKeyBackend, OutputSigner
+from governance.provenance.types import InputImage, ProvenanceContext
 from governance.upstream.identity import UpstreamIdentity
 
 SIZES = (512, 1024, 2048)

@@ -24,11 +24,11 @@ from governance.api import (
     verify_routes,
 )
 from governance.api.deps import get_services, presented_key
-from governance.api.errors import GeminiError, not_served
+from governance.api.errors import GeminiError, error_response, not_served
 from governance.background import background_jobs
 from governance.console import install as install_console
 from governance.logredact import install_key_redaction
-from governance.pipeline.refusal import record_refusal
+from governance.pipeline.errors import TurnError
 from governance.services import Services, build_services
 from governance.settings import Settings
 from governance.upstream.identity import is_google_endpoint
@@ -72,11 +72,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(gemini_routes.router)
     install_console(app)  # /console/: people's pages, HTML refusals
 
-    @app.exception_handler(GeminiError)
-    async def _gemini_error(request: Request, exc: GeminiError) -> Response:
+    @app.exception_handler(TurnError)  # GeminiError is one too
+    async def _turn_error(request: Request, exc: TurnError) -> Response:
         if exc.code in (401, 403) and exc.reason.startswith("API_KEY"):
             request.app.state.services.metrics.auth_failures.inc()
-        return exc.response()
+        return error_response(exc)
 
     @app.exception_handler(LedgerPushback)
     async def _ledger_pushback(_: Request, exc: LedgerPushback) -> Response:
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             # No route (404) or not this method on it (405): say what Custody serves.
             err = not_served(request.url.path, exc.status_code, request.method)
             err.headers.update(exc.headers or {})
-            return (await _recorded_if_model_route(request, err)).response()
+            return error_response(await _recorded_if_model_route(request, err))
         return GeminiError(exc.status_code, str(exc.detail)).response()
 
     @app.exception_handler(Exception)
@@ -130,7 +130,7 @@ def describe_validation(exc: RequestValidationError) -> str:
 _MODEL_ROUTE = re.compile(r"^/v[0-9][0-9a-z]*/(?:.*/)?models(?:/|$)")
 
 
-async def _recorded_if_model_route(request: Request, err: GeminiError) -> GeminiError:
+async def _recorded_if_model_route(request: Request, err: TurnError) -> TurnError:
     """A model-route refusal of an authenticated caller is recorded (``request.refused``);
     anyone else's is only answered: without a tenant there is no ledger to write it to."""
     if not _MODEL_ROUTE.match(request.url.path):
@@ -138,8 +138,7 @@ async def _recorded_if_model_route(request: Request, err: GeminiError) -> Gemini
     principal = get_services(request).keys.authenticate(presented_key(request) or "-")
     if principal is None:
         return err
-    return await record_refusal(
-        get_services(request),
+    return await get_services(request).pipeline.record_refusal(
         principal,
         err,
         http_method=request.method,

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from storage.ledger.events import LedgerEvent
+from governance.ledger_vocabulary import ledger_event
 
 if TYPE_CHECKING:
     from governance.services import Services
@@ -27,9 +27,7 @@ def reload_policy(services: Services) -> dict[str, Any] | None:
     """Reload changed policy files; the change is a ledger event of its own."""
     body = services.policy.reload_if_changed()
     if body:
-        services.ledger.append(
-            [LedgerEvent(type="policy.reloaded", tenant="*", actor="custody", body=body)]
-        )
+        services.ledger.append([ledger_event("policy.reloaded", body, tenant="*", actor="custody")])
         log.warning(
             "policy reloaded: revision %s -> %s", body.get("old_revision"), body["new_revision"]
         )

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     from governance.erasure_cli import register as register_erase
     from governance.ledger_cli import register as register_ledger
     from governance.policy.cli import register as register_policy
-    from governance.provenance.cli import register as register_verify
+    from governance.provenance_cli import register as register_verify
     from governance.upstream.emulator.cli import register as register_emulator
 
     for register in (

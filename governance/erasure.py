@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import Engine, or_, select, text
 
 from governance.auth.lifecycle import Operator
+from governance.ledger_vocabulary import ledger_event
 from governance.refusal_error import Refusal
 from storage.blobs import Commitments
-from storage.ledger.events import LedgerEvent
 from storage.ledger.leaf import COMMITMENT_PREFIX
 from storage.ledger.log import Ledger
 from storage.schema.turns import TURN_IMAGES, TURNS
@@ -160,7 +160,7 @@ class ContentEraser:
             "tenants": sorted(target.tenants),
         }
         events = [
-            LedgerEvent(type="content.erased", tenant=tenant, actor=by.actor, body=body)
+            ledger_event("content.erased", body, tenant=tenant, actor=by.actor)
             for tenant in sorted(target.tenants) or ["*"]
         ]
         record = self.commitments.erasure_record(target.digest, reason=reason, actor=by.actor)

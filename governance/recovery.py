@@ -35,12 +35,12 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, text
 
 from governance.content import IMAGE_COLUMNS, INPUT_COLUMNS, TURN_COLUMNS
+from governance.ledger_vocabulary import CLOSING_EVENTS, ledger_event
 from storage.ledger import Ledger, LedgerEvent, SideRows
 from storage.ledger.leaf import decode_leaf
 
 log = logging.getLogger("custody")
 
-CLOSING_EVENTS = ("turn.released", "turn.failed", "turn.interrupted")
 MIN_STALE_MS = 600_000
 _MADE_HERE: set[str] = set()  # instance ids made in this process: their turns are alive
 
@@ -154,13 +154,9 @@ def _interrupted(
     received = turn.received
     body = received.get("body", {})
     last_idx, last_ms, last_type, _ = turn.entries[-1]
-    event = LedgerEvent(
-        type="turn.interrupted",
-        tenant=received["tenant"],
-        actor=received["actor"],
-        session=received.get("session"),
-        turn=turn.turn_id,
-        body={
+    event = ledger_event(
+        "turn.interrupted",
+        {
             "reason": reason,
             "last_event": last_type,
             "last_index": last_idx,
@@ -168,6 +164,10 @@ def _interrupted(
             "process": body.get("process"),
             "recorded_by": me.leaf_body(),
         },
+        tenant=received["tenant"],
+        actor=received["actor"],
+        session=received.get("session"),
+        turn=turn.turn_id,
     )
     images = [i for i in body.get("images", []) if isinstance(i, dict)]
     wanted = [body.get("request"), body.get("prompt"), *(i.get("commitment") for i in images)]

@@ -18,6 +18,11 @@ from sqlalchemy import Engine
 from governance.auth.keys import KeyRing
 from governance.content import ContentRecorder
 from governance.metrics import Metrics
+from governance.pipeline.decide import PolicyGates
+from governance.pipeline.forward import Forwarder
+from governance.pipeline.receive import Receiver
+from governance.pipeline.signing import OutputSigning
+from governance.pipeline.turn import TurnPipeline
 from governance.policy.service import PolicyService
 from governance.provenance.signer import OutputSigner
 from governance.recovery import ProcessInstance, recover_interrupted
@@ -49,9 +54,9 @@ class Services:
     signer: OutputSigner
     metrics: Metrics
     executor: ThreadPoolExecutor
+    pipeline: TurnPipeline
     ledger_verifier_key: str = ""  # the note verifier key operators publish beside checkpoints
     emulator: EmbeddedEmulator | None = None
-    pipeline: Any = field(default=None)
     instance: ProcessInstance = field(default_factory=ProcessInstance.current)
     interrupted: list[str] = field(default_factory=list)  # turns recorded as interrupted at start
 
@@ -113,25 +118,46 @@ def build_services(settings: Settings) -> Services:
     executor = ThreadPoolExecutor(
         max_workers=settings.executor_threads, thread_name_prefix="custody"
     )
-    services = Services(
+    content = ContentRecorder(Commitments(engine, blobs), executor)
+    policy = PolicyService.from_settings(settings)
+    metrics = Metrics()
+    signer = OutputSigner.from_settings(settings)
+    pipeline = TurnPipeline(
+        receiver=Receiver(
+            tenant_settings=policy.tenant_settings,
+            max_image_pixels=settings.max_image_pixels,
+            process=instance.leaf_body(),
+        ),
+        gates=PolicyGates(policy),
+        forwarder=Forwarder(upstream),
+        signing=OutputSigning(
+            signer,
+            upstream_base_url=upstream.base_url,
+            is_emulator=upstream.is_emulator,
+            log_origin=settings.log_origin,
+            training_mining=settings.training_mining,
+        ),
+        ledger=ledger,
+        content=content,
+        metrics=metrics,
+        executor=executor,
+    )
+    return Services(
         settings=settings,
         engine=engine,
         read_engine=read_engine,
         keys=KeyRing(read_engine),
         ledger=ledger,
         blobs=blobs,
-        content=ContentRecorder(Commitments(engine, blobs), executor),
+        content=content,
         upstream=upstream,
-        policy=PolicyService.from_settings(settings),
-        signer=OutputSigner.from_settings(settings),
-        metrics=Metrics(),
+        policy=policy,
+        signer=signer,
+        metrics=metrics,
         executor=executor,
+        pipeline=pipeline,
         ledger_verifier_key=note_signer.verifier_key(),
         emulator=emulator,
         instance=instance,
         interrupted=interrupted,
     )
-    from governance.pipeline.turn import TurnPipeline
-
-    services.pipeline = TurnPipeline(services)
-    return services

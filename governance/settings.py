@@ -33,9 +33,10 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 
-from governance.auth.keys import KEY_PREFIX
-
 GOOGLE_GEMINI_URL = "https://generativelanguage.googleapis.com"
+# Every Custody API key starts so (``governance.auth.keys`` makes them); defined here, the lowest
+# layer, because the settings refuse one as the upstream key.
+KEY_PREFIX = "ck_"
 SDK_KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")  # read by the SDK, never by the gateway
 
 

@@ -43,7 +43,7 @@ def test_operations_documents_no_setting_that_does_not_exist() -> None:
 
 EVENT_TYPE = re.compile(
     r"\"((?:turn|policy|review|upstream|output|key|content|models|tokens|request|account"
-    r"|console)\.[a-z_]+)\""
+    r"|console|webhook)\.[a-z_]+)\""
 )
 
 
@@ -86,3 +86,44 @@ def test_no_test_or_benchmark_reads_outside_the_repository() -> None:
             if re.search(r"parents\[[2-9]\]|\.\./shared|[\"']shared[\"']\s*/", source):
                 offenders.append(str(path.relative_to(ROOT)))
     assert not offenders, f"these files reach outside the repository: {offenders}"
+
+
+def _documented_bodies() -> dict[str, tuple[set[str], set[str]]]:
+    """docs/ledger-format.md §11: each event type's fields, always present and when they apply."""
+    text = (DOCS / "ledger-format.md").read_text()
+    section = text.split("## 11. Event bodies", 1)[1].split("\n## ", 1)[0]
+    bodies: dict[str, tuple[set[str], set[str]]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            always, optional = (set(re.findall(r"`([a-z0-9_]+)`", c)) for c in cells[1:])
+            bodies[cells[0].strip("`")] = (always, optional)
+    return bodies
+
+
+def test_every_event_type_and_body_field_is_documented() -> None:
+    """The ledger vocabulary (the code's one list of event types and body fields) and
+    docs/ledger-format.md §11 name the same types with the same fields."""
+    from governance.ledger_vocabulary import EVENT_BODIES, body_fields
+
+    documented = _documented_bodies()
+    assert sorted(documented) == sorted(EVENT_BODIES), "§11 and the vocabulary list other types"
+    for event_type in EVENT_BODIES:
+        required, optional = body_fields(event_type)
+        assert documented[event_type] == (set(required), set(optional)), (
+            f"docs/ledger-format.md §11 gives {event_type} other fields than"
+            f" governance/ledger_vocabulary.py: {documented[event_type]} vs"
+            f" {(set(required), set(optional))}"
+        )
+
+
+def test_the_code_writes_only_event_types_of_the_vocabulary() -> None:
+    """Every event type the code names is one the vocabulary defines (and so documented)."""
+    from governance.ledger_vocabulary import EVENT_BODIES
+
+    emitted = {
+        name
+        for path in (ROOT / "governance").rglob("*.py")
+        for name in EVENT_TYPE.findall(path.read_text())
+    }
+    assert emitted <= set(EVENT_BODIES), sorted(emitted - set(EVENT_BODIES))

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from governance.api.errors import GeminiError
+from governance.pipeline.errors import TurnError
 from governance.pipeline.parse import InputLimits, parse_request
 from governance.pipeline.sniff import heif_size, sniff
 
@@ -89,7 +89,7 @@ def test_an_image_in_a_text_part_is_an_input_image_too() -> None:
     assert parsed.prompt == "make it teal"
     assert [(i.role, i.width, i.height) for i in parsed.images] == [("parent", 5, 4)]
     bad = {"text": "make it teal", **_blob(b"GIF89a....", "image/png")}
-    with pytest.raises(GeminiError) as caught:
+    with pytest.raises(TurnError) as caught:
         _parse({"contents": [{"role": "user", "parts": [bad]}]})
     assert caught.value.reason == "MIME_TYPE_MISMATCH", "the image checks run on such parts too"
 
@@ -105,7 +105,7 @@ def test_an_image_in_a_text_part_is_an_input_image_too() -> None:
     ],
 )
 def test_parts_custody_cannot_classify_are_refused(part) -> None:
-    with pytest.raises(GeminiError) as caught:
+    with pytest.raises(TurnError) as caught:
         _parse({"contents": [{"role": "user", "parts": [part]}]})
     assert caught.value.code == 400 and caught.value.reason == "UNKNOWN_PART_FIELD"
     assert "cannot" in caught.value.message
@@ -163,7 +163,7 @@ def test_non_image_inputs_are_sniffed_recorded_and_text_is_read() -> None:
     ],
 )
 def test_a_declared_type_that_the_bytes_contradict_is_refused(data, declared, reason) -> None:
-    with pytest.raises(GeminiError) as caught:
+    with pytest.raises(TurnError) as caught:
         _parse({"contents": [{"parts": [_blob(data, declared)]}]})
     assert caught.value.code == 400 and caught.value.reason == reason
 
@@ -182,7 +182,7 @@ def test_caps_are_applied_before_anything_is_classified() -> None:
          "INPUT_TOO_LARGE"),
     ]  # fmt: skip
     for document, reason in cases:
-        with pytest.raises(GeminiError) as caught:
+        with pytest.raises(TurnError) as caught:
             _parse(document, limits)
         assert caught.value.code == 400 and caught.value.reason == reason, document
 
@@ -226,7 +226,7 @@ def test_heic_dimensions_come_from_the_ispe_box() -> None:
     assert sniff(data) == "image/heic" and heif_size(data) == (37, 21, 64 * 64)  # coded 64²
     parsed = _parse({"contents": [{"parts": [_blob(data, "image/heic"), {"text": "teal"}]}]})
     assert (parsed.images[0].width, parsed.images[0].height) == (37, 21)
-    with pytest.raises(GeminiError) as caught:
+    with pytest.raises(TurnError) as caught:
         parse_request(
             orjson.dumps({"contents": [{"parts": [_blob(data, "image/heif")]}]}), max_pixels=100
         )
@@ -237,7 +237,7 @@ def test_a_heif_without_ispe_has_unknown_dimensions_not_an_error() -> None:
     ftyp = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
     parsed = _parse({"contents": [{"parts": [_blob(ftyp + b"\x00" * 8, "image/heic")]}]})
     assert (parsed.images[0].width, parsed.images[0].height) == (None, None)
-    with pytest.raises(GeminiError) as caught:
+    with pytest.raises(TurnError) as caught:
         _parse({"contents": [{"parts": [_blob(b"\x00\x00\x00\x18ftypisom", "image/heic")]}]})
     assert caught.value.reason == "MIME_TYPE_MISMATCH", "an MP4 is not a HEIC image"
 
@@ -272,6 +272,6 @@ def test_one_field_under_both_spellings_is_refused() -> None:
         {"contents": [{"parts": [part]}]},
         {"systemInstruction": "a", "system_instruction": "b", "contents": [{"parts": []}]},
     ):
-        with pytest.raises(GeminiError) as caught:
+        with pytest.raises(TurnError) as caught:
             _parse(document)
         assert caught.value.reason == "DUPLICATE_FIELD"

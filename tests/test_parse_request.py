@@ -9,7 +9,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from governance.api.errors import GeminiError
+from governance.pipeline.errors import TurnError
 from governance.pipeline.parse import decode_base64, parse_request
 
 
@@ -92,19 +92,19 @@ def test_in_a_chat_the_last_history_image_is_the_parent() -> None:
 )
 def test_images_that_are_not_what_they_claim_are_refused(data, mime, reason) -> None:
     part = {"inlineData": {"mimeType": mime, "data": base64.b64encode(data).decode()}}
-    with pytest.raises(GeminiError) as caught:
+    with pytest.raises(TurnError) as caught:
         _parse([{"role": "user", "parts": [part]}])
     assert caught.value.code == 400 and caught.value.reason == reason
 
 
 def test_pixel_limit_is_enforced_from_the_header() -> None:
-    with pytest.raises(GeminiError) as caught:
+    with pytest.raises(TurnError) as caught:
         _parse([{"role": "user", "parts": [_part(_png((100, 100)))]}], max_pixels=5_000)
     assert caught.value.reason == "IMAGE_TOO_LARGE"
 
 
 def test_missing_contents_and_bad_json() -> None:
     for body in (b"{}", b"[1]", b"{bad"):
-        with pytest.raises(GeminiError) as caught:
+        with pytest.raises(TurnError) as caught:
             parse_request(body, max_pixels=10)
         assert caught.value.code == 400

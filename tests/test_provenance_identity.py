@@ -1,27 +1,30 @@
 """The manifest names Google only when the facts do; Custody's own manifest is recognised as such.
 
 Identity comes from the upstream endpoint and the answer's ``modelVersion``
-(``governance.upstream.identity``), wired through ``pipeline.signing._context``; whose credentials
-an image carries comes from what verifies (assertion, Trusted state, our signing certificate).
+(``governance.upstream.identity``), wired through ``pipeline.signing.OutputSigning.context``;
+whose credentials an image carries comes from what verifies (assertion, Trusted state, our
+signing certificate).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from governance.auth.principal import Principal
+from governance.pipeline import policy_facts
 from governance.pipeline.parse import ParsedRequest
-from governance.pipeline.policy_facts import carries_content_credentials
 from governance.pipeline.response import ResponseSummary
-from governance.pipeline.signing import _context
-from governance.pipeline.turn import TurnRequest
+from governance.pipeline.signing import OutputSigning
+from governance.pipeline.turn_types import StoredRequest, TurnRequest, TurnState
 from governance.policy.decision import Decision
+from governance.provenance import signer as signer_module
+from governance.provenance.credentials import carries_content_credentials
 from governance.provenance.pki import DevPki, ensure_dev_pki
-from governance.provenance.signer import FileKeyBackend, InputImage, OutputSigner
-from governance.provenance.verify import _chain, may_carry_manifest, verify_image
+from governance.provenance.signer import FileKeyBackend, OutputSigner
+from governance.provenance.types import InputImage
+from governance.provenance.verify import _chain, verify_image
 from governance.settings import GOOGLE_GEMINI_URL, Settings
 from governance.upstream.identity import UpstreamIdentity, identify_upstream
 from tests.test_provenance_signing import active_manifest, assertion, make_ctx, make_signer
@@ -65,10 +68,13 @@ def test_identity_follows_the_endpoint_and_the_model_version(
 
 
 def _turn_context(base_url: str, *, is_emulator: bool, model_version: str | None):  # type: ignore[no-untyped-def]
-    """``pipeline.signing._context`` for one turn against ``base_url``."""
-    services = SimpleNamespace(
-        upstream=SimpleNamespace(base_url=base_url, is_emulator=is_emulator),
-        settings=Settings(data_dir=Path("/nonexistent"), training_mining="notAllowed"),
+    """``pipeline.signing.OutputSigning.context`` for one turn against ``base_url``."""
+    signing = OutputSigning(
+        None,  # type: ignore[arg-type]  # the context needs no signer
+        upstream_base_url=base_url,
+        is_emulator=is_emulator,
+        log_origin=Settings(data_dir=Path("/nonexistent")).log_origin,
+        training_mining="notAllowed",
     )
     decision = Decision(
         decision_id="d1",
@@ -83,18 +89,18 @@ def _turn_context(base_url: str, *, is_emulator: bool, model_version: str | None
         engine="regopy",
     )
     request = TurnRequest("v1beta", "gemini-2.5-flash-image", "generateContent", b"{}", {}, {})
-    return _context(
-        services,  # type: ignore[arg-type]
-        "t1",
-        Principal("k1", "acme", "editor@acme", frozenset({"editor"})),
+    state = TurnState(
         request,
-        ParsedRequest(body=b"{}", document={}, prompt="teal"),
-        ResponseSummary(model_version=model_version),
-        decision,
-        0,
-        "salted-sha256:abc",
-        [],
+        Principal("k1", "acme", "editor@acme", frozenset({"editor"})),
+        "t1",
+        None,  # type: ignore[arg-type]  # no content is committed here
+        parsed=ParsedRequest(body=b"{}", document={}, prompt="teal"),
+        stored=StoredRequest("salted-sha256:req", "0" * 64, "salted-sha256:abc", "1" * 64, [], []),
+        decision=decision,
+        summary=ResponseSummary(model_version=model_version),
+        first_index=0,
     )
+    return signing.context(state)
 
 
 @pytest.fixture(scope="module")
@@ -232,10 +238,10 @@ def test_policy_and_signing_use_one_check_for_content_credentials(
     photo = (fixtures_dir / "photos" / "sample1.png").read_bytes()
     # A plain PNG whose pixels happen to spell both words: a byte scan says yes, the structure no.
     decoy = photo[:-12] + b"\x00\x00\x00\x08tEXtjumbc2pa\x00\x00\x00\x00" + photo[-12:]
-    for data in (earlier, credentialed, photo, decoy):
-        assert carries_content_credentials(data) is may_carry_manifest(data)
     assert carries_content_credentials(earlier) and carries_content_credentials(credentialed)
     assert not carries_content_credentials(decoy)
+    # One function answers for both: the policy facts and the signer hold the same object.
+    assert policy_facts.carries_content_credentials is signer_module.carries_content_credentials
 
 
 def test_the_chain_shows_a_shared_manifest_once() -> None:

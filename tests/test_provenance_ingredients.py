@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from governance.provenance.pki import ensure_dev_pki
-from governance.provenance.signer import InputImage, OutputSigner
+from governance.provenance.signer import OutputSigner
+from governance.provenance.types import InputImage
 from governance.provenance.verify import verify_image, verify_independently
 from tests.test_provenance_signing import make_ctx, make_signer
 

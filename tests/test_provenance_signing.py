@@ -15,14 +15,12 @@ import pytest
 
 from governance.provenance.pki import DevPki, ensure_dev_pki
 from governance.provenance.signer import (
-    Approval,
     CallbackBackend,
     FileKeyBackend,
-    InputImage,
     OutputSigner,
-    ProvenanceContext,
     es256_callback_for_key,
 )
+from governance.provenance.types import Approval, InputImage, ProvenanceContext
 from governance.provenance.verify import verify_image, verify_independently
 from governance.settings import GOOGLE_GEMINI_URL, Settings
 from governance.upstream.identity import identify_upstream

@@ -544,3 +544,19 @@ def test_release_check_counts_inline_data_that_is_not_a_signed_file() -> None:
     assert unsigned_inline_data(docs, placed) == 0
     docs[0]["usageMetadata"] = {"inline_data": {"data": b64(PNG)}}  # anywhere in the document
     assert unsigned_inline_data(docs, placed) == 1
+
+
+def test_upstream_numbers_follow_the_ledgers_one_number_rule(gateway: Any) -> None:
+    """An upstream's floats reach the leaf under the vocabulary's one number rule, as their
+    shortest decimal text (``governance.ledger_vocabulary.ledger_value``, docs/ledger-format.md
+    §1): 1.5 and 1e300, and 10**30, which the JSON parser reads as the float 1e30."""
+    name = "numbers-json-cannot-agree-on"
+    since = gateway.services.ledger.size()
+    response = _call(gateway, name, SHAPES[name])
+    assert response.status_code == 200, response.text[:500]
+    returned = next(e for e in _new_turn_events(gateway, since) if e["type"] == "upstream.returned")
+    assert returned["body"]["usage"] == {
+        "promptTokenCount": "1e+30",
+        "ratio": "1.5",
+        "big": "1e+300",
+    }

@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from governance.auth.keys import now_ms
 from governance.auth.lifecycle import Operator
 from governance.auth.principal import ROLES, Principal
+from governance.ledger_vocabulary import ledger_event
 from governance.refusal_error import Refusal
 from storage.ledger.events import LedgerEvent
 from storage.ledger.log import Ledger
@@ -264,11 +265,11 @@ class Accounts:
             raise AccountError(
                 409, f"Tenant {tenant!r} already has an account {username!r}.", "ACCOUNT_EXISTS"
             ) from None
-        event = LedgerEvent(
-            type="account.created",
+        event = ledger_event(
+            "account.created",
+            {"account": account.summary(), "by": by.body()},
             tenant=tenant,
             actor=by.actor,
-            body={"account": account.summary(), "by": by.body()},
         )
         try:
             self.ledger.append([event])
@@ -301,7 +302,7 @@ class Accounts:
             )
         body = {"account": account.summary(), "by": by.body(), "reason": reason}
         self._append_after_change(
-            LedgerEvent(type="account.disabled", tenant=tenant, actor=by.actor, body=body),
+            ledger_event("account.disabled", body, tenant=tenant, actor=by.actor),
             f"Account {username!r} is disabled",
         )
         return self.require(tenant, username)
@@ -322,7 +323,7 @@ class Accounts:
             ended = self._end_sessions(conn, account.account_id, now)
         body = {"account": account.summary(), "by": by.body(), "sessions_ended": ended}
         self._append_after_change(
-            LedgerEvent(type="account.password_changed", tenant=tenant, actor=by.actor, body=body),
+            ledger_event("account.password_changed", body, tenant=tenant, actor=by.actor),
             f"The password of {username!r} is changed",
         )
         return self.require(tenant, username)

@@ -22,8 +22,9 @@ from governance.api.custody_headers import SESSION_HEADER, check_custody_headers
 from governance.api.deps import get_services, require_role
 from governance.api.errors import GeminiError, not_served
 from governance.auth.principal import Principal
-from governance.pipeline.refusal import record_refusal
-from governance.pipeline.turn import TurnOutcome, TurnPipeline, TurnRequest, dumps
+from governance.pipeline.errors import TurnError
+from governance.pipeline.turn import TurnPipeline
+from governance.pipeline.turn_types import TurnOutcome, TurnRequest
 from storage.ledger.events import LedgerEvent
 
 router = APIRouter()
@@ -77,18 +78,17 @@ def _too_large(size: int, limit: int) -> GeminiError:
 async def refuse(
     request: Request,
     principal: Principal,
-    err: GeminiError,
+    err: TurnError,
     *,
     body: bytes | None = None,
     facts: dict[str, Any] | None = None,
     preceding: Sequence[LedgerEvent] = (),
-) -> GeminiError:
+) -> TurnError:
     """Record ``err`` as the refusal of this request (before it is sent) and return it."""
     session = request.headers.get(SESSION_HEADER)
     if session is not None and check_custody_headers({SESSION_HEADER: session}) is not None:
         session = None  # a malformed session id is never stamped on a leaf
-    return await record_refusal(
-        get_services(request),
+    return await get_services(request).pipeline.record_refusal(
         principal,
         err,
         http_method=request.method,
@@ -148,9 +148,10 @@ async def generate(
     if outcome.stream:
         if request.query_params.get("alt") == "sse":
             return _DeliveredStream(outcome, services.pipeline, headers)
-        # Without alt=sse Gemini streams one JSON array.
-        return Response(dumps(outcome.documents), media_type="application/json", headers=headers)
-    return Response(dumps(outcome.documents[0]), media_type="application/json", headers=headers)
+        # Without alt=sse Gemini streams one JSON array (orjson's own form of the list).
+        array = b"[" + b",".join(outcome.serialised) + b"]"
+        return Response(array, media_type="application/json", headers=headers)
+    return Response(outcome.serialised[0], media_type="application/json", headers=headers)
 
 
 class _DeliveredStream(StreamingResponse):
@@ -166,8 +167,8 @@ class _DeliveredStream(StreamingResponse):
         super().__init__(self._events(), media_type="text/event-stream", headers=headers)
 
     async def _events(self) -> AsyncIterator[bytes]:
-        for doc in self.outcome.documents:
-            yield b"data: " + dumps(doc) + b"\r\n\r\n"
+        for doc in self.outcome.serialised:
+            yield b"data: " + doc + b"\r\n\r\n"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = False

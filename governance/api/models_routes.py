@@ -31,10 +31,12 @@ from governance.api.deps import get_services, require_role
 from governance.api.errors import GeminiError, not_served
 from governance.api.gemini_routes import API_VERSIONS, METHODS, checked_body, refuse
 from governance.auth.principal import Principal
+from governance.ledger_vocabulary import ledger_event
+from governance.pipeline.errors import TurnError
 from governance.pipeline.parse import InputLimits, parse_request
 from governance.pipeline.policy_facts import request_facts
 from governance.pipeline.refusal import MAX_MESSAGE_CHARS, clip, new_record_id
-from governance.pipeline.turn import TurnRequest
+from governance.pipeline.turn_types import TurnRequest
 from governance.upstream.client import UpstreamResult, parse_json_object
 from storage.ledger.events import LedgerEvent
 
@@ -47,13 +49,13 @@ LIST_PARAMS = ("pageSize", "pageToken")
 def _event(
     request: Request, principal: Principal, record_id: str, type_: str, body: dict[str, Any]
 ) -> LedgerEvent:
-    return LedgerEvent(
-        type=type_,
+    return ledger_event(
+        type_,
+        body,
         tenant=principal.tenant,
         actor=principal.actor,
         session=request.headers.get(SESSION_HEADER),
         turn=record_id,
-        body=body,
     )
 
 
@@ -213,7 +215,7 @@ async def count_tokens(
             max_pixels=s.settings.max_image_pixels,
             limits=limits,
         )
-    except GeminiError as err:
+    except TurnError as err:
         raise await refuse(
             request, principal, err.for_turn(record_id), body=body, facts=facts
         ) from None

@@ -27,8 +27,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 
 from governance.auth.principal import ROLES, Principal
+from governance.settings import KEY_PREFIX
 
-KEY_PREFIX = "ck_"
 MAX_PRESENTED = 200
 CACHE_SIZE = 4096
 

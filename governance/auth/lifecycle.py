@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, select, text
 
 from governance.auth.keys import check_key_fields, new_key_material, now_ms
+from governance.ledger_vocabulary import ledger_event
 from governance.refusal_error import Refusal
 from storage.ledger.events import LedgerEvent, SideRows
 from storage.ledger.log import Ledger
@@ -233,7 +234,7 @@ class KeyLifecycle:
         if rotated_from:
             body["rotated_from"] = rotated_from
         self.ledger.append(
-            [LedgerEvent(type="key.created", tenant=tenant, actor=by.actor, body=body)],
+            [ledger_event("key.created", body, tenant=tenant, actor=by.actor)],
             [SideRows("api_keys", KEY_COLUMNS, [row])],
         )
         return NewKey(info, key)
@@ -271,7 +272,7 @@ class KeyLifecycle:
         info = self.require(key_id)
         body = {"key": key_summary(info), "by": by.body(), "reason": reason, "revoked_ms": now}
         self._append_after_change(
-            LedgerEvent(type="key.revoked", tenant=info.tenant, actor=by.actor, body=body),
+            ledger_event("key.revoked", body, tenant=info.tenant, actor=by.actor),
             f"Key {key_id} is revoked",
         )
         return info
@@ -328,23 +329,23 @@ class KeyLifecycle:
         )
         row = (new_id, digest, old.tenant, old.actor, roles_column, old.label, now, expires, key_id)
         events = [
-            LedgerEvent(
-                type="key.created",
+            ledger_event(
+                "key.created",
+                {"key": key_summary(info), "by": by.body(), "rotated_from": key_id},
                 tenant=old.tenant,
                 actor=by.actor,
-                body={"key": key_summary(info), "by": by.body(), "rotated_from": key_id},
             ),
-            LedgerEvent(
-                type="key.rotated",
-                tenant=old.tenant,
-                actor=by.actor,
-                body={
+            ledger_event(
+                "key.rotated",
+                {
                     "key": key_summary(old),
                     "by": by.body(),
                     "rotated_to": new_id,
                     "grace_ms": grace_ms,
                     "old_key_revoked_ms": revoke_at,
                 },
+                tenant=old.tenant,
+                actor=by.actor,
             ),
         ]
         try:
@@ -408,11 +409,7 @@ class KeyLifecycle:
             body = {"key": key_summary(info), "by": CUSTODY_JOB.body(), "state": info.state(now)}
             try:
                 self.ledger.append(
-                    [
-                        LedgerEvent(
-                            type="key.expired", tenant=info.tenant, actor="custody", body=body
-                        )
-                    ]
+                    [ledger_event("key.expired", body, tenant=info.tenant, actor="custody")]
                 )
             except Exception:
                 with self.engine.begin() as conn:

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, insert, select, text
 
 from governance.accounts.store import Account, Accounts
 from governance.auth.keys import now_ms
-from storage.ledger.events import LedgerEvent
+from governance.ledger_vocabulary import ledger_event
 from storage.ledger.log import Ledger
 from storage.schema.accounts import CONSOLE_SESSIONS
 
@@ -89,15 +89,11 @@ class ConsoleSessions:
                     last_seen_ms=now,
                 )
             )
-        event = LedgerEvent(
-            type="console.signed_in",
+        event = ledger_event(
+            "console.signed_in",
+            {"account": account.summary(), "session": session_ref(digest), "expires_ms": expires},
             tenant=account.tenant,
             actor=account.username,
-            body={
-                "account": account.summary(),
-                "session": session_ref(digest),
-                "expires_ms": expires,
-            },
         )
         try:
             self.ledger.append([event])
@@ -151,11 +147,11 @@ class ConsoleSessions:
             account = session.account
             self.ledger.append(
                 [
-                    LedgerEvent(
-                        type="console.signed_out",
+                    ledger_event(
+                        "console.signed_out",
+                        {"account": account.summary(), "session": session_ref(session.digest)},
                         tenant=account.tenant,
                         actor=account.username,
-                        body={"account": account.summary(), "session": session_ref(session.digest)},
                     )
                 ]
             )

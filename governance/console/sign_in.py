@@ -38,6 +38,7 @@ from governance.console.web import (
     require_console,
     sessions_of,
 )
+from governance.ledger_vocabulary import ledger_event
 from storage.ledger.events import LedgerEvent
 
 router = APIRouter(prefix="/console", tags=["console"], include_in_schema=False)
@@ -99,21 +100,21 @@ async def sign_in_form(request: Request) -> Response:
 
 def _failed(tenant: str, account: Account | None, typed_username: str, reason: str) -> LedgerEvent:
     if account is not None:
-        return LedgerEvent(
-            type="console.sign_in_failed",
+        return ledger_event(
+            "console.sign_in_failed",
+            {"account": account.summary(), "reason": reason},
             tenant=account.tenant,
             actor=account.username,
-            body={"account": account.summary(), "reason": reason},
         )
     try:
         recorded_tenant = check_name("The tenant", tenant)
     except AccountError:
         recorded_tenant = INSTALLATION_TENANT
-    return LedgerEvent(
-        type="console.sign_in_failed",
+    return ledger_event(
+        "console.sign_in_failed",
+        {"account": None, "reason": reason, "username_chars": len(typed_username)},
         tenant=recorded_tenant,
         actor="unknown",
-        body={"account": None, "reason": reason, "username_chars": len(typed_username)},
     )
 
 

@@ -31,7 +31,7 @@ from governance.api.gemini_routes import read_body
 from governance.auth.principal import Principal
 from governance.console.nav import entries_for
 from governance.console.sessions import ConsoleSessions, Session, csrf_matches
-from governance.pipeline.refusal import record_refusal
+from governance.pipeline.errors import TurnError
 
 log = logging.getLogger("custody")
 
@@ -220,10 +220,9 @@ async def refused(request: Request, exc: Exception) -> Response:
     person)."""
     assert isinstance(exc, ConsoleRefusal)
     if exc.user is not None:
-        err = GeminiError(exc.code, exc.message, reason=exc.reason)
+        err = TurnError(exc.code, exc.message, reason=exc.reason)
         try:
-            await record_refusal(
-                get_services(request),
+            await get_services(request).pipeline.record_refusal(
                 exc.user.principal,
                 err,
                 http_method=request.method,

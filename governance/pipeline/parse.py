@@ -34,7 +34,7 @@ import orjson
 import pybase64
 from PIL import Image
 
-from governance.api.errors import GeminiError
+from governance.pipeline.errors import TurnError
 from governance.pipeline.sniff import (
     accepted_non_image_types,
     expected_kind,
@@ -223,8 +223,8 @@ class ParsedRequest:
         return any(t.field == FIELD_SYSTEM for t in self.texts)
 
 
-def _bad(message: str, reason: str = "INVALID_REQUEST") -> GeminiError:
-    return GeminiError(400, message, reason=reason)
+def _bad(message: str, reason: str = "INVALID_REQUEST") -> TurnError:
+    return TurnError(400, message, reason=reason)
 
 
 def decode_base64(text: str, where: str) -> bytes:
@@ -515,7 +515,7 @@ class _Reader:
 def parse_request(
     body: bytes, *, max_pixels: int, limits: InputLimits | None = None
 ) -> ParsedRequest:
-    """Parse and check a generateContent body; raises ``GeminiError`` (400) on bad input."""
+    """Parse and check a generateContent body; raises ``TurnError`` (400) on bad input."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

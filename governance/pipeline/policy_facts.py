@@ -24,22 +24,13 @@ from governance.policy.decision import (
     RequestFacts,
     ResponseFacts,
 )
-from governance.provenance.verify import may_carry_manifest
+from governance.provenance.credentials import carries_content_credentials
 
 # generationConfig reaches the policy as given unless it is larger than this (then: its keys).
 MAX_CONFIG_BYTES = 4096
 
 if TYPE_CHECKING:
-    from governance.pipeline.turn import TurnRequest
-
-
-def carries_content_credentials(data: bytes) -> bool:
-    """Whether the image has an embedded C2PA manifest store: the same structural check the
-    signer uses (``provenance.verify.may_carry_manifest``), so policy and provenance agree.
-
-    A signal for policy only; provenance validates the manifest for real when it signs.
-    """
-    return may_carry_manifest(data)
+    from governance.pipeline.turn_types import TurnRequest
 
 
 def parse_labels(header: str | None) -> dict[str, str]:

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from governance.api.errors import GeminiError
 from governance.auth.principal import Principal
+from governance.ledger_vocabulary import RequestRefused, ledger_event
+from governance.pipeline.errors import TurnError
+from storage.blobs import Commitments
+from storage.ledger import Ledger
 from storage.ledger.events import LedgerEvent
 
-if TYPE_CHECKING:
-    from governance.services import Services
+OffLoop = Callable[..., Awaitable[Any]]
 
 log = logging.getLogger("custody")
 
@@ -44,10 +46,12 @@ def clip(text: str, limit: int) -> str:
 
 
 async def record_refusal(
-    services: Services,
     principal: Principal,
-    err: GeminiError,
+    err: TurnError,
     *,
+    ledger: Ledger,
+    commitments: Commitments,
+    off_loop: OffLoop,
     http_method: str,
     path: str,
     session: str | None = None,
@@ -55,11 +59,11 @@ async def record_refusal(
     facts: dict[str, Any] | None = None,
     record_id: str | None = None,
     preceding: Sequence[LedgerEvent] = (),
-) -> GeminiError:
+) -> TurnError:
     """Append ``request.refused`` for ``err`` (after ``preceding``, in the same append: e.g.
     the ``policy.decided`` that refused it) and return ``err`` naming the record."""
     record_id = record_id or err.turn_id or new_record_id()
-    event_body: dict[str, Any] = {
+    event_body: RequestRefused = {
         "http_method": http_method[:16],
         "path": clip(path, MAX_PATH_CHARS),
         "path_chars": len(path),
@@ -67,21 +71,21 @@ async def record_refusal(
         "status": err.status,
         "reason": err.reason,
         "message": clip(err.message, MAX_MESSAGE_CHARS),
-        **(facts or {}),
+        **(facts or {}),  # type: ignore[typeddict-item]
     }
     if body:
-        commitment = await services.run_blocking(services.content.commitments.put_committed, body)
+        commitment = await off_loop(commitments.put_committed, body)
         event_body["request"] = commitment.commitment  # the blob is durable before the leaf
         event_body["request_bytes"] = len(body)
-    event = LedgerEvent(
-        type="request.refused",
+    event = ledger_event(
+        "request.refused",
+        event_body,
         tenant=principal.tenant,
         actor=principal.actor,
         session=session,
         turn=record_id,
-        body=event_body,
     )
-    await services.run_blocking(services.ledger.append, [*preceding, event])
+    await off_loop(ledger.append, [*preceding, event])
     log.info(
         "refused %s %s: %s %s (record %s, tenant %s, actor %s)",
         http_method,

@@ -1,155 +1,130 @@
-"""Sign every output image of a turn with C2PA Content Credentials, in parallel worker threads.
+"""Stage 5, sign: every output image of a turn gets C2PA Content Credentials.
 
 What a manifest says about the generator comes from the facts of this turn: the upstream's
 endpoint, the configured emulator flag and the ``modelVersion`` the upstream answered with
-(``governance.upstream.identity``) — never from a default.
+(``governance.upstream.identity``) — never from a default. ``sign_one`` is blocking (c2pa and
+hashing): the orchestrator runs one per image in worker threads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from governance import __version__
-from governance.api.errors import GeminiError
-from governance.auth.principal import Principal
-from governance.pipeline.parse import ParsedRequest
-from governance.pipeline.response import OutputImage, ResponseSummary
-from governance.provenance.signer import InputImage as ProvenanceInput
-from governance.provenance.signer import ProvenanceContext, ProvenanceError, SignedOutput
+from governance.ledger_vocabulary import OutputSigned
+from governance.pipeline.errors import TurnError
+from governance.pipeline.response import OutputImage
+from governance.pipeline.turn_types import SignedItem, TurnState
+from governance.provenance.signer import OutputSigner
+from governance.provenance.types import InputImage, ProvenanceContext, ProvenanceError
 from governance.upstream.identity import identify_upstream
 
-if TYPE_CHECKING:
-    from governance.pipeline.turn import TurnRequest
-    from governance.policy.decision import Decision
-    from governance.services import Services
 
+class OutputSigning:
+    """Signs outputs with the organisation's signer, describing this gateway's upstream."""
 
-@dataclass(frozen=True)
-class SignedItem:
-    """One signed output and where it goes back into the response."""
+    def __init__(
+        self,
+        signer: OutputSigner,
+        *,
+        upstream_base_url: str,
+        is_emulator: bool,
+        log_origin: str,
+        training_mining: str,
+    ) -> None:
+        self._signer = signer
+        self._upstream_base_url = upstream_base_url
+        self._is_emulator = is_emulator
+        self._log_origin = log_origin
+        self._training_mining = training_mining
 
-    position: tuple[int, int, int]  # (stream chunk, candidate, part)
-    upstream_sha256: str
-    output: SignedOutput
-
-    def ledger_body(self) -> dict[str, Any]:
-        """The ``output.signed`` event: published hashes (the file is public once released)."""
-        chunk, candidate, part = self.position
-        return {
-            "chunk": chunk,
-            "candidate": candidate,
-            "part": part,
-            "mime_type": self.output.mime_type,
-            "upstream_sha256": self.upstream_sha256,
-            "signed_sha256": self.output.sha256,
-            "manifest_sha256": self.output.manifest_sha256,
-            "upstream_had_credentials": self.output.upstream_had_credentials,
-            "upstream_credentials": self.output.upstream_credentials,
-        }
-
-
-def _context(
-    s: Services,
-    turn_id: str,
-    principal: Principal,
-    request: TurnRequest,
-    parsed: ParsedRequest,
-    summary: ResponseSummary,
-    decision: Decision,
-    leaf_index: int | None,
-    prompt_commitment: str | None,
-    mask_commitments: list[str],
-) -> ProvenanceContext:
-    inputs = [
-        ProvenanceInput(
-            data=img.data,
-            mime_type=img.mime_type,
-            sha256=img.sha256,
-            role=img.role,  # type: ignore[arg-type]
-            title=f"input {n + 1} ({img.mime_type})",
+    def context(self, state: TurnState) -> ProvenanceContext:
+        """What every manifest of this turn says (the leaf index of ``turn.received`` anchors
+        them in the ledger)."""
+        parsed, summary, decision, stored = (
+            state.parsed,
+            state.summary,
+            state.decision,
+            state.stored,
         )
-        for n, img in enumerate(parsed.edited_images)
-    ]
-    disclose = bool(decision.obligations.get("disclose_prompt"))
-    upstream = identify_upstream(
-        s.upstream.base_url,
-        is_emulator=s.upstream.is_emulator,
-        model_version=summary.model_version,
-    )
-    return ProvenanceContext(
-        turn_id=turn_id,
-        tenant=principal.tenant,
-        actor=principal.actor,
-        model=request.model,
-        model_version=summary.model_version or request.model,
-        is_emulator=s.upstream.is_emulator,
-        upstream=upstream,
-        inputs=inputs,
-        prompt_commitment=prompt_commitment,
-        prompt_text=parsed.prompt if disclose else None,
-        mask_commitments=mask_commitments,
-        policy={
-            "bundle_revision": decision.bundle_revision,
-            "outcome": decision.outcome,
-            "reasons": list(decision.reasons),
-        },
-        approvals=[],
-        ledger_ref={
-            "log_origin": s.settings.log_origin,
-            "turn_id": turn_id,
-            "leaf_index": leaf_index,
-        },
-        gateway_version=__version__,
-        training_mining=s.settings.training_mining,
-        thumbnails=bool(decision.obligations.get("thumbnails", False)),
-    )
+        assert parsed is not None and summary is not None and decision is not None
+        assert stored is not None
+        inputs = [
+            InputImage(
+                data=img.data,
+                mime_type=img.mime_type,
+                sha256=img.sha256,
+                role=img.role,  # type: ignore[arg-type]
+                title=f"input {n + 1} ({img.mime_type})",
+            )
+            for n, img in enumerate(parsed.edited_images)
+        ]
+        disclose = bool(decision.obligations.get("disclose_prompt"))
+        upstream = identify_upstream(
+            self._upstream_base_url,
+            is_emulator=self._is_emulator,
+            model_version=summary.model_version,
+        )
+        return ProvenanceContext(
+            turn_id=state.turn_id,
+            tenant=state.principal.tenant,
+            actor=state.principal.actor,
+            model=state.request.model,
+            model_version=summary.model_version or state.request.model,
+            is_emulator=self._is_emulator,
+            upstream=upstream,
+            inputs=inputs,
+            prompt_commitment=stored.prompt_commitment,
+            prompt_text=parsed.prompt if disclose else None,
+            mask_commitments=stored.mask_commitments,
+            policy={
+                "bundle_revision": decision.bundle_revision,
+                "outcome": decision.outcome,
+                "reasons": list(decision.reasons),
+            },
+            approvals=[],
+            ledger_ref={
+                "log_origin": self._log_origin,
+                "turn_id": state.turn_id,
+                "leaf_index": state.first_index,
+            },
+            gateway_version=__version__,
+            training_mining=self._training_mining,
+            thumbnails=bool(decision.obligations.get("thumbnails", False)),
+        )
 
-
-async def sign_outputs(
-    s: Services,
-    turn_id: str,
-    principal: Principal,
-    request: TurnRequest,
-    parsed: ParsedRequest,
-    summary: ResponseSummary,
-    decision: Decision,
-    leaf_index: int | None,
-    prompt_commitment: str | None,
-    mask_commitments: list[str],
-) -> list[SignedItem]:
-    """Sign each output image the response walk found (never re-encoded); a file c2pa cannot
-    sign fails the turn with a 502 naming the upstream, so no image goes out unsigned."""
-    if not summary.images:
-        return []
-    ctx = _context(
-        s,
-        turn_id,
-        principal,
-        request,
-        parsed,
-        summary,
-        decision,
-        leaf_index,
-        prompt_commitment,
-        mask_commitments,
-    )
-
-    def sign(img: OutputImage) -> SignedItem:  # in a worker thread: hashing included
-        position = (img.chunk, img.candidate, img.part)
+    def sign_one(self, img: OutputImage, ctx: ProvenanceContext) -> SignedItem:
+        """Sign one image exactly as the upstream returned it (never re-encoded); a file c2pa
+        cannot sign fails the turn with a 502 naming the upstream, so nothing goes out unsigned."""
         try:
-            out = s.signer.sign_output(img.data, img.mime_type, ctx)
+            out = self._signer.sign_output(img.data, img.mime_type, ctx)
         except ProvenanceError as exc:
             # The walk already read the image's header; c2pa failing on its structure is the
             # upstream's fault, and nothing unsigned may go out instead.
-            raise GeminiError(
+            raise TurnError(
                 502,
                 f"The upstream's {img.mime_type} image at candidates[{img.candidate}].content"
                 f".parts[{img.part}] could not be signed ({exc}); nothing was released.",
                 reason="UPSTREAM_MALFORMED",
             ) from exc
+        position = (img.chunk, img.candidate, img.part)
         return SignedItem(position, hashlib.sha256(img.data).hexdigest(), out)
 
-    return list(await asyncio.gather(*(s.run_blocking(sign, img) for img in summary.images)))
+
+def signed_body(item: SignedItem, ref: dict[str, str]) -> OutputSigned:
+    """The ``output.signed`` event: published hashes (the file is public once released) and
+    the commitments to the signed file and its manifest."""
+    chunk, candidate, part = item.position
+    return {
+        "chunk": chunk,
+        "candidate": candidate,
+        "part": part,
+        "mime_type": item.output.mime_type,
+        "upstream_sha256": item.upstream_sha256,
+        "signed_sha256": item.output.sha256,
+        "manifest_sha256": item.output.manifest_sha256,
+        "upstream_had_credentials": item.output.upstream_had_credentials,
+        "upstream_credentials": item.output.upstream_credentials,
+        "manifest": ref["manifest"],
+        "signed_file": ref["signed_file"],
+    }

@@ -2,18 +2,20 @@
 
 A ``Decision`` carries what OPA's decision logs carry — decision id, policy path, bundle revision,
 masked input, result, engine, elapsed time — and ``record()`` turns it into the body of a
-``policy.decided`` ledger event: integers only (no floats), sensitive fields masked, well under the
-ledger's 64 KiB leaf limit.
+``policy.decided`` ledger event: numbers under the ledger's one rule
+(``governance.ledger_vocabulary.ledger_value``), sensitive fields masked, well under the ledger's
+64 KiB leaf limit.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+
+from governance.ledger_vocabulary import ledger_value
 
 Outcome = Literal["allow", "deny", "review", "review_output"]
 OUTCOMES: tuple[Outcome, ...] = ("allow", "deny", "review", "review_output")
@@ -111,7 +113,7 @@ class Decision:
     input_document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def record(self) -> dict[str, Any]:
-        """The ``policy.decided`` ledger event body: integers only, sensitive fields masked."""
+        """The ``policy.decided`` ledger event body: the ledger's number rule, fields masked."""
         body: dict[str, Any] = {
             "decision_id": self.decision_id,
             "path": self.path,
@@ -120,9 +122,9 @@ class Decision:
             "elapsed_us": int(self.elapsed_us),
             "outcome": self.outcome,
             "reasons": list(self.reasons),
-            "obligations": ledger_safe(self.obligations),
-            "signals": ledger_safe(self.signals),
-            "input": ledger_safe(self.input_masked),
+            "obligations": ledger_value(self.obligations),
+            "signals": ledger_value(self.signals),
+            "input": ledger_value(self.input_masked),
         }
         size = len(orjson.dumps(body))
         if size > MAX_RECORD_BYTES:  # keep the record; replace the oversized input by its digest
@@ -134,25 +136,6 @@ class Decision:
 
 def _matched(signal: Any) -> bool:
     return bool(signal.get("matched")) if isinstance(signal, dict) else bool(signal)
-
-
-def ledger_safe(value: Any) -> Any:
-    """A JSON value with no floats (RFC 8785 number forms differ across languages).
-
-    Integral floats become integers; other floats become their shortest decimal string.
-    """
-    if isinstance(value, bool) or value is None or isinstance(value, int | str):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer():
-            return int(value)
-        return repr(value)
-    if isinstance(value, dict):
-        return {str(k): ledger_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
-        return [ledger_safe(v) for v in items]
-    return str(value)
 
 
 def mask_input(document: dict[str, Any], pointers: tuple[str, ...]) -> dict[str, Any]:

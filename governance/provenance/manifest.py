@@ -11,12 +11,10 @@ watermark claim.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from governance.provenance.signer import ProvenanceContext
+from governance.provenance.types import ASSERTION_LABEL, ProvenanceContext
 
-ASSERTION_LABEL = "com.custody.turn"
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 EDITED_SOURCE = IPTC + "compositeWithTrainedAlgorithmicMedia"
 CREATED_SOURCE = IPTC + "trainedAlgorithmicMedia"

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import c2pa
 from cryptography import x509
@@ -32,99 +32,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from governance.provenance.credentials import carries_content_credentials
 from governance.provenance.manifest import manifest_definition
 from governance.provenance.pki import ensure_dev_pki
-from governance.provenance.verify import VerifyResult, may_carry_manifest, verify_image
-from governance.upstream.identity import UpstreamIdentity
+from governance.provenance.types import (
+    CredentialsKind,
+    IngredientState,
+    ProvenanceContext,
+    ProvenanceError,
+    SignedOutput,
+)
+from governance.provenance.verify import VerifyResult, verify_image
 
 if TYPE_CHECKING:
     from governance.settings import Settings
-
-
-class ProvenanceError(RuntimeError):
-    """An output could not be signed; the message says which input or step and why."""
-
-
-Role = Literal["parent", "reference", "mask", "history"]
-# Whose Content Credentials an image carried: "none"; "custody" (an earlier Custody output,
-# verified as ours); "provider" (the upstream's own, on its output); "input" (an upstream output
-# carrying an input's credentials: an echo); "other" (an input's, signed by someone else).
-CredentialsKind = Literal["none", "custody", "provider", "input", "other"]
-
-
-@dataclass(frozen=True)
-class InputImage:
-    """One image the caller sent with the turn (bytes as received)."""
-
-    data: bytes
-    mime_type: str
-    sha256: str
-    role: Role
-    title: str
-
-
-@dataclass(frozen=True)
-class Approval:
-    """One human decision on a held turn; the comment only as a commitment."""
-
-    reviewer: str
-    role: str
-    decision: str
-    time_ms: int
-    comment_commitment: str | None
-
-
-@dataclass(frozen=True)
-class ProvenanceContext:
-    """Everything one turn's manifests say (the same for every output of the turn)."""
-
-    turn_id: str
-    tenant: str
-    actor: str
-    model: str
-    model_version: str
-    is_emulator: (
-        bool  # the configured emulator flag (the built-in emulator, or CUSTODY_EMULATOR=on)
-    )
-    upstream: UpstreamIdentity  # who answered, from the endpoint and the modelVersion
-    inputs: list[InputImage]
-    prompt_commitment: str | None
-    prompt_text: str | None  # set only when policy disclosed the prompt
-    mask_commitments: list[str]
-    policy: dict[str, Any]
-    approvals: list[Approval]
-    ledger_ref: dict[str, Any]
-    gateway_version: str
-    training_mining: str = "notAllowed"
-    thumbnails: bool = False
-
-
-@dataclass(frozen=True)
-class IngredientState:
-    """What the signer found about one ingredient when it signed."""
-
-    title: str
-    relationship: str  # "parentOf" | "inputTo"
-    role: str  # an InputImage role, or "upstream-output"
-    state: str  # "none" (no Content Credentials) | "Trusted" | "Valid" | "Invalid" | "not added"
-    reasons: tuple[str, ...] = ()
-    credentials: CredentialsKind = "none"
-    custody_turn: str | None = None  # the earlier turn, when credentials == "custody"
-    also_input: str | None = None  # the role of a turn input with the same bytes, merged into this
-
-
-@dataclass(frozen=True)
-class SignedOutput:
-    """A signed file as released, and the manifest store c2pa embedded in it."""
-
-    data: bytes
-    mime_type: str
-    sha256: str  # of ``data``
-    manifest: bytes
-    manifest_sha256: str
-    upstream_had_credentials: bool  # the provider's own credentials, and only those
-    upstream_credentials: CredentialsKind = "none"  # what the upstream output carried
-    ingredient_states: list[IngredientState] = field(default_factory=list)
 
 
 class KeyBackend(Protocol):
@@ -329,7 +250,7 @@ class OutputSigner:
 
     def _credentials(self, data: bytes, mime_type: str) -> VerifyResult | None:
         """The validation of ``data``'s Content Credentials; None when it carries none."""
-        if not may_carry_manifest(data):
+        if not carries_content_credentials(data):
             return None
         found = verify_image(data, mime_type, self.anchors_pem)
         return None if found.state == "none" else found

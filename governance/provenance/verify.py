@@ -14,7 +14,7 @@ from typing import Any
 
 import c2pa
 
-from governance.provenance.manifest import ASSERTION_LABEL
+from governance.provenance.types import ASSERTION_LABEL
 
 PLAIN_WORDS = {
     "assertion.dataHash.mismatch": "the image's bytes were changed after it was signed",
@@ -146,42 +146,6 @@ def sniff_mime(data: bytes) -> str:
     if data[4:12] == b"ftypavif":
         return "image/avif"
     return "application/octet-stream"
-
-
-def may_carry_manifest(data: bytes) -> bool:
-    """Whether the file has a place a C2PA manifest lives, found by walking its structure
-    (PNG chunks, JPEG segments before the scan, RIFF chunks) instead of scanning every byte."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        pos = 8
-        while pos + 8 <= len(data):
-            length = int.from_bytes(data[pos : pos + 4], "big")
-            ctype = data[pos + 4 : pos + 8]
-            if ctype == b"caBX":
-                return True
-            if ctype == b"IEND":
-                return False
-            pos += 12 + length
-        return False
-    if data.startswith(b"\xff\xd8"):
-        pos = 2
-        while pos + 4 <= len(data) and data[pos] == 0xFF:
-            marker = data[pos + 1]
-            if marker == 0xDA:  # start of scan: no metadata segments after it
-                return False
-            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-            if marker == 0xEB and b"c2pa" in data[pos : pos + 2 + length]:
-                return True
-            pos += 2 + length
-        return False
-    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        pos = 12
-        while pos + 8 <= len(data):
-            if data[pos : pos + 4] == b"C2PA":
-                return True
-            length = int.from_bytes(data[pos + 4 : pos + 8], "little")
-            pos += 8 + length + (length & 1)
-        return False
-    return b"c2pa" in data  # other formats (BMFF, ...): look everywhere
 
 
 def _status(item: dict[str, Any], kind: str) -> StatusCode:

@@ -39,6 +39,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from governance.auth.keys import now_ms
 from governance.auth.principal import Principal
+from governance.ledger_vocabulary import ledger_event
 from governance.review.errors import ReviewError
 from governance.review.groups import is_member
 from governance.review.tasks import (
@@ -165,13 +166,13 @@ class ReviewDesk:
             "shown_digest": task.shown_digest,
             "reasons": reasons,
         }
-        event = LedgerEvent(
-            type="review.opened",
+        event = ledger_event(
+            "review.opened",
+            body,
             tenant=held.tenant,
             actor=held.requester,
             session=held.session,
             turn=held.turn_id,
-            body=body,
         )
         side = [
             SideRows("review_tasks", TASK_COLUMNS, [row]),
@@ -488,13 +489,8 @@ class ReviewDesk:
         return task
 
     def _event(self, task: ReviewTask, type_: str, actor: str, body: dict[str, Any]) -> LedgerEvent:
-        return LedgerEvent(
-            type=type_,
-            tenant=task.tenant,
-            actor=actor,
-            session=task.session,
-            turn=task.turn_id,
-            body=body,
+        return ledger_event(
+            type_, body, tenant=task.tenant, actor=actor, session=task.session, turn=task.turn_id
         )
 
     # --- waiting --------------------------------------------------------------------------------
@@ -637,14 +633,7 @@ class ReviewDesk:
             "message": err.message[:1024],
         }
         self.ledger.append(
-            [
-                LedgerEvent(
-                    type="review.refused",
-                    tenant=principal.tenant,
-                    actor=principal.actor,
-                    body=body,
-                )
-            ]
+            [ledger_event("review.refused", body, tenant=principal.tenant, actor=principal.actor)]
         )
 
 

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, insert, select
 
 from governance.auth.keys import now_ms
+from governance.ledger_vocabulary import ledger_event
 from governance.review.errors import ReviewError
 from governance.review.terms import GROUP_NAME
-from storage.ledger.events import LedgerEvent
 from storage.ledger.log import Ledger
 from storage.schema.reviews import REVIEW_GROUP_MEMBERS as MEMBERS
 
@@ -124,4 +124,4 @@ class ReviewGroups:
 
     def _record(self, type_: str, member: Member, by: str) -> None:
         body = {"group": member.group, "member": member.actor, "by": by}
-        self.ledger.append([LedgerEvent(type=type_, tenant=member.tenant, actor=by, body=body)])
+        self.ledger.append([ledger_event(type_, body, tenant=member.tenant, actor=by)])

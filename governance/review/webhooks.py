@@ -31,9 +31,10 @@ import httpx
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from governance.auth.keys import now_ms
+from governance.ledger_vocabulary import ledger_event
 from governance.review.errors import ReviewError
 from governance.review.webhook_verify import SIGNATURE_HEADER, signature_header
-from storage.ledger.events import LedgerEvent, SideRows
+from storage.ledger.events import SideRows
 from storage.ledger.log import Ledger
 from storage.schema.reviews import REVIEW_WEBHOOKS as HOOKS
 from storage.schema.reviews import WEBHOOK_DELIVERIES as DELIVERIES
@@ -182,7 +183,7 @@ class WebhookRegistry:
         row = (hook.webhook_id, tenant, url, secret, hook.created_ms, by)
         body = {"webhook": hook.webhook_id, "host": url_host(url), "by": by}
         self.ledger.append(
-            [LedgerEvent(type="webhook.registered", tenant=tenant, actor=by, body=body)],
+            [ledger_event("webhook.registered", body, tenant=tenant, actor=by)],
             [
                 SideRows(
                     "review_webhooks",
@@ -225,9 +226,7 @@ class WebhookRegistry:
                 .values(status="failed", done_ms=now_ms(), last_error="webhook removed")
             )
         body = {"webhook": webhook_id, "host": url_host(hook.url), "by": by}
-        self.ledger.append(
-            [LedgerEvent(type="webhook.removed", tenant=hook.tenant, actor=by, body=body)]
-        )
+        self.ledger.append([ledger_event("webhook.removed", body, tenant=hook.tenant, actor=by)])
         return hook
 
 
@@ -372,11 +371,11 @@ class WebhookSender:
             )
         self.ledger.append(
             [
-                LedgerEvent(
-                    type="webhook.delivered" if delivered else "webhook.failed",
+                ledger_event(
+                    "webhook.delivered" if delivered else "webhook.failed",
+                    event_body,
                     tenant=row.tenant,
                     actor="custody",
-                    body=event_body,
                 )
             ]
         )

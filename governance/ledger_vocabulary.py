@@ -1,0 +1,495 @@
+"""Every ledger event type Custody writes, and the fields of its body: the public record format.
+
+Ledger leaves are Custody's public, signed, permanent format: an auditor reads them with their own
+tools years later. So the list of event types and of each body's fields lives here, once, typed
+(one ``TypedDict`` per type), and every writer builds its event with ``ledger_event``, which
+refuses a type or a field this module does not name (a programming error, caught by the tests)
+and applies the one number rule below. ``docs/ledger-format.md`` §11 lists the same types and
+fields; ``tests/test_docs_match_code.py`` holds the two against each other.
+
+The number rule (one, for every body): a leaf holds no floating-point number, because RFC 8785
+number forms differ across languages, and no integer beyond ±(2^53 − 1), which RFC 8785 cannot
+carry. ``ledger_value`` turns an integral float into its integer, any other float into its
+shortest decimal text (``repr``: ``0.25`` → ``"0.25"``, ``nan`` → ``"nan"``), and an integer
+beyond 2^53 − 1 into its decimal text. Leaves written before this rule (when an upstream's
+float in ``upstream.returned.usage`` was multiplied by 1000) stay as they are: the ledger never
+rewrites a leaf, and both forms are plain RFC 8785 JSON that ``custody ledger verify`` reads.
+
+Data and pure functions only: this module imports nothing from Custody but the ledger's event
+type, so every layer (pipeline, policy, auth, erasure, recovery, the API) may build through it.
+"""
+
+import math
+from typing import Any, NotRequired, TypedDict
+
+from storage.ledger.events import LedgerEvent
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+# -- an edit turn --------------------------------------------------------------------------------
+
+
+class TurnReceived(TypedDict):
+    api_version: str
+    model: str
+    method: str
+    stream: bool
+    request: str  # commitment to the request as it arrived
+    request_bytes: int
+    prompt: str | None
+    prompt_chars: int
+    images: list[dict[str, Any]]
+    history_images: int
+    file_uris: int
+    documents: list[dict[str, Any]]
+    process: dict[str, Any]  # who runs the turn, for crash recovery
+
+
+class PolicyDecided(TypedDict):
+    decision_id: str
+    path: str
+    bundle_revision: str
+    engine: str
+    elapsed_us: int
+    outcome: str
+    reasons: list[str]
+    obligations: dict[str, Any]
+    signals: dict[str, Any]
+    input: str  # a commitment to the full input the decision was made on (kept for replay)
+    stage: str  # "request" | "response"
+
+
+class ReviewRequested(TypedDict):
+    stage: str
+    reasons: list[str]
+
+
+class UpstreamRequested(TypedDict):
+    upstream: str
+    path: str
+
+
+class UpstreamReturned(TypedDict):
+    status: int
+    elapsed_us: int
+    model_version: str | None
+    response_id: str | None
+    finish_reasons: list[str]
+    block_reason: str | None
+    safety: str | None
+    usage: dict[str, Any] | None
+    images: int
+    stream_complete: bool
+    response: NotRequired[str]
+    response_bytes: NotRequired[int]
+    error: NotRequired[dict[str, Any]]
+
+
+class OutputSigned(TypedDict):
+    chunk: int
+    candidate: int
+    part: int
+    mime_type: str
+    upstream_sha256: str
+    signed_sha256: str
+    manifest_sha256: str
+    upstream_had_credentials: bool
+    upstream_credentials: str
+    manifest: str  # commitment to the manifest store
+    signed_file: str  # commitment to the released file
+
+
+class TurnReleased(TypedDict):
+    status: int
+    stream: bool
+    stream_complete: bool
+    outputs: int
+    safety: str
+    gateway_us: int
+    upstream_us: int
+    gateway_version: str
+
+
+class TurnFailed(TypedDict):
+    code: int
+    status: str
+    reason: str
+    message: str
+    request: NotRequired[str]  # refused before parsing: a commitment to what was sent
+    request_bytes: NotRequired[int]
+
+
+class TurnInterrupted(TypedDict):
+    reason: str
+    last_event: str
+    last_index: int
+    age_ms: int
+    process: dict[str, Any] | None
+    recorded_by: dict[str, Any]
+
+
+class TurnUndelivered(TypedDict):
+    stage: str
+    events_sent: int
+    events_total: int
+    reason: str
+
+
+# -- calls that are not edit turns, refusals ----------------------------------------------------
+
+
+class RequestRefused(TypedDict):
+    http_method: str
+    path: str
+    path_chars: int
+    code: int
+    status: str
+    reason: str
+    message: str
+    api_version: NotRequired[str]
+    model: NotRequired[str]
+    request_bytes: NotRequired[int]
+    request: NotRequired[str]
+
+
+class ModelsListed(TypedDict):
+    api_version: str
+    page_size: int | None
+    page_token: bool
+    models: int
+    next_page: bool
+    upstream: str
+    status: int
+    elapsed_us: int
+    error: NotRequired[str]
+
+
+class ModelsFetched(TypedDict):
+    api_version: str
+    model: str
+    upstream: str
+    status: int
+    elapsed_us: int
+    error: NotRequired[str]
+
+
+class TokensCounted(TypedDict):
+    api_version: str
+    model: str
+    request: str
+    request_bytes: int
+    decision_id: str
+    outcome: str
+    total_tokens: int | None
+    upstream: str
+    status: int
+    elapsed_us: int
+    error: NotRequired[str]
+
+
+# -- policy, keys, erasure ------------------------------------------------------------------------
+
+
+class PolicyReloaded(TypedDict):
+    old_revision: str | None
+    new_revision: str
+    files: Any
+    engine: str
+    error: NotRequired[str]
+
+
+class KeyCreated(TypedDict):
+    key: dict[str, Any]
+    by: dict[str, Any]
+    rotated_from: NotRequired[str]
+
+
+class KeyRevoked(TypedDict):
+    key: dict[str, Any]
+    by: dict[str, Any]
+    reason: str
+    revoked_ms: int
+
+
+class KeyRotated(TypedDict):
+    key: dict[str, Any]
+    by: dict[str, Any]
+    rotated_to: str
+    grace_ms: int
+    old_key_revoked_ms: int
+
+
+class KeyExpired(TypedDict):
+    key: dict[str, Any]
+    by: dict[str, Any]
+    state: str
+
+
+class ContentErased(TypedDict):
+    commitments: list[str]
+    reason: str
+    by: dict[str, Any]
+    tenants: list[str]
+
+
+# -- review of held turns -------------------------------------------------------------------------
+
+
+class ReviewOpened(TypedDict):
+    task: str
+    stage: str
+    group: str
+    approvals_required: int
+    deadline_ms: int
+    on_deadline: str
+    escalate_to: str | None
+    reviewer_identity: str
+    shown_digest: str  # SHA-256 of the RFC 8785 JSON of what the reviewers are shown
+    reasons: list[str]
+
+
+class ReviewClaimed(TypedDict):
+    task: str
+    round: int
+    claimed_until_ms: int
+
+
+class ReviewDecided(TypedDict):
+    task: str
+    decision_id: str
+    stage: str
+    round: int
+    group: str
+    decision: str
+    reviewer_key: str | None
+    credit: str  # the reviewer as the policy's reviewer_identity allows
+    shown_digest: str
+    comment: str | None  # a commitment to the comment
+    comment_chars: int
+    approvals: int
+    approvals_required: int
+
+
+class ReviewSettledByDecision(TypedDict):
+    """``review.approved`` / ``review.rejected`` / ``review.changes_requested``: a decision
+    closed the task; ``recorded_late`` alone when the review job recorded it after a crash."""
+
+    task: str
+    round: int
+    decision_id: NotRequired[str]
+    approvals: NotRequired[int]
+    shown_digest: NotRequired[str]
+    recorded_late: NotRequired[bool]
+
+
+class ReviewExpired(TypedDict):
+    task: str
+    round: int
+    group: NotRequired[str]
+    deadline_ms: NotRequired[int]
+    approvals: NotRequired[int]
+    approvals_required: NotRequired[int]
+    recorded_late: NotRequired[bool]
+
+
+class ReviewEscalated(TypedDict):
+    task: str
+    round: int
+    group: str
+    deadline_ms: int
+    approvals: int
+    approvals_required: int
+    escalated_to: str
+    new_deadline_ms: int
+
+
+class ReviewRefused(TypedDict):
+    action: str
+    task: str | None
+    code: int
+    reason: str
+    message: str
+
+
+class ReviewMember(TypedDict):
+    """``review.member_added`` / ``review.member_removed``."""
+
+    group: str
+    member: str
+    by: str
+
+
+class WebhookChanged(TypedDict):
+    """``webhook.registered`` / ``webhook.removed``."""
+
+    webhook: str
+    host: str
+    by: str
+
+
+class WebhookAttempted(TypedDict):
+    """``webhook.delivered`` / ``webhook.failed``: one delivery attempt."""
+
+    delivery: str
+    webhook: str
+    host: str
+    event: str
+    task: str | None
+    attempt: int
+    status_code: int | None
+    final: bool
+    error: NotRequired[str]
+    next_attempt_ms: NotRequired[int | None]
+
+
+# -- people's accounts and console sessions -------------------------------------------------------
+
+
+class AccountCreated(TypedDict):
+    account: dict[str, Any]
+    by: dict[str, Any]
+
+
+class AccountDisabled(TypedDict):
+    account: dict[str, Any]
+    by: dict[str, Any]
+    reason: str
+
+
+class AccountPasswordChanged(TypedDict):
+    account: dict[str, Any]
+    by: dict[str, Any]
+    sessions_ended: int
+
+
+class ConsoleSignedIn(TypedDict):
+    account: dict[str, Any]
+    session: str
+    expires_ms: int
+
+
+class ConsoleSignedOut(TypedDict):
+    account: dict[str, Any]
+    session: str
+
+
+class ConsoleSignInFailed(TypedDict):
+    account: dict[str, Any] | None
+    reason: str
+    username_chars: NotRequired[int]  # no such account: only the length of what was typed
+
+
+EVENT_BODIES: dict[str, type] = {
+    "turn.received": TurnReceived,
+    "policy.decided": PolicyDecided,
+    "review.requested": ReviewRequested,
+    "upstream.requested": UpstreamRequested,
+    "upstream.returned": UpstreamReturned,
+    "output.signed": OutputSigned,
+    "turn.released": TurnReleased,
+    "turn.failed": TurnFailed,
+    "turn.interrupted": TurnInterrupted,
+    "turn.undelivered": TurnUndelivered,
+    "request.refused": RequestRefused,
+    "models.listed": ModelsListed,
+    "models.fetched": ModelsFetched,
+    "tokens.counted": TokensCounted,
+    "policy.reloaded": PolicyReloaded,
+    "key.created": KeyCreated,
+    "key.revoked": KeyRevoked,
+    "key.rotated": KeyRotated,
+    "key.expired": KeyExpired,
+    "content.erased": ContentErased,
+    "review.opened": ReviewOpened,
+    "review.claimed": ReviewClaimed,
+    "review.decided": ReviewDecided,
+    "review.approved": ReviewSettledByDecision,
+    "review.rejected": ReviewSettledByDecision,
+    "review.changes_requested": ReviewSettledByDecision,
+    "review.expired": ReviewExpired,
+    "review.escalated": ReviewEscalated,
+    "review.refused": ReviewRefused,
+    "review.member_added": ReviewMember,
+    "review.member_removed": ReviewMember,
+    "webhook.registered": WebhookChanged,
+    "webhook.removed": WebhookChanged,
+    "webhook.delivered": WebhookAttempted,
+    "webhook.failed": WebhookAttempted,
+    "account.created": AccountCreated,
+    "account.disabled": AccountDisabled,
+    "account.password_changed": AccountPasswordChanged,
+    "console.signed_in": ConsoleSignedIn,
+    "console.signed_out": ConsoleSignedOut,
+    "console.sign_in_failed": ConsoleSignInFailed,
+}
+# The events that close an edit turn (exactly one per turn).
+CLOSING_EVENTS = ("turn.released", "turn.failed", "turn.interrupted")
+
+
+def body_fields(event_type: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The (required, optional) body fields of ``event_type``; KeyError for an unknown type."""
+    typed: Any = EVENT_BODIES[event_type]
+    return frozenset(typed.__required_keys__), frozenset(typed.__optional_keys__)
+
+
+_FIELDS = {name: body_fields(name) for name in EVENT_BODIES}
+
+
+def ledger_value(value: Any) -> Any:
+    """``value`` under the one number rule (module doc): no floats, no integer beyond 2^53 − 1.
+
+    Also the one shape rule: keys become strings, tuples lists, sets sorted lists, and anything
+    else that is not JSON its ``str``."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= MAX_SAFE_INTEGER else str(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+            return int(value)
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): ledger_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return [ledger_value(v) for v in items]
+    return str(value)
+
+
+def ledger_body(event_type: str, body: Any) -> dict[str, Any]:
+    """``body`` checked against ``event_type``'s fields and under the number rule.
+
+    Raises ``ValueError`` naming the type and the fields when ``body`` has a field this
+    vocabulary does not list for it, or lacks a required one: the format changes here first."""
+    required, optional = _FIELDS[event_type]
+    keys = body.keys()
+    if not (required <= keys and keys <= required | optional):
+        raise ValueError(
+            f"a {event_type} body must have {sorted(required)} (and may have {sorted(optional)});"
+            f" this one has {sorted(keys)}: add the field to governance/ledger_vocabulary.py and"
+            " docs/ledger-format.md first"
+        )
+    return ledger_value(body)  # type: ignore[no-any-return]
+
+
+def ledger_event(
+    event_type: str,
+    body: Any,
+    *,
+    tenant: str,
+    actor: str,
+    session: str | None = None,
+    turn: str | None = None,
+) -> LedgerEvent:
+    """The ``LedgerEvent`` of one of the types above, its body checked and under the number rule."""
+    if event_type not in EVENT_BODIES:
+        raise ValueError(f"{event_type!r} is not a Custody ledger event type")
+    return LedgerEvent(
+        type=event_type,
+        tenant=tenant,
+        actor=actor,
+        session=session,
+        turn=turn,
+        body=ledger_body(event_type, body),
+    )

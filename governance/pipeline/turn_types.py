@@ -1,0 +1,123 @@
+"""The values one edit turn is made of, shared by the orchestrator and every stage.
+
+Data only: no stage logic, no I/O. ``TurnState`` is the one record of a running turn — what came
+in, what each stage found, what is queued for the ledger — so a stage takes the state (and the
+collaborators it uses) instead of ten loose arguments, and a new stage (a review gate) reads and
+adds to the same record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from governance.auth.principal import Principal
+    from governance.content import TurnContent
+    from governance.pipeline.parse import ParsedRequest
+    from governance.pipeline.response import ResponseSummary
+    from governance.policy.decision import Decision, RequestFacts
+    from governance.provenance.types import SignedOutput
+    from governance.upstream.client import UpstreamResult
+    from storage.ledger.events import LedgerEvent
+
+SESSION_HEADER = "x-custody-session"
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """One Gemini call as it arrived: route facts, headers, raw body."""
+
+    api_version: str
+    model: str
+    method: str  # "generateContent" | "streamGenerateContent" (| "countTokens", not a turn)
+    body: bytes
+    headers: dict[str, str]
+    params: dict[str, str]
+
+    @property
+    def stream(self) -> bool:
+        return self.method == "streamGenerateContent"
+
+    @property
+    def upstream_path(self) -> str:
+        return f"/{self.api_version}/models/{self.model}:{self.method}"
+
+    @property
+    def session(self) -> str | None:
+        return self.headers.get(SESSION_HEADER)
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """The request's content as committed: salted commitments for the ledger, and the plain
+    SHA-256 of the request and prompt (hashed once, for the erasable ``turns`` index)."""
+
+    request_commitment: str
+    request_sha256: str
+    prompt_commitment: str | None
+    prompt_sha256: str | None
+    image_commitments: list[str]
+    mask_commitments: list[str]  # the manifest names masks only this way
+    document_commitments: list[str] = field(default_factory=list)  # non-image inputs
+
+
+@dataclass(frozen=True)
+class SignedItem:
+    """One signed output and where it goes back into the response."""
+
+    position: tuple[int, int, int]  # (stream chunk, candidate, part)
+    upstream_sha256: str
+    output: SignedOutput
+
+
+@dataclass
+class TurnOutcome:
+    """What to send back: the signed documents, each already serialised (off the event loop)."""
+
+    documents: list[dict[str, Any]]
+    serialised: list[bytes]  # orjson of each document, in order
+    stream: bool
+    turn_id: str
+    tenant: str = ""
+    actor: str = ""
+    session: str | None = None
+
+
+@dataclass
+class TurnState:
+    """Everything one running turn knows; each stage fills in its part, in this order."""
+
+    request: TurnRequest
+    principal: Principal
+    turn_id: str
+    content: TurnContent
+    started: float = field(default_factory=time.perf_counter)
+    # receive
+    parsed: ParsedRequest | None = None
+    stored: StoredRequest | None = None
+    request_sha256: str | None = None  # of the body, from its commitment (hashed once)
+    # decide (request gate)
+    facts: RequestFacts | None = None
+    decision: Decision | None = None
+    # forward
+    result: UpstreamResult | None = None
+    documents: list[dict[str, Any]] = field(default_factory=list)
+    summary: ResponseSummary | None = None
+    # decide (response gate)
+    response_decision: Decision | None = None
+    # sign
+    signed: list[SignedItem] = field(default_factory=list)
+    # record
+    events: list[LedgerEvent] = field(default_factory=list)
+    first_index: int | None = None  # of turn.received: anchors every manifest in the ledger
+    held: bool = False  # a gate held the turn for review (its rate-limit place stays reserved)
+    released: bool = False
+
+    @property
+    def upstream_ms(self) -> float:
+        return self.result.elapsed_ms if self.result is not None else 0.0
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
