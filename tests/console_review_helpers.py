@@ -78,3 +78,13 @@ def make_reviewer(
             roles=["admin"],
         )
     add_member(custody, group, username, tenant=tenant)
+
+
+def decide_in_browser(
+    page: Any, base_url: str, task_id: str, button: str, comment: str = ""
+) -> None:
+    """Open the task's page in a Playwright page and press approve / reject / request-changes."""
+    page.goto(f"{base_url}/console/reviews/{task_id}")
+    if comment:
+        page.fill("textarea[name=comment]", comment)
+    page.click(f"#{button}")
