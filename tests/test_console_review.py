@@ -66,7 +66,7 @@ def test_approve_from_the_task_page(served, photo_bytes) -> None:
     queue = rita.get("/console/reviews")
     assert queue.status_code == 200
     assert task.task_id in queue.text and "yours" in queue.text
-    assert re.search(r"<strong>in \d+ (min|h)</strong>", queue.text), "due relative"
+    assert re.search(r"<strong>in \d+ (d|h|min)[^<]*</strong>", queue.text), "due relative"
     assert "UTC" in queue.text, "and absolute"
 
     page = rita.get(f"/console/reviews/{task.task_id}")

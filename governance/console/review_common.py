@@ -77,13 +77,19 @@ def absolute(ms: int) -> str:
 
 
 def relative(ms: int, now_ms: int) -> str:
-    """``in 14 min`` / ``3 h ago``: how far a time is from now, in the largest whole unit."""
+    """``in 14 min`` / ``in 1 h 59 min`` / ``3 d 2 h ago``: how far a time is from now, in its
+    two largest units."""
     delta = (ms - now_ms) // 1000
     span = abs(delta)
-    for unit, seconds in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if span >= seconds:
-            amount = f"{span // seconds} {unit}"
+    units = (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
+    parts = []
+    for unit, seconds in units:
+        if span >= seconds or (unit == "s" and not parts):
+            parts.append(f"{span // seconds} {unit}")
+            span %= seconds
+        elif parts:
             break
-    else:
-        amount = f"{span} s"
+        if len(parts) == 2:
+            break
+    amount = " ".join(parts)
     return f"in {amount}" if delta >= 0 else f"{amount} ago"
