@@ -82,7 +82,7 @@ def relative(ms: int, now_ms: int) -> str:
     delta = (ms - now_ms) // 1000
     span = abs(delta)
     units = (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
-    parts = []
+    parts: list[str] = []
     for unit, seconds in units:
         if span >= seconds or (unit == "s" and not parts):
             parts.append(f"{span // seconds} {unit}")

@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
+from starlette.datastructures import FormData
 
 from governance.api.deps import get_services
 from governance.auth.keys import now_ms
@@ -232,10 +233,7 @@ async def decide(
     await require_decider(request, user, "decide", task_id[:64])
     form = await checked_form(request, user)
     task = await visible_task(request, user, task_id, "decide")
-    decision, comment, shown = (
-        form.get(name) if isinstance(form.get(name), str) else ""
-        for name in ("decision", "comment", "shown_digest")
-    )
+    decision, comment, shown = (_field(form, n) for n in ("decision", "comment", "shown_digest"))
     services = get_services(request)
     try:
         await services.run_blocking(
@@ -243,7 +241,12 @@ async def decide(
         )
     except ReviewError as err:
         raise await refuse(request, user, "decide", task.task_id, err) from None
-    return _back(task.task_id, str(decision))
+    return _back(task.task_id, decision)
+
+
+def _field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
 
 
 def _back(task_id: str, done: str) -> Response:
