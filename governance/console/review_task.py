@@ -99,7 +99,6 @@ def _content(commitments: Commitments, task: ReviewTask) -> dict[str, Any]:
                     "url": f"/console/reviews/{task.task_id}/content/{kind}/{n}",
                     "reference": reference,
                     "available": data is not None and image_type(data) is not None,
-                    "stored": data is not None,
                 }
             )
     inputs = images["inputs"]
