@@ -108,6 +108,14 @@ TURN_READER_OF_NOTHING = profile(
     editor=404, reviewer=404, auditor=404, admin=404, operator=404, no_key=401, other_admin=404
 )
 
+# The console's review pages on a task that does not exist: readers get past the role check to
+# a 404; editors are refused; deciders are reviewers (admins hold the role), never auditors or
+# the operator.
+NO_SUCH_CONSOLE_REVIEW = "/console/reviews/" + "0" * 32
+CONSOLE_OF_NO_TASK = {**CONSOLE, **{c: 404 for c in ("reviewer", "auditor", "admin", "operator",
+                                                     "other_admin")}}  # fmt: skip
+CONSOLE_DECIDER_OF_NO_TASK = {**REVIEW_DECIDER_OF_NOTHING, "no_key": 303}
+
 
 @dataclass(frozen=True)
 class Row:
@@ -227,6 +235,23 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/console/ledger/verify"): row(CONSOLE_READER_POST, console=True, form={}),
     ("GET", "/console/verify"): row(CONSOLE_READER, console=True),
     ("POST", "/console/verify"): row(CONSOLE_READER, console=True, form={}, upload="signed_png"),
+    ("GET", "/console/reviews"): row(CONSOLE, console=True),
+    # A task that does not exist: those let through get 404 (success: tests/test_console_review.py).
+    ("GET", "/console/reviews/{task_id}"): row(
+        CONSOLE_OF_NO_TASK, console=True, path=NO_SUCH_CONSOLE_REVIEW
+    ),
+    ("GET", "/console/reviews/{task_id}/content/{kind}/{index}"): row(
+        CONSOLE_OF_NO_TASK, console=True, path=NO_SUCH_CONSOLE_REVIEW + "/content/inputs/0"
+    ),
+    ("POST", "/console/reviews/{task_id}/claim"): row(
+        CONSOLE_DECIDER_OF_NO_TASK, console=True, path=NO_SUCH_CONSOLE_REVIEW + "/claim", form={}
+    ),
+    ("POST", "/console/reviews/{task_id}/decision"): row(
+        CONSOLE_DECIDER_OF_NO_TASK,
+        console=True,
+        path=NO_SUCH_CONSOLE_REVIEW + "/decision",
+        form={"decision": "approve", "comment": "", "shown_digest": "0" * 64},
+    ),
 }
 
 

@@ -268,6 +268,12 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", "/console/ledger/verify", {"data": {}}),
         ("GET", "/console/verify", {}),
         ("POST", "/console/verify", {"data": {}, "files": {"image": ("a.png", a["signed"])}}),
+        ("GET", "/console/reviews", {}),
+        ("GET", "/console/reviews?status=all&tenant=acme", {}),
+        ("GET", f"/console/reviews/{task}", {}),
+        ("GET", f"/console/reviews/{task}/content/inputs/0", {}),
+        ("POST", f"/console/reviews/{task}/claim", {"data": {}}),
+        ("POST", f"/console/reviews/{task}/decision", {"data": decision}),
         ("POST", "/console/sign-out", {"data": {}}),
     ]
     for key_id in a["key_ids"]:
@@ -303,6 +309,13 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
             "/api/v1/review-groups/reviewers/members/reviewer@acme",
         ),
         ("DELETE", "/api/v1/webhooks/{webhook_id}"): ("DELETE", "/api/v1/webhooks/w"),
+        ("GET", "/console/reviews/{task_id}"): ("GET", "/console/reviews/t"),
+        ("GET", "/console/reviews/{task_id}/content/{kind}/{index}"): (
+            "GET",
+            "/console/reviews/t/content/inputs/0",
+        ),
+        ("POST", "/console/reviews/{task_id}/claim"): ("POST", "/console/reviews/t/claim"),
+        ("POST", "/console/reviews/{task_id}/decision"): ("POST", "/console/reviews/t/decision"),
     }
     unprobed = {
         key

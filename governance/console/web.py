@@ -54,16 +54,25 @@ SECURITY_HEADERS = {
 
 
 class ConsoleRefusal(Exception):
-    """A console request refused with an HTML page; recorded when the person is known."""
+    """A console request refused with an HTML page; recorded when the person is known, unless
+    ``recorded`` says the page already recorded it in its own terms (a review's refusal is a
+    ``review.refused`` event, as on the native API)."""
 
     def __init__(
-        self, code: int, message: str, reason: str, *, user: ConsoleUser | None = None
+        self,
+        code: int,
+        message: str,
+        reason: str,
+        *,
+        user: ConsoleUser | None = None,
+        recorded: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
         self.user = user
+        self.recorded = recorded
 
 
 class SignInRequired(Exception):
@@ -219,7 +228,7 @@ async def refused(request: Request, exc: Exception) -> Response:
     """The HTML page of a ``ConsoleRefusal`` (recorded as ``request.refused`` for a known
     person)."""
     assert isinstance(exc, ConsoleRefusal)
-    if exc.user is not None:
+    if exc.user is not None and not exc.recorded:
         err = TurnError(exc.code, exc.message, reason=exc.reason)
         try:
             await get_services(request).pipeline.record_refusal(
