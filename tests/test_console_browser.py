@@ -32,15 +32,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, photo_bytes) -> Iterator[di
         running.stop()
 
 
-@pytest.fixture()
-def page(chromium) -> Iterator[Any]:
-    context = chromium.new_context(viewport={"width": 1200, "height": 900})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
 def test_sign_in_and_read_the_ledger(served, page, tmp_path: Path) -> None:
     sign_in(page, served["url"], "alice", path="/console/ledger")
     assert page.url == served["url"] + "/console/ledger"

@@ -34,15 +34,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCustody]
         running.stop()
 
 
-@pytest.fixture()
-def page(chromium) -> Iterator[Any]:
-    context = chromium.new_context(viewport={"width": 1200, "height": 900})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
 def _review(served: RunningCustody, task_id: str) -> dict[str, Any]:
     resp = api(served, served.keys["reviewer"], "GET", f"/api/v1/reviews/{task_id}")
     assert resp.status_code == 200, resp.text
