@@ -10,6 +10,8 @@ after a response-stage approval is released without a second upstream call.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -154,6 +156,28 @@ def _verify(custody: RunningCustody, image: bytes) -> dict[str, Any]:
     return resp.json()  # type: ignore[no-any-return]
 
 
+def _cli_verify(
+    custody: RunningCustody, image: bytes, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """``custody verify`` on the released file, against this gateway's installation."""
+    path = tmp_path / "released.png"
+    path.write_bytes(image)
+    settings = custody.services.settings  # type: ignore[attr-defined]
+    env = {
+        "CUSTODY_DATA_DIR": str(settings.data_dir),
+        "CUSTODY_DATABASE_URL": settings.database_url,
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "governance.cli", "verify", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=180,
+    )
+
+
 def _details(exc: errors.APIError) -> dict[str, Any]:
     return exc.details["error"]["details"][0]  # type: ignore[no-any-return,index]
 
@@ -182,6 +206,12 @@ def test_a_held_call_waits_and_an_approval_returns_the_signed_image_listing_it(
         (check,) = report["approvals"]
         assert check["reviewer"] == "reviewer@acme"
         assert check["in_ledger"] and check["covers_these_bytes"]
+        cli = _cli_verify(custody, image, tmp_path)
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert f"approved by reviewer@acme (reviewers, request review, task {task.task_id}):" in (
+            cli.stdout
+        )
+        assert "covered these bytes" in cli.stdout
     finally:
         custody.stop()
 
