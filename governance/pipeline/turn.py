@@ -164,6 +164,7 @@ class TurnPipeline:
             # ask the upstream again; refused or still pending, say so.
             wait_s = retry_wait_s(state.decision)
             state.replay = await self.review.settle(prior, state.turn_id, wait_s)
+            state.review_tasks.append(state.replay)
             await self._append(state)
             return
         self._queue(state, "upstream.requested", self.forwarder.requested_body(state.request))
@@ -294,7 +295,9 @@ class TurnPipeline:
         verdict.refusal.log(state.principal)
         prior = state.prior if state.prior is not None and state.prior.stage == stage else None
         task = await self.review.hold(state, stage, verdict.refusal.decision, self._off_loop, prior)
-        state.review_tasks.append(task)
+        state.held = False  # approved: from here the turn is like any other
+        if all(t.task_id != task.task_id for t in state.review_tasks):
+            state.review_tasks.append(task)
 
     async def _append(self, state: TurnState, side: Sequence[SideRows] = ()) -> None:
         """Make the queued events durable (one group-committed append) before going on.

@@ -20,6 +20,8 @@ from storage.ledger.log import Ledger
 
 
 def _shown_digest(shown: dict[str, Any]) -> str:
+    """``governance.review.shown.shown_digest``, recomputed here as any verifier would (the
+    review package sits beside provenance, not below it)."""
     return hashlib.sha256(rfc8785.dumps(shown)).hexdigest()
 
 
