@@ -109,6 +109,8 @@ class TurnReleased(TypedDict):
     gateway_us: int
     upstream_us: int
     gateway_version: str
+    review_tasks: NotRequired[list[str]]  # the review tasks that approved the turn
+    held_turn: NotRequired[str]  # released an approved output held by this earlier turn
 
 
 class TurnFailed(TypedDict):

@@ -70,6 +70,11 @@ def _ledger_record(
             record = turn_record(ledger, turn_id, viewer_tenant=None, commitments=state.commitments)
         if record is None:
             return None, f"no record of this image in {where}", True
+        from governance.provenance.approvals import approval_checks
+
+        record["approvals"] = approval_checks(
+            ledger, custody, record, hashlib.sha256(data).hexdigest()
+        )
         return record, f"found in {where}", True
     finally:
         state.close()
@@ -115,6 +120,12 @@ def _print(name, result, independent, record) -> None:  # type: ignore[no-untype
         policy = c.get("policy") or {}
         revision = str(policy.get("bundle_revision"))[:12]
         print(f"  policy: {policy.get('outcome')} (revision {revision})")
+    for check in (record or {}).get("approvals") or []:
+        covered = "covered these bytes" if check["covers_these_bytes"] else "DOES NOT COVER them"
+        print(
+            f"  approved by {check['reviewer']} ({check['group']}, {check['stage']} review,"
+            f" task {check['task']}): {covered}"
+        )
     if record:
         state = "every entry proven" if record["proofs_verified"] else "PROOF FAILED"
         cp = record["checkpoint"]

@@ -21,11 +21,13 @@ from governance.metrics import Metrics
 from governance.pipeline.decide import PolicyGates
 from governance.pipeline.forward import Forwarder
 from governance.pipeline.receive import Receiver
+from governance.pipeline.review_gate import ReviewGate
 from governance.pipeline.signing import OutputSigning
 from governance.pipeline.turn import TurnPipeline
 from governance.policy.service import PolicyService
 from governance.provenance.signer import OutputSigner
 from governance.recovery import ProcessInstance, recover_interrupted
+from governance.review.desk import ReviewDesk
 from governance.settings import GOOGLE_GEMINI_URL, Settings
 from governance.state import open_state
 from governance.upstream.client import UpstreamClient
@@ -118,7 +120,8 @@ def build_services(settings: Settings) -> Services:
     executor = ThreadPoolExecutor(
         max_workers=settings.executor_threads, thread_name_prefix="custody"
     )
-    content = ContentRecorder(Commitments(engine, blobs), executor)
+    commitments = Commitments(engine, blobs)
+    content = ContentRecorder(commitments, executor)
     policy = PolicyService.from_settings(settings)
     metrics = Metrics()
     signer = OutputSigner.from_settings(settings)
@@ -137,6 +140,7 @@ def build_services(settings: Settings) -> Services:
             log_origin=settings.log_origin,
             training_mining=settings.training_mining,
         ),
+        review=ReviewGate(ReviewDesk(engine, ledger, commitments), ledger, commitments),
         ledger=ledger,
         content=content,
         metrics=metrics,

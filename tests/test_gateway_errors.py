@@ -98,9 +98,12 @@ def test_held_turn_is_409_aborted_names_the_turn_and_is_not_retried(gateway) -> 
     assert err.code == 409 and err.status == "ABORTED"
     turn_id = err.response.headers["x-custody-turn"]
     assert _custody_info(err.details["error"]["details"])["reason"] == "HELD_FOR_REVIEW"
-    assert f"recorded as turn {turn_id}" in err.message
-    assert "a reviewer must approve it" in err.message and "review.requested" in err.message
     types_ = [e["type"] for e in gateway.ledger_events(turn_id)]
+    task = next(e for e in gateway.ledger_events(turn_id) if e["type"] == "review.opened")
+    task_id = task["body"]["task"]
+    assert f"Turn {turn_id}, review task {task_id}" in err.message
+    assert f"/console/reviews/{task_id}" in err.message
+    assert "Once it is approved, send the same request again" in err.message
     assert "review.requested" in types_ and "upstream.requested" not in types_
     held_turns = {e["turn"] for e in gateway.ledger_events() if e["type"] == "review.requested"}
     assert held_turns == {turn_id}, "the SDK's retry options resent a held turn"

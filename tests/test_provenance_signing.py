@@ -113,7 +113,19 @@ def test_an_edit_says_opened_then_edited_by_the_model(
     signer: OutputSigner, fixtures_dir: Path
 ) -> None:
     data = (fixtures_dir / "photos" / "sample1.png").read_bytes()
-    approval = Approval("rev@acme", "reviewer", "approve", 1_700_000_000_000, "salted-sha256:c")
+    approval = Approval(
+        reviewer="rev@acme",
+        identity="name",
+        group="reviewers",
+        decision_id="d1",
+        time_ms=1_700_000_000_000,
+        task="task1",
+        stage="request",
+        turn="t1",
+        shown={"request": "0" * 64, "prompt": None, "inputs": [], "masks": [], "outputs": []},
+        shown_digest="1" * 64,
+        ledger_index=3,
+    )
     out = signer.sign_output(
         data,
         "image/png",
@@ -134,6 +146,7 @@ def test_an_edit_says_opened_then_edited_by_the_model(
     assert custody["actor"] == "editor@acme" and custody["emulator"] is False
     assert custody["prompt"] == {"commitment": "salted-sha256:abc"}
     assert custody["approvals"][0]["reviewer"] == "rev@acme"
+    assert custody["approvals"][0]["task"] == "task1"
     assert custody["policy"]["outcome"] == "allow"
     assert custody["ledger"]["log_origin"] == "custody.local/ledger"
     assert "not independently verified" in custody["synthid"]["statement"]

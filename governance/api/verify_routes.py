@@ -28,6 +28,7 @@ from governance.api.gemini_routes import read_body
 from governance.api.ledger_routes import not_yet_checkpointed
 from governance.api.tenant_scope import may_sign_checkpoints, require_reader
 from governance.auth.principal import Principal
+from governance.provenance.approvals import approval_checks
 from governance.provenance.lookup import NotYetCheckpointed, turn_for_hash, turn_record
 from governance.provenance.verify import sniff_mime, verify_image, verify_independently
 from storage.blobs import Commitments
@@ -170,6 +171,7 @@ async def verification(
             )
         )
     c2pa_report = result.to_dict()
+    visible = record if record is not None and record.get("visible", True) else None
     if record is not None and not record.get("visible", True):
         c2pa_report = walled_c2pa(c2pa_report)
     return {
@@ -178,4 +180,9 @@ async def verification(
         "independent": asdict(independent) if independent else None,
         "found_by": found_by if record else None,
         "ledger": record,
+        "approvals": await services.run_blocking(
+            approval_checks, services.ledger, result.custody, visible, sha256
+        )
+        if visible is not None
+        else [],
     }

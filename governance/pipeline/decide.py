@@ -6,7 +6,8 @@ orchestrator calls ``decide_request`` and ``decide_response`` as explicit steps,
 stage (a human review) can stand between a gate and what follows it.
 
 A gate's answer is a ``GateVerdict``: pass, deny (403 ``POLICY_DENIED``, or the policy's own
-``status_code`` obligation: 429 ``RATE_LIMITED``) or hold for review (409 ``HELD_FOR_REVIEW``).
+``status_code`` obligation: 429 ``RATE_LIMITED``) or hold for review, which the review stage
+(``review_gate``) turns into a wait for reviewers.
 """
 
 from __future__ import annotations
@@ -160,9 +161,7 @@ def _held(turn_id: str, decision: Decision, stage: str) -> PolicyRefusal:
         409,
         f"Custody's policy holds this turn's {what} for human review: "
         + "; ".join(decision.reasons)
-        + f". Nothing was released: a reviewer must approve it; it is recorded as turn {turn_id}"
-        " (ledger events review.requested). Sending the same request again starts a new turn"
-        " that is held the same way.",
+        + f". Nothing was released: a reviewer must approve it (turn {turn_id}).",
         reason="HELD_FOR_REVIEW",
         decision=decision,
         stage=stage,

@@ -43,7 +43,7 @@ def outgoing(state: TurnState) -> tuple[list[dict[str, Any]], list[bytes]]:
 def released_body(state: TurnState, total_ms: float) -> TurnReleased:
     summary, result = state.summary, state.result
     assert summary is not None and result is not None
-    return {
+    body: TurnReleased = {
         "status": 200,
         "stream": state.request.stream,
         "stream_complete": result.stream_complete,
@@ -53,6 +53,11 @@ def released_body(state: TurnState, total_ms: float) -> TurnReleased:
         "upstream_us": round(state.upstream_ms * 1000),
         "gateway_version": __version__,
     }
+    if state.review_tasks:
+        body["review_tasks"] = [task.task_id for task in state.review_tasks]
+    if state.replay is not None:  # the approved held answer of an earlier turn, not a new call
+        body["held_turn"] = state.replay.turn_id
+    return body
 
 
 def failed_body(err: TurnError) -> TurnFailed:

@@ -16,7 +16,7 @@ from governance.pipeline.errors import TurnError
 from governance.pipeline.response import OutputImage
 from governance.pipeline.turn_types import SignedItem, TurnState
 from governance.provenance.signer import OutputSigner
-from governance.provenance.types import InputImage, ProvenanceContext, ProvenanceError
+from governance.provenance.types import Approval, InputImage, ProvenanceContext, ProvenanceError
 from governance.upstream.identity import identify_upstream
 
 
@@ -82,7 +82,7 @@ class OutputSigning:
                 "outcome": decision.outcome,
                 "reasons": list(decision.reasons),
             },
-            approvals=[],
+            approvals=manifest_approvals(state),
             ledger_ref={
                 "log_origin": self._log_origin,
                 "turn_id": state.turn_id,
@@ -109,6 +109,27 @@ class OutputSigning:
             ) from exc
         position = (img.chunk, img.candidate, img.part)
         return SignedItem(position, hashlib.sha256(img.data).hexdigest(), out)
+
+
+def manifest_approvals(state: TurnState) -> list[Approval]:
+    """Every approval of the review tasks that let this turn through (either gate)."""
+    return [
+        Approval(
+            reviewer=a.credit,
+            identity=a.identity,
+            group=a.group,
+            decision_id=a.decision_id,
+            time_ms=a.time_ms,
+            task=task.task_id,
+            stage=task.stage,
+            turn=task.turn_id,
+            shown=task.shown,
+            shown_digest=a.shown_digest,
+            ledger_index=a.ledger_index,
+        )
+        for task in state.review_tasks
+        for a in task.approvals_for_manifest()
+    ]
 
 
 def signed_body(item: SignedItem, ref: dict[str, str]) -> OutputSigned:

@@ -5,8 +5,11 @@ The orchestrator. Each stage is a module with the collaborators it uses (``recei
 module alone decides the order, what runs off the event loop (parsing, facts, Rego, reading the
 upstream's answer, signing, placing and serialising the signed documents), and when the queued
 events become durable. The request gate and the release are explicit steps
-(``decide_request``, ``decide_response``, ``release``), so a review stage can hold a turn
-before its upstream call and before its release.
+(``decide_request``, ``decide_response``, ``release``); a gate that holds the turn hands it to
+the review stage (``review_gate``), which waits for reviewers and lets the turn go on when
+they approve — before its upstream call, or before its release (held outputs are signed only
+after approval). The identical request of an approved held output is answered from that held
+answer (``held_answer``) instead of the upstream.
 
 Every step is a ledger event, and the events describing what the caller receives are durable
 before the caller receives it. The intent (``upstream.requested``) is recorded before the upstream
@@ -43,6 +46,13 @@ from governance.pipeline.errors import TurnError
 from governance.pipeline.forward import Forwarder, read_answer, returned_body
 from governance.pipeline.leaf_bounds import bound_body
 from governance.pipeline.receive import Receiver, request_content, stored_request
+from governance.pipeline.review_gate import (
+    ReviewGate,
+    Stage,
+    approved_before,
+    request_hash,
+    retry_wait_s,
+)
 from governance.pipeline.signing import OutputSigning, signed_body
 from governance.pipeline.turn_types import TurnOutcome, TurnRequest, TurnState
 from governance.policy.decision import Decision
@@ -64,6 +74,7 @@ class TurnPipeline:
         gates: PolicyGates,
         forwarder: Forwarder,
         signing: OutputSigning,
+        review: ReviewGate,
         ledger: Ledger,
         content: ContentRecorder,
         metrics: Metrics,
@@ -73,6 +84,7 @@ class TurnPipeline:
         self.gates = gates
         self.forwarder = forwarder
         self.signing = signing
+        self.review = review
         self.ledger = ledger
         self.content = content
         self.metrics = metrics
@@ -91,7 +103,10 @@ class TurnPipeline:
         try:
             await self.receive(state)
             await self.decide_request(state)
-            await self.forward(state)
+            if state.replay is not None:
+                await self.held_answer(state)
+            else:
+                await self.forward(state)
             await self.decide_response(state)
             await self.sign(state)
             return await self.release(state)
@@ -136,10 +151,34 @@ class TurnPipeline:
             self.gates.request_facts, state.principal, state.request, state.parsed
         )
         state.decision = await self._off_loop(self.gates.decide_request, state.facts)
+        state.review_hash = request_hash(state.request)
+        state.prior = await self._off_loop(
+            self.review.prior, state.principal.tenant, state.review_hash
+        )
         input_ref = await self._decision_input(state, "request", state.decision)
-        await self._apply(state, request_verdict(state.turn_id, state.decision, input_ref))
+        verdict = request_verdict(state.turn_id, state.decision, input_ref)
+        await self._apply(state, verdict, "request")
+        prior = state.prior
+        if prior is not None and prior.stage == "response":
+            # The identical request's output is (or was) held: release the approved one, never
+            # ask the upstream again; refused or still pending, say so.
+            wait_s = retry_wait_s(state.decision)
+            state.replay = await self.review.settle(prior, state.turn_id, wait_s)
+            state.review_tasks.append(state.replay)
+            await self._append(state)
+            return
         self._queue(state, "upstream.requested", self.forwarder.requested_body(state.request))
         await self._append(state)  # the intent is durable before anything leaves for upstream
+
+    async def held_answer(self, state: TurnState) -> None:
+        """Instead of the upstream call: the answer an approved response-stage task held."""
+        assert state.replay is not None
+        result = await self._off_loop(self.review.held_answer, state.replay, state.request.stream)
+        state.result = result
+        answer = await self._off_loop(read_answer, state.request, result)
+        state.documents, state.summary = answer.documents, answer.summary
+        if answer.error is not None:
+            raise answer.error
 
     async def forward(self, state: TurnState) -> None:
         """The upstream call; its answer is read (off the loop) and recorded."""
@@ -164,7 +203,7 @@ class TurnPipeline:
         state.response_decision = decision
         input_ref = await self._decision_input(state, "response", decision)
         await self._apply(
-            state, response_verdict(state.turn_id, state.decision, decision, input_ref)
+            state, response_verdict(state.turn_id, state.decision, decision, input_ref), "response"
         )
 
     async def sign(self, state: TurnState) -> None:
@@ -238,16 +277,27 @@ class TurnPipeline:
         data = await self._off_loop(decision_input_bytes, decision.input_document)
         return await state.content.decision_input(stage, data)
 
-    async def _apply(self, state: TurnState, verdict: GateVerdict) -> None:
-        """Record a gate's decision; a deny or a hold ends the turn here."""
+    async def _apply(self, state: TurnState, verdict: GateVerdict, stage: Stage) -> None:
+        """Record a gate's decision; a deny ends the turn here, a hold waits for review
+        (``review_gate``): approved, the turn goes on; otherwise its refusal ends it."""
         self._queue(state, "policy.decided", verdict.decided)
         if verdict.refusal is None:
             return
-        if verdict.review is not None:
-            self._queue(state, "review.requested", verdict.review)
-            state.held = True
-        await self._append(state)
-        raise verdict.refusal
+        if verdict.review is None:
+            await self._append(state)
+            raise verdict.refusal
+        if stage == "response" and approved_before(state, verdict.refusal.decision):
+            return  # the request's reviewers already approved these very reasons
+        self._queue(state, "review.requested", verdict.review)
+        state.held = True
+        await self._append(state)  # the hold is durable before a task names the turn
+        verdict.refusal.for_turn(state.turn_id)
+        verdict.refusal.log(state.principal)
+        prior = state.prior if state.prior is not None and state.prior.stage == stage else None
+        task = await self.review.hold(state, stage, verdict.refusal.decision, self._off_loop, prior)
+        state.held = False  # approved: from here the turn is like any other
+        if all(t.task_id != task.task_id for t in state.review_tasks):
+            state.review_tasks.append(task)
 
     async def _append(self, state: TurnState, side: Sequence[SideRows] = ()) -> None:
         """Make the queued events durable (one group-committed append) before going on.
@@ -328,7 +378,7 @@ class TurnPipeline:
 
 
 def _outcome_label(err: TurnError) -> str:
-    if err.reason in ("POLICY_DENIED", "RATE_LIMITED"):
+    if err.reason in ("POLICY_DENIED", "RATE_LIMITED", "REVIEW_REJECTED"):
         return "denied"
     if err.reason == "HELD_FOR_REVIEW":
         return "held"

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from governance.pipeline.response import ResponseSummary
     from governance.policy.decision import Decision, RequestFacts
     from governance.provenance.types import SignedOutput
+    from governance.review import ReviewTask
     from governance.upstream.client import UpstreamResult
     from storage.ledger.events import LedgerEvent
 
@@ -101,6 +102,12 @@ class TurnState:
     # decide (request gate)
     facts: RequestFacts | None = None
     decision: Decision | None = None
+    # review (either gate): the identical request's newest task, the tasks that approved this
+    # turn (their approvals go into every manifest), and an approved held output to release
+    review_hash: str | None = None
+    prior: ReviewTask | None = None
+    review_tasks: list[ReviewTask] = field(default_factory=list)
+    replay: ReviewTask | None = None
     # forward
     result: UpstreamResult | None = None
     documents: list[dict[str, Any]] = field(default_factory=list)

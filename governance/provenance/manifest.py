@@ -100,10 +100,17 @@ def custody_assertion(
         "approvals": [
             {
                 "reviewer": a.reviewer,
-                "role": a.role,
-                "decision": a.decision,
+                "identity": a.identity,
+                "group": a.group,
+                "decision": "approve",
+                "decision_id": a.decision_id,
                 "time_ms": a.time_ms,
-                "comment_commitment": a.comment_commitment,
+                "task": a.task,
+                "stage": a.stage,
+                "turn": a.turn,
+                "shown": a.shown,
+                "shown_digest": a.shown_digest,
+                "ledger_index": a.ledger_index,
             }
             for a in ctx.approvals
         ],

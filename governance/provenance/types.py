@@ -39,13 +39,25 @@ class InputImage:
 
 @dataclass(frozen=True)
 class Approval:
-    """One human decision on a held turn; the comment only as a commitment."""
+    """One reviewer's approval of a held turn, as the manifest states it.
+
+    ``reviewer`` is the reviewer as the policy's ``reviewer_identity`` allows (``identity``:
+    a name, ``key:<key id>`` or a salted commitment); ``shown`` is what the reviewer was shown
+    (commitments to the request, prompt, inputs and masks; the SHA-256 of each held output as
+    the upstream returned it) and ``shown_digest`` its RFC 8785 digest, which the decision's
+    ledger entry (``ledger_index``, a ``review.decided``) carries too."""
 
     reviewer: str
-    role: str
-    decision: str
+    identity: str
+    group: str
+    decision_id: str
     time_ms: int
-    comment_commitment: str | None
+    task: str
+    stage: str
+    turn: str  # the turn the task held
+    shown: dict[str, Any]
+    shown_digest: str
+    ledger_index: int | None
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,9 @@ Reviewers (the native API, the console) use ``claim``, ``decide``, ``queue``, ``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+from sqlalchemy import Engine
 
 from governance.review.desk import ReviewDesk
 from governance.review.errors import ReviewError
@@ -62,9 +64,18 @@ from governance.review.shown import Shown, shown_digest
 from governance.review.tasks import Approval, Decision, HeldTurn, QueueFilter, ReviewTask
 from governance.review.terms import ReviewTerms
 from governance.review.webhooks import WebhookRegistry, WebhookSender
+from storage.blobs import BlobStore
+from storage.ledger.log import Ledger
 
-if TYPE_CHECKING:
-    from governance.services import Services
+
+class Installation(Protocol):
+    """What the desk is built on (``governance.services.Services`` has it; the review package
+    does not import it, so the pipeline may import the review package)."""
+
+    engine: Engine
+    ledger: Ledger
+    blobs: BlobStore
+
 
 __all__ = [
     "Approval",
@@ -85,7 +96,7 @@ __all__ = [
 ]
 
 
-def desk_for(services: Services) -> ReviewDesk:
+def desk_for(services: Installation) -> ReviewDesk:
     """The review desk on the process's database and ledger (cheap: it holds references)."""
     from storage.blobs import Commitments
 
@@ -94,7 +105,7 @@ def desk_for(services: Services) -> ReviewDesk:
     )
 
 
-def keep_reviews(services: Services) -> None:
+def keep_reviews(services: Installation) -> None:
     """One tick of the review job: apply deadlines, then send due webhook deliveries."""
     desk_for(services).apply_deadlines()
     WebhookSender(services.engine, services.ledger).deliver_due()
