@@ -20,7 +20,6 @@ from tests.test_review_gates import (  # one held-turn set-up for the API and th
     _in_background,
     _open_task,
     _verify,
-    upstream,  # noqa: F401  (the fixture)
 )
 
 pytestmark = pytest.mark.browser
@@ -28,10 +27,10 @@ pytestmark = pytest.mark.browser
 
 def test_a_reviewer_approves_in_the_browser_and_the_waiting_sdk_call_returns(
     tmp_path: Path,
-    upstream: Upstream,
     page: Any,
-    sqlite_url: str,  # noqa: F811
+    sqlite_url: str,
 ) -> None:
+    upstream = Upstream()  # the emulator as its own upstream, counting the calls it gets
     custody = _gateway(tmp_path, "custody", upstream, sqlite_url, wait_s=120)
     try:
         make_reviewer(custody, "rita", "reviewers")
@@ -53,3 +52,4 @@ def test_a_reviewer_approves_in_the_browser_and_the_waiting_sdk_call_returns(
         stopper = threading.Thread(target=custody.stop)
         stopper.start()
         stopper.join(60)
+        upstream.server.stop()
