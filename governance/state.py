@@ -11,6 +11,7 @@ never make a new, empty installation and then report "OK" about it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,3 +135,17 @@ def open_state(settings: Settings, *, create: bool) -> OpenState:
         checkpoint_every_ms=settings.checkpoint_every_ms,
     )
     return OpenState(settings, engine, ledger, blobs, signer)
+
+
+def open_state_or_create(settings: Settings, *, command: str, warning: str) -> OpenState:
+    """The installation, or (when there is none) a new one, after saying so on stderr: a thing
+    made in a new installation (a key, an account) is unknown to a gateway using another one."""
+    try:
+        return open_state(settings, create=False)
+    except StateError:
+        print(
+            f"custody {command}: there was no installation at {settings.data_dir}; creating one."
+            f" {warning} (`custody doctor` prints what is resolved).",
+            file=sys.stderr,
+        )
+        return open_state(settings, create=True)

@@ -66,21 +66,17 @@ def _run(
     command: str, step: Callable[[Accounts, argparse.Namespace], int], args: argparse.Namespace
 ) -> int:
     from governance.accounts.store import AccountError, Accounts
-    from governance.state import StateError, open_state
+    from governance.state import open_state, open_state_or_create
 
     settings = Settings()
-    try:
+    if command != "create":  # only creating may make an installation
         state = open_state(settings, create=False)
-    except StateError:
-        if command != "create":  # only creating may make an installation
-            raise
-        print(
-            f"custody accounts {command}: there was no installation at {settings.data_dir};"
-            " creating one. A gateway knows this account only if it uses the same data directory"
-            " (`custody doctor` prints what is resolved).",
-            file=sys.stderr,
+    else:
+        state = open_state_or_create(
+            settings,
+            command=f"accounts {command}",
+            warning="A gateway knows this account only if it uses the same data directory",
         )
-        state = open_state(settings, create=True)
     try:
         return step(Accounts(state.engine, state.ledger), args)
     except (AccountError, _NoPassword) as exc:

@@ -44,22 +44,17 @@ def _run(
 ) -> int:
     from governance.auth.keys import KeyError_
     from governance.auth.lifecycle import KeyLifecycle, KeyLifecycleError
-    from governance.state import StateError, open_state
+    from governance.state import open_state, open_state_or_create
 
     settings = Settings()
-    try:
+    if command == "list":  # listing only reads: it must not make an installation
         state = open_state(settings, create=False)
-    except StateError:
-        if command == "list":  # listing only reads: it must not make an installation
-            raise
-        # A key made in a new installation is refused by a gateway that uses another one: say so.
-        print(
-            f"custody keys {command}: there was no installation at {settings.data_dir};"
-            " creating one. A gateway refuses this key unless it uses the same data directory"
-            " (`custody doctor` prints what is resolved).",
-            file=sys.stderr,
+    else:
+        state = open_state_or_create(
+            settings,
+            command=f"keys {command}",
+            warning="A gateway refuses this key unless it uses the same data directory",
         )
-        state = open_state(settings, create=True)
     try:
         return step(KeyLifecycle(state.engine, state.ledger), args)
     except (KeyError_, KeyLifecycleError) as exc:
