@@ -39,10 +39,11 @@ OffLoop = Callable[..., Awaitable[Any]]
 Stage = Literal["request", "response"]
 
 
-def request_hash(request: TurnRequest) -> str:
-    """What makes two requests identical: route (API version, model, method) and raw body."""
-    head = f"{request.api_version}\n{request.model}\n{request.method}\n".encode()
-    return hashlib.sha256(head + request.body).hexdigest()
+def request_hash(request: TurnRequest, body_sha256: str) -> str:
+    """What makes two requests identical: route (API version, model, method) and raw body, the
+    body by the SHA-256 the turn already took of it (never a second pass over its bytes)."""
+    key = f"{request.api_version}\n{request.model}\n{request.method}\n{body_sha256}"
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def shown_for(state: TurnState, stage: Stage) -> Shown:

@@ -151,7 +151,8 @@ class TurnPipeline:
             self.gates.request_facts, state.principal, state.request, state.parsed
         )
         state.decision = await self._off_loop(self.gates.decide_request, state.facts)
-        state.review_hash = request_hash(state.request)
+        assert state.stored is not None
+        state.review_hash = request_hash(state.request, state.stored.request_sha256)
         state.prior = await self._off_loop(
             self.review.prior, state.principal.tenant, state.review_hash
         )
