@@ -11,11 +11,9 @@ from typing import Any
 
 from PIL import Image
 
-from governance.auth.keys import create_key
 from governance.review import HeldTurn, ReviewTask, Shown, desk_for
 from tests.conftest import RunningCustody
 from tests.console_helpers import make_account
-from tests.review_helpers import add_member
 
 PROMPT = "make the sofa teal"
 
@@ -68,16 +66,9 @@ def make_reviewer(
     custody: RunningCustody, username: str, group: str = "brand", *, tenant: str = "acme",
     roles: tuple[str, ...] = ("reviewer",),
 ) -> None:  # fmt: skip
-    """A console account holding ``roles`` that is a member of ``group``."""
+    """A console account holding ``roles`` that is a member of ``group`` (the account's groups
+    are its review-desk memberships: creating it adds the membership)."""
     make_account(custody, username, *roles, tenant=tenant, groups=[group])
-    if tenant != "acme" and f"admin@{tenant}" not in custody.keys:
-        custody.keys[f"admin@{tenant}"] = create_key(
-            custody.services.engine,  # type: ignore[attr-defined]
-            tenant=tenant,
-            actor=f"admin@{tenant}",
-            roles=["admin"],
-        )
-    add_member(custody, group, username, tenant=tenant)
 
 
 def decide_in_browser(

@@ -152,3 +152,31 @@ def test_store_refuses_unknown_roles_and_a_second_disable(served) -> None:
     with pytest.raises(AccountError, match="already disabled") as caught:
         accounts.disable("acme", "gina", by=BY)
     assert caught.value.code == 409
+
+
+def test_an_accounts_groups_are_its_review_desk_memberships(served) -> None:
+    """One source of membership: groups given at creation are the desk's memberships (recorded
+    as ``review.member_added``), and a membership removed later is gone from the account too."""
+    from governance.review.groups import ReviewGroups
+
+    services = served.services
+    groups = ReviewGroups(services.engine, services.ledger)
+    groups.add(tenant="acme", group="legal", actor="carol", by="admin@acme")  # before the account
+    made = make_account(served, "carol", "reviewer", groups=["brand", "legal"])
+    assert made.groups == ("brand", "legal")
+    members = {(m.group, m.actor, m.added_by) for m in groups.members("acme")}
+    assert members == {("legal", "carol", "admin@acme"), ("brand", "carol", "console-test")}
+    added = [e for e in console_events(served, "review.member_added")]
+    assert [(e["body"]["group"], e["body"]["by"]) for e in added] == [
+        ("legal", "admin@acme"),
+        ("brand", "console-test"),
+    ]
+
+    groups.remove(tenant="acme", group="brand", actor="carol", by="admin@acme")
+    accounts = Accounts(services.engine, services.ledger)
+    assert accounts.require("acme", "carol").groups == ("legal",)
+    assert [a.groups for a in accounts.list_accounts(tenant="acme")] == [("legal",)]
+    browser = ConsoleClient(served)
+    assert browser.sign_in("carol").status_code == 303
+    assert "legal" in browser.get("/console/").text
+    browser.close()

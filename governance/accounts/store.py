@@ -12,6 +12,12 @@ doubling with each further failure (capped at an hour). Disabling an account or 
 password revokes its sessions at once. An account row is inserted in its own transaction before
 its event (a duplicate name must fail alone, not a group-committed ledger batch), and removed
 again if the event cannot be written: no account exists that the ledger does not know.
+
+An account's reviewer groups are its actor's memberships in ``review_group_members``, the one
+table the review desk checks: ``create(groups=...)`` adds those memberships (each a
+``review.member_added`` event beside ``account.created``), and an account read back lists the
+memberships its actor holds now, however they were added or removed. (The ``groups`` column of
+``console_accounts`` from migration 0007 is no longer written or read.)
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Connection, Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from governance.auth.keys import now_ms
@@ -31,9 +37,11 @@ from governance.auth.lifecycle import Operator
 from governance.auth.principal import ROLES, Principal
 from governance.ledger_vocabulary import ledger_event
 from governance.refusal_error import Refusal
+from governance.review.groups import check_group_name
 from storage.ledger.events import LedgerEvent
 from storage.ledger.log import Ledger
 from storage.schema.accounts import CONSOLE_ACCOUNTS
+from storage.schema.reviews import REVIEW_GROUP_MEMBERS as MEMBERS
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024  # argon2 hashes anything; a megabyte "password" is only a way to burn CPU
@@ -112,14 +120,32 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(v for v in value.split(",") if v)
 
 
-def _account(row: Any) -> Account:
+def _memberships(conn: Connection, tenant: str | None) -> dict[tuple[str, str], tuple[str, ...]]:
+    """``(tenant, actor) -> groups`` from the review desk's membership table."""
+    query = select(MEMBERS.c.tenant, MEMBERS.c.actor, MEMBERS.c.group_name)
+    if tenant is not None:
+        query = query.where(MEMBERS.c.tenant == tenant)
+    found: dict[tuple[str, str], list[str]] = {}
+    for r in conn.execute(query):
+        found.setdefault((r.tenant, r.actor), []).append(r.group_name)
+    return {k: tuple(sorted(v)) for k, v in found.items()}
+
+
+def _groups_of(conn: Connection, tenant: str, actor: str) -> tuple[str, ...]:
+    rows = conn.execute(
+        select(MEMBERS.c.group_name).where(MEMBERS.c.tenant == tenant, MEMBERS.c.actor == actor)
+    )
+    return tuple(sorted(r.group_name for r in rows))
+
+
+def _account(row: Any, groups: tuple[str, ...]) -> Account:
     return Account(
         account_id=row.account_id,
         tenant=row.tenant,
         username=row.username,
         display_name=row.display_name,
         roles=_split(row.roles),
-        groups=_split(row.groups),
+        groups=groups,
         created_ms=int(row.created_ms),
         password_changed_ms=row.password_changed_ms,
         disabled_ms=row.disabled_ms,
@@ -149,7 +175,7 @@ def check_name(what: str, value: str) -> str:
 
 def _groups(groups: list[str]) -> str:
     for group in groups:
-        check_name("The group", group)
+        check_group_name(group)  # the review desk's rule, since these are its memberships
     column = ",".join(sorted(set(groups)))
     if len(column) > 1024:
         raise AccountError(400, "An account's groups are at most 1024 characters.", "BAD_GROUPS")
@@ -188,14 +214,19 @@ class Accounts:
         if tenant is not None:
             query = query.where(CONSOLE_ACCOUNTS.c.tenant == tenant)
         with self.engine.connect() as conn:
-            return [_account(r) for r in conn.execute(query)]
+            groups = _memberships(conn, tenant)
+            return [
+                _account(r, groups.get((r.tenant, r.username), ())) for r in conn.execute(query)
+            ]
 
     def get(self, account_id: str) -> Account | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(*_LISTED).where(CONSOLE_ACCOUNTS.c.account_id == account_id)
             ).first()
-        return None if row is None else _account(row)
+            return (
+                None if row is None else _account(row, _groups_of(conn, row.tenant, row.username))
+            )
 
     def find(self, tenant: str, username: str) -> Account | None:
         with self.engine.connect() as conn:
@@ -204,7 +235,7 @@ class Accounts:
                     CONSOLE_ACCOUNTS.c.tenant == tenant, CONSOLE_ACCOUNTS.c.username == username
                 )
             ).first()
-        return None if row is None else _account(row)
+            return None if row is None else _account(row, _groups_of(conn, tenant, username))
 
     def require(self, tenant: str, username: str) -> Account:
         account = self.find(tenant, username)
@@ -253,7 +284,7 @@ class Accounts:
             "username": username,
             "display_name": account.display_name,
             "roles": ",".join(account.roles),
-            "groups": ",".join(account.groups),
+            "groups": "",  # memberships live in review_group_members (see the module)
             "password_hash": _HASHER.hash(password),
             "created_ms": account.created_ms,
             "failed_sign_ins": 0,
@@ -261,18 +292,41 @@ class Accounts:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(CONSOLE_ACCOUNTS).values(**row))
+                held = set(_groups_of(conn, tenant, username))
+                added = [g for g in account.groups if g not in held]
+                for group in added:
+                    conn.execute(
+                        insert(MEMBERS).values(
+                            tenant=tenant,
+                            group_name=group,
+                            actor=username,
+                            added_ms=account.created_ms,
+                            added_by=by.actor,
+                        )
+                    )
         except IntegrityError:
             raise AccountError(
                 409, f"Tenant {tenant!r} already has an account {username!r}.", "ACCOUNT_EXISTS"
             ) from None
-        event = ledger_event(
-            "account.created",
-            {"account": account.summary(), "by": by.body()},
-            tenant=tenant,
-            actor=by.actor,
-        )
+        events = [
+            ledger_event(
+                "account.created",
+                {"account": account.summary(), "by": by.body()},
+                tenant=tenant,
+                actor=by.actor,
+            ),
+            *(
+                ledger_event(
+                    "review.member_added",
+                    {"group": group, "member": username, "by": by.actor},
+                    tenant=tenant,
+                    actor=by.actor,
+                )
+                for group in added
+            ),
+        ]
         try:
-            self.ledger.append([event])
+            self.ledger.append(events)
         except Exception:
             with self.engine.begin() as conn:  # the ledger does not know it: it never existed
                 conn.execute(
@@ -280,6 +334,14 @@ class Accounts:
                         CONSOLE_ACCOUNTS.c.account_id == account.account_id
                     )
                 )
+                for group in added:
+                    conn.execute(
+                        MEMBERS.delete().where(
+                            MEMBERS.c.tenant == tenant,
+                            MEMBERS.c.group_name == group,
+                            MEMBERS.c.actor == username,
+                        )
+                    )
             raise
         return account
 
@@ -375,7 +437,8 @@ class Accounts:
             matches = False
         if row is None:
             return SignInResult(None, "unknown_account")
-        account = _account(row)
+        with self.engine.connect() as conn:
+            account = _account(row, _groups_of(conn, tenant, username))
         if row.throttled_until_ms is not None and row.throttled_until_ms > now:
             return SignInResult(account, "throttled", int(row.throttled_until_ms) - now)
         if account.disabled:
