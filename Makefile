@@ -39,7 +39,7 @@ soak: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check governance storage tests bench
-	$(BIN)/mypy storage
+	$(BIN)/mypy storage governance
 
 clean:
 	rm -rf $(VENV) .custody

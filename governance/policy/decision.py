@@ -156,6 +156,7 @@ def mask_input(document: dict[str, Any], pointers: tuple[str, ...]) -> dict[str,
 
 def _mask_path(node: Any, parts: list[str]) -> None:
     head, rest = parts[0], parts[1:]
+    children: list[int] | list[str]
     if head == "*" and isinstance(node, list):
         children = list(range(len(node)))
     elif isinstance(node, dict) and head in node:
@@ -166,6 +167,6 @@ def _mask_path(node: Any, parts: list[str]) -> None:
         return
     for key in children:
         if rest:
-            _mask_path(node[key], rest)  # type: ignore[index]
-        elif node[key] not in (None, "", [], {}):  # type: ignore[index]
-            node[key] = MASKED  # type: ignore[index]
+            _mask_path(node[key], rest)
+        elif node[key] not in (None, "", [], {}):
+            node[key] = MASKED

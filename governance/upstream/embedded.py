@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -45,7 +46,7 @@ class _QuietThread(logging.Filter):
 class ThreadedServer:
     """A uvicorn server for an ASGI app in a daemon thread; ``start`` returns once it listens."""
 
-    def __init__(self, app: object, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
         # log_config=None and log_level=None: leave every logger as the process configured it.

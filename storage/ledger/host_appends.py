@@ -354,7 +354,7 @@ def _same_user(peer: socket.socket) -> bool:
     except OSError:
         return False
     _, uid, _ = struct.unpack("3i", creds)
-    return uid == os.getuid()
+    return bool(uid == os.getuid())
 
 
 def _write(sock: socket.socket, payload: bytes) -> None:

@@ -101,7 +101,7 @@ class SqliteStore:
             try:
                 cur.execute("BEGIN IMMEDIATE")  # waits out any writer still in a transaction
                 cur.execute(LOCATE_SQL.format(mark="?"), (after,))
-                return find_rows(cur, rows)
+                return find_rows(cur.fetchall(), rows)
             finally:
                 cur.close()
                 raw.rollback()
