@@ -27,7 +27,8 @@ from storage.ledger.host_appends import HostAppends, _read, endpoint_for
 from storage.ledger.leaf import encode_leaf
 from storage.ledger.log import Ledger, load_or_create_note_signer
 from storage.ledger.merkle import leaf_hash
-from storage.ledger.store import LeafRow, open_store
+from storage.ledger.open_store import open_store
+from storage.ledger.store import LeafRow
 from storage.ledger.verify import verify_ledger
 
 ORIGIN = "test.custody.example/ledger"

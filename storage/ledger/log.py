@@ -39,11 +39,11 @@ from storage.ledger.merkle import (
     tree_hash,
 )
 from storage.ledger.note import NoteSigner, load_or_create_note_signer
+from storage.ledger.open_store import open_store
 from storage.ledger.store import (
     LeafRow,
     LedgerStore,
     hash_reader,
-    open_store,
     read_checkpoints,
     read_entries,
     read_size,

@@ -4,7 +4,8 @@ The log (``storage/ledger/log.py``) holds no SQL dialect: what differs between S
 PostgreSQL — how the append takes the order lock, who computes the stored hashes, how a
 checkpoint row is written, how reads connect — lives in ``sqlite_store.py`` and
 ``postgres_store.py``. What both speak the same way (reading entries, stored hashes and
-checkpoints) lives here, once.
+checkpoints) lives here, once. ``open_store.py`` picks the driver for an engine, so that this
+module imports neither driver and the three form no import circle.
 
 The MUST-contracts of a store, which every driver keeps and ``tests/test_ledger_store.py``
 checks on both databases:
@@ -69,22 +70,6 @@ class LedgerStore(Protocol):
     def add_checkpoint(self, checkpoint: Checkpoint, time_ms: int) -> None: ...
 
     def close(self) -> None: ...
-
-
-def open_store(engine: Engine) -> LedgerStore:
-    """The driver for ``engine``'s database (migrated)."""
-    if engine.dialect.name == "postgresql":
-        from storage.ledger.postgres_store import PostgresStore
-
-        return PostgresStore(engine)
-    if engine.dialect.name == "sqlite":
-        from storage.ledger.sqlite_store import SqliteStore
-
-        return SqliteStore(engine)
-    raise ValueError(
-        f"the ledger runs on SQLite or PostgreSQL, not {engine.dialect.name}: set"
-        " CUSTODY_DATABASE_URL to a sqlite:/// or postgresql:// URL"
-    )
 
 
 # --- what both dialects read the same way --------------------------------------------------------
