@@ -1,5 +1,6 @@
 """The import contracts hold: routes → pipeline → stages → storage, ``storage`` imports nothing
-from ``governance``, and no modules of ``governance`` import each other in a circle.
+from ``governance``, and no modules of ``governance`` or of ``storage`` import each other in a
+circle.
 
 The contracts live in ``pyproject.toml`` (``[tool.importlinter]``); ``make test`` runs
 ``lint-imports`` before the suite, and this test runs the same check, so a run of the suite alone
