@@ -29,6 +29,7 @@ import orjson
 from storage.blobs import Commitment, Commitments
 from storage.ledger.events import SideRows
 from storage.ledger.leaf import commit_digest, new_salt
+from storage.schema.turns import DecisionInput, Turn, TurnImage, columns_written
 
 if TYPE_CHECKING:
     from governance.provenance.types import SignedOutput
@@ -175,45 +176,8 @@ class ContentRecorder:
         return TurnContent(self, turn_id)
 
 
-TURN_COLUMNS = (
-    "turn_id",
-    "tenant",
-    "actor",
-    "session_id",
-    "model",
-    "api_version",
-    "method",
-    "status",
-    "outcome",
-    "prompt_sha256",
-    "request_sha256",
-    "response_sha256",
-    "upstream",
-    "upstream_status",
-    "model_version",
-    "finish_reason",
-    "block_reason",
-    "error",
-    "usage_json",
-    "timings_json",
-    "first_entry_index",
-    "created_ms",
-    "finished_ms",
-)
-IMAGE_COLUMNS = (
-    "turn_id",
-    "direction",
-    "role",
-    "content_index",
-    "part_index",
-    "mime_type",
-    "sha256",
-    "size",
-    "width",
-    "height",
-    "signed_sha256",
-    "manifest_sha256",
-)
-
-
-INPUT_COLUMNS = ("turn_id", "stage", "input_commitment", "created_ms")
+# The side rows' columns, from the one schema source (every column but the row ids the
+# database assigns).
+TURN_COLUMNS = columns_written(Turn)
+IMAGE_COLUMNS = columns_written(TurnImage)
+INPUT_COLUMNS = columns_written(DecisionInput)

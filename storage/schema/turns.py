@@ -92,3 +92,9 @@ class DecisionInput(SQLModel, table=True):
 TURNS: Table = Turn.__table__  # type: ignore[attr-defined]
 TURN_IMAGES: Table = TurnImage.__table__  # type: ignore[attr-defined]
 DECISION_INPUTS: Table = DecisionInput.__table__  # type: ignore[attr-defined]
+
+
+def columns_written(model: type[SQLModel]) -> tuple[str, ...]:
+    """The columns a side row of ``model``'s table supplies: all but an autoincrement row id."""
+    table = model.__table__  # type: ignore[attr-defined]
+    return tuple(c.name for c in table.columns if not (c.primary_key and c.name == "id"))
