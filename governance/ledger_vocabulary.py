@@ -382,6 +382,46 @@ class ConsoleSignInFailed(TypedDict):
     username_chars: NotRequired[int]  # no such account: only the length of what was typed
 
 
+# -- editing sessions (governance/sessions) -------------------------------------------------------
+
+
+class SessionCreated(TypedDict):
+    origin: str  # "api" (the native API) | "chat" (recognised on a Gemini route)
+    keyed: bool  # named by the client's x-custody-session header
+
+
+class SessionImageAdded(TypedDict):
+    turn: str | None  # the Gemini-route turn that brought the image in; None for an upload
+    image: str
+    version: str | None  # the upload version; None for an image the model made from text
+    content: str | None  # commitment to the uploaded bytes
+    mime_type: str | None
+    width: int | None
+    height: int | None
+    source: str
+    rights_holder: str | None
+    licence: str | None
+    identifiable_people: bool | None
+    consent: str | None
+
+
+class LineageRecorded(TypedDict):
+    turn: str
+    kind: str  # "edit" | "rollback"
+    status: str  # "released" | "failed"
+    intent: str | None  # shared by every target of one linked edit
+    image: str
+    targets: list[str]  # version ids
+    masks: list[str]  # commitments
+    references: list[dict[str, str]]  # {"version": id} | {"content": commitment}
+    outputs: list[dict[str, Any]]  # {version, image, parent, kind, content}
+
+
+class VersionLabelled(TypedDict):
+    version: str
+    label: str
+
+
 EVENT_BODIES: dict[str, type] = {
     "turn.received": TurnReceived,
     "policy.decided": PolicyDecided,
@@ -424,6 +464,10 @@ EVENT_BODIES: dict[str, type] = {
     "console.signed_in": ConsoleSignedIn,
     "console.signed_out": ConsoleSignedOut,
     "console.sign_in_failed": ConsoleSignInFailed,
+    "session.created": SessionCreated,
+    "session.image_added": SessionImageAdded,
+    "lineage.recorded": LineageRecorded,
+    "version.labelled": VersionLabelled,
 }
 # The events that close an edit turn (exactly one per turn).
 CLOSING_EVENTS = ("turn.released", "turn.failed", "turn.interrupted")

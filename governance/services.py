@@ -20,6 +20,7 @@ from governance.content import ContentRecorder
 from governance.metrics import Metrics
 from governance.pipeline.decide import PolicyGates
 from governance.pipeline.forward import Forwarder
+from governance.pipeline.lineage import SessionLinker
 from governance.pipeline.receive import Receiver
 from governance.pipeline.review_gate import ReviewGate
 from governance.pipeline.signing import OutputSigning
@@ -35,6 +36,7 @@ from governance.upstream.embedded import EmbeddedEmulator
 from storage.blobs import BlobStore, Commitments
 from storage.db import make_engine
 from storage.ledger.log import Ledger
+from storage.sessions import SessionStore
 
 log = logging.getLogger("custody")
 T = TypeVar("T")
@@ -57,6 +59,8 @@ class Services:
     metrics: Metrics
     executor: ThreadPoolExecutor
     pipeline: TurnPipeline
+    sessions: SessionStore
+    commitments: Commitments
     ledger_verifier_key: str = ""  # the note verifier key operators publish beside checkpoints
     emulator: EmbeddedEmulator | None = None
     instance: ProcessInstance = field(default_factory=ProcessInstance.current)
@@ -141,6 +145,7 @@ def build_services(settings: Settings) -> Services:
             training_mining=settings.training_mining,
         ),
         review=ReviewGate(ReviewDesk(engine, ledger, commitments), ledger, commitments),
+        linker=SessionLinker(SessionStore(read_engine)),
         ledger=ledger,
         content=content,
         metrics=metrics,
@@ -160,6 +165,8 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         executor=executor,
         pipeline=pipeline,
+        sessions=SessionStore(read_engine),
+        commitments=commitments,
         ledger_verifier_key=note_signer.verifier_key(),
         emulator=emulator,
         instance=instance,

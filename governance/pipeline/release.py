@@ -83,7 +83,7 @@ def turn_row(
         "turn_id": state.turn_id,
         "tenant": state.principal.tenant,
         "actor": state.principal.actor,
-        "session_id": request.session,
+        "session_id": state.session_id,
         "model": request.model,
         "api_version": request.api_version,
         "method": request.method,

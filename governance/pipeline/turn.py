@@ -45,6 +45,7 @@ from governance.pipeline.decide import (
 from governance.pipeline.errors import TurnError
 from governance.pipeline.forward import Forwarder, read_answer, returned_body
 from governance.pipeline.leaf_bounds import bound_body
+from governance.pipeline.lineage import SessionLinker, is_rollback, rollback_result
 from governance.pipeline.receive import Receiver, request_content, stored_request
 from governance.pipeline.review_gate import (
     ReviewGate,
@@ -75,6 +76,7 @@ class TurnPipeline:
         forwarder: Forwarder,
         signing: OutputSigning,
         review: ReviewGate,
+        linker: SessionLinker,
         ledger: Ledger,
         content: ContentRecorder,
         metrics: Metrics,
@@ -85,6 +87,7 @@ class TurnPipeline:
         self.forwarder = forwarder
         self.signing = signing
         self.review = review
+        self.linker = linker
         self.ledger = ledger
         self.content = content
         self.metrics = metrics
@@ -105,6 +108,8 @@ class TurnPipeline:
             await self.decide_request(state)
             if state.replay is not None:
                 await self.held_answer(state)
+            elif is_rollback(state.request):
+                await self.rolled_back(state)
             else:
                 await self.forward(state)
             await self.decide_response(state)
@@ -138,18 +143,28 @@ class TurnPipeline:
         made = await state.content.commitments(*request_content(state.parsed))
         state.stored = stored_request(state.parsed, made)
         state.request_sha256 = state.stored.request_sha256
+        state.lineage = await self._off_loop(self.linker.link, state)
         self._queue(
             state,
             "turn.received",
             self.receiver.received_body(state.request, state.parsed, state.stored),
         )
+        for event_type, body in self.linker.opening_events(state.lineage, state.turn_id):
+            self._queue_session(state, event_type, body)
 
     async def decide_request(self, state: TurnState) -> None:
         """The request gate; on a pass, the intent ``upstream.requested`` is made durable."""
         assert state.parsed is not None
-        state.facts = await self._off_loop(
+        facts = await self._off_loop(
             self.gates.request_facts, state.principal, state.request, state.parsed
         )
+        if state.lineage is not None:  # the session's facts: its id, its images' provenance
+            facts = replace(
+                facts,
+                session_id=state.lineage.session_id,
+                lineage=tuple(p.facts() for p in state.lineage.provenance),
+            )
+        state.facts = facts
         state.decision = await self._off_loop(self.gates.decide_request, state.facts)
         assert state.stored is not None
         state.review_hash = request_hash(state.request, state.stored.request_sha256)
@@ -168,13 +183,25 @@ class TurnPipeline:
             state.review_tasks.append(state.replay)
             await self._append(state)
             return
-        self._queue(state, "upstream.requested", self.forwarder.requested_body(state.request))
+        if not is_rollback(state.request):
+            self._queue(state, "upstream.requested", self.forwarder.requested_body(state.request))
         await self._append(state)  # the intent is durable before anything leaves for upstream
 
     async def held_answer(self, state: TurnState) -> None:
         """Instead of the upstream call: the answer an approved response-stage task held."""
         assert state.replay is not None
         result = await self._off_loop(self.review.held_answer, state.replay, state.request.stream)
+        state.result = result
+        answer = await self._off_loop(read_answer, state.request, result)
+        state.documents, state.summary = answer.documents, answer.summary
+        if answer.error is not None:
+            raise answer.error
+
+    async def rolled_back(self, state: TurnState) -> None:
+        """Instead of the upstream call: a rollback's output is the earlier version itself,
+        re-signed (no upstream call; ``lineage.recorded`` says it is a rollback)."""
+        assert state.parsed is not None
+        result = rollback_result(state.parsed)
         state.result = result
         answer = await self._off_loop(read_answer, state.request, result)
         state.documents, state.summary = answer.documents, answer.summary
@@ -210,18 +237,27 @@ class TurnPipeline:
     async def sign(self, state: TurnState) -> None:
         """Sign every output image in parallel worker threads (``output.signed`` each)."""
         assert state.summary is not None
-        if state.summary.images:
+        lineage, images = state.lineage, state.summary.images
+        if images:
             ctx = self.signing.context(state)
+            contexts = [ctx] * len(images)
+            if lineage is not None:  # each output's manifest names its own version
+                outs = await self._off_loop(
+                    self.linker.allocate, lineage, [img.data for img in images]
+                )
+                contexts = [replace(ctx, lineage=lineage.manifest_facts(o)) for o in outs]
             state.signed = list(
                 await asyncio.gather(
                     *(
-                        self._off_loop(self.signing.sign_one, img, ctx)
-                        for img in state.summary.images
+                        self._off_loop(self.signing.sign_one, img, c)
+                        for img, c in zip(images, contexts, strict=True)
                     )
                 )
             )
-        for item in state.signed:
+        for n, item in enumerate(state.signed):
             ref = await state.content.signed_output(item.output)
+            if lineage is not None:
+                self.linker.signed(lineage.outputs[n], item, ref)
             self._queue(state, "output.signed", signed_body(item, ref))
 
     async def release(self, state: TurnState) -> TurnOutcome:
@@ -231,6 +267,12 @@ class TurnPipeline:
         summary = state.summary
         assert summary is not None
         total_ms = state.elapsed_ms()
+        if state.lineage is not None:
+            self._queue_session(
+                state,
+                "lineage.recorded",
+                self.linker.closing_body(state.lineage, state.turn_id, "released"),
+            )
         self._queue(state, "turn.released", release.released_body(state, total_ms))
         row = release.turn_row(
             state,
@@ -255,7 +297,8 @@ class TurnPipeline:
             state.turn_id,
             tenant=state.principal.tenant,
             actor=state.principal.actor,
-            session=state.request.session,
+            session=state.session_id,
+            lineage=state.lineage,
         )
 
     # -- recording -----------------------------------------------------------------------------
@@ -268,10 +311,22 @@ class TurnPipeline:
             body,
             tenant=state.principal.tenant,
             actor=state.principal.actor,
-            session=state.request.session,
+            session=state.session_id,
             turn=state.turn_id,
         )
         state.events.append(replace(event, body=bound_body(event.body, state.content.commit_now)))
+
+    def _queue_session(self, state: TurnState, event_type: str, body: Any) -> None:
+        """Queue a session event of the turn: the session's record, not one of the turn's
+        steps, so its envelope names the session and its body the turn."""
+        event = ledger_event(
+            event_type,
+            body,
+            tenant=state.principal.tenant,
+            actor=state.principal.actor,
+            session=state.session_id,
+        )
+        state.events.append(event)
 
     async def _decision_input(self, state: TurnState, stage: str, decision: Decision) -> str:
         """Commit to the full input ``decision`` was made on (serialised off the loop)."""
@@ -316,6 +371,8 @@ class TurnPipeline:
     async def _close(self, state: TurnState, row: dict[str, Any]) -> None:
         """The one closing append: the queued closing event with every salt and index row."""
         side = await state.content.closing_rows(row, release.image_rows(state))
+        if not state.content.is_closed:
+            side += self.linker.closing_rows(state, row["status"], row.get("error"))
         await self._append(state, side)
         state.content.closed()
 
@@ -331,6 +388,12 @@ class TurnPipeline:
             if state.parsed is None:  # refused before parsing: keep what was sent, committed
                 kept, state.request_sha256 = await state.content.rejected_body(state.request.body)
                 body.update(kept)
+            if state.lineage is not None:
+                self._queue_session(
+                    state,
+                    "lineage.recorded",
+                    self.linker.closing_body(state.lineage, state.turn_id, "failed"),
+                )
             self._queue(state, "turn.failed", body)
             row = release.turn_row(
                 state,

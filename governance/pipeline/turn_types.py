@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from governance.policy.decision import Decision, RequestFacts
     from governance.provenance.types import SignedOutput
     from governance.review import ReviewTask
+    from governance.sessions.lineage import Lineage, SessionHint
     from governance.upstream.client import UpstreamResult
     from storage.ledger.events import LedgerEvent
 
@@ -36,6 +37,7 @@ class TurnRequest:
     body: bytes
     headers: dict[str, str]
     params: dict[str, str]
+    hint: SessionHint | None = None  # a native-API turn's place in its session
 
     @property
     def stream(self) -> bool:
@@ -84,6 +86,7 @@ class TurnOutcome:
     tenant: str = ""
     actor: str = ""
     session: str | None = None
+    lineage: Lineage | None = None
 
 
 @dataclass
@@ -99,6 +102,7 @@ class TurnState:
     parsed: ParsedRequest | None = None
     stored: StoredRequest | None = None
     request_sha256: str | None = None  # of the body, from its commitment (hashed once)
+    lineage: Lineage | None = None  # the turn's place in its session
     # decide (request gate)
     facts: RequestFacts | None = None
     decision: Decision | None = None
@@ -121,6 +125,11 @@ class TurnState:
     first_index: int | None = None  # of turn.received: anchors every manifest in the ledger
     held: bool = False  # a gate held the turn for review (its rate-limit place stays reserved)
     released: bool = False
+
+    @property
+    def session_id(self) -> str | None:
+        """The session every event of the turn names: the one it joined, else the header's."""
+        return self.lineage.session_id if self.lineage is not None else self.request.session
 
     @property
     def upstream_ms(self) -> float:

@@ -120,6 +120,8 @@ def custody_assertion(
         "ledger": ctx.ledger_ref,
         "gateway_version": ctx.gateway_version,
     }
+    if ctx.lineage is not None:
+        body["session"] = ctx.lineage
     return body
 
 

@@ -83,6 +83,9 @@ class ProvenanceContext:
     gateway_version: str
     training_mining: str = "notAllowed"
     thumbnails: bool = False
+    # The output's place in its session (session, image, version, parent_version, kind,
+    # intent): one context per output image when the turn belongs to a session.
+    lineage: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

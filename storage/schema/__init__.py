@@ -18,6 +18,7 @@ from storage.schema import blobs as blobs
 from storage.schema import keys as keys
 from storage.schema import ledger as ledger
 from storage.schema import reviews as reviews
+from storage.schema import sessions as sessions
 from storage.schema import turns as turns
 
 metadata = SQLModel.metadata
