@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from storage.blobs import Commitment, Commitments
+from storage.fingerprint_index import FINGERPRINT_COLUMNS
 from storage.ledger.events import SideRows
 from storage.ledger.leaf import commit_digest, new_salt
 from storage.schema.turns import DecisionInput, Turn, TurnImage, columns_written
@@ -117,10 +119,14 @@ class TurnContent:
         return [self.recorder.commitments.side_rows(made)] if made else []
 
     async def closing_rows(
-        self, turn_row: dict[str, Any], image_rows: list[dict[str, Any]]
+        self,
+        turn_row: dict[str, Any],
+        image_rows: list[dict[str, Any]],
+        fingerprint_rows: Sequence[tuple[Any, ...]] = (),
     ) -> list[SideRows]:
         """Wait for every blob of the turn, then return its salts and index rows (``turns``,
-        ``turn_images``, ``decision_inputs``) to commit in the same transaction as the turn's
+        ``turn_images``, ``decision_inputs``, ``image_fingerprints`` — rows in
+        ``FINGERPRINT_COLUMNS`` order) to commit in the same transaction as the turn's
         last event (``turn.released`` or ``turn.failed``): the index can never disagree with the
         ledger. Call ``closed`` once that append succeeded; after it, this returns nothing."""
         if self.is_closed:
@@ -142,6 +148,7 @@ class TurnContent:
                     for stage, commitment in self.decision_inputs
                 ],
             ),
+            SideRows("image_fingerprints", FINGERPRINT_COLUMNS, list(fingerprint_rows)),
         ]
 
     def closed(self) -> None:

@@ -98,6 +98,9 @@ class OutputSigned(TypedDict):
     upstream_credentials: str
     manifest: str  # commitment to the manifest store
     signed_file: str  # commitment to the released file
+    # PDQ (hex), its quality and the ISCC Image-Code of the image signed; absent where the
+    # image could not be decoded, and in entries written before fingerprints were recorded
+    fingerprint: NotRequired[dict[str, Any]]
 
 
 class TurnReleased(TypedDict):

@@ -25,8 +25,11 @@ def _run(args: argparse.Namespace) -> int:
     result = verify_image(data, None, anchors)
     independent = verify_independently(data, None, anchors) if result.state != "none" else None
     record, lookup, installed = (None, "not looked up (--no-ledger)", True)
+    similar: dict[str, Any] | None = None
     if not args.no_ledger:
-        record, lookup, installed = _ledger_record(settings, data, result.custody)
+        record, lookup, installed, similar = _ledger_record(
+            settings, data, result.custody, manifest=result.state != "none"
+        )
     if record is None and not args.no_ledger:
         hint = ""
         if result.custody and not installed:
@@ -34,10 +37,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"custody verify: {lookup}{hint}", file=sys.stderr)
     if args.json:
         out = {"c2pa": result.to_dict(), "ledger": record, "ledger_lookup": lookup}
+        out["fingerprint_lookup"] = similar
         out["independent"] = asdict(independent) if independent else None
         print(json.dumps(out, indent=2, default=str))
     else:
         _print(args.image, result, independent, record)
+        if similar is not None:
+            _print_candidates(similar)
         if record is None:
             print(f"  ledger: {lookup}")
     if result.state == "Invalid" or (record is not None and not record["proofs_verified"]):
@@ -48,17 +54,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _ledger_record(
-    settings: Settings, data: bytes, custody: dict[str, Any] | None
-) -> tuple[dict[str, Any] | None, str, bool]:
-    """The image's turn record in this installation's ledger, a sentence on the lookup, and
-    whether there was an installation to look in."""
+    settings: Settings, data: bytes, custody: dict[str, Any] | None, *, manifest: bool
+) -> tuple[dict[str, Any] | None, str, bool, dict[str, Any] | None]:
+    """The image's turn record in this installation's ledger, a sentence on the lookup,
+    whether there was an installation to look in, and — for a file with no manifest whose hash
+    names no turn — the fingerprint lookup (every tenant: the CLI runs as the operator)."""
+    from governance.provenance.fingerprint_lookup import look_up_by_fingerprint
     from governance.provenance.lookup import turn_for_hash, turn_record
     from governance.state import StateError, open_state
 
     try:
         state = open_state(settings, create=False)
     except StateError as exc:
-        return None, f"the image was not looked up: {exc}", False
+        return None, f"the image was not looked up: {exc}", False, None
     where = f"the ledger at {settings.masked_database_url}"
     try:
         ref = (custody or {}).get("ledger") or {}
@@ -66,16 +74,26 @@ def _ledger_record(
         ledger = state.ledger
         turn_id = turn_id or turn_for_hash(ledger.read_engine, hashlib.sha256(data).hexdigest())
         record = None
+        similar = None
+        found = f"found in {where}"
         if turn_id:
             record = turn_record(ledger, turn_id, viewer_tenant=None, commitments=state.commitments)
+        if record is None and not manifest:
+            lookup = look_up_by_fingerprint(
+                ledger.read_engine, ledger, data, viewer_tenant=None, commitments=state.commitments
+            )
+            similar = lookup.to_dict()
+            if lookup.candidates:
+                record = lookup.candidates[0].record
+                found = f"found by its fingerprints in {where} (nearest of the candidates)"
         if record is None:
-            return None, f"no record of this image in {where}", True
+            return None, f"no record of this image in {where}", True, similar
         from governance.provenance.approvals import approval_checks
 
         record["approvals"] = approval_checks(
             ledger, custody, record, hashlib.sha256(data).hexdigest()
         )
-        return record, f"found in {where}", True
+        return record, found, True, similar
     finally:
         state.close()
 
@@ -133,6 +151,19 @@ def _print(name, result, independent, record) -> None:  # type: ignore[no-untype
         print(f"  ledger: {count} events, {state} against checkpoint size {cp['size']}")
         for ev in record["events"]:
             print(f"    #{ev['index']} {ev['type']}")
+
+
+def _print_candidates(similar: dict[str, Any]) -> None:
+    """The fingerprint lookup of a file with no manifest whose bytes are unknown."""
+    print(f"  fingerprint lookup: {similar['note']}")
+    for c in similar["candidates"]:
+        record = c["ledger"] or {}
+        proven = "every entry proven" if record.get("proofs_verified") else "PROOF FAILED"
+        print(
+            f"    turn {c['turn_id']} ({c['direction']} image): PDQ distance {c['pdq_distance']}"
+            f" of {c['pdq_bits']}, ISCC distance {c['iscc_distance']} of 64;"
+            f" {len(record.get('events') or [])} ledger events, {proven}"
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -3,7 +3,10 @@
 The body is the image itself (any image content type) or JSON ``{"data": "<base64>"}``. Bytes
 that are not a readable image are the caller's 400 in Gemini's envelope, never a 500. The record
 is the caller's own tenant's (an operator's: any tenant's); for another tenant's image the answer
-says only that Custody released it (``governance.provenance.lookup.turn_record``).
+says only that Custody released it (``governance.provenance.lookup.turn_record``). A file with no
+manifest whose hash names no turn is looked up by its fingerprints, in the caller's tenant only
+(``governance.provenance.fingerprint_lookup``): ``found_by`` is then ``fingerprint``, ``ledger``
+the nearest candidate's record and ``fingerprint_lookup`` every candidate with its distances.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from governance.api.ledger_routes import not_yet_checkpointed
 from governance.api.tenant_scope import may_sign_checkpoints, require_reader
 from governance.auth.principal import Principal
 from governance.provenance.approvals import approval_checks
+from governance.provenance.fingerprint_lookup import look_up_by_fingerprint
 from governance.provenance.lookup import NotYetCheckpointed, turn_for_hash, turn_record
 from governance.provenance.verify import sniff_mime, verify_image, verify_independently
 from storage.blobs import Commitments
@@ -158,6 +162,9 @@ async def verification(
     else:
         turn_id = await services.run_blocking(turn_for_hash, services.read_engine, sha256)
         found_by = "hash" if turn_id else None
+    viewer_tenant = None if principal.is_operator else principal.tenant
+    commitments = Commitments(services.engine, services.blobs)
+    may_sign = may_sign_checkpoints(principal)
     record: dict[str, Any] | None = None
     if turn_id:
         record = await services.run_blocking(
@@ -165,11 +172,29 @@ async def verification(
                 turn_record,
                 services.ledger,
                 turn_id,
-                viewer_tenant=None if principal.is_operator else principal.tenant,
-                commitments=Commitments(services.engine, services.blobs),
-                may_sign=may_sign_checkpoints(principal),
+                viewer_tenant=viewer_tenant,
+                commitments=commitments,
+                may_sign=may_sign,
             )
         )
+    similar: dict[str, Any] | None = None
+    if record is None and result.state == "none":
+        # No manifest and unknown bytes: a re-encoded copy is found by its look, in the
+        # caller's own tenant only.
+        lookup = await services.run_blocking(
+            partial(
+                look_up_by_fingerprint,
+                services.read_engine,
+                services.ledger,
+                image,
+                viewer_tenant=viewer_tenant,
+                commitments=commitments,
+                may_sign=may_sign,
+            )
+        )
+        similar = lookup.to_dict()
+        if lookup.candidates:
+            record, found_by = lookup.candidates[0].record, "fingerprint"
     c2pa_report = result.to_dict()
     visible = record if record is not None and record.get("visible", True) else None
     if record is not None and not record.get("visible", True):
@@ -180,6 +205,7 @@ async def verification(
         "independent": asdict(independent) if independent else None,
         "found_by": found_by if record else None,
         "ledger": record,
+        "fingerprint_lookup": similar,
         "approvals": await services.run_blocking(
             approval_checks, services.ledger, result.custody, visible, sha256
         )

@@ -21,6 +21,8 @@ from governance.ledger_vocabulary import TurnFailed, TurnReleased
 from governance.pipeline.errors import TurnError
 from governance.pipeline.response import replace_images, unsigned_inline_data
 from governance.pipeline.turn_types import TurnState
+from governance.provenance.fingerprint import Fingerprint
+from storage.fingerprint_index import fingerprint_row
 
 
 def outgoing(state: TurnState) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -149,3 +151,57 @@ def image_rows(state: TurnState) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def fingerprint_rows(
+    state: TurnState, inputs: list[Fingerprint | None], created_ms: int
+) -> list[tuple[Any, ...]]:
+    """The turn's ``image_fingerprints`` rows: each input's and each signed output's PDQ and
+    ISCC Image-Code (an image that could not be decoded has none), placed as in
+    ``image_rows``; an output's row names the upstream's bytes (the signed file's pixels)."""
+    rows: list[tuple[Any, ...]] = []
+    edited = state.parsed.edited_images if state.parsed else []
+    for img, found in zip(edited, inputs, strict=False):
+        if found is not None:
+            rows.append(
+                _fingerprint_row(
+                    state, found, "input", img.role, img.content_index, img.part_index,
+                    img.sha256, created_ms,
+                )
+            )  # fmt: skip
+    for item in state.signed:
+        if item.fingerprint is None:
+            continue
+        chunk, candidate, part = item.position
+        rows.append(
+            _fingerprint_row(
+                state, item.fingerprint, "output", "output", candidate,
+                part if chunk == 0 else chunk * 1000 + part, item.upstream_sha256, created_ms,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _fingerprint_row(
+    state: TurnState,
+    found: Fingerprint,
+    direction: str,
+    role: str,
+    content_index: int,
+    part_index: int,
+    sha256: str,
+    created_ms: int,
+) -> tuple[Any, ...]:
+    return fingerprint_row(
+        turn_id=state.turn_id,
+        tenant=state.principal.tenant,
+        direction=direction,
+        role=role,
+        content_index=content_index,
+        part_index=part_index,
+        sha256=sha256,
+        pdq=found.pdq,
+        pdq_quality=found.pdq_quality,
+        iscc=found.iscc,
+        created_ms=created_ms,
+    )

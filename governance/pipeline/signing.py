@@ -15,6 +15,7 @@ from governance.ledger_vocabulary import OutputSigned
 from governance.pipeline.errors import TurnError
 from governance.pipeline.response import OutputImage
 from governance.pipeline.turn_types import SignedItem, TurnState
+from governance.provenance.fingerprint import Fingerprint, fingerprint
 from governance.provenance.signer import OutputSigner
 from governance.provenance.types import Approval, InputImage, ProvenanceContext, ProvenanceError
 from governance.upstream.identity import identify_upstream
@@ -95,9 +96,15 @@ class OutputSigning:
 
     def sign_one(self, img: OutputImage, ctx: ProvenanceContext) -> SignedItem:
         """Sign one image exactly as the upstream returned it (never re-encoded); a file c2pa
-        cannot sign fails the turn with a 502 naming the upstream, so nothing goes out unsigned."""
+        cannot sign fails the turn with a 502 naming the upstream, so nothing goes out unsigned.
+
+        The image's fingerprints are computed first: its ISCC Image-Code goes into the manifest
+        as the ``c2pa.soft-binding`` assertion (the signed file has the same pixels)."""
+        found = fingerprint(img.data)
         try:
-            out = self._signer.sign_output(img.data, img.mime_type, ctx)
+            out = self._signer.sign_output(
+                img.data, img.mime_type, ctx, soft_binding=found.iscc if found else None
+            )
         except ProvenanceError as exc:
             # The walk already read the image's header; c2pa failing on its structure is the
             # upstream's fault, and nothing unsigned may go out instead.
@@ -108,7 +115,7 @@ class OutputSigning:
                 reason="UPSTREAM_MALFORMED",
             ) from exc
         position = (img.chunk, img.candidate, img.part)
-        return SignedItem(position, hashlib.sha256(img.data).hexdigest(), out)
+        return SignedItem(position, hashlib.sha256(img.data).hexdigest(), out, found)
 
 
 def manifest_approvals(state: TurnState) -> list[Approval]:
@@ -136,7 +143,7 @@ def signed_body(item: SignedItem, ref: dict[str, str]) -> OutputSigned:
     """The ``output.signed`` event: published hashes (the file is public once released) and
     the commitments to the signed file and its manifest."""
     chunk, candidate, part = item.position
-    return {
+    body: OutputSigned = {
         "chunk": chunk,
         "candidate": candidate,
         "part": part,
@@ -149,3 +156,11 @@ def signed_body(item: SignedItem, ref: dict[str, str]) -> OutputSigned:
         "manifest": ref["manifest"],
         "signed_file": ref["signed_file"],
     }
+    if item.fingerprint is not None:
+        body["fingerprint"] = fingerprint_body(item.fingerprint)
+    return body
+
+
+def fingerprint_body(found: Fingerprint) -> dict[str, str | int]:
+    """The published fingerprints of a released image (the file is public; so is its look)."""
+    return found.to_dict()

@@ -46,6 +46,7 @@ from governance.pipeline.errors import TurnError
 from governance.pipeline.forward import Forwarder, read_answer, returned_body
 from governance.pipeline.leaf_bounds import bound_body
 from governance.pipeline.lineage import SessionLinker, is_rollback, rollback_result
+from governance.pipeline.parse import InputImage
 from governance.pipeline.receive import Receiver, request_content, stored_request
 from governance.pipeline.review_gate import (
     ReviewGate,
@@ -57,6 +58,7 @@ from governance.pipeline.review_gate import (
 from governance.pipeline.signing import OutputSigning, signed_body
 from governance.pipeline.turn_types import TurnOutcome, TurnRequest, TurnState
 from governance.policy.decision import Decision
+from governance.provenance.fingerprint import Fingerprint, fingerprint
 from storage.ledger import Ledger
 from storage.ledger.batching import LedgerPushback
 from storage.ledger.events import SideRows
@@ -139,6 +141,11 @@ class TurnPipeline:
         """Parse the request and commit to its content (``turn.received``)."""
         state.parsed = await self._off_loop(
             self.receiver.parse, state.request, state.principal.tenant
+        )
+        # The inputs' fingerprints are computed in a worker thread while the turn goes on; the
+        # closing append waits for them (their rows are written with the turn's index rows).
+        state.input_fingerprints = asyncio.ensure_future(
+            self._off_loop(input_fingerprints, state.parsed.edited_images)
         )
         made = await state.content.commitments(*request_content(state.parsed))
         state.stored = stored_request(state.parsed, made)
@@ -370,7 +377,12 @@ class TurnPipeline:
 
     async def _close(self, state: TurnState, row: dict[str, Any]) -> None:
         """The one closing append: the queued closing event with every salt and index row."""
-        side = await state.content.closing_rows(row, release.image_rows(state))
+        inputs = await state.input_fingerprints if state.input_fingerprints is not None else []
+        side = await state.content.closing_rows(
+            row,
+            release.image_rows(state),
+            release.fingerprint_rows(state, inputs, row["finished_ms"]),
+        )
         if not state.content.is_closed:
             side += self.linker.closing_rows(state, row["status"], row.get("error"))
         await self._append(state, side)
@@ -439,6 +451,11 @@ class TurnPipeline:
         )
         await self._off_loop(self.ledger.append, [event])
         self.metrics.turns.labels(outcome.tenant, "undelivered").inc()
+
+
+def input_fingerprints(images: Sequence[InputImage]) -> list[Fingerprint | None]:
+    """Each input image's fingerprints (blocking: decoding and hashing)."""
+    return [fingerprint(img.data) for img in images]
 
 
 def _outcome_label(err: TurnError) -> str:

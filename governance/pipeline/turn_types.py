@@ -8,6 +8,7 @@ adds to the same record.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from governance.pipeline.parse import ParsedRequest
     from governance.pipeline.response import ResponseSummary
     from governance.policy.decision import Decision, RequestFacts
+    from governance.provenance.fingerprint import Fingerprint
     from governance.provenance.types import SignedOutput
     from governance.review import ReviewTask
     from governance.sessions.lineage import Lineage, SessionHint
@@ -73,6 +75,7 @@ class SignedItem:
     position: tuple[int, int, int]  # (stream chunk, candidate, part)
     upstream_sha256: str
     output: SignedOutput
+    fingerprint: Fingerprint | None = None  # of the pixels signed (its ISCC is the soft binding)
 
 
 @dataclass
@@ -100,6 +103,9 @@ class TurnState:
     started: float = field(default_factory=time.perf_counter)
     # receive
     parsed: ParsedRequest | None = None
+    # the inputs' fingerprints (one per edited image, None where undecodable), computed in a
+    # worker thread while the turn goes on; awaited by the closing append
+    input_fingerprints: asyncio.Future[list[Fingerprint | None]] | None = None
     stored: StoredRequest | None = None
     request_sha256: str | None = None  # of the body, from its commitment (hashed once)
     lineage: Lineage | None = None  # the turn's place in its session

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from governance.provenance.fingerprint import ISCC_ALG
 from governance.provenance.types import ASSERTION_LABEL, ProvenanceContext
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
@@ -125,6 +126,24 @@ def custody_assertion(
     return body
 
 
+SOFT_BINDING_LABEL = "c2pa.soft-binding"
+
+
+def soft_binding_assertion(iscc: str) -> dict[str, Any]:
+    """The ``c2pa.soft-binding`` assertion (C2PA 2.x, soft-binding-map) carrying the image's
+    ISCC Image-Code: ``alg`` from the C2PA soft-binding algorithm list, one block over the whole
+    image (an empty scope), the code as its value, and the required ``pad``."""
+    return {
+        "label": SOFT_BINDING_LABEL,
+        "data": {
+            "alg": ISCC_ALG,
+            "name": "ISCC Image-Code (ISO 24138) of the whole image",
+            "blocks": [{"scope": {}, "value": iscc}],
+            "pad": [],
+        },
+    }
+
+
 def _actions(ctx: ProvenanceContext, parent_label: str | None) -> list[dict[str, Any]]:
     agent = software_agent(ctx)
     if parent_label is None:
@@ -156,12 +175,14 @@ def manifest_definition(
     parent_label: str | None,
     upstream_credentials: bool,
     upstream_credentials_kind: str,
+    soft_binding: str | None = None,
 ) -> dict[str, Any]:
     """The manifest JSON for c2pa's Builder.
 
     ``ingredients`` are described here (inputs without credentials: title, format, relationship,
     label — no pixels, no hash); ingredients with credentials are added from their bytes by the
     signer. ``parent_label`` names the parentOf ingredient, None for generation from text.
+    ``soft_binding`` (the image's ISCC Image-Code) adds the ``c2pa.soft-binding`` assertion.
     """
     use = ctx.training_mining if ctx.training_mining in TRAINING_MINING_USES else "notAllowed"
     definition: dict[str, Any] = {
@@ -185,6 +206,8 @@ def manifest_definition(
             },
         ],
     }
+    if soft_binding is not None:
+        definition["assertions"].append(soft_binding_assertion(soft_binding))
     if ingredients:
         definition["ingredients"] = ingredients
     return definition

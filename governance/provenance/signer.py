@@ -347,8 +347,16 @@ class OutputSigner:
             )
         return plan, kind
 
-    def sign_output(self, data: bytes, mime_type: str, ctx: ProvenanceContext) -> SignedOutput:
-        """Sign one output image exactly as the upstream returned it."""
+    def sign_output(
+        self,
+        data: bytes,
+        mime_type: str,
+        ctx: ProvenanceContext,
+        *,
+        soft_binding: str | None = None,
+    ) -> SignedOutput:
+        """Sign one output image exactly as the upstream returned it; ``soft_binding`` is its
+        ISCC Image-Code, written as the manifest's ``c2pa.soft-binding`` assertion."""
         plan, upstream_kind = self._plan(data, mime_type, ctx)
         context, signer = self._thread_state(ctx.thumbnails, bool(plan.from_bytes))
         definition = manifest_definition(
@@ -358,6 +366,7 @@ class OutputSigner:
             parent_label=plan.parent_label,
             upstream_credentials=upstream_kind == "provider",
             upstream_credentials_kind=upstream_kind,
+            soft_binding=soft_binding,
         )
         states = list(plan.states)
         sink = _HashingSink()

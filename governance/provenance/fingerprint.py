@@ -1,0 +1,107 @@
+"""Perceptual fingerprints of an image: PDQ and the ISCC Image-Code, for finding stripped copies.
+
+Two standard, published algorithms, computed by well-kept implementations:
+
+- **PDQ** (Meta's 256-bit perceptual hash, the hash-sharing standard of trust-and-safety teams),
+  through ``pdqhash`` (bindings to Meta's C++). The image is first scaled so its longer side is at
+  most 512 px, as PDQ's own reference tools do: the hash reads a 64×64 luminance grid, so the
+  pixels beyond that change nothing but the time. PDQ also reports a quality (0–100); below 50 the
+  image is too flat for its hash to mean much (Meta's guidance), and a lookup says so.
+- **ISCC Image-Code** (ISO 24138 Content-Code Image, 64 bits, algorithm v0), through
+  ``iscc-core``'s ``gen_image_code``. Its input is normalised as the ISCC SDK's reference
+  normalisation does: EXIF orientation applied, transparency over white, a uniform border
+  trimmed, grayscale, 32×32 bicubic. This is the code the ``c2pa.soft-binding`` assertion carries
+  (``alg`` ``io.iscc.v0`` on the C2PA soft-binding algorithm list).
+
+``fingerprint`` is blocking (decoding and two DCTs): callers run it in a worker thread. It returns
+None for bytes Pillow cannot decode as an image — a fingerprint is an aid to lookup, never a
+reason to refuse a turn.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import iscc_core
+import numpy as np
+import pdqhash
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger("custody")
+
+PDQ_SIDE = 512  # the longer side PDQ's input is scaled to
+PDQ_BITS = 256
+ISCC_BITS = 64
+ISCC_ALG = "io.iscc.v0"  # the C2PA soft-binding algorithm list's name for ISO 24138 v0
+PDQ_MIN_QUALITY = 50  # below this PDQ's own guidance says the hash is not to be trusted
+
+# Decoding caller-supplied files: no bigger than the largest image Custody accepts anywhere.
+Image.MAX_IMAGE_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """An image's PDQ hash (64 hex digits), its PDQ quality and its ISCC Image-Code."""
+
+    pdq: str
+    pdq_quality: int
+    iscc: str
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {"pdq": self.pdq, "pdq_quality": self.pdq_quality, "iscc": self.iscc}
+
+
+def fingerprint(data: bytes) -> Fingerprint | None:
+    """Both fingerprints of an encoded image (PNG, JPEG, WebP, ...); None when not decodable."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        log.info("fingerprint: not a decodable image (%s)", type(exc).__name__)
+        return None
+    try:
+        return Fingerprint(*_pdq(image), iscc=_iscc(image))
+    except Exception:  # a decoded image a hash cannot read: looked up by its bytes only
+        log.warning("fingerprint: hashing a decoded %s image failed", image.mode, exc_info=True)
+        return None
+
+
+def _pdq(image: Image.Image) -> tuple[str, int]:
+    small = image.convert("RGB")
+    if max(small.size) > PDQ_SIDE:
+        small.thumbnail((PDQ_SIDE, PDQ_SIDE), Image.Resampling.BILINEAR)
+    bits, quality = pdqhash.compute(np.asarray(small))
+    # pdqhash gives bit 0 first; the hex form writes bit 255 first.
+    value = int("".join("1" if b else "0" for b in reversed(bits.tolist())), 2)
+    return f"{value:064x}", int(quality)
+
+
+def _iscc(image: Image.Image) -> str:
+    rgba = image.convert("RGBA")
+    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    trimmed = _trim_border(flat)
+    pixels = trimmed.convert("L").resize((32, 32), Image.Resampling.BICUBIC)
+    return str(iscc_core.gen_image_code(list(pixels.tobytes()), bits=ISCC_BITS)["iscc"])
+
+
+def _trim_border(image: Image.Image) -> Image.Image:
+    """Cut a uniform border (the colour of the top-left pixel) off, as the ISCC SDK does."""
+    background = Image.new(image.mode, image.size, image.getpixel((0, 0)))
+    diff = ImageChops.difference(image, background)
+    box = ImageChops.add(diff, diff).getbbox()
+    if box is None or box == (0, 0, *image.size):
+        return image
+    return image.crop(box)
+
+
+def pdq_distance(a: str, b: str) -> int:
+    """Bits in which two PDQ hashes (hex) differ: 0 identical, about 128 unrelated."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def iscc_distance(a: str, b: str) -> int:
+    """Bits in which two ISCC Image-Codes differ (of 64)."""
+    return int(iscc_core.iscc_distance(a, b))

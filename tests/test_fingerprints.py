@@ -1,0 +1,353 @@
+"""Fingerprints (PDQ, ISCC Image-Code), the ``c2pa.soft-binding`` assertion, and the lookup of
+stripped and re-encoded copies (issue 18, item 2).
+
+Through the real route with the real google-genai SDK, c2pa-python (c2pa-rs) and encypher-c2pa as
+verifiers, the real ``custody verify`` CLI, and the fingerprint index on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import c2pa
+import httpx
+import pytest
+from google.genai import types
+from PIL import Image, ImageEnhance
+from sqlalchemy import create_engine, select
+
+from governance.provenance.fingerprint import ISCC_ALG, fingerprint, iscc_distance
+from governance.provenance.verify import verify_image, verify_independently
+from storage.db import migrate, normalise_url
+from storage.fingerprint_index import (
+    FINGERPRINT_COLUMNS,
+    MAX_DISTANCE,
+    find_similar,
+    fingerprint_row,
+)
+from storage.ledger.checkpoint import open_checkpoint
+from storage.ledger.merkle import check_inclusion, leaf_hash
+from storage.ledger.note import NoteVerifier
+from storage.schema.fingerprints import IMAGE_FINGERPRINTS
+from tests.conftest import RunningCustody, start_custody
+
+MODEL = "gemini-2.5-flash-image"
+
+
+def edit(
+    custody: Any, data: bytes, mime: str, prompt: str, role: str = "editor"
+) -> tuple[bytes, str]:
+    response = custody.client(role).models.generate_content(
+        model=MODEL, contents=[types.Part.from_bytes(data=data, mime_type=mime), prompt]
+    )
+    parts = response.candidates[0].content.parts
+    images = [p.inline_data for p in parts if p.inline_data and p.inline_data.data]
+    assert len(images) == 1
+    headers = response.sdk_http_response.headers or {}
+    return images[0].data, headers["x-custody-turn"]
+
+
+def manifest_assertions(data: bytes, anchors: str) -> dict[str, Any]:
+    settings = {"verify": {"remote_manifest_fetch": False}, "trust": {"user_anchors": anchors}}
+    mime = Image.open(io.BytesIO(data)).get_format_mimetype()
+    reader = c2pa.Reader(
+        mime, io.BytesIO(data), context=c2pa.Context(c2pa.Settings.from_dict(settings))
+    )
+    try:
+        store = json.loads(reader.json())
+    finally:
+        reader.close()
+    active = store["manifests"][store["active_manifest"]]
+    return {a["label"]: a["data"] for a in active["assertions"]}
+
+
+def fingerprint_rows(engine: Any, turn_id: str) -> list[Any]:
+    fp = IMAGE_FINGERPRINTS.c
+    with engine.connect() as conn:
+        return list(conn.execute(select(IMAGE_FINGERPRINTS).where(fp.turn_id == turn_id)))
+
+
+@pytest.mark.parametrize(
+    ("name", "mime"),
+    [
+        ("sample1.png", "image/png"),
+        ("earth_apollo17.jpg", "image/jpeg"),
+        ("mars.webp", "image/webp"),
+    ],
+)
+def test_every_signed_output_carries_its_iscc_soft_binding_and_stays_trusted(
+    custody: Any, photo_bytes: dict[str, bytes], name: str, mime: str
+) -> None:
+    signed, turn = edit(custody, photo_bytes[name], mime, "make it teal")
+    anchors = custody.services.signer.trust_anchors_pem()
+    assert verify_image(signed, None, anchors).state == "Trusted"
+    independent = verify_independently(signed, None, anchors)
+    assert independent.ok, independent
+    binding = manifest_assertions(signed, anchors)["c2pa.soft-binding"]
+    assert binding["alg"] == ISCC_ALG == "io.iscc.v0"
+    [block] = binding["blocks"]
+    found = fingerprint(signed)
+    assert found is not None and block["value"] == found.iscc  # the pixels signed are released
+    assert block["value"].startswith("ISCC:EE")  # ISO 24138 Content-Code, Image, v0
+    # The ledger's output.signed lists the same fingerprints; the index holds input and output.
+    [signed_event] = [e for e in custody.ledger_events(turn) if e["type"] == "output.signed"]
+    assert signed_event["body"]["fingerprint"] == found.to_dict()
+    rows = {r.direction: r for r in fingerprint_rows(custody.services.engine, turn)}
+    assert set(rows) == {"input", "output"}
+    assert rows["output"].pdq == found.pdq and rows["output"].iscc == found.iscc
+    assert rows["output"].tenant == "acme"
+    source = fingerprint(photo_bytes[name])
+    assert source is not None and rows["input"].pdq == source.pdq
+    assert rows["input"].role == "parent"
+
+
+def test_an_input_that_is_not_decodable_gets_no_fingerprint_and_the_turn_goes_on(
+    custody: Any,
+) -> None:
+    assert fingerprint(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64) is None
+    assert fingerprint(b"not an image") is None
+
+
+def test_iscc_codes_of_a_reencoded_copy_are_near(photo_bytes: dict[str, bytes]) -> None:
+    original = fingerprint(photo_bytes["P1000827.jpg"])
+    image = Image.open(io.BytesIO(photo_bytes["P1000827.jpg"]))
+    out = io.BytesIO()
+    image.resize((image.width // 2, image.height // 2)).save(out, "JPEG", quality=70)
+    copy = fingerprint(out.getvalue())
+    assert original is not None and copy is not None
+    assert iscc_distance(original.iscc, copy.iscc) <= 4
+
+
+# -- lookup of a copy with no manifest and other bytes ------------------------------------------
+
+
+def held_out_copy(signed: bytes) -> bytes:
+    """What a social network makes of a released image: decoded, halved, JPEG quality 70 (the
+    manifest and every byte are gone)."""
+    image = Image.open(io.BytesIO(signed)).convert("RGB")
+    out = io.BytesIO()
+    image.resize((image.width // 2, image.height // 2), Image.Resampling.BILINEAR).save(
+        out, "JPEG", quality=70
+    )
+    return out.getvalue()
+
+
+def post_verify(custody: RunningCustody, data: bytes, role: str = "auditor") -> httpx.Response:
+    return httpx.post(
+        custody.base_url + "/api/v1/verify",
+        content=data,
+        headers={"x-goog-api-key": custody.keys[role], "content-type": "image/jpeg"},
+        timeout=60,
+    )
+
+
+def assert_proven_independently(custody: RunningCustody, record: dict[str, Any]) -> None:
+    """The record's released entry is in the tree the signed checkpoint commits to: the note is
+    opened with the log's published key and the audit path is checked here, not by Custody."""
+    note = httpx.get(
+        custody.base_url + "/api/v1/ledger/checkpoint",
+        headers={"x-goog-api-key": custody.keys["auditor"]},
+        timeout=30,
+    ).text
+    cp = open_checkpoint(
+        note,
+        NoteVerifier.from_key_string(custody.services.ledger_verifier_key),
+        custody.services.settings.log_origin,
+    )
+    assert cp.size == record["checkpoint"]["size"]
+    assert base64.b64encode(cp.root).decode() == record["checkpoint"]["root"]
+    [released] = [e for e in record["events"] if e["type"] == "turn.released"]
+    index = released["index"]
+    headers = {"x-goog-api-key": custody.keys["auditor"]}
+    entries = httpx.get(
+        custody.base_url + "/api/v1/ledger/entries",
+        params={"start": index, "end": index + 1},
+        headers=headers,
+        timeout=30,
+    ).json()["entries"]
+    proof = httpx.get(
+        custody.base_url + "/api/v1/ledger/proof/inclusion",
+        params={"index": index, "size": cp.size},
+        headers=headers,
+        timeout=30,
+    ).json()
+    leaf = base64.b64decode(entries[0]["leaf"])
+    hashes = [base64.b64decode(h) for h in proof["hashes"]]
+    check_inclusion(hashes, cp.size, cp.root, index, leaf_hash(leaf))
+
+
+@pytest.fixture()
+def served(tmp_path: Path, db_url: str) -> Iterator[RunningCustody]:
+    """A gateway whose ledger and fingerprint index live on SQLite, then on PostgreSQL."""
+    running = start_custody(tmp_path / "custody", db_url)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_a_reencoded_half_size_copy_is_found_by_the_verify_route_with_a_proof_that_verifies(
+    served: RunningCustody, photo_bytes: dict[str, bytes]
+) -> None:
+    signed, turn = edit(served, photo_bytes["P1000827.jpg"], "image/jpeg", "warmer light")
+    edit(served, photo_bytes["earth_apollo17.jpg"], "image/jpeg", "another turn, another photo")
+    served.services.ledger.issue_checkpoint()  # an auditor's read never signs one
+    copy = held_out_copy(signed)
+    assert verify_image(copy, None, served.services.signer.trust_anchors_pem()).state == "none"
+    resp = post_verify(served, copy)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["found_by"] == "fingerprint"
+    assert body["ledger"]["turn_id"] == turn and body["ledger"]["proofs_verified"] is True
+    lookup = body["fingerprint_lookup"]
+    assert lookup["max_distance"] == MAX_DISTANCE == 31
+    [candidate] = lookup["candidates"]  # the other photo's turn is far away
+    assert candidate["turn_id"] == turn
+    assert candidate["pdq_distance"] <= 31 and candidate["iscc_distance"] <= 8
+    assert_proven_independently(served, body["ledger"])
+
+
+def test_an_unrelated_photo_is_not_matched(
+    custody: RunningCustody, photo_bytes: dict[str, bytes]
+) -> None:
+    edit(custody, photo_bytes["P1000827.jpg"], "image/jpeg", "warmer light")
+    custody.services.ledger.issue_checkpoint()
+    unrelated = held_out_copy(photo_bytes["earth_apollo17.jpg"])
+    body = post_verify(custody, unrelated).json()
+    assert body["found_by"] is None and body["ledger"] is None
+    assert body["fingerprint_lookup"]["candidates"] == []
+    assert "no recorded image within PDQ distance 31" in body["fingerprint_lookup"]["note"]
+
+
+def test_an_auditor_never_sees_another_tenants_candidates(
+    custody: RunningCustody, photo_bytes: dict[str, bytes]
+) -> None:
+    signed, _ = edit(
+        custody, photo_bytes["P1000827.jpg"], "image/jpeg", "globex's edit", "other-tenant-editor"
+    )
+    custody.services.ledger.issue_checkpoint()
+    body = post_verify(custody, held_out_copy(signed)).json()  # acme's auditor
+    assert body["found_by"] is None and body["ledger"] is None
+    assert body["fingerprint_lookup"]["candidates"] == []
+    assert "globex" not in json.dumps(body)
+    # the same copy is found for acme once acme released it too
+    mine, turn = edit(custody, photo_bytes["P1000827.jpg"], "image/jpeg", "acme's edit")
+    custody.services.ledger.issue_checkpoint()
+    body = post_verify(custody, held_out_copy(mine)).json()
+    assert [c["turn_id"] for c in body["fingerprint_lookup"]["candidates"]] == [turn]
+    assert "globex" not in json.dumps(body)
+    assert post_verify(custody, held_out_copy(mine), role="editor").status_code == 403
+
+
+def test_custody_verify_finds_the_reencoded_copy_with_its_turn_and_proofs(
+    custody: RunningCustody, photo_bytes: dict[str, bytes], tmp_path: Path
+) -> None:
+    signed, turn = edit(custody, photo_bytes["sample1.png"], "image/png", "make it teal")
+    path = tmp_path / "copy.jpg"
+    path.write_bytes(held_out_copy(signed))
+    env = {
+        "CUSTODY_DATA_DIR": str(custody.services.settings.data_dir),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    cmd = [sys.executable, "-m", "governance.cli", "verify"]
+    done = subprocess.run(
+        [*cmd, str(path), "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["c2pa"]["state"] == "none"
+    assert out["ledger"]["turn_id"] == turn and out["ledger"]["proofs_verified"] is True
+    [candidate] = out["fingerprint_lookup"]["candidates"]
+    assert candidate["turn_id"] == turn and candidate["pdq_distance"] <= 31
+    text = subprocess.run(
+        [*cmd, str(path)], capture_output=True, text=True, env=env, timeout=120
+    ).stdout
+    assert f"turn {turn} (output image): PDQ distance" in text
+    assert "every entry proven" in text
+
+
+# -- the index alone, on both databases ------------------------------------------------------------
+
+
+def _flip(pdq: str, bits: list[int]) -> str:
+    value = int(pdq, 16)
+    for bit in bits:
+        value ^= 1 << bit
+    return f"{value:064x}"
+
+
+def test_the_band_index_finds_exactly_the_hashes_within_31_bits_per_tenant(db_url: str) -> None:
+    migrate(db_url)
+    engine = create_engine(normalise_url(db_url))
+    rng = random.Random(18)
+    query = f"{rng.getrandbits(256):064x}"
+    # Worst cases for the bands: 31 flipped bits spread so 15 bands differ by 2 and one by 1,
+    # and 32 bits spread 2 per band (no band within one bit: beyond the guarantee).
+    spread_31 = [n * 16 + k for n in range(15) for k in (0, 9)] + [15 * 16 + 3]
+    spread_32 = [n * 16 + k for n in range(16) for k in (0, 9)]
+    near = {
+        "same": query,
+        "d7": _flip(query, rng.sample(range(256), 7)),
+        "d31": _flip(query, spread_31),
+    }
+    far = {"d32": _flip(query, spread_32), "random": f"{rng.getrandbits(256):064x}"}
+    rows = []
+    for n, (name, pdq) in enumerate({**near, **far}.items()):
+        for tenant in ("acme", "globex"):
+            rows.append(
+                fingerprint_row(
+                    turn_id=f"{tenant}-{name}", tenant=tenant, direction="output", role="output",
+                    content_index=0, part_index=n, sha256="0" * 64, pdq=pdq, pdq_quality=100,
+                    iscc="ISCC:EEAYAAAAAAAAAAAA", created_ms=n,
+                )
+            )  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(
+            IMAGE_FINGERPRINTS.insert(),
+            [dict(zip(FINGERPRINT_COLUMNS, r, strict=True)) for r in rows],
+        )
+    try:
+        found = find_similar(engine, query, tenant="acme")
+        assert [m.turn_id for m in found] == ["acme-same", "acme-d7", "acme-d31"]
+        assert [m.pdq_distance for m in found] == [0, 7, 31]
+        everyone = {m.turn_id for m in find_similar(engine, query, tenant=None)}
+        assert everyone == {f"{t}-{n}" for t in ("acme", "globex") for n in near}
+        assert [m.turn_id for m in find_similar(engine, query, tenant="initech")] == []
+        assert [
+            m.pdq_distance for m in find_similar(engine, query, tenant="acme", max_distance=7)
+        ] == [0, 7]
+        with pytest.raises(ValueError, match=r"0\.\.31"):
+            find_similar(engine, query, tenant="acme", max_distance=32)
+    finally:
+        engine.dispose()
+
+
+def test_brightness_and_contrast_changes_are_found_and_crops_are_not(
+    photo_bytes: dict[str, bytes],
+) -> None:
+    """What docs/provenance.md claims, on one photo: near under tone changes, far under crops."""
+    image = Image.open(io.BytesIO(photo_bytes["IMG_0003.jpg"])).convert("RGB")
+    original = fingerprint(photo_bytes["IMG_0003.jpg"])
+    assert original is not None
+
+    def distance(changed: Image.Image) -> int:
+        out = io.BytesIO()
+        changed.save(out, "JPEG", quality=85)
+        copy = fingerprint(out.getvalue())
+        assert copy is not None
+        return (int(original.pdq, 16) ^ int(copy.pdq, 16)).bit_count()
+
+    assert distance(ImageEnhance.Brightness(image).enhance(1.2)) <= 31
+    assert distance(ImageEnhance.Contrast(image).enhance(1.3)) <= 31
+    w, h = image.size
+    assert distance(image.crop((w // 10, h // 10, w * 9 // 10, h * 9 // 10))) > 31
+    assert distance(image.rotate(90, expand=True)) > 31
