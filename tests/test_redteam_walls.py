@@ -229,6 +229,18 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", "/healthz", {}),
         ("GET", "/readyz", {}),
     ]
+    signed_sha = hashlib.sha256(a["signed"]).hexdigest()
+    probes += [  # compliance queries, with A's identifiers as filters
+        ("GET", "/api/v1/query/turns", {}),
+        ("GET", "/api/v1/query/turns", {"params": {"tenant": "acme"}}),
+        ("GET", "/api/v1/query/turns", {"params": {"session": SESSION, "actor": "editor@acme"}}),
+        ("GET", "/api/v1/query/events", {}),
+        ("GET", "/api/v1/query/events", {"params": {"turn": a["held_turn"]}}),
+        ("GET", f"/api/v1/query/images/{signed_sha}", {}),
+        ("GET", f"/api/v1/query/images/{a['digest']}", {}),
+        ("GET", f"/api/v1/query/turns/{a['held_turn']}/proof", {}),
+        ("POST", "/api/v1/query/prompts", {"json": {"query": "sofa"}}),
+    ]
     task, acme = a["task"], {"tenant": "acme"}
     decision = {"decision": "approve", "comment": "", "shown_digest": a["shown_digest"]}
     probes += [
@@ -300,6 +312,11 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
         ("POST", "/api/v1/reviews/{task_id}/claim"): ("POST", "/api/v1/reviews/t/claim"),
         ("POST", "/api/v1/reviews/{task_id}/decision"): ("POST", "/api/v1/reviews/t/decision"),
         ("GET", "/api/v1/turns/{turn_id}"): ("GET", "/api/v1/turns/h"),
+        ("GET", "/api/v1/query/images/{sha256}"): (
+            "GET",
+            "/api/v1/query/images/" + hashlib.sha256(b"").hexdigest(),
+        ),
+        ("GET", "/api/v1/query/turns/{turn_id}/proof"): ("GET", "/api/v1/query/turns/h/proof"),
         ("POST", "/api/v1/review-groups/{group}/members"): (
             "POST",
             "/api/v1/review-groups/reviewers/members",
