@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from governance import __version__
 from governance.api import (
+    compliance_routes,
     erasure_routes,
     gemini_routes,
     health_routes,
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.include_router(health_routes.router)
     app.include_router(ledger_routes.router)
+    app.include_router(compliance_routes.router)
     app.include_router(verify_routes.router)
     app.include_router(keys_routes.router)
     app.include_router(erasure_routes.router)

@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from governance.accounts.cli import register as register_accounts
     from governance.auth.cli import register as register_keys
+    from governance.compliance.cli import register as register_query
     from governance.db_cli import register as register_db
     from governance.doctor import register as register_doctor
     from governance.erasure_cli import register as register_erase
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_ledger,
         register_policy,
         register_verify,
+        register_query,
     ):
         register(sub)
     return parser

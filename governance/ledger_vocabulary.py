@@ -238,6 +238,20 @@ class ContentErased(TypedDict):
     tenants: list[str]
 
 
+# -- compliance reads ------------------------------------------------------------------------------
+
+
+class PromptsSearched(TypedDict):
+    """An auditor searched the committed prompts: reading private content leaves a trace."""
+
+    query: str  # a commitment to the query text (the text is in the blob store, erasable)
+    query_chars: int
+    filters: dict[str, Any]
+    results: int
+    scanned: int  # turns whose prompts were read
+    more: bool
+
+
 # -- review of held turns -------------------------------------------------------------------------
 
 
@@ -446,6 +460,7 @@ EVENT_BODIES: dict[str, type] = {
     "key.rotated": KeyRotated,
     "key.expired": KeyExpired,
     "content.erased": ContentErased,
+    "prompts.searched": PromptsSearched,
     "review.opened": ReviewOpened,
     "review.claimed": ReviewClaimed,
     "review.decided": ReviewDecided,

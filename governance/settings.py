@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     policy_interpreters: int = Field(default=2, ge=1)  # Rego interpreters shared by all threads
     policy_reload_ms: int = 2_000  # how often policy files are checked for changes (0: never)
 
+    # -- compliance queries and oversight figures (governance/compliance)
+    prompt_search_scan: int = Field(default=5_000, ge=1)  # turns one prompt search reads at most
+    rubber_stamp_ms: int = Field(default=5_000, ge=0)  # a review decided faster is a rubber stamp
+    model_prices: str = ""  # JSON: {"model": {"input": USD per 1M tokens, "output": ...}}
+
     # -- review console (people's sign-in, governance/console)
     console_cookie_secure: str = "auto"  # "auto": Secure when served over https; "on"; "off"
     console_session_ttl_s: int = Field(default=8 * 3600, ge=60)

@@ -62,6 +62,8 @@ OPEN = profile(
 READER = profile(
     editor=403, reviewer=403, auditor=200, admin=200, operator=200, no_key=401, other_admin=200
 )
+# Readers let through to a record that does not exist: 404, not 403.
+READER_OF_NOTHING = {**READER, "auditor": 404, "admin": 404, "operator": 404, "other_admin": 404}
 # Checkpoint signing: admins and operators only.
 SIGNER = profile(
     editor=403, reviewer=403, auditor=403, admin=200, operator=200, no_key=401, other_admin=200
@@ -171,6 +173,13 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/ledger/proof/consistency"): row(READER, params={"old": 1}),
     ("GET", "/api/v1/ledger/proof/file"): row(READER, params={"index": 0}),
     ("POST", "/api/v1/verify"): row(READER, body="signed_png", content_type="image/png"),
+    ("GET", "/api/v1/query/turns"): row(READER, params={"limit": 5}),
+    ("GET", "/api/v1/query/events"): row(READER, params={"limit": 5}),
+    ("GET", "/api/v1/query/images/{sha256}"): row(READER, path="/api/v1/query/images/" + "0" * 64),
+    ("GET", "/api/v1/query/turns/{turn_id}/proof"): row(
+        READER_OF_NOTHING, path="/api/v1/query/turns/no-such-turn/proof"
+    ),
+    ("POST", "/api/v1/query/prompts"): row(READER, body={"query": "teal"}),
     ("POST", "/{api_version}/models/{model_action}"): row(
         EDITOR, path="/v1beta/models/gemini-2.5-flash-image:generateContent", body=GENERATE
     ),

@@ -43,7 +43,7 @@ def test_operations_documents_no_setting_that_does_not_exist() -> None:
 
 EVENT_TYPE = re.compile(
     r"\"((?:turn|policy|review|upstream|output|key|content|models|tokens|request|account"
-    r"|console|webhook)\.[a-z_]+)\""
+    r"|console|webhook|prompts)\.[a-z_]+)\""
 )
 
 

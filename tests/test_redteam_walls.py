@@ -279,6 +279,20 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     for key_id in a["key_ids"]:
         probes.append(("POST", f"/api/v1/keys/{key_id}/revoke", {"json": {}}))
         probes.append(("POST", f"/api/v1/keys/{key_id}/rotate", {"json": {}}))
+    signed_sha = hashlib.sha256(a["signed"]).hexdigest()
+    # Compliance queries last: B's own records (its refused attempts on A's ids, by any of B's
+    # callers) then hold only identifiers this caller has sent too.
+    probes += [  # compliance queries, with A's identifiers as filters
+        ("GET", "/api/v1/query/turns", {}),
+        ("GET", "/api/v1/query/turns", {"params": {"tenant": "acme"}}),
+        ("GET", "/api/v1/query/turns", {"params": {"session": SESSION, "actor": "editor@acme"}}),
+        ("GET", "/api/v1/query/events", {}),
+        ("GET", "/api/v1/query/events", {"params": {"turn": a["held_turn"]}}),
+        ("GET", f"/api/v1/query/images/{signed_sha}", {}),
+        ("GET", f"/api/v1/query/images/{a['digest']}", {}),
+        ("GET", f"/api/v1/query/turns/{a['held_turn']}/proof", {}),
+        ("POST", "/api/v1/query/prompts", {"json": {"query": "sofa"}}),
+    ]
     return probes
 
 
@@ -300,6 +314,11 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
         ("POST", "/api/v1/reviews/{task_id}/claim"): ("POST", "/api/v1/reviews/t/claim"),
         ("POST", "/api/v1/reviews/{task_id}/decision"): ("POST", "/api/v1/reviews/t/decision"),
         ("GET", "/api/v1/turns/{turn_id}"): ("GET", "/api/v1/turns/h"),
+        ("GET", "/api/v1/query/images/{sha256}"): (
+            "GET",
+            "/api/v1/query/images/" + hashlib.sha256(b"").hexdigest(),
+        ),
+        ("GET", "/api/v1/query/turns/{turn_id}/proof"): ("GET", "/api/v1/query/turns/h/proof"),
         ("POST", "/api/v1/review-groups/{group}/members"): (
             "POST",
             "/api/v1/review-groups/reviewers/members",
@@ -339,6 +358,7 @@ def test_tenant_b_learns_nothing_of_tenant_a_on_any_route(walls, caller) -> None
         # record, by design), its own earlier refused requests shown back on its ledger page.
         sent += (path + str(options.get("params", "")) + str(options.get("json", ""))).encode()
         sent += str(options.get("data", "")).encode() + options.get("content", b"")
+        sent += str(options.get("headers", "")).encode()  # e.g. A's session id on B's own turn
         sent += b"".join(f[1] for f in (options.get("files") or {}).values())
         found = sorted(s for s in a["secrets"] if s in seen and s.encode() not in sent)
         if found:

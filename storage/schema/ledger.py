@@ -23,6 +23,8 @@ LEDGER_ENTRIES = Table(
     Column("leaf", LargeBinary, nullable=False),  # RFC 8785 canonical JSON
     Column("leaf_hash", LargeBinary, nullable=False),  # SHA-256(0x00 || leaf)
     Index("ix_ledger_entries_turn", "turn_id"),
+    Index("ix_ledger_entries_q_tenant", "tenant", "idx"),  # 0010_query_indexes
+    Index("ix_ledger_entries_q_type", "tenant", "type", "idx"),
 )
 
 # The tlog stored-hash layout (storage/ledger/merkle.py): every complete subtree's hash, once.

@@ -72,7 +72,10 @@ class ReviewDecision(SQLModel, table=True):
     """One reviewer's decision on one task; a reviewer decides a task once."""
 
     __tablename__ = "review_decisions"
-    __table_args__ = (UniqueConstraint("task_id", "reviewer", name="uq_review_decisions_reviewer"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "reviewer", name="uq_review_decisions_reviewer"),
+        Index("ix_review_decisions_q_reviewer", "reviewer", "task_id"),  # 0010_query_indexes
+    )
 
     decision_id: str = Field(sa_column=Column(String(32), primary_key=True))
     task_id: str = Field(

@@ -1,6 +1,7 @@
 """The turn index: one ``turns`` row per closed turn, its images, its policy decisions' inputs.
 
-Created by ``0001_core``, ``0003_decision_inputs`` and ``0004_decision_input_commitments``. These
+Created by ``0001_core``, ``0003_decision_inputs`` and ``0004_decision_input_commitments``; the
+compliance queries' indexes by ``0010_query_indexes``. These
 rows are written in the same transaction as the turn's closing ledger event (side rows of the
 append) and ``custody ledger verify`` checks each against the leaves; they hold digests and
 commitments, never content.
@@ -19,6 +20,13 @@ class Turn(SQLModel, table=True):
     __table_args__ = (
         Index("ix_turns_tenant_created", "tenant", "created_ms"),
         Index("ix_turns_actor_created", "tenant", "actor", "created_ms"),
+        # 0010_query_indexes: one per compliance filter, ending in the paging key.
+        Index("ix_turns_q_tenant", "tenant", "created_ms", "turn_id"),
+        Index("ix_turns_q_actor", "tenant", "actor", "created_ms", "turn_id"),
+        Index("ix_turns_q_session", "tenant", "session_id", "created_ms", "turn_id"),
+        Index("ix_turns_q_model", "tenant", "model", "created_ms", "turn_id"),
+        Index("ix_turns_q_status", "tenant", "status", "created_ms", "turn_id"),
+        Index("ix_turns_q_outcome", "tenant", "outcome", "created_ms", "turn_id"),
     )
 
     turn_id: str = Field(sa_column=Column(String(40), primary_key=True))

@@ -1,0 +1,87 @@
+"""Synthetic recorded turns, bulk-inserted straight into a migrated database (bench and tests).
+
+For measuring and EXPLAINing the compliance queries at scale without running 10⁶ real turns:
+``turns`` rows with realistic spreads (tenants, 50 actors and 5,000 sessions per tenant, two
+models, one turn in ten denied) and one ``ledger_entries`` row per turn. The leaves are
+well-formed version-1 leaves but the tree (``ledger_hashes``, ``ledger_head``) is not built: the
+database is for queries only, never for ``custody ledger verify``. Rows go in by multi-row
+INSERTs in batches of 10,000 (one transaction each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import Engine, insert
+
+from storage.schema.ledger import LEDGER_ENTRIES
+from storage.schema.turns import TURNS
+
+BATCH = 10_000
+BASE_MS = 1_780_000_000_000  # 2026-05
+MODELS = ("gemini-2.5-flash-image", "gemini-3-pro-image-preview")
+EVENT_TYPES = ("turn.received", "policy.decided", "turn.released")
+
+
+def _turn(i: int, tenants: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    tenant = f"t{i % tenants}"
+    n = i // tenants
+    denied = i % 10 == 7
+    turn_id = f"{i:032x}"
+    created = BASE_MS + i * 10
+    actor = f"actor-{n % 50}@{tenant}"
+    session = f"s-{n % 5000}"
+    row = {
+        "turn_id": turn_id,
+        "tenant": tenant,
+        "actor": actor,
+        "session_id": session,
+        "model": MODELS[(i // 3) % 2],
+        "api_version": "v1beta",
+        "method": "generateContent",
+        "status": "failed" if denied else "released",
+        "outcome": "POLICY_DENIED" if denied else "ok",
+        "prompt_sha256": None,
+        "request_sha256": hashlib.sha256(turn_id.encode()).hexdigest(),
+        "response_sha256": None,
+        "upstream": "bench",
+        "upstream_status": None if denied else 200,
+        "model_version": None,
+        "finish_reason": None if denied else "STOP",
+        "block_reason": None,
+        "error": None,
+        "usage_json": None if denied else '{"promptTokenCount":12,"candidatesTokenCount":1290}',
+        "timings_json": json.dumps(
+            {"upstream_ms": 0 if denied else 900 + i % 300, "total_ms": 950}
+        ),
+        "first_entry_index": i,
+        "created_ms": created,
+        "finished_ms": created + 950,
+    }
+    kind = EVENT_TYPES[i % 3]
+    leaf = json.dumps(
+        {"v": 1, "origin": "bench", "type": kind, "tenant": tenant, "actor": actor,
+         "session": session, "turn": turn_id, "time_ms": created, "body": {}},
+        sort_keys=True, separators=(",", ":"),
+    ).encode()  # fmt: skip
+    entry = {
+        "idx": i,
+        "time_ms": created,
+        "type": kind,
+        "tenant": tenant,
+        "turn_id": turn_id,
+        "leaf": leaf,
+        "leaf_hash": hashlib.sha256(b"\x00" + leaf).digest(),
+    }
+    return row, entry
+
+
+def synthesise_turns(engine: Engine, *, turns: int, tenants: int = 4, start: int = 0) -> None:
+    """Insert turns ``start .. start+turns-1`` (and their ledger rows) into ``engine``'s DB."""
+    for first in range(start, start + turns, BATCH):
+        pairs = [_turn(i, tenants) for i in range(first, min(first + BATCH, start + turns))]
+        with engine.begin() as conn:
+            conn.execute(insert(TURNS), [p[0] for p in pairs])
+            conn.execute(insert(LEDGER_ENTRIES), [p[1] for p in pairs])

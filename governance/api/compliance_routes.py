@@ -1,0 +1,271 @@
+"""Compliance queries over HTTP (auditors): turns, events, images by hash, proofs, prompt search.
+
+Every route needs the ``auditor`` role (admins hold it) or ``operator``; an editor or reviewer
+gets 403. The tenant wall: a tenant's auditor queries their own tenant only (naming another in
+``tenant`` is a 403, never an empty answer that looks like "nothing happened"); the operator
+names any tenant, or none for every tenant. A turn or image of another tenant is "not found".
+Bad filters and cursors are a 400 in Gemini's envelope, saying what to change.
+
+Prompt search reads private content, so it is a POST that records ``prompts.searched`` (who, a
+commitment to the query, the filters, how many turns were read and matched) before answering.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import Response
+
+from governance.api.deps import get_services
+from governance.api.errors import GeminiError
+from governance.api.ledger_routes import MAX_INDEX, not_yet_checkpointed
+from governance.api.tenant_scope import may_sign_checkpoints, require_reader
+from governance.auth.principal import Principal
+from governance.compliance.prompt_search import (
+    commit_query,
+    search_prompts,
+    searched_event,
+    searched_side_rows,
+)
+from governance.compliance.proofs import turn_proofs
+from governance.compliance.queries import (
+    DEFAULT_LIMIT,
+    EventFilter,
+    QueryError,
+    TurnFilter,
+    images_by_hash,
+    query_events,
+    query_turns,
+)
+from governance.provenance.lookup import NotYetCheckpointed
+from storage.blobs import Commitments
+
+router = APIRouter(prefix="/api/v1/query", tags=["compliance"])
+
+
+def bad_query(message: str) -> GeminiError:
+    return GeminiError(400, message, reason="BAD_COMPLIANCE_QUERY")
+
+
+def scoped_tenant(principal: Principal, asked: str | None) -> str | None:
+    """The tenant a query may read: the caller's own; an operator's choice (None: all)."""
+    if principal.is_operator:
+        return asked or None
+    if asked not in (None, "", principal.tenant):
+        raise GeminiError(
+            403,
+            f"The key of {principal.actor!r} reads tenant {principal.tenant!r} only; it cannot"
+            f" query tenant {asked!r}. Leave tenant out, or ask that tenant's auditor.",
+            reason="TENANT_WALL",
+        )
+    return principal.tenant
+
+
+def _time(name: str, value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_INDEX:
+        raise bad_query(f"{name} must be milliseconds since 1970 from 0 to 2^62; got {value}.")
+    return value
+
+
+def turn_filter(principal: Principal, params: dict[str, Any]) -> TurnFilter:
+    """A ``TurnFilter`` from query or body parameters, tenant-scoped; 400 on a bad one."""
+    try:
+        return TurnFilter(
+            tenant=scoped_tenant(principal, params.get("tenant")),
+            actor=params.get("actor"),
+            session=params.get("session"),
+            model=params.get("model"),
+            status=params.get("status"),
+            outcome=params.get("outcome"),
+            policy=params.get("policy"),
+            reviewer=params.get("reviewer"),
+            stage=params.get("stage"),
+            since_ms=_time("since", params.get("since")),
+            until_ms=_time("until", params.get("until")),
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+
+
+@router.get("/turns")
+async def turns(
+    request: Request,
+    tenant: str | None = Query(None),
+    actor: str | None = Query(None),
+    session: str | None = Query(None),
+    model: str | None = Query(None),
+    status: str | None = Query(None),
+    outcome: str | None = Query(None),
+    policy: str | None = Query(None),
+    reviewer: str | None = Query(None),
+    stage: str | None = Query(None),
+    since: int | None = Query(None),
+    until: int | None = Query(None),
+    cursor: str | None = Query(None),
+    limit: int = Query(DEFAULT_LIMIT),
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any]:
+    """Turns matching every filter given, newest first, each with its ledger indexes."""
+    params = dict(
+        tenant=tenant, actor=actor, session=session, model=model, status=status,
+        outcome=outcome, policy=policy, reviewer=reviewer, stage=stage, since=since, until=until,
+    )  # fmt: skip
+    flt = turn_filter(principal, params)
+    services = get_services(request)
+    try:
+        page = await services.run_blocking(
+            query_turns, services.read_engine, flt, cursor=cursor, limit=limit
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+    return page.to_dict()
+
+
+@router.get("/events")
+async def events(
+    request: Request,
+    tenant: str | None = Query(None),
+    type: str | None = Query(None),
+    turn: str | None = Query(None),
+    actor: str | None = Query(None),
+    session: str | None = Query(None),
+    model: str | None = Query(None),
+    reviewer: str | None = Query(None),
+    since: int | None = Query(None),
+    until: int | None = Query(None),
+    cursor: str | None = Query(None),
+    limit: int = Query(DEFAULT_LIMIT),
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any]:
+    """Ledger events matching every filter given, highest index first."""
+    try:
+        flt = EventFilter(
+            tenant=scoped_tenant(principal, tenant),
+            type=type,
+            turn=turn,
+            actor=actor,
+            session=session,
+            model=model,
+            reviewer=reviewer,
+            since_ms=_time("since", since),
+            until_ms=_time("until", until),
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+    services = get_services(request)
+    try:
+        page = await services.run_blocking(
+            query_events, services.read_engine, flt, cursor=cursor, limit=limit
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+    return page.to_dict()
+
+
+@router.get("/images/{sha256}")
+async def image(
+    request: Request,
+    sha256: str,
+    tenant: str | None = Query(None),
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any]:
+    """Every recorded input or output with this SHA-256 (upstream's or signed), newest first."""
+    scope = scoped_tenant(principal, tenant)
+    services = get_services(request)
+    try:
+        rows = await services.run_blocking(
+            images_by_hash, services.read_engine, sha256.lower(), tenant=scope
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+    return {"sha256": sha256.lower(), "rows": rows, "count": len(rows)}
+
+
+@router.get("/turns/{turn_id}/proof", response_model=None)
+async def proof(
+    request: Request,
+    turn_id: str,
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any] | Response:
+    """Every entry of the turn with its RFC 6962 inclusion proof against the latest checkpoint."""
+    services = get_services(request)
+    scope = None if principal.is_operator else principal.tenant
+    try:
+        found = await services.run_blocking(
+            turn_proofs,
+            services.ledger,
+            turn_id,
+            tenant=scope,
+            may_sign=may_sign_checkpoints(principal),
+        )
+    except NotYetCheckpointed as exc:
+        return not_yet_checkpointed(exc)
+    if found is None:
+        raise GeminiError(
+            404,
+            f"No turn {turn_id!r} in the records this key may read (its own tenant's).",
+            status="NOT_FOUND",
+            reason="NO_SUCH_TURN",
+        )
+    return found
+
+
+@router.post("/prompts")
+async def prompts(
+    request: Request,
+    body: dict[str, Any] = Body(...),  # noqa: B008
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any]:
+    """Turns whose prompt contains ``query``; the search itself is recorded first."""
+    text = body.get("query")
+    if not isinstance(text, str):
+        raise bad_query('Send {"query": "text to find", ...filters}: query must be a string.')
+    allowed = {"query", "tenant", "actor", "session", "model", "status", "outcome", "policy",
+               "reviewer", "stage", "since", "until", "cursor", "limit", "scan"}  # fmt: skip
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise bad_query(f"unknown fields {unknown}; the body may hold {sorted(allowed)}.")
+    for name in ("since", "until", "limit", "scan"):
+        if body.get(name) is not None and not isinstance(body[name], int):
+            raise bad_query(f"{name} must be an integer; got {body[name]!r}.")
+    flt = turn_filter(principal, body)
+    services = get_services(request)
+    commitments = Commitments(services.engine, services.blobs)
+    scan = body.get("scan") or services.settings.prompt_search_scan
+    if not 1 <= scan <= services.settings.prompt_search_scan:
+        raise bad_query(f"scan must be from 1 to {services.settings.prompt_search_scan}.")
+    try:
+        found = await services.run_blocking(
+            search_prompts,
+            services.read_engine,
+            commitments,
+            flt,
+            text,
+            cursor=body.get("cursor"),
+            limit=body.get("limit") or DEFAULT_LIMIT,
+            scan=scan,
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+    query = await services.run_blocking(commit_query, services.blobs, text)
+    event = searched_event(
+        tenant=flt.tenant or "*",
+        actor=principal.actor,
+        query=query,
+        query_chars=len(text),
+        flt=flt,
+        found=found,
+    )
+    entries = await services.run_blocking(
+        services.ledger.append, [event], [searched_side_rows(commitments, query)]
+    )
+    return {
+        **found.page.to_dict(),
+        "scanned": found.scanned,
+        "recorded_as": {
+            "index": entries[0].index,
+            "leaf_hash": base64.b64encode(entries[0].leaf_hash).decode(),
+        },
+    }

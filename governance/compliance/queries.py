@@ -1,0 +1,402 @@
+"""Compliance queries over the recorded turns and ledger events: filtered, sorted, paged, provable.
+
+Turns are read from the turn index (``turns``, written in the same transaction as each turn's
+closing ledger event), events from ``ledger_entries`` itself; every row carries the ledger
+indexes it stands on, so an auditor can ask for each one's inclusion proof
+(``GET /api/v1/query/turns/{id}/proof``). Nothing here writes: the one query that reads private
+content, prompt search, is recorded by its caller (``governance.compliance.prompt_search``).
+
+Paging is keyset, newest first: a turn page continues below ``(created_ms, turn_id)`` of its last
+row, an event page below its last ledger index. Rows appended after a page was read sort above
+it, so a cursor never repeats or skips a row that existed when it was issued. A cursor is opaque
+(base64url of JSON) and bound to its filters: used with other filters it is refused (400), not
+silently reinterpreted. Every turn filter is served by one ``0010_query_indexes`` index that ends
+in the paging key.
+
+Tenant walls are the caller's ``tenant`` argument: the routes pass the caller's own tenant (an
+operator may name any, or none for every tenant, which no index serves).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from sqlalchemy import Engine, Select, exists, or_, select, tuple_
+
+from storage.ledger.leaf import decode_leaf
+from storage.schema.ledger import LEDGER_ENTRIES
+from storage.schema.reviews import ReviewDecision, ReviewTask
+from storage.schema.turns import TURN_IMAGES, TURNS
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+# Policy outcomes of a turn as the query names them, from what the turn index records.
+POLICY_OUTCOMES = ("allow", "deny", "review")
+DENY_REASONS = ("POLICY_DENIED", "RATE_LIMITED")
+STAGES = ("request", "response")
+
+REVIEW_TASKS = ReviewTask.__table__  # type: ignore[attr-defined]
+REVIEW_DECISIONS = ReviewDecision.__table__  # type: ignore[attr-defined]
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered as asked: the message says what to change."""
+
+
+@dataclass(frozen=True)
+class TurnFilter:
+    """Which turns: every field that is not None must match (``tenant`` None: every tenant)."""
+
+    tenant: str | None
+    actor: str | None = None
+    session: str | None = None  # the x-custody-session value the turn was sent with
+    model: str | None = None
+    status: str | None = None  # released | failed | interrupted
+    outcome: str | None = None  # the turn index's outcome (safety outcome or failure reason)
+    policy: str | None = None  # allow | deny | review
+    reviewer: str | None = None  # turns this reviewer decided
+    stage: str | None = None  # turns held for review at this stage
+    since_ms: int | None = None  # created at or after
+    until_ms: int | None = None  # created before
+
+    def __post_init__(self) -> None:
+        if self.policy is not None and self.policy not in POLICY_OUTCOMES:
+            raise QueryError(
+                f"policy must be one of {', '.join(POLICY_OUTCOMES)}; got {self.policy!r}"
+            )
+        if self.stage is not None and self.stage not in STAGES:
+            raise QueryError(f"stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
+        _check_range(self.since_ms, self.until_ms)
+
+    def used(self) -> dict[str, Any]:
+        """The filters set, by name (what a recorded search says it searched)."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which ledger events. ``actor``, ``session`` and ``reviewer`` select the events of the
+    turns that actor sent, that session holds, that reviewer decided (the ledger's own columns
+    are tenant, type, turn and time; who acted on a turn is in its index)."""
+
+    tenant: str | None
+    type: str | None = None
+    turn: str | None = None
+    actor: str | None = None
+    session: str | None = None
+    model: str | None = None
+    reviewer: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_range(self.since_ms, self.until_ms)
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]
+    next_cursor: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "next_cursor": self.next_cursor, "count": len(self.rows)}
+
+
+def _check_range(since_ms: int | None, until_ms: int | None) -> None:
+    if since_ms is not None and until_ms is not None and until_ms < since_ms:
+        raise QueryError(f"until ({until_ms}) is before since ({since_ms}).")
+
+
+# -- cursors ------------------------------------------------------------------------------------
+
+
+def _filter_digest(kind: str, flt: Any) -> str:
+    text = json.dumps([kind, asdict(flt)], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def format_cursor(kind: str, flt: Any, key: list[Any]) -> str:
+    """The opaque cursor continuing after ``key`` under these filters."""
+    doc = {"k": kind, "f": _filter_digest(kind, flt), "after": key}
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def parse_cursor(kind: str, flt: Any, cursor: str) -> list[Any]:
+    """The key a cursor continues after; ``QueryError`` for one not made by this query."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        doc = json.loads(raw)
+        key = doc["after"]
+        ok = isinstance(doc, dict) and doc["k"] == kind and isinstance(key, list)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise QueryError("cursor is not one this query returned: start again without it") from exc
+    if not ok:
+        raise QueryError(f"cursor is not one of a {kind} query: start again without it")
+    if doc.get("f") != _filter_digest(kind, flt):
+        raise QueryError(
+            "cursor was issued for other filters: repeat the query with the filters it was"
+            " issued for, or start again without the cursor"
+        )
+    return key  # type: ignore[no-any-return]
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit must be from 1 to {MAX_LIMIT}; got {limit}")
+    return limit
+
+
+# -- turns --------------------------------------------------------------------------------------
+
+
+def _turns_of_reviewer(reviewer: str) -> Select[Any]:
+    tasks, decisions = REVIEW_TASKS.c, REVIEW_DECISIONS.c
+    return (
+        select(tasks.turn_id)
+        .select_from(REVIEW_DECISIONS.join(REVIEW_TASKS, tasks.task_id == decisions.task_id))
+        .where(decisions.reviewer == reviewer)
+    )
+
+
+def turn_conditions(flt: TurnFilter) -> list[Any]:
+    """The WHERE conditions of ``flt`` on ``turns`` (shared with prompt search and oversight)."""
+    t = TURNS.c
+    conds: list[Any] = []
+    for column, value in (
+        (t.tenant, flt.tenant),
+        (t.actor, flt.actor),
+        (t.session_id, flt.session),
+        (t.model, flt.model),
+        (t.status, flt.status),
+        (t.outcome, flt.outcome),
+    ):
+        if value is not None:
+            conds.append(column == value)
+    if flt.since_ms is not None:
+        conds.append(t.created_ms >= flt.since_ms)
+    if flt.until_ms is not None:
+        conds.append(t.created_ms < flt.until_ms)
+    held = exists().where(REVIEW_TASKS.c.turn_id == t.turn_id)
+    if flt.policy == "deny":
+        conds.append(t.outcome.in_(DENY_REASONS))
+    elif flt.policy == "review":
+        conds.append(held)
+    elif flt.policy == "allow":
+        conds.extend([t.status == "released", ~held])
+    if flt.stage is not None:
+        conds.append(
+            t.turn_id.in_(select(REVIEW_TASKS.c.turn_id).where(REVIEW_TASKS.c.stage == flt.stage))
+        )
+    if flt.reviewer is not None:
+        conds.append(t.turn_id.in_(_turns_of_reviewer(flt.reviewer)))
+    return conds
+
+
+TURN_COLUMNS = (
+    "turn_id",
+    "tenant",
+    "actor",
+    "session_id",
+    "model",
+    "status",
+    "outcome",
+    "upstream_status",
+    "model_version",
+    "finish_reason",
+    "block_reason",
+    "first_entry_index",
+    "created_ms",
+    "finished_ms",
+)
+
+
+def turns_page_query(flt: TurnFilter, *, after: list[Any] | None, limit: int) -> Select[Any]:
+    """The SELECT of one page of turns, newest first (``tests`` EXPLAIN it)."""
+    t = TURNS.c
+    query = select(*(t[name] for name in TURN_COLUMNS)).where(*turn_conditions(flt))
+    if after is not None:
+        query = query.where(tuple_(t.created_ms, t.turn_id) < tuple_(after[0], after[1]))
+    return query.order_by(t.created_ms.desc(), t.turn_id.desc()).limit(limit)
+
+
+def _turn_json(row: Any) -> dict[str, Any]:
+    out = {name: row[i] for i, name in enumerate(TURN_COLUMNS)}
+    out["session"] = out.pop("session_id")
+    return out
+
+
+def _attach_ledger_facts(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    """Each turn's ledger indexes (every entry of it) and its outputs' hashes, in two reads."""
+    if not rows:
+        return
+    ids = [r["turn_id"] for r in rows]
+    e, images = LEDGER_ENTRIES.c, TURN_IMAGES.c
+    indexes: dict[str, list[int]] = {i: [] for i in ids}
+    outputs: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    with engine.connect() as conn:
+        for turn_id, idx in conn.execute(
+            select(e.turn_id, e.idx).where(e.turn_id.in_(ids)).order_by(e.idx)
+        ):
+            indexes[turn_id].append(int(idx))
+        for turn_id, sha, signed, manifest in conn.execute(
+            select(images.turn_id, images.sha256, images.signed_sha256, images.manifest_sha256)
+            .where(images.turn_id.in_(ids), images.direction == "output")
+            .order_by(images.id)
+        ):
+            outputs[turn_id].append(
+                {"upstream_sha256": sha, "signed_sha256": signed, "manifest_sha256": manifest}
+            )
+    for r in rows:
+        r["ledger_indexes"] = indexes[r["turn_id"]]
+        r["outputs"] = outputs[r["turn_id"]]
+
+
+def query_turns(
+    engine: Engine, flt: TurnFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
+) -> Page:
+    """One page of turns matching ``flt``, newest first, each with its ledger indexes."""
+    limit = _limit(limit)
+    after = parse_cursor("turns", flt, cursor) if cursor else None
+    with engine.connect() as conn:
+        found = conn.execute(turns_page_query(flt, after=after, limit=limit + 1)).all()
+    rows = [_turn_json(r) for r in found[:limit]]
+    _attach_ledger_facts(engine, rows)
+    more = len(found) > limit
+    last = rows[-1] if rows else None
+    key = [last["created_ms"], last["turn_id"]] if last else None
+    return Page(rows, format_cursor("turns", flt, key) if more and key else None)
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+def events_page_query(flt: EventFilter, *, after: int | None, limit: int) -> Select[Any]:
+    e, t = LEDGER_ENTRIES.c, TURNS.c
+    conds: list[Any] = []
+    if flt.tenant is not None:
+        conds.append(e.tenant == flt.tenant)
+    if flt.type is not None:
+        conds.append(e.type == flt.type)
+    if flt.turn is not None:
+        conds.append(e.turn_id == flt.turn)
+    if flt.since_ms is not None:
+        conds.append(e.time_ms >= flt.since_ms)
+    if flt.until_ms is not None:
+        conds.append(e.time_ms < flt.until_ms)
+    by_turn = TurnFilter(tenant=flt.tenant, actor=flt.actor, session=flt.session, model=flt.model)
+    if any(v is not None for v in (flt.actor, flt.session, flt.model)):
+        conds.append(e.turn_id.in_(select(t.turn_id).where(*turn_conditions(by_turn))))
+    if flt.reviewer is not None:
+        conds.append(e.turn_id.in_(_turns_of_reviewer(flt.reviewer)))
+    if after is not None:
+        conds.append(e.idx < after)
+    return (
+        select(e.idx, e.time_ms, e.leaf, e.leaf_hash)
+        .where(*conds)
+        .order_by(e.idx.desc())
+        .limit(limit)
+    )
+
+
+def query_events(
+    engine: Engine, flt: EventFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
+) -> Page:
+    """One page of ledger events matching ``flt``, newest (highest index) first."""
+    limit = _limit(limit)
+    key = parse_cursor("events", flt, cursor) if cursor else None
+    after = None
+    if key is not None:
+        if len(key) != 1 or not isinstance(key[0], int):
+            raise QueryError("cursor is not one this query returned: start again without it")
+        after = key[0]
+    with engine.connect() as conn:
+        found = conn.execute(events_page_query(flt, after=after, limit=limit + 1)).all()
+    rows = []
+    for idx, time_ms, leaf, lh in found[:limit]:
+        doc = decode_leaf(bytes(leaf))
+        rows.append(
+            {
+                "index": int(idx),
+                "time_ms": int(time_ms),
+                "type": doc["type"],
+                "tenant": doc["tenant"],
+                "actor": doc["actor"],
+                "session": doc.get("session"),
+                "turn": doc.get("turn"),
+                "body": doc["body"],
+                "leaf_hash": base64.b64encode(bytes(lh)).decode(),
+            }
+        )
+    more = len(found) > limit
+    nxt = format_cursor("events", flt, [rows[-1]["index"]]) if more and rows else None
+    return Page(rows, nxt)
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+def images_by_hash(engine: Engine, sha256: str, *, tenant: str | None) -> list[dict[str, Any]]:
+    """Every input or output image with this SHA-256 (as sent, as the upstream made it, or as
+    Custody signed it) in ``tenant``'s turns, newest first, each with its turn's ledger indexes."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise QueryError("sha256 must be 64 lowercase hexadecimal digits")
+    i, t = TURN_IMAGES.c, TURNS.c
+    conds: list[Any] = [or_(i.sha256 == sha256, i.signed_sha256 == sha256)]
+    if tenant is not None:
+        conds.append(t.tenant == tenant)
+    query = (
+        select(
+            i.turn_id,
+            i.direction,
+            i.role,
+            i.mime_type,
+            i.sha256,
+            i.signed_sha256,
+            i.manifest_sha256,
+            i.size,
+            t.tenant,
+            t.actor,
+            t.session_id,
+            t.model,
+            t.status,
+            t.created_ms,
+        )
+        .select_from(TURN_IMAGES.join(TURNS, t.turn_id == i.turn_id))
+        .where(*conds)
+        .order_by(t.created_ms.desc(), i.id)
+        .limit(MAX_LIMIT)
+    )
+    with engine.connect() as conn:
+        found = conn.execute(query).all()
+    rows = [
+        {
+            "turn_id": r.turn_id,
+            "direction": r.direction,
+            "role": r.role,
+            "mime_type": r.mime_type,
+            "sha256": r.sha256,
+            "signed_sha256": r.signed_sha256,
+            "manifest_sha256": r.manifest_sha256,
+            "size": int(r.size),
+            "matched": "signed" if r.signed_sha256 == sha256 else "content",
+            "tenant": r.tenant,
+            "actor": r.actor,
+            "session": r.session_id,
+            "model": r.model,
+            "status": r.status,
+            "created_ms": int(r.created_ms),
+        }
+        for r in found
+    ]
+    turns = {r["turn_id"]: {"turn_id": r["turn_id"]} for r in rows}
+    _attach_ledger_facts(engine, list(turns.values()))
+    for r in rows:
+        r["ledger_indexes"] = turns[r["turn_id"]]["ledger_indexes"]
+    return rows
