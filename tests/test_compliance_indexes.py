@@ -28,7 +28,7 @@ from storage.db import make_engine, migrate
 TURN_FILTERS = {
     "ix_turns_q_tenant": TurnFilter(tenant="t1"),
     "ix_turns_q_actor": TurnFilter(tenant="t1", actor="actor-3@t1"),
-    "ix_turns_q_session": TurnFilter(tenant="t1", session="s-17"),
+    "ix_turns_q_session": TurnFilter(tenant="t1", session="ses_" + "17" * 12),  # Custody id
     "ix_turns_q_model": TurnFilter(tenant="t1", model="gemini-3-pro-image-preview"),
     "ix_turns_q_status": TurnFilter(tenant="t1", status="failed"),
     "ix_turns_q_outcome": TurnFilter(tenant="t1", outcome="POLICY_DENIED"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -30,6 +31,7 @@ from sqlalchemy import Engine, Select, exists, or_, select, tuple_
 from storage.ledger.leaf import decode_leaf
 from storage.schema.ledger import LEDGER_ENTRIES
 from storage.schema.reviews import ReviewDecision, ReviewTask
+from storage.schema.sessions import EDIT_SESSIONS
 from storage.schema.turns import TURN_IMAGES, TURNS
 
 MAX_LIMIT = 500
@@ -53,7 +55,7 @@ class TurnFilter:
 
     tenant: str | None
     actor: str | None = None
-    session: str | None = None  # the x-custody-session value the turn was sent with
+    session: str | None = None  # Custody's session id, or the x-custody-session value sent
     model: str | None = None
     status: str | None = None  # released | failed | interrupted
     outcome: str | None = None  # the turn index's outcome (safety outcome or failure reason)
@@ -165,6 +167,22 @@ def _turns_of_reviewer(reviewer: str) -> Select[Any]:
     )
 
 
+_SESSION_ID = re.compile(r"^ses_[0-9a-f]{24}$")
+
+
+def _in_session(column: Any, flt: TurnFilter) -> Any:
+    """``column`` names the session ``flt.session``: Custody's session id (``ses_…``, read
+    straight from the index), or an ``x-custody-session`` value a client sent — the client's key
+    of its sessions in ``edit_sessions`` (one per actor), or, for turns recorded before sessions
+    existed, the value itself."""
+    if _SESSION_ID.match(flt.session or ""):
+        return column == flt.session
+    keyed = select(EDIT_SESSIONS.c.session_id).where(EDIT_SESSIONS.c.client_key == flt.session)
+    if flt.tenant is not None:
+        keyed = keyed.where(EDIT_SESSIONS.c.tenant == flt.tenant)
+    return or_(column == flt.session, column.in_(keyed))
+
+
 def turn_conditions(flt: TurnFilter) -> list[Any]:
     """The WHERE conditions of ``flt`` on ``turns`` (shared with prompt search and oversight)."""
     t = TURNS.c
@@ -172,13 +190,14 @@ def turn_conditions(flt: TurnFilter) -> list[Any]:
     for column, value in (
         (t.tenant, flt.tenant),
         (t.actor, flt.actor),
-        (t.session_id, flt.session),
         (t.model, flt.model),
         (t.status, flt.status),
         (t.outcome, flt.outcome),
     ):
         if value is not None:
             conds.append(column == value)
+    if flt.session is not None:
+        conds.append(_in_session(t.session_id, flt))
     if flt.since_ms is not None:
         conds.append(t.created_ms >= flt.since_ms)
     if flt.until_ms is not None:

@@ -8,7 +8,7 @@ ledger index within a tenant (and type). Images are found by hash through the in
 ``0001_core`` made.
 
 Revision ID: 0010_query_indexes
-Revises: 0007_console_accounts
+Revises: 0009_fingerprints
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0010_query_indexes"
-down_revision = "0007_console_accounts"
+down_revision = "0009_fingerprints"
 branch_labels = None
 depends_on = None
 
