@@ -235,6 +235,24 @@ class ContentErased(TypedDict):
     tenants: list[str]
 
 
+# -- evidence ----------------------------------------------------------------------------------
+
+
+class EvidenceExported(TypedDict):
+    bundle: str
+    selection: dict[str, Any]
+    disclose: Any  # "all" or the list of fields opened
+    entries: int
+    checkpoint_size: int
+    earlier_checkpoints: int
+    openings: int
+    withheld: int
+    sha256sums_sha256: str  # the SHA-256 of the bundle's SHA256SUMS (its index)
+    bytes: int
+    timestamped: bool
+    via: str  # "cli" | "api"
+
+
 # -- review of held turns -------------------------------------------------------------------------
 
 
@@ -403,6 +421,7 @@ EVENT_BODIES: dict[str, type] = {
     "key.rotated": KeyRotated,
     "key.expired": KeyExpired,
     "content.erased": ContentErased,
+    "evidence.exported": EvidenceExported,
     "review.opened": ReviewOpened,
     "review.claimed": ReviewClaimed,
     "review.decided": ReviewDecided,
