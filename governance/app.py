@@ -16,6 +16,7 @@ from governance import __version__
 from governance.api import (
     compliance_routes,
     erasure_routes,
+    evidence_routes,
     gemini_routes,
     health_routes,
     keys_routes,
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(verify_routes.router)
     app.include_router(keys_routes.router)
     app.include_router(erasure_routes.router)
+    app.include_router(evidence_routes.router)
     app.include_router(review_routes.router)
     app.include_router(models_routes.router)  # before gemini_routes: :countTokens is its own
     app.include_router(gemini_routes.router)

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     from governance.db_cli import register as register_db
     from governance.doctor import register as register_doctor
     from governance.erasure_cli import register as register_erase
+    from governance.evidence.cli import register as register_evidence
     from governance.ledger_cli import register as register_ledger
     from governance.policy.cli import register as register_policy
     from governance.provenance_cli import register as register_verify
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_keys,
         register_accounts,
         register_erase,
+        register_evidence,
         register_emulator,
         register_ledger,
         register_policy,

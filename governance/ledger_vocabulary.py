@@ -252,6 +252,24 @@ class PromptsSearched(TypedDict):
     more: bool
 
 
+# -- evidence ----------------------------------------------------------------------------------
+
+
+class EvidenceExported(TypedDict):
+    bundle: str
+    selection: dict[str, Any]
+    disclose: Any  # "all" or the list of fields opened
+    entries: int
+    checkpoint_size: int
+    earlier_checkpoints: int
+    openings: int
+    withheld: int
+    sha256sums_sha256: str  # the SHA-256 of the bundle's SHA256SUMS (its index)
+    bytes: int
+    timestamped: bool
+    via: str  # "cli" | "api"
+
+
 # -- review of held turns -------------------------------------------------------------------------
 
 
@@ -461,6 +479,7 @@ EVENT_BODIES: dict[str, type] = {
     "key.expired": KeyExpired,
     "content.erased": ContentErased,
     "prompts.searched": PromptsSearched,
+    "evidence.exported": EvidenceExported,
     "review.opened": ReviewOpened,
     "review.claimed": ReviewClaimed,
     "review.decided": ReviewDecided,

@@ -227,6 +227,12 @@ class Commitments:
             ).first()
         return None if row is None else (str(row[0]), bytes(row[1]))
 
+    def opening(self, commitment: str) -> Commitment | None:
+        """The digest and salt that open ``commitment`` (the salt is empty once the content was
+        erased), or None when it was never recorded."""
+        row = self._row(commitment)
+        return None if row is None else Commitment(commitment, row[0], row[1])
+
     def check(self, commitment: str) -> CheckResult:
         """Whether the blob behind ``commitment`` is intact ("ok"), "erased" on request,
         "missing" (gone without an erasure, or never recorded) or changed ("mismatch")."""

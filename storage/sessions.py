@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Engine, Table, or_, select
 
 from storage.ledger.events import SideRows
 from storage.schema.sessions import (
@@ -79,6 +79,18 @@ class SessionStore:
         )
         found = self._all(query)
         return found[0] if found else None
+
+    def session_ids_for(self, tenant: str, ref: str) -> set[str]:
+        """The sessions of ``tenant`` that ``ref`` names: Custody's session id itself, or a
+        client's ``x-custody-session`` value (one session per actor who sent it). ``ref`` is kept
+        too, for turns recorded before sessions, whose events carry the client's value."""
+        t = EDIT_SESSIONS
+        rows = self._all(
+            select(t.c.session_id).where(
+                t.c.tenant == tenant, or_(t.c.session_id == ref, t.c.client_key == ref)
+            )
+        )
+        return {ref, *(r["session_id"] for r in rows)}
 
     def versions_by_sha256(
         self, tenant: str, actor: str, digests: Sequence[str]

@@ -202,6 +202,12 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/erasures"): row(
         MANAGER_OF_NOTHING, body={"digest": "ab" * 32, "reason": "authorization matrix"}
     ),
+    # An operator must name the tenant (400); success on a real session: test_evidence_api.py.
+    ("POST", "/api/v1/evidence/bundles"): row(READER, body={}, operator=400),
+    ("GET", "/api/v1/evidence/bundles/{bundle_id}"): row(
+        {**READER, **{c: 404 for c in ("auditor", "admin", "operator", "other_admin")}},
+        path="/api/v1/evidence/bundles/eb_" + "0" * 24,
+    ),
     ("GET", "/api/v1/reviews"): row(REVIEW_READER),
     ("GET", "/api/v1/reviews/{task_id}"): row(
         {**REVIEW_READER, **{c: 404 for c in ("reviewer", "auditor", "admin", "operator")}},

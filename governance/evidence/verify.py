@@ -1,0 +1,451 @@
+"""Verify an evidence bundle offline: nothing but the zip and the log key the recipient expects.
+
+Checks, each fault naming the bundle file and the ledger entry it concerns:
+
+1. every file against ``SHA256SUMS`` (and no file unlisted, none missing);
+2. ``checkpoint.txt`` signed by the expected key, for the log ``index.json`` names;
+3. each ``entries/N.json`` a canonical leaf of that log, proven by ``proofs/N.tlog-proof``
+   against exactly that checkpoint, and every entry the index counts present;
+4. each earlier checkpoint signed, and ``consistency/S.txt`` proving it a prefix of the
+   checkpoint;
+5. each line of ``openings.jsonl``: the commitment is in its entry at its path, and the file and
+   salt open it;
+6. each signed image: its SHA-256 is its ``output.signed`` entry's, its C2PA manifest validates
+   (c2pa-python) under the bundle's anchors, names the entry's turn, and its manifest store's
+   SHA-256 is the entry's;
+7. the RFC 3161 timestamp over ``SHA256SUMS``, when a TSA root is given or a token is present.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from governance.evidence import layout
+from storage.ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from storage.ledger.leaf import LeafError, commit_digest, decode_leaf, is_canonical
+from storage.ledger.merkle import ProofError, check_consistency
+from storage.ledger.note import NoteError, NoteVerifier
+from storage.ledger.proof_file import ProofFileError, parse_proof, verify_proof
+
+# Files every bundle has; a bundle without one of them is faulty.
+_REQUIRED = (layout.INDEX, layout.CHECKPOINT, layout.SUMS, layout.OPENINGS, layout.LOG_KEY)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One thing that does not verify: in which file, for which entry, and what."""
+
+    file: str
+    entry: int | None
+    message: str
+
+    def line(self) -> str:
+        where = self.file if self.entry is None else f"{self.file} (ledger entry {self.entry})"
+        return f"FAULT {where}: {self.message}"
+
+
+@dataclass
+class BundleReport:
+    """The verdict on one bundle, for a person (``summary``) or a program (``to_dict``)."""
+
+    bundle: str
+    faults: list[Fault] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+    origin: str | None = None
+    checkpoint_size: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+    def fault(self, file: str, entry: int | None, message: str) -> None:
+        self.faults.append(Fault(file, entry, message))
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.checked[what] = self.checked.get(what, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": self.bundle,
+            "ok": self.ok,
+            "origin": self.origin,
+            "checkpoint_size": self.checkpoint_size,
+            "checked": self.checked,
+            "faults": [asdict(f) for f in self.faults],
+            "notes": self.notes,
+        }
+
+    def summary(self) -> str:
+        head = (
+            f"The evidence bundle {self.bundle} VERIFIES."
+            if self.ok
+            else f"The evidence bundle {self.bundle} DOES NOT VERIFY: {len(self.faults)} fault(s)."
+        )
+        lines = [head]
+        if self.origin:
+            lines.append(
+                f"Log {self.origin}, checkpoint of {self.checkpoint_size} entries, signed by the"
+                " key you gave."
+            )
+        words = {
+            "files": "files match SHA256SUMS",
+            "entries": "entries are proven in the log",
+            "consistency": "earlier checkpoints are consistent with it",
+            "openings": "commitments are opened by the content shipped",
+            "images": "images carry valid Content Credentials tied to their entries",
+            "cosignatures": "witness cosignatures verify",
+            "timestamp": "RFC 3161 timestamp verifies",
+        }
+        for key, text in words.items():
+            if key in self.checked:
+                lines.append(f"  {self.checked[key]:>7} {text}")
+        lines += [f"  note: {n}" for n in self.notes]
+        lines += [f.line() for f in self.faults]
+        return "\n".join(lines)
+
+
+# A second check of the cosigned checkpoint and the timestamp is plugged in by their modules.
+ExtraCheck = Callable[["_Bundle", BundleReport], None]
+
+
+class _Bundle:
+    """The zip, read member by member; a member that cannot be read is a fault, not a crash."""
+
+    def __init__(self, zf: zipfile.ZipFile, report: BundleReport) -> None:
+        self.zf = zf
+        self.report = report
+        self.names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        self.present = set(self.names)
+
+    def read(self, name: str, entry: int | None = None) -> bytes | None:
+        if name not in self.present:
+            self.report.fault(name, entry, "the file is missing from the bundle")
+            return None
+        try:
+            return self.zf.read(name)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            self.report.fault(name, entry, f"the file cannot be read from the zip: {exc}")
+            return None
+
+    def text(self, name: str, entry: int | None = None) -> str | None:
+        data = self.read(name, entry)
+        if data is None:
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.report.fault(name, entry, "the file is not UTF-8 text")
+            return None
+
+
+def verify_bundle(
+    path: Path,
+    *,
+    log_key: str,
+    extra_checks: Sequence[ExtraCheck] = (),
+    check_images: bool = True,
+) -> BundleReport:
+    """Verify the bundle at ``path`` against the log verifier key ``log_key``."""
+    report = BundleReport(str(path))
+    try:
+        verifier = NoteVerifier.from_key_string(log_key.strip())
+    except (NoteError, ValueError) as exc:
+        report.fault("--log-key", None, f"the log key given is not a note verifier key: {exc}")
+        return report
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        report.fault(str(path), None, f"this is not a readable zip file: {exc}")
+        return report
+    with zf:
+        bundle = _Bundle(zf, report)
+        _check_sums(bundle, report)
+        index = _read_index(bundle, report)
+        if index is None:
+            return report
+        report.origin = str(index.get("origin"))
+        shipped = bundle.text(layout.LOG_KEY)
+        if shipped is not None and shipped.strip() != log_key.strip():
+            report.fault(
+                layout.LOG_KEY,
+                None,
+                "the bundle names another log key than the one you gave: it was not exported"
+                " by that log, or the key was replaced",
+            )
+        checkpoint = _check_checkpoint(bundle, report, verifier, report.origin)
+        leaves = _check_entries(bundle, report, verifier, report.origin, checkpoint, index)
+        if checkpoint is not None:
+            _check_consistency(bundle, report, verifier, report.origin, checkpoint)
+        opened = _check_openings(bundle, report, leaves)
+        if check_images:
+            _check_images(bundle, report, leaves, opened)
+        for check in extra_checks:
+            check(bundle, report)
+    return report
+
+
+def _check_sums(bundle: _Bundle, report: BundleReport) -> None:
+    text = bundle.text(layout.SUMS)
+    if text is None:
+        return
+    listed: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            report.fault(layout.SUMS, None, f"line {n} is not a sha256sum line: {line[:120]!r}")
+            continue
+        listed[name] = digest
+    for name in bundle.names:
+        if name in (layout.SUMS, layout.TIMESTAMP):
+            continue
+        entry = layout.entry_of(name)
+        if name not in listed:
+            report.fault(name, entry, f"the file is not listed in {layout.SUMS}")
+            continue
+        data = bundle.read(name, entry)
+        if data is None:
+            continue
+        if hashlib.sha256(data).hexdigest() != listed[name]:
+            report.fault(
+                name, entry, f"its SHA-256 differs from the one {layout.SUMS} lists: it was changed"
+            )
+        else:
+            report.count("files")
+    for name in listed.keys() - bundle.present:
+        report.fault(name, layout.entry_of(name), f"{layout.SUMS} lists it, but it is missing")
+
+
+def _read_index(bundle: _Bundle, report: BundleReport) -> dict[str, Any] | None:
+    for name in _REQUIRED:
+        if name not in bundle.present:
+            report.fault(name, None, "a required file of every bundle is missing")
+    data = bundle.read(layout.INDEX)
+    if data is None:
+        return None
+    try:
+        index = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        report.fault(layout.INDEX, None, f"the index is not JSON: {exc}")
+        return None
+    if not isinstance(index, dict) or index.get("format") != layout.FORMAT:
+        report.fault(layout.INDEX, None, f"this is not a {layout.FORMAT} bundle")
+        return None
+    return index
+
+
+def _check_checkpoint(
+    bundle: _Bundle, report: BundleReport, verifier: NoteVerifier, origin: str
+) -> Checkpoint | None:
+    note = bundle.text(layout.CHECKPOINT)
+    if note is None:
+        return None
+    try:
+        cp = open_checkpoint(note, verifier, origin)
+    except CheckpointError as exc:
+        report.fault(layout.CHECKPOINT, None, str(exc))
+        return None
+    report.checkpoint_size = cp.size
+    return cp
+
+
+def _check_entries(
+    bundle: _Bundle,
+    report: BundleReport,
+    verifier: NoteVerifier,
+    origin: str,
+    checkpoint: Checkpoint | None,
+    index: dict[str, Any],
+) -> dict[int, dict[str, Any]]:
+    """Each leaf against its proof; the decoded leaves of the entries that verify."""
+    leaves: dict[int, dict[str, Any]] = {}
+    entries = sorted(
+        i for n in bundle.names if layout.is_entry_file(n) and (i := layout.entry_of(n)) is not None
+    )
+    proofs = {layout.entry_of(n) for n in bundle.names if n.startswith("proofs/")}
+    if index.get("entries") != len(entries):
+        report.fault(
+            layout.INDEX,
+            None,
+            f"the index counts {index.get('entries')} entries but the bundle holds {len(entries)}",
+        )
+    for i in proofs - set(entries):
+        report.fault(
+            layout.proof_file(i) if i is not None else "proofs/", i, "a proof without its entry"
+        )
+    for i in entries:
+        name = layout.entry_file(i)
+        leaf = bundle.read(name, i)
+        proof = bundle.text(layout.proof_file(i), i)
+        if leaf is None or proof is None:
+            continue
+        try:
+            doc = decode_leaf(leaf)
+        except LeafError as exc:
+            report.fault(name, i, f"not a ledger leaf: {exc}")
+            continue
+        if not is_canonical(leaf):
+            report.fault(name, i, "the leaf is not in RFC 8785 canonical form: it was re-encoded")
+        if doc.get("origin") != origin:
+            report.fault(name, i, f"the leaf names log {doc.get('origin')!r}, not {origin!r}")
+        try:
+            parsed = parse_proof(proof)
+            if parsed.index != i:
+                raise ProofFileError(f"the proof is for entry {parsed.index}, not {i}")
+            if checkpoint is not None and parsed.note != checkpoint.note:
+                raise ProofFileError(
+                    f"the proof is against another checkpoint than {layout.CHECKPOINT}"
+                )
+            verify_proof(proof, leaf, verifier, origin)
+        except (ProofFileError, CheckpointError) as exc:
+            report.fault(name, i, f"not proven by {layout.proof_file(i)}: {exc}")
+            continue
+        leaves[i] = doc
+        report.count("entries")
+    return leaves
+
+
+def _check_consistency(
+    bundle: _Bundle, report: BundleReport, verifier: NoteVerifier, origin: str, cp: Checkpoint
+) -> None:
+    sizes = {s for n in bundle.names if (s := layout.checkpoint_size_of(n)) is not None}
+    proofs = {n for n in bundle.names if n.startswith("consistency/")}
+    for name in proofs - {layout.consistency_file(s) for s in sizes}:
+        report.fault(name, None, "a consistency proof without its checkpoint")
+    for size in sorted(sizes):
+        name = layout.checkpoint_file(size)
+        note = bundle.text(name)
+        proof_text = bundle.text(layout.consistency_file(size))
+        if note is None or proof_text is None:
+            continue
+        try:
+            old = open_checkpoint(note, verifier, origin)
+            if old.size != size:
+                raise CheckpointError(f"it is of size {old.size}, not {size} as its name says")
+            hashes = [base64.b64decode(line, validate=True) for line in proof_text.split()]
+            check_consistency(hashes, cp.size, cp.root, old.size, old.root)
+        except (CheckpointError, ProofError, binascii.Error, ValueError) as exc:
+            report.fault(
+                name,
+                None,
+                f"checkpoint {size} is not proven a prefix of checkpoint {cp.size}"
+                f" ({layout.consistency_file(size)}): {exc}",
+            )
+            continue
+        report.count("consistency")
+
+
+def _lookup(body: Any, path: str) -> str | None:
+    found = {p: c for p, _, c in layout.commitment_fields(body)}
+    return found.get(path)
+
+
+def _check_openings(
+    bundle: _Bundle, report: BundleReport, leaves: dict[int, dict[str, Any]]
+) -> dict[str, tuple[int, str]]:
+    """Every opening line; the files opened, by name, with their entry and field."""
+    opened: dict[str, tuple[int, str]] = {}
+    text = bundle.text(layout.OPENINGS)
+    if text is None:
+        return opened
+    for n, line in enumerate(text.splitlines(), 1):
+        where = f"{layout.OPENINGS} line {n}"
+        try:
+            item = json.loads(line)
+            entry = int(item["entry"])
+            commitment, path = str(item["commitment"]), str(item["path"])
+        except (ValueError, KeyError, TypeError) as exc:
+            report.fault(layout.OPENINGS, None, f"line {n} is not an opening: {exc}")
+            continue
+        if entry not in leaves:
+            if layout.entry_file(entry) not in bundle.present:
+                report.fault(layout.OPENINGS, entry, f"line {n} opens an entry not in the bundle")
+            continue  # the entry's own fault is reported already
+        if _lookup(leaves[entry].get("body"), path) != commitment:
+            report.fault(
+                layout.OPENINGS,
+                entry,
+                f"line {n}: entry {entry} holds no commitment {commitment} at {path}",
+            )
+            continue
+        if "withheld" in item:
+            if item["withheld"] == "erased":
+                report.notes.append(f"entry {entry} {path}: the content was erased on request")
+            continue
+        name = str(item.get("file"))
+        data = bundle.read(name, entry)
+        if data is None:
+            continue
+        try:
+            salt = base64.b64decode(str(item["salt"]), validate=True)
+        except (KeyError, binascii.Error, ValueError) as exc:
+            report.fault(layout.OPENINGS, entry, f"line {n}: the salt is not base64: {exc}")
+            continue
+        if commit_digest(hashlib.sha256(data).digest(), salt) != commitment:
+            report.fault(
+                name,
+                entry,
+                f"does not open the commitment at {path} of entry {entry} ({where}):"
+                " the content or the salt was changed",
+            )
+            continue
+        opened[name] = (entry, str(item.get("field")))
+        report.count("openings")
+    return opened
+
+
+def _check_images(
+    bundle: _Bundle,
+    report: BundleReport,
+    leaves: dict[int, dict[str, Any]],
+    opened: dict[str, tuple[int, str]],
+) -> None:
+    from governance.provenance.verify import verify_image
+
+    anchors = bundle.text(layout.C2PA_ANCHORS) or ""
+    for name, (entry, field_name) in sorted(opened.items()):
+        if field_name != "signed_file":
+            continue
+        doc = leaves[entry]
+        body = doc.get("body") or {}
+        data = bundle.read(name, entry)
+        if data is None:
+            continue
+        if doc.get("type") != "output.signed" or hashlib.sha256(data).hexdigest() != body.get(
+            "signed_sha256"
+        ):
+            report.fault(name, entry, "the image is not the one its output.signed entry records")
+            continue
+        result = verify_image(data, body.get("mime_type"), anchors)
+        if result.state != "Trusted":
+            why = "; ".join(result.reasons) or result.error or result.state
+            report.fault(
+                name, entry, f"its Content Credentials do not verify ({result.state}): {why}"
+            )
+            continue
+        turn = (result.custody or {}).get("turn_id")
+        if turn != doc.get("turn"):
+            report.fault(
+                name,
+                entry,
+                f"its manifest names turn {turn!r}, but its ledger entry is of turn"
+                f" {doc.get('turn')!r}",
+            )
+            continue
+        manifest = layout.manifest_file(str(body.get("manifest_sha256")))
+        if manifest in opened:
+            data_m = bundle.read(manifest, entry)
+            if data_m is not None and hashlib.sha256(data_m).hexdigest() != body.get(
+                "manifest_sha256"
+            ):
+                report.fault(manifest, entry, "the manifest store is not the one signed")
+                continue
+        report.count("images")
