@@ -141,7 +141,11 @@ def test_503_twice_then_an_answer_is_retried_and_every_attempt_recorded(
     assert "fault upstream: 503" in attempts[0]["error"]
     (returned,) = _of(events, "upstream.returned")
     assert returned["status"] == 200 and returned["attempt"] == 3 and "gave_up" not in returned
-    assert _of(events, "turn.released")[0]["outputs"] == 1
+    (released,) = _of(events, "turn.released")
+    assert released["outputs"] == 1
+    # the failed attempts and the waits count as upstream time, not as time Custody added
+    waited_us = sum(a["elapsed_us"] + a["delay_ms"] * 1000 for a in attempts)
+    assert released["upstream_us"] >= waited_us + returned["elapsed_us"]
 
 
 def test_429_waits_exactly_its_retry_delay(gateway: Any, upstream: FaultUpstream) -> None:
@@ -430,3 +434,39 @@ def test_retry_decisions_follow_retry_info_backoff_caps_and_the_deadline() -> No
     cut = UpstreamResult(0, b"", {}, 1.0, events=[b"{}"], stream_complete=False)
     assert not next_step(cut, 1, policy, remaining_s=60).retry  # a stream that began
     assert not next_step(UpstreamResult(400, b"{}", {}, 1.0), 1, policy, remaining_s=60).retry
+
+
+def test_the_built_in_emulators_faults_take_the_same_paths(tmp_path: Path) -> None:
+    """Offline demos use the emulator's fault directives: a 429 with a chosen RetryInfo is
+    retried after exactly that delay, malformed and unreadable answers are refused unretried."""
+    from tests.conftest import start_custody
+
+    running = start_custody(
+        tmp_path / "custody",
+        policy_dir=_policies(tmp_path, {"acme": 1}),
+        upstream_retry_max_delay_ms=MAX_DELAY_MS,
+        upstream_breaker_threshold=0,
+    )
+    try:
+        client = running.client()
+        since = running.services.ledger.size()
+        with pytest.raises(errors.ClientError) as caught:
+            client.models.generate_content(model=MODEL, contents="[emulator:fault=429:0.2] a cat")
+        assert caught.value.code == 429
+        events = _turn_events(running, since)
+        (attempt,) = _of(events, "upstream.attempt")
+        assert attempt["retry_after_ms"] == 200 and attempt["delay_ms"] == 200
+        assert _of(events, "upstream.returned")[0]["gave_up"] == "retries exhausted"
+        for fault, reason in (
+            ("malformed", "UPSTREAM_MALFORMED"),
+            ("badimage", "UPSTREAM_OUTPUT_UNSUPPORTED"),
+        ):
+            since = running.services.ledger.size()
+            with pytest.raises(errors.ServerError) as failed:
+                client.models.generate_content(model=MODEL, contents=f"[emulator:fault={fault}] a")
+            assert failed.value.code == 502
+            events = _turn_events(running, since)
+            assert not _of(events, "upstream.attempt")
+            assert _assert_failed(events, 502)["reason"] == reason
+    finally:
+        running.stop()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
@@ -193,9 +194,12 @@ class TurnPipeline:
             self._queue(state, "upstream.attempt", body)
             await self._append(state)
 
+        started = time.perf_counter()
         sent = await self.forwarder.send(state.request, tenant, record_attempt)
         result = sent.result
         state.result = result
+        if sent.attempt > 1:  # waits and failed attempts are the upstream's time, not Custody's
+            state.upstream_phase_ms = (time.perf_counter() - started) * 1000
         self.metrics.upstream_attempts.labels(tenant, sent.step.outcome).inc()
         self.metrics.upstream_latency.labels(tenant).observe(result.elapsed_ms / 1000)
         answer = await self._off_loop(read_answer, state.request, result)
