@@ -19,10 +19,12 @@ The expected entry is the one whose leaf (or leaf hash) holds the byte, or every
 commits to the blob or salt; a tree hash is named by the entry whose append computed it. The
 first mutations also run the real ``custody ledger verify --json`` CLI; the rest call the same
 ``verify_ledger`` in process (the CLI is a wrapper of it) so the run stays well under a minute.
+``CUSTODY_TEST_MUTATIONS=1000`` runs a bigger sample with the same seed.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 from collections import defaultdict
@@ -38,7 +40,7 @@ from storage.ledger.leaf import decode_leaf, iter_commitments
 from tests.ledger_helpers import ORIGIN, custody_cli
 
 SEED = 20_2604
-MUTATIONS = 100
+MUTATIONS = int(os.environ.get("CUSTODY_TEST_MUTATIONS", "100"))  # a soak may ask for more
 CLI_RUNS = 2
 PREFIX = 200  # bytes of a leaf always stored in its table page (SQLite's minimum local payload)
 MODEL = "gemini-2.5-flash-image"
