@@ -218,3 +218,16 @@ def test_undo_with_no_history_is_a_clear_400(emulator: ThreadedServer) -> None:
     with pytest.raises(genai.errors.ClientError) as caught:
         client.models.generate_content(model=FLASH, contents="undo the last change")
     assert caught.value.code == 400 and "Nothing to undo" in str(caught.value.message)
+
+
+def test_undo_in_a_gemini_3_chat_keeps_its_signatures_valid(emulator: ThreadedServer) -> None:
+    client = genai.Client(api_key="x", http_options=types.HttpOptions(base_url=emulator.base_url))
+    chat = client.chats.create(model="gemini-3-pro-image-preview")
+    upload = types.Part.from_bytes(data=SCENE_PNG, mime_type="image/png")
+    _image_of(chat.send_message([upload, "add a vignette"]))
+    undone, _ = _image_of(chat.send_message("undo"))
+    assert undone == SCENE_PNG
+    parts = chat.get_history()[-1].parts or []
+    assert any(p.thought_signature for p in parts if p.inline_data)  # a signed image part
+    after, _ = _image_of(chat.send_message("make it gold"))  # the history's signatures verify
+    assert after != SCENE_PNG
