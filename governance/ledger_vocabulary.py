@@ -70,6 +70,17 @@ class UpstreamRequested(TypedDict):
     path: str
 
 
+class UpstreamAttempt(TypedDict):
+    attempt: int  # 1-based
+    status: int  # HTTP status, 0: no answer
+    outcome: str  # http_N, timeout, transport, circuit_open
+    elapsed_us: int
+    retry: bool  # another attempt follows
+    delay_ms: int  # waited before that attempt
+    retry_after_ms: NotRequired[int]  # the upstream's RetryInfo retryDelay
+    error: NotRequired[str]  # the transport error or the upstream's message (≤ 512 chars)
+
+
 class UpstreamReturned(TypedDict):
     status: int
     elapsed_us: int
@@ -84,6 +95,8 @@ class UpstreamReturned(TypedDict):
     response: NotRequired[str]
     response_bytes: NotRequired[int]
     error: NotRequired[dict[str, Any]]
+    attempt: NotRequired[int]  # which attempt answered, when not the first
+    gave_up: NotRequired[str]  # why a retryable failure was not retried
 
 
 class OutputSigned(TypedDict):
@@ -462,6 +475,7 @@ EVENT_BODIES: dict[str, type] = {
     "policy.decided": PolicyDecided,
     "review.requested": ReviewRequested,
     "upstream.requested": UpstreamRequested,
+    "upstream.attempt": UpstreamAttempt,
     "upstream.returned": UpstreamReturned,
     "output.signed": OutputSigned,
     "turn.released": TurnReleased,

@@ -8,9 +8,9 @@ only to operators.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -41,11 +41,31 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.upstream_attempts = Counter(
+            "custody_upstream_attempts",
+            "Upstream attempts by tenant and outcome (answered, http_503, timeout, transport,"
+            " circuit_open, ...): retried ones and the one that ended the upstream phase.",
+            ["tenant", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_circuit = Gauge(
+            "custody_upstream_circuit_state",
+            "The upstream's circuit breaker: 1 for its current state (closed, half_open, open).",
+            ["upstream", "state"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "custody_auth_failures",
             "Requests refused because their API key was missing or unknown.",
             registry=self.registry,
         )
+
+    def watch_circuit(self, upstream: str, state: Callable[[], str]) -> None:
+        """Serve the breaker gauge live: 1 for the state ``state()`` reads at scrape time."""
+        for name in ("closed", "half_open", "open"):
+            self.upstream_circuit.labels(upstream, name).set_function(
+                lambda name=name: 1.0 if state() == name else 0.0  # type: ignore[misc]
+            )
 
     def tenant_view(self, tenant: str | None) -> TenantView:
         """What ``generate_latest`` should expose to a reader of ``tenant`` (None: operator)."""

@@ -19,7 +19,7 @@ from governance.auth.keys import KeyRing
 from governance.content import ContentRecorder
 from governance.metrics import Metrics
 from governance.pipeline.decide import PolicyGates
-from governance.pipeline.forward import Forwarder
+from governance.pipeline.forward import Forwarder, UpstreamGuard
 from governance.pipeline.lineage import SessionLinker
 from governance.pipeline.receive import Receiver
 from governance.pipeline.review_gate import ReviewGate
@@ -31,8 +31,10 @@ from governance.recovery import ProcessInstance, recover_interrupted
 from governance.review.desk import ReviewDesk
 from governance.settings import GOOGLE_GEMINI_URL, Settings
 from governance.state import open_state
+from governance.upstream.breaker import CircuitBreaker
 from governance.upstream.client import UpstreamClient
 from governance.upstream.embedded import EmbeddedEmulator
+from governance.upstream.retry import MAX_RETRIES
 from storage.blobs import BlobStore, Commitments
 from storage.db import make_engine
 from storage.ledger.log import Ledger
@@ -108,6 +110,33 @@ def _upstream(settings: Settings) -> tuple[UpstreamClient, EmbeddedEmulator | No
     return client, None
 
 
+def _upstream_guard(
+    settings: Settings, policy: PolicyService, metrics: Metrics, upstream: UpstreamClient
+) -> UpstreamGuard:
+    """Retries (a tenant's ``upstream_retries`` in the policy data, else the setting), the
+    turn's upstream deadline and the upstream's circuit breaker, watched in /metrics."""
+    breaker = CircuitBreaker(
+        threshold=settings.upstream_breaker_threshold,
+        cooldown_s=settings.upstream_breaker_cooldown_s,
+    )
+    metrics.watch_circuit(upstream.label, lambda: breaker.state)
+
+    def retries_for(tenant: str) -> int:
+        for scope in (tenant, "default"):
+            value = policy.tenant_settings(scope).get("upstream_retries")
+            if isinstance(value, int) and not isinstance(value, bool):
+                return max(0, min(value, MAX_RETRIES))
+        return settings.upstream_retries
+
+    return UpstreamGuard(
+        retries_for,
+        settings.upstream_retry_base_ms / 1000,
+        settings.upstream_retry_max_delay_ms / 1000,
+        settings.upstream_deadline_s,
+        breaker,
+    )
+
+
 def build_services(settings: Settings) -> Services:
     """Open (creating and migrating where needed) the installation; start the upstream client."""
     settings.upstream_key()  # refuse a Custody key as upstream key before creating anything
@@ -118,7 +147,10 @@ def build_services(settings: Settings) -> Services:
     instance = ProcessInstance.current()
     # Turns a dead process left open are closed (turn.interrupted) before this one takes any.
     interrupted = recover_interrupted(
-        ledger, engine, instance, upstream_timeout_s=settings.upstream_timeout_s
+        ledger,
+        engine,
+        instance,
+        upstream_timeout_s=max(settings.upstream_timeout_s, settings.upstream_deadline_s),
     )
     upstream, emulator = _upstream(settings)
     executor = ThreadPoolExecutor(
@@ -136,7 +168,7 @@ def build_services(settings: Settings) -> Services:
             process=instance.leaf_body(),
         ),
         gates=PolicyGates(policy),
-        forwarder=Forwarder(upstream),
+        forwarder=Forwarder(upstream, _upstream_guard(settings, policy, metrics, upstream)),
         signing=OutputSigning(
             signer,
             upstream_base_url=upstream.base_url,

@@ -126,7 +126,13 @@ class Settings(BaseSettings):
     upstream_base_url: str = ""  # empty: Google's endpoint, or the built-in emulator without a key
     upstream_api_key: SecretStr = Field(default=SecretStr(""))
     upstream_api_key_file: Path | None = None  # a file holding the key (a mounted secret)
-    upstream_timeout_s: float = 120.0
+    upstream_timeout_s: float = 120.0  # per read of one attempt
+    upstream_deadline_s: float = Field(default=90.0, gt=0)  # a turn's whole upstream phase
+    upstream_retries: int = Field(default=0, ge=0, le=10)  # a tenant's `upstream_retries` wins
+    upstream_retry_base_ms: int = Field(default=500, ge=1)  # backoff: base · 2^(n-1), jittered
+    upstream_retry_max_delay_ms: int = Field(default=10_000, ge=1)  # caps backoff and RetryInfo
+    upstream_breaker_threshold: int = Field(default=5, ge=0)  # failures in a row; 0: no breaker
+    upstream_breaker_cooldown_s: float = Field(default=30.0, gt=0)
     emulator: str = "auto"  # "auto": in-process emulator when no upstream key; "on"; "off"
 
     # -- emulator behaviour (also used by `custody emulator`)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from storage.ledger.events import SideRows
 from storage.ledger.leaf import commit_digest, new_salt
@@ -162,7 +163,7 @@ class Commitment:
     salt: bytes
 
 
-CheckResult = Literal["ok", "erased", "missing", "mismatch"]
+CheckResult = Literal["ok", "erased", "missing", "mismatch", "corrupt"]
 
 
 class Commitments:
@@ -235,14 +236,24 @@ class Commitments:
 
     def check(self, commitment: str) -> CheckResult:
         """Whether the blob behind ``commitment`` is intact ("ok"), "erased" on request,
-        "missing" (gone without an erasure, or never recorded) or changed ("mismatch")."""
-        row = self._row(commitment)
+        "missing" (gone without an erasure, or never recorded), changed ("mismatch"), or its
+        salt row altered so that it no longer reads as one ("corrupt": a digest that is not
+        UTF-8 or not a hex SHA-256). A database that cannot be read at all still raises."""
+        try:
+            row = self._row(commitment)
+        except DBAPIError:
+            with self.engine.connect() as conn:  # the database itself failing: raise that
+                conn.execute(text("SELECT 1"))
+            return "corrupt"
         if row is None:
             return "missing"
         digest, salt = row
         if not salt:
             return "erased"
-        data = self.blobs.get(digest)
+        try:
+            data = self.blobs.get(digest)
+        except ValueError:  # not a hex SHA-256: the row was altered
+            return "corrupt"
         if data is None:
             return "missing"
         if commit_digest(hashlib.sha256(data).digest(), salt) != commitment:

@@ -33,7 +33,9 @@ def test_turns_the_upstream_failed_give_their_rate_limit_place_back(
 ) -> None:
     from governance.auth.keys import create_key
 
-    running = start_custody(tmp_path / "custody", db_url)
+    # No circuit breaker: its default (5 failures in a row) would refuse the turns after the
+    # failing ones with 503 UPSTREAM_CIRCUIT_OPEN, which is tested in test_upstream_faults.
+    running = start_custody(tmp_path / "custody", db_url, upstream_breaker_threshold=0)
     try:
         key = create_key(
             running.services.engine,  # type: ignore[attr-defined]

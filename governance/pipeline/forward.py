@@ -9,14 +9,23 @@ walk over every part) is byte-heavy: the orchestrator runs it off the event loop
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from governance.ledger_vocabulary import UpstreamRequested, UpstreamReturned
-from governance.pipeline.errors import TurnError
+from governance.ledger_vocabulary import UpstreamAttempt, UpstreamRequested, UpstreamReturned
+from governance.pipeline.errors import ERROR_INFO, TurnError
 from governance.pipeline.response import ResponseSummary, summarise
 from governance.pipeline.turn_types import TurnRequest
+from governance.upstream.breaker import CircuitBreaker
 from governance.upstream.client import UpstreamClient, UpstreamResult, parse_json_object
+from governance.upstream.retry import RETRY_INFO, NextStep, RetryPolicy, next_step
+
+RecordAttempt = Callable[[UpstreamAttempt], Awaitable[None]]
+MAX_ATTEMPT_ERROR_CHARS = 512
 
 
 @dataclass
@@ -28,11 +37,41 @@ class UpstreamAnswer:
     error: TurnError | None = None
 
 
-class Forwarder:
-    """Sends turns to one upstream, byte for byte."""
+@dataclass(frozen=True)
+class UpstreamGuard:
+    """How the upstream phase of a turn is bounded: the retry policy of a tenant (its
+    ``upstream_retries``), the turn's total deadline and the upstream's circuit breaker."""
 
-    def __init__(self, upstream: UpstreamClient) -> None:
+    retries_for: Callable[[str], int]
+    base_delay_s: float
+    max_delay_s: float
+    deadline_s: float
+    breaker: CircuitBreaker
+
+    @classmethod
+    def none(cls) -> UpstreamGuard:
+        """No retries, no breaker, no deadline beyond the client's timeout (tests, tools)."""
+        return cls(lambda _: 0, 0.5, 10.0, math.inf, CircuitBreaker(threshold=0, cooldown_s=0))
+
+    def policy(self, tenant: str) -> RetryPolicy:
+        return RetryPolicy(self.retries_for(tenant), self.base_delay_s, self.max_delay_s)
+
+
+@dataclass
+class Sent:
+    """What the upstream phase ended with: the answer to release or refuse, and how it went."""
+
+    result: UpstreamResult
+    attempt: int
+    step: NextStep
+
+
+class Forwarder:
+    """Sends turns to one upstream, byte for byte, within the turn's retry policy and deadline."""
+
+    def __init__(self, upstream: UpstreamClient, guard: UpstreamGuard | None = None) -> None:
         self._upstream = upstream
+        self.guard = guard or UpstreamGuard.none()
 
     @property
     def label(self) -> str:
@@ -42,18 +81,103 @@ class Forwarder:
         """The intent, durable before anything leaves for upstream."""
         return {"upstream": self._upstream.label, "path": request.upstream_path}
 
-    async def send(self, request: TurnRequest) -> UpstreamResult:
-        """Post the raw body; a stream always goes upstream as SSE (the route answers a JSON
-        array when the caller did not ask for ``alt=sse``)."""
+    async def send(self, request: TurnRequest, tenant: str, record: RecordAttempt) -> Sent:
+        """Post the raw body, again after a retryable failure as the tenant's policy allows,
+        until an answer, the last allowed attempt or the deadline. Each attempt that is not the
+        answer is recorded (``record``, durable before the next attempt leaves). An open
+        circuit breaker refuses at once: ``TurnError`` 503 with ``Retry-After``."""
+        guard = self.guard
+        policy = guard.policy(tenant)
+        deadline = time.monotonic() + guard.deadline_s
+        attempt = 0
+        while True:
+            attempt += 1
+            admission = guard.breaker.admit()
+            if not admission.allowed:
+                await record(_refused_attempt(attempt))
+                raise self._circuit_open(admission.retry_after_s)
+            try:
+                result = await self._post(request, deadline - time.monotonic())
+            except BaseException:
+                guard.breaker.abandon()
+                raise
+            guard.breaker.record(result.status)
+            step = next_step(result, attempt, policy, remaining_s=deadline - time.monotonic())
+            if step.retry and not guard.breaker.would_admit():
+                step = NextStep(False, outcome=step.outcome, gave_up="circuit breaker open")
+            if not step.retry:
+                return Sent(result, attempt, step)
+            await record(attempt_body(result, attempt, step))
+            await asyncio.sleep(step.delay_s)
+
+    async def _post(self, request: TurnRequest, remaining_s: float) -> UpstreamResult:
+        """One attempt; a stream always goes upstream as SSE (the route answers a JSON array
+        when the caller did not ask for ``alt=sse``)."""
         params = {k: v for k, v in request.params.items() if k != "key"}
+        deadline_s = remaining_s if math.isfinite(remaining_s) else None
         if request.stream:
             params["alt"] = "sse"
             return await self._upstream.post_stream(
-                request.upstream_path, request.body, request.headers, params
+                request.upstream_path, request.body, request.headers, params, deadline_s=deadline_s
             )
         return await self._upstream.post(
-            request.upstream_path, request.body, request.headers, params
+            request.upstream_path, request.body, request.headers, params, deadline_s=deadline_s
         )
+
+    def _circuit_open(self, retry_after_s: float) -> TurnError:
+        seconds = max(1, math.ceil(retry_after_s))
+        breaker = self.guard.breaker
+        return TurnError(
+            503,
+            f"Custody is not calling the upstream ({self.label}) for now: it failed"
+            f" {breaker.threshold} times in a row, so its circuit breaker is open. Nothing was"
+            f" sent or released; retry in {seconds} s (Retry-After). If this persists, the"
+            " upstream is down: ask your Custody administrator to check it.",
+            status="UNAVAILABLE",
+            reason="UPSTREAM_CIRCUIT_OPEN",
+            details=[
+                {"@type": ERROR_INFO, "reason": "UPSTREAM_CIRCUIT_OPEN", "domain": "custody"},
+                {"@type": RETRY_INFO, "retryDelay": f"{seconds}s"},
+            ],
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+def attempt_body(result: UpstreamResult, attempt: int, step: NextStep) -> UpstreamAttempt:
+    """The ``upstream.attempt`` body of an attempt that is retried: what it got, how long it
+    took and how long Custody waits before the next one."""
+    body: UpstreamAttempt = {
+        "attempt": attempt,
+        "status": result.status,
+        "outcome": step.outcome,
+        "elapsed_us": round(result.elapsed_ms * 1000),
+        "retry": step.retry,
+        "delay_ms": round(step.delay_s * 1000),
+    }
+    if step.retry_after_s is not None:
+        body["retry_after_ms"] = round(step.retry_after_s * 1000)
+    message = result.transport_error or _error_message(result.body)
+    if message:
+        body["error"] = message[:MAX_ATTEMPT_ERROR_CHARS]
+    return body
+
+
+def _refused_attempt(attempt: int) -> UpstreamAttempt:
+    return {
+        "attempt": attempt,
+        "status": 0,
+        "outcome": "circuit_open",
+        "elapsed_us": 0,
+        "retry": False,
+        "delay_ms": 0,
+    }
+
+
+def _error_message(body: bytes) -> str | None:
+    doc = parse_json_object(body) if body else None
+    error = doc.get("error") if doc else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message) if message else None
 
 
 def read_answer(request: TurnRequest, result: UpstreamResult) -> UpstreamAnswer:
@@ -69,10 +193,14 @@ def read_answer(request: TurnRequest, result: UpstreamResult) -> UpstreamAnswer:
 
 
 def returned_body(
-    result: UpstreamResult, answer: UpstreamAnswer, response_ref: dict[str, Any]
+    result: UpstreamResult,
+    answer: UpstreamAnswer,
+    response_ref: dict[str, Any],
+    sent: Sent | None = None,
 ) -> UpstreamReturned:
     """The ``upstream.returned`` body: status, timing, safety outcome, usage, a commitment to
-    the raw answer, and the error when it cannot be released."""
+    the raw answer, and the error when it cannot be released; ``attempt`` when it was not the
+    first, ``gave_up`` when a retryable failure was not retried (why)."""
     summary, err = answer.summary, answer.error
     body: UpstreamReturned = {
         "status": result.status,
@@ -87,6 +215,10 @@ def returned_body(
         "stream_complete": result.stream_complete,
     }
     body.update(response_ref)  # type: ignore[typeddict-item]
+    if sent is not None and sent.attempt > 1:
+        body["attempt"] = sent.attempt
+    if sent is not None and sent.step.gave_up:
+        body["gave_up"] = sent.step.gave_up
     if err is not None:
         body["error"] = {"code": err.code, "status": err.status, "message": err.message}
     return body
@@ -125,7 +257,8 @@ def _documents_of(result: UpstreamResult) -> tuple[list[dict[str, Any]], TurnErr
             return [], TurnError(
                 504,
                 f"The upstream did not answer in time ({result.transport_error}); Custody"
-                " released nothing. Retry later, or raise CUSTODY_UPSTREAM_TIMEOUT_S.",
+                " released nothing. Retry later, or raise CUSTODY_UPSTREAM_TIMEOUT_S or"
+                " CUSTODY_UPSTREAM_DEADLINE_S.",
                 reason="UPSTREAM_TIMEOUT",
             )
         return [], TurnError(

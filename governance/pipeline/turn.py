@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 
 from governance.auth.principal import Principal
 from governance.content import ContentRecorder, decision_input_bytes
-from governance.ledger_vocabulary import ledger_event
+from governance.ledger_vocabulary import UpstreamAttempt, ledger_event
 from governance.metrics import Metrics
 from governance.pipeline import refusal, release
 from governance.pipeline.decide import (
@@ -216,16 +217,29 @@ class TurnPipeline:
             raise answer.error
 
     async def forward(self, state: TurnState) -> None:
-        """The upstream call; its answer is read (off the loop) and recorded."""
-        result = await self.forwarder.send(state.request)
+        """The upstream call (retried as the tenant allows: each retried attempt is recorded
+        as ``upstream.attempt``, durable before the next one leaves); its answer is read (off
+        the loop) and recorded. Nothing has gone to the caller yet, so a retry never follows
+        bytes the caller received."""
+        tenant = state.principal.tenant
+
+        async def record_attempt(body: UpstreamAttempt) -> None:
+            self.metrics.upstream_attempts.labels(tenant, body["outcome"]).inc()
+            self._queue(state, "upstream.attempt", body)
+            await self._append(state)
+
+        started = time.perf_counter()
+        sent = await self.forwarder.send(state.request, tenant, record_attempt)
+        result = sent.result
         state.result = result
-        self.metrics.upstream_latency.labels(state.principal.tenant).observe(
-            result.elapsed_ms / 1000
-        )
+        if sent.attempt > 1:  # waits and failed attempts are the upstream's time, not Custody's
+            state.upstream_phase_ms = (time.perf_counter() - started) * 1000
+        self.metrics.upstream_attempts.labels(tenant, sent.step.outcome).inc()
+        self.metrics.upstream_latency.labels(tenant).observe(result.elapsed_ms / 1000)
         answer = await self._off_loop(read_answer, state.request, result)
         state.documents, state.summary = answer.documents, answer.summary
         response_ref = await state.content.upstream_response(result)
-        self._queue(state, "upstream.returned", returned_body(result, answer, response_ref))
+        self._queue(state, "upstream.returned", returned_body(result, answer, response_ref, sent))
         if answer.error is not None:
             await self._append(state)
             raise answer.error
@@ -463,6 +477,6 @@ def _outcome_label(err: TurnError) -> str:
         return "denied"
     if err.reason == "HELD_FOR_REVIEW":
         return "held"
-    if err.reason == "UPSTREAM_ERROR":
+    if err.reason in ("UPSTREAM_ERROR", "UPSTREAM_CIRCUIT_OPEN"):
         return "upstream_error"
     return "bad_request" if 400 <= err.code < 500 else "error"

@@ -120,6 +120,7 @@ class TurnState:
     replay: ReviewTask | None = None
     # forward
     result: UpstreamResult | None = None
+    upstream_phase_ms: float | None = None  # every attempt and wait, when retried
     documents: list[dict[str, Any]] = field(default_factory=list)
     summary: ResponseSummary | None = None
     # decide (response gate)
@@ -139,6 +140,9 @@ class TurnState:
 
     @property
     def upstream_ms(self) -> float:
+        """Time spent on the upstream: the answer's, or (retried) the whole upstream phase."""
+        if self.upstream_phase_ms is not None:
+            return self.upstream_phase_ms
         return self.result.elapsed_ms if self.result is not None else 0.0
 
     def elapsed_ms(self) -> float:

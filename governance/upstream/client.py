@@ -9,6 +9,7 @@ byte for byte, so the body is passed through as the caller sent it; only the cre
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -71,13 +72,32 @@ class UpstreamClient:
         return headers
 
     async def post(
-        self, path: str, body: bytes, incoming: dict[str, str], params: dict[str, str]
+        self,
+        path: str,
+        body: bytes,
+        incoming: dict[str, str],
+        params: dict[str, str],
+        *,
+        deadline_s: float | None = None,
     ) -> UpstreamResult:
-        """POST ``body`` to ``path``; a transport failure becomes status 0 with its reason."""
+        """POST ``body`` to ``path``; a transport failure becomes status 0 with its reason.
+
+        ``deadline_s`` bounds the whole exchange (connect, send, the answer to its last byte),
+        where the client's timeout bounds each read: past it the result is a timeout."""
         start = time.perf_counter()
         try:
-            resp = await self._http.post(
-                path, content=body, headers=self._headers(incoming), params=params
+            async with asyncio.timeout(deadline_s):
+                resp = await self._http.post(
+                    path, content=body, headers=self._headers(incoming), params=params
+                )
+        except TimeoutError:
+            return UpstreamResult(
+                0,
+                b"",
+                {},
+                (time.perf_counter() - start) * 1000,
+                transport_error=_deadline(deadline_s),
+                timed_out=True,
             )
         except httpx.HTTPError as exc:
             return UpstreamResult(
@@ -96,16 +116,47 @@ class UpstreamClient:
         )
 
     async def post_stream(
-        self, path: str, body: bytes, incoming: dict[str, str], params: dict[str, str]
+        self,
+        path: str,
+        body: bytes,
+        incoming: dict[str, str],
+        params: dict[str, str],
+        *,
+        deadline_s: float | None = None,
     ) -> UpstreamResult:
         """POST a streaming request and collect every SSE event (Custody signs before release).
 
         A stream cut by the upstream, or that times out, comes back with ``stream_complete``
         False (and ``timed_out``). Whether its last event carries a finish reason is judged by
-        the pipeline's response walk, which parses every event anyway.
+        the pipeline's response walk, which parses every event anyway. ``deadline_s`` bounds the
+        whole stream, as for ``post``.
         """
         start = time.perf_counter()
         events: list[bytes] = []
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._stream(path, body, incoming, params, events, start)
+        except TimeoutError:
+            return UpstreamResult(
+                0,
+                b"",
+                {},
+                (time.perf_counter() - start) * 1000,
+                events=events,
+                stream_complete=False,
+                transport_error=_deadline(deadline_s),
+                timed_out=True,
+            )
+
+    async def _stream(
+        self,
+        path: str,
+        body: bytes,
+        incoming: dict[str, str],
+        params: dict[str, str],
+        events: list[bytes],
+        start: float,
+    ) -> UpstreamResult:
         try:
             async with self._http.stream(
                 "POST", path, content=body, headers=self._headers(incoming), params=params
@@ -176,6 +227,10 @@ class UpstreamClient:
         except httpx.HTTPError:
             return 0
         return resp.status_code
+
+
+def _deadline(deadline_s: float | None) -> str:
+    return f"no complete answer within the turn's upstream deadline ({deadline_s or 0:.1f} s left)"
 
 
 def _describe(exc: httpx.HTTPError) -> str:

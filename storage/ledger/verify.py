@@ -334,6 +334,10 @@ def _check_leaf(
             report.faults.append(
                 Fault(idx, "blob", f"{path}: the stored blob no longer matches its commitment")
             )
+        elif state == "corrupt":
+            report.faults.append(
+                Fault(idx, "blob", f"{path}: the commitment's stored row (digest, salt) is corrupt")
+            )
         elif state == "missing":
             report.faults.append(
                 Fault(idx, "blob", f"{path}: the committed blob is missing (and was not erased)")

@@ -14,6 +14,7 @@ Every response carries ``x-custody-emulator: 1``; every ``modelVersion`` names t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import time
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pybase64
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -217,10 +219,28 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
     return app
 
 
+def _unreadable_images(chunk: dict[str, Any]) -> dict[str, Any]:
+    """The ``badimage`` fault: every image part's bytes replaced by bytes that are no image."""
+    junk = pybase64.b64encode(hashlib.sha256(b"badimage").digest() * 12).decode()
+    for candidate in chunk.get("candidates", []):
+        for part in candidate.get("content", {}).get("parts", []):
+            if "inlineData" in part:
+                part["inlineData"] = {"mimeType": "image/png", "data": junk}
+    return chunk
+
+
 def _render(
     answer: engine.Answer, *, stream: bool, request: Request, fault: Fault | None
 ) -> Response:
     cut = fault is not None and fault.kind == "cut"
+    if fault is not None and fault.kind == "malformed":
+        broken = b'{"candidates": [{"content": {"parts": [ not json (custody emulator: injected)'
+        if stream and request.query_params.get("alt") == "sse":
+            return Response(b"data: " + broken + b"\r\n\r\n", media_type="text/event-stream",
+                            headers=HEADERS)  # fmt: skip
+        return Response(broken, media_type=JSON, headers=HEADERS)
+    if fault is not None and fault.kind == "badimage":
+        answer.chunks = [_unreadable_images(c) for c in answer.chunks]
     if not stream:
         body = orjson.dumps(wire.merge_chunks(answer.chunks))
         if cut:

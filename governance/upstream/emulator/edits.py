@@ -12,7 +12,15 @@ rotate [N°] [counterclockwise]              clockwise N° (default 90; exact fo
                                             (other angles: bilinear, canvas expanded)      22 ms
 flip / mirror [vertical / upside down]      mirror left-right (or top-bottom)             0.3 ms
 blur                                        Gaussian blur, radius 4                        29 ms
-brighten / lighter · darken / darker        brightness ×1.35 · ×0.65                        2 ms
+brighten / lighter / more light ·           brightness ×1.35 · ×0.65                        2 ms
+darken / darker / dim / less light
+more / boost contrast · less contrast /     contrast ×1.5 · ×0.6                            3 ms
+flatten / soften / muted
+vignette                                    edges darkened towards the corners (to 40 %)    9 ms
+add [a|an|the] THING                        a visible mark: a filled disc (colour from      1 ms
+                                            THING's hash, white rim) at the centre
+remove / erase / delete THING               a visible patch: the centre quarter filled      1 ms
+                                            with the mean colour of its surroundings
 crop [square]                               centre crop to 75 % (or the centred square)   0.1 ms
 invert / negative                           colour negative                                 1 ms
 caption 'TEXT' / add text "TEXT"            TEXT drawn on a dark band at the bottom         1 ms
@@ -64,6 +72,21 @@ _CAPTION = re.compile(
     r"|(?P<bare>[^,.;\n\"']+))",
     re.IGNORECASE,
 )
+_THING = (
+    r"(?:a |an |some |the |more )?(?:(?P<colour>" + "|".join(COLOURS) + r")\s+)?"
+    r"(?P<thing>[a-z][a-z-]*)"
+)
+_NOT_A_THING = (
+    r"(?!(?:a |an |some |the |more )?"
+    r"(?:text|caption|contrast|vignette|blur|light|brightness|tint)\b)"
+)
+_ADD = r"\b(?:add|put|place|insert)\s+" + _NOT_A_THING + _THING
+_REMOVE = r"\b(?:remove|erase|delete|get rid of)\s+" + _THING
+_ADD_RE = re.compile(_ADD, re.IGNORECASE)
+_REMOVE_RE = re.compile(_REMOVE, re.IGNORECASE)
+_LESS_CONTRAST = re.compile(
+    r"\b(less|lower|reduce|decrease|soften|flatten|muted|softer)\b", re.IGNORECASE
+)
 _KEYWORDS: list[tuple[str, re.Pattern[str]]] = [
     ("tint", re.compile(r"\b(" + "|".join(COLOURS) + r")\b", re.IGNORECASE)),
     ("sepia", re.compile(r"\bsepia\b", re.IGNORECASE)),
@@ -73,8 +96,17 @@ _KEYWORDS: list[tuple[str, re.Pattern[str]]] = [
     ("rotate", re.compile(r"\brotat(e|ed|ion)\b", re.IGNORECASE)),
     ("flip", re.compile(r"\b(flip|mirror|upside[- ]down)", re.IGNORECASE)),
     ("blur", re.compile(r"\bblur", re.IGNORECASE)),
-    ("brighten", re.compile(r"\b(brighten|brighter|lighten|lighter)", re.IGNORECASE)),
-    ("darken", re.compile(r"\b(darken|darker)", re.IGNORECASE)),
+    ("brighten", re.compile(
+        r"\b(brighten|brighter|lighten|lighter|more light"
+        r"|(?:increase|raise|boost) (?:the )?brightness)",
+        re.IGNORECASE,
+    )),
+    ("darken", re.compile(
+        r"\b(darken|darker|dimmer|dim|less light|(?:reduce|lower|decrease) (?:the )?brightness)",
+        re.IGNORECASE,
+    )),
+    ("contrast", re.compile(r"\b(contrast|flatten|soften|muted|punchier)", re.IGNORECASE)),
+    ("vignette", re.compile(r"\bvignett", re.IGNORECASE)),
     ("crop", re.compile(r"\bcrop", re.IGNORECASE)),
     ("invert", re.compile(r"\b(invert|negative)", re.IGNORECASE)),
 ]  # fmt: skip
@@ -82,6 +114,31 @@ _DEGREES = re.compile(r"(-?\d{1,3})\s*(?:°|deg\b|degrees?\b)|rotat\w*\s+(?:by\s
 _COUNTER = re.compile(r"counter-?clockwise|anti-?clockwise|\bleft\b", re.IGNORECASE)
 _VERTICAL = re.compile(r"vertical|upside[- ]down|top[- ]to[- ]bottom", re.IGNORECASE)
 _GRID = re.compile(r"\b(collage|grid|mosaic|side[- ]by[- ]side)\b", re.IGNORECASE)
+
+
+_NUMBER_WORDS = {
+    "a": 1, "an": 1, "one": 1, "last": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+}  # fmt: skip
+_COUNT = r"(?P<n>\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")"
+_UNDO = re.compile(
+    r"\b(?:undo|revert|roll\s*back|go\s+back|step\s+back)\b"
+    r"(?:\s+(?:the|my|your|that|those|these|last|previous|by))*"
+    r"(?:\s+" + _COUNT + r"\b)?",
+    re.IGNORECASE,
+)
+MASK_WORD = re.compile(r"\bmasks?\b", re.IGNORECASE)
+
+
+def undo_count(prompt: str) -> int | None:
+    """How many changes a prompt asks to undo ("undo the last two changes", "go back 3 steps",
+    "undo" → 1), or None when it asks for no undo."""
+    match = _UNDO.search(prompt)
+    if match is None:
+        return None
+    word = (match.group("n") or "1").lower()
+    count = int(word) if word.isdigit() else _NUMBER_WORDS[word]
+    return max(count, 1)
 
 
 class UnreadableImage(ValueError):
@@ -107,12 +164,26 @@ def plan_edits(prompt: str) -> list[EditStep]:
         if text:
             found.append((caption.start(), EditStep("caption", text, f"caption “{text}”")))
             scan = prompt[: caption.start()] + " " * len(caption.group(0)) + prompt[caption.end() :]
+    for kind, pattern in (("add", _ADD_RE), ("remove", _REMOVE_RE)):
+        # An added or removed thing is a mark, not a tint: "add a red hat" draws a red disc.
+        for match in pattern.finditer(scan):
+            found.append((match.start(), _mark_step(kind, match)))
+        scan = pattern.sub(lambda m: " " * len(m.group(0)), scan)
     for kind, pattern in _KEYWORDS:
         for match in pattern.finditer(scan):
             found.append((match.start(), _step(kind, match.group(0), scan)))
             if kind != "tint":
                 break  # one step per kind, except several colours
     return [step for _, step in sorted(found, key=lambda item: item[0])]
+
+
+def _mark_step(kind: str, match: re.Match[str]) -> EditStep:
+    thing = match.group("thing").lower()
+    colour = (match.group("colour") or "").lower()
+    if kind == "remove":
+        return EditStep("remove", thing, f"removed “{thing}” (patch)")
+    named = f"{colour} {thing}" if colour else thing
+    return EditStep("add", colour or thing, f"added a mark for “{named}”")
 
 
 def _step(kind: str, word: str, prompt: str) -> EditStep:
@@ -131,7 +202,15 @@ def _step(kind: str, word: str, prompt: str) -> EditStep:
     if kind == "crop":
         square = "square" in prompt.lower()
         return EditStep("crop", square, "centre crop (square)" if square else "centre crop 75%")
-    labels = {"brighten": "brighten ×1.35", "darken": "darken ×0.65", "blur": "blur (radius 4)"}
+    if kind == "contrast":
+        less = bool(_LESS_CONTRAST.search(prompt))
+        return EditStep("contrast", less, "contrast ×0.6" if less else "contrast ×1.5")
+    labels = {
+        "brighten": "brighten ×1.35",
+        "darken": "darken ×0.65",
+        "blur": "blur (radius 4)",
+        "vignette": "vignette",
+    }
     return EditStep(kind, None, labels.get(kind, kind))
 
 
@@ -182,6 +261,14 @@ def apply_step(img: Image.Image, step: EditStep) -> Image.Image:
         return ImageOps.invert(img)
     if step.kind == "caption":
         return _caption(img, str(step.arg))
+    if step.kind == "contrast":
+        return ImageEnhance.Contrast(img).enhance(0.6 if step.arg else 1.5)
+    if step.kind == "vignette":
+        return _vignette(img)
+    if step.kind == "add":
+        return _add_mark(img, str(step.arg))
+    if step.kind == "remove":
+        return _remove_patch(img)
     raise ValueError(f"unknown edit {step.kind}")
 
 
@@ -200,6 +287,68 @@ def _centre_crop(img: Image.Image, square: bool) -> Image.Image:
     cw, ch = (min(w, h), min(w, h)) if square else (max(1, w * 3 // 4), max(1, h * 3 // 4))
     left, top = (w - cw) // 2, (h - ch) // 2
     return img.crop((left, top, left + cw, top + ch))
+
+
+def centre_box(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box (left, top, right, bottom) that add and remove marks: the centre quarter."""
+    w, h = size
+    return w * 3 // 8, h * 3 // 8, max(w * 5 // 8, w * 3 // 8 + 1), max(h * 5 // 8, h * 3 // 8 + 1)
+
+
+def _vignette(img: Image.Image) -> Image.Image:
+    # A radial gain, 1.0 at the centre falling to 0.4 at the corners, built small and scaled up.
+    gain = Image.radial_gradient("L").resize(img.size, Image.Resampling.BILINEAR)
+    # radial_gradient is 0 at the centre and 255 at radius 128 (the edges' midpoints).
+    gain = gain.point(lambda v: 255 - min(153, max(0, v - 96) * 153 // 159))
+    black = Image.new("RGB", img.size)
+    return Image.composite(img, black, gain)
+
+
+def mark_colour(thing: str) -> tuple[int, int, int]:
+    """The colour of the disc that "add THING" draws (from THING's hash, never near-grey)."""
+    if thing in COLOURS:
+        return COLOURS[thing]
+    digest = hashlib.sha256(thing.encode()).digest()
+    channels = [64 + digest[i] % 160 for i in range(3)]
+    channels[digest[3] % 3] = 255
+    return channels[0], channels[1], channels[2]
+
+
+def _add_mark(img: Image.Image, thing: str) -> Image.Image:
+    out = img.copy()
+    left, top, right, bottom = centre_box(out.size)
+    rim = max(1, min(out.size) // 100)
+    ImageDraw.Draw(out).ellipse(
+        (left, top, right - 1, bottom - 1), fill=mark_colour(thing), outline="white", width=rim
+    )
+    return out
+
+
+def _remove_patch(img: Image.Image) -> Image.Image:
+    out = img.copy()
+    left, top, right, bottom = centre_box(out.size)
+    w, h = right - left, bottom - top
+    ring = img.crop(
+        (max(0, left - w // 4), max(0, top - h // 4), min(img.width, right + w // 4),
+         min(img.height, bottom + h // 4))
+    )  # fmt: skip
+    mean = ring.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
+    ImageDraw.Draw(out).rectangle((left, top, right - 1, bottom - 1), fill=mean)
+    return out
+
+
+def apply_mask(edited: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:
+    """Keep the edit where the mask is white, the original where it is black (grey blends).
+
+    The mask is scaled to the image when their sizes differ; an edit that changed the image's
+    size (crop, rotate by a non-180° angle) cannot be confined and is returned unmasked.
+    """
+    if edited.size != original.size:
+        return edited
+    grey = mask.convert("L")
+    if grey.size != original.size:
+        grey = grey.resize(original.size, Image.Resampling.NEAREST)
+    return Image.composite(edited, original, grey)
 
 
 def _caption(img: Image.Image, text: str) -> Image.Image:

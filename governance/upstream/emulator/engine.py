@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pybase64
+from PIL import Image
 
 from governance.upstream.emulator import edits, wire
 from governance.upstream.emulator.config import EmulatorConfig
@@ -130,8 +131,12 @@ def answer(config: EmulatorConfig, request: wire.GenerateRequest, prompt: str) -
 
 def _make_image(request: wire.GenerateRequest, prompt: str) -> tuple[bytes, str, str]:
     """The output image, its MIME type and a description of what was done."""
+    undo = edits.undo_count(prompt)
+    if undo is not None:
+        return _undo(request, undo)
     steps = edits.plan_edits(prompt)
     sources = request.images or ([request.history_image] if request.history_image else [])
+    mask = sources[0].mask if request.images else request.history_mask
     out_mime = (request.output_mime or "image/png").lower()
     if out_mime not in edits.OUTPUT_FORMATS:
         raise invalid_argument(f"Unsupported imageConfig.outputMimeType {request.output_mime!r}")
@@ -140,9 +145,10 @@ def _make_image(request: wire.GenerateRequest, prompt: str) -> tuple[bytes, str,
             edits.check_image_header(sources[0].data)
             return sources[0].data, sources[0].mime_type, "nothing (no edit recognised)"
         done: list[str] = []
+        base: Image.Image | None = None
         if sources:
             decoded = [edits.open_image(s.data) for s in sources]
-            img = decoded[0]
+            img = base = decoded[0]
             if len(decoded) > 1:
                 img, label = edits.combine(decoded, prompt)
                 done.append(label)
@@ -150,12 +156,36 @@ def _make_image(request: wire.GenerateRequest, prompt: str) -> tuple[bytes, str,
             size = edits.generated_size(request.aspect_ratio, request.image_size)
             img = edits.generate(prompt, size)
             done.append(f"generated {size[0]}×{size[1]} image from the prompt")
+        mask_image = edits.open_image(mask.data) if mask is not None and base else None
     except edits.UnreadableImage:
         raise GeminiError(400, UNREADABLE) from None
     for step in steps:
         img = edits.apply_step(img, step)
         done.append(step.label)
+    if mask_image is not None and base is not None:
+        confined = img.size == base.size
+        img = edits.apply_mask(img, base, mask_image)
+        done.append("confined to the mask" if confined else "mask not applied (size changed)")
     return edits.encode(img, out_mime), out_mime, ", ".join(done)
+
+
+def _undo(request: wire.GenerateRequest, count: int) -> tuple[bytes, str, str]:
+    """Undo the last N changes: the image of N versions earlier in the chat, byte for byte.
+
+    The versions are the chat's images, one per earlier turn (the upload, then each model
+    answer); the current one is the last. Asking for more than there are gives the first.
+    """
+    versions = request.history_versions
+    if not versions:
+        raise invalid_argument(
+            "Nothing to undo: the chat history holds no earlier image. Send the conversation's "
+            "earlier turns (a chat resends them) or the image to go back to. (custody emulator)"
+        )
+    index = max(len(versions) - 1 - count, 0)
+    earlier = versions[index]
+    back = len(versions) - 1 - index
+    note = "" if back == count else f" (only {back} earlier version(s) in the chat)"
+    return earlier.data, earlier.mime_type, f"undid {back} change(s): {earlier.where}{note}"
 
 
 def _describe(finish: str, done: str) -> str:

@@ -9,7 +9,8 @@ KIND is one of:
 
 =========  =====================================================================================
 ``429``    RESOURCE_EXHAUSTED with ``google.rpc.QuotaFailure`` and ``google.rpc.RetryInfo``
-           (``retryDelay: "2s"``) details
+           (``retryDelay: "2s"``) details; ``429:S`` sets the retryDelay to S seconds
+           (``429:0`` sends no RetryInfo, as a daily quota does)
 ``500``    INTERNAL
 ``503``    UNAVAILABLE ("The model is overloaded")
 ``400``    INVALID_ARGUMENT
@@ -18,6 +19,9 @@ KIND is one of:
            non-stream: headers and half the body, then the connection closes
 ``error200`` HTTP 200 whose body is a 429 RESOURCE_EXHAUSTED error envelope (as some proxies
            answer): a gateway must treat it as the error it is, not as a success
+``malformed`` HTTP 200 whose body (or stream event) is not JSON
+``badimage`` HTTP 200, a well-formed answer whose image part is not an image (random bytes
+           declared as image/png)
 =========  =====================================================================================
 
 An unknown KIND is itself a 400, so a typo in a test never silently passes.
@@ -33,6 +37,7 @@ from starlette.responses import Response
 
 FAULT_DIRECTIVE = re.compile(r"\[emulator:fault=([^\]\s]+)\]", re.IGNORECASE)
 MAX_SLOW_MS = 120_000
+_SECONDS = re.compile(r"^\d{1,3}(?:\.\d{1,3})?$")
 INJECTED = " (custody emulator: injected fault)"
 
 STATUS_BY_CODE = {
@@ -85,22 +90,27 @@ class Fault:
 
     kind: str
     slow_ms: int = 0
+    retry_delay_s: float = 2.0  # the 429's RetryInfo (0: none)
 
     @property
     def label(self) -> str:
+        if self.kind == "429" and self.retry_delay_s != 2.0:
+            return f"429:{self.retry_delay_s:g}"
         return f"slow:{self.slow_ms}" if self.kind == "slow" else self.kind
 
 
 def parse_fault(spec: str) -> Fault:
     """``"429"`` / ``"slow:250"`` / ``"cut"`` … → a Fault; anything else → GeminiError 400."""
     kind = spec.strip().lower()
-    if kind in ("429", "500", "503", "400", "cut", "error200"):
+    if kind in ("429", "500", "503", "400", "cut", "error200", "malformed", "badimage"):
         return Fault(kind)
     if kind.startswith("slow:") and kind[5:].isdigit():
         return Fault("slow", min(int(kind[5:]), MAX_SLOW_MS))
+    if kind.startswith("429:") and _SECONDS.match(kind[4:]):
+        return Fault("429", retry_delay_s=min(float(kind[4:]), MAX_SLOW_MS / 1000))
     raise invalid_argument(
-        f"Unknown emulator fault {spec!r}: use 429, 500, 503, 400, slow:MS, cut or error200."
-        + INJECTED
+        f"Unknown emulator fault {spec!r}: use 429, 429:S, 500, 503, 400, slow:MS, cut, error200,"
+        " malformed or badimage." + INJECTED
     )
 
 
@@ -116,7 +126,8 @@ def find_fault(header: str | None, prompt: str) -> tuple[Fault | None, str]:
 
 
 def fault_error(fault: Fault, model: str) -> GeminiError | None:
-    """The Gemini error an error-kind fault answers with; None for ``slow`` and ``cut``."""
+    """The Gemini error an error-kind fault answers with; None for ``slow``, ``cut``,
+    ``malformed`` and ``badimage`` (answers that go wrong in their body, see ``app``)."""
     if fault.kind == "429":
         return GeminiError(
             429,
@@ -136,9 +147,14 @@ def fault_error(fault: Fault, model: str) -> GeminiError | None:
                         }
                     ],
                 },
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"},
+                *(
+                    [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                      "retryDelay": f"{fault.retry_delay_s:g}s"}]
+                    if fault.retry_delay_s
+                    else []
+                ),
             ],
-        )
+        )  # fmt: skip
     if fault.kind == "500":
         return GeminiError(
             500,

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pybase64
 
+from governance.upstream.emulator import edits
 from governance.upstream.emulator.faults import invalid_argument
 
 HARM_CATEGORIES = (
@@ -38,6 +39,7 @@ class InputImage:
     data: bytes
     mime_type: str
     where: str  # e.g. "contents[0].parts[1]", for error messages
+    mask: InputImage | None = None  # the mask sent for this image (white = edit, black = keep)
 
 
 @dataclass
@@ -56,6 +58,8 @@ class GenerateRequest:
     prompt: str  # text of the last user turn (thought parts excluded)
     images: list[InputImage]  # inline images of the last user turn, in order
     history_image: InputImage | None  # latest image earlier in the chat: the edit target
+    history_versions: list[InputImage] = field(default_factory=list)  # per turn, oldest first
+    history_mask: InputImage | None = None  # a mask in the last turn sent for history_image
     signatures: list[ModelTurnSignature] = field(default_factory=list)
     unsigned_model_images: list[str] = field(default_factory=list)  # model-turn images, no sig
     has_model_turns: bool = False
@@ -138,6 +142,8 @@ def parse_generate_request(model: str, raw: bytes) -> GenerateRequest:
     for i, content in enumerate(contents):
         is_model = content.get("role") == "model"
         request.has_model_turns |= is_model
+        images: list[InputImage] = []  # this turn's images, masks attached to their targets
+        mask_next = False
         for j, part in enumerate(content["parts"]):
             where = f"contents[{i}].parts[{j}]"
             if not isinstance(part, dict):
@@ -145,18 +151,31 @@ def parse_generate_request(model: str, raw: bytes) -> GenerateRequest:
             image = _inline_image(part, where)
             if is_model:
                 _collect_signature(request, part, where, image is not None)
-            if i == last_user:
-                if isinstance(part.get("text"), str) and not part.get("thought"):
-                    texts.append(part["text"])
-                if image is not None:
-                    request.images.append(image)
-            elif image is not None and i < last_user:
-                request.history_image = image
+            text = part.get("text")
+            if i == last_user and isinstance(text, str) and not part.get("thought"):
+                texts.append(text)
+            if image is not None and mask_next and not is_model:
+                if images:
+                    images[-1].mask = image
+                elif i == last_user:
+                    request.history_mask = image
+            elif image is not None:
+                images.append(image)
+            mask_next = isinstance(text, str) and bool(edits.MASK_WORD.search(text))
+        if i == last_user:
+            request.images = images
+        elif images and i < last_user:
+            request.history_image = images[-1]
+            request.history_versions.append(images[-1])
     request.prompt = "\n".join(texts)
     _read_generation_config(request, body)
     digest = hashlib.sha256(f"{model}\x00{request.prompt}".encode())
     for image in request.images or ([request.history_image] if request.history_image else []):
         digest.update(hashlib.sha256(image.data).digest())
+        if image.mask is not None:
+            digest.update(hashlib.sha256(image.mask.data).digest())
+    if request.history_mask is not None:
+        digest.update(hashlib.sha256(request.history_mask.data).digest())
     request.digest = digest.digest()
     return request
 
