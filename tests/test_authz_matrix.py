@@ -274,6 +274,14 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/console/reviews/{task_id}"): row(
         CONSOLE_OF_NO_TASK, console=True, path=NO_SUCH_CONSOLE_REVIEW
     ),
+    ("GET", "/console/sessions/{session_id}"): row(
+        CONSOLE_OF_NO_TASK, console=True, path="/console/sessions/ses_" + "0" * 24
+    ),
+    ("GET", "/console/sessions/{session_id}/versions/{version_id}/content"): row(
+        CONSOLE_OF_NO_TASK,
+        console=True,
+        path="/console/sessions/ses_" + "0" * 24 + "/versions/" + NO_SUCH_VERSION + "/content",
+    ),
     ("GET", "/console/reviews/{task_id}/content/{kind}/{index}"): row(
         CONSOLE_OF_NO_TASK, console=True, path=NO_SUCH_CONSOLE_REVIEW + "/content/inputs/0"
     ),

@@ -160,7 +160,7 @@ class ReviewGate:
                     stage=stage,
                     requester=state.principal.actor,
                     requester_key=state.principal.key_id,
-                    session=state.request.session,
+                    session=state.session_id,
                     request_hash=state.review_hash or "",
                     shown=shown_for(state, stage),
                     reasons=tuple(decision.reasons),
