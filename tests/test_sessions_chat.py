@@ -142,3 +142,41 @@ def test_the_session_header_overrides_the_hashes(
     graph = index_graph(custody, s1)  # type: ignore[arg-type]
     assert len(graph["images"]) == 2 and len(graph["turns"]) == 2
     assert ledger_graph(custody, s1) == graph  # type: ignore[arg-type]
+
+
+def test_concurrent_first_turns_naming_one_session_share_it(
+    tmp_path: Path, db_url: str, photo_bytes: dict[str, bytes]
+) -> None:
+    custody = gateway(tmp_path, db_url)
+    try:
+        client = custody.client()
+        config = types.GenerateContentConfig(
+            http_options=types.HttpOptions(headers={"x-custody-session": "batch-7"})
+        )
+        turns: list[str] = []
+        errors: list[BaseException] = []
+
+        def one(colour: str) -> None:
+            try:
+                response = client.models.generate_content(  # type: ignore[attr-defined]
+                    model=EDIT_MODEL, contents=[_photo(photo_bytes), f"make it {colour}"],
+                    config=config,
+                )  # fmt: skip
+                turns.append(turn_id(response))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(c,)) for c in ("red", "teal", "gold")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        sessions = {session_of_turn(custody, t) for t in turns}
+        assert len(sessions) == 1, "one key, one session, however the turns raced"
+        (session,) = sessions
+        graph = index_graph(custody, session)
+        assert sorted(t["turn"] for t in graph["turns"]) == sorted(turns)
+        assert ledger_graph(custody, session) == graph
+    finally:
+        custody.stop()

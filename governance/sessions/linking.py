@@ -4,8 +4,9 @@ A Gemini chat resends its whole history each turn, and the images in it are the 
 released (signed, so each is unique to its turn). A turn is attached by those hashes, always
 within the caller's tenant and actor:
 
-- ``x-custody-session`` names the session explicitly (per actor: another user's key never opens
-  this user's session);
+- ``x-custody-session`` names the session explicitly, per actor: its id is derived from the
+  tenant, the actor and the key (``keyed_session_id``), so another user's same key names another
+  session;
 - otherwise the newest session holding one of the request's images *as a Custody output* is the
   turn's session: an upload's hash is never enough, since two chats may start from one public
   image and must not mix;
@@ -21,7 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from governance.sessions.lineage import Lineage, NewImage, Provenance, SessionHint, new_id
+from governance.sessions.lineage import (
+    Lineage,
+    NewImage,
+    Provenance,
+    SessionHint,
+    keyed_session_id,
+    new_id,
+)
 from storage.sessions import SessionStore
 
 CHAT_SOURCE = "gemini-request"  # an image that arrived inside a Gemini request
@@ -57,8 +65,8 @@ def link_chat_turn(
     session_id: str | None = None
     new_session = False
     if client_key:
-        found = store.session_by_key(tenant, actor, client_key)
-        session_id = found["session_id"] if found is not None else None
+        session_id = keyed_session_id(tenant, actor, client_key)
+        new_session = store.session(session_id) is None
     else:
         matches = store.versions_by_sha256(tenant, actor, [i.sha256 for i in images])
         outputs = [m for m in matches if m["kind"] != "upload"]
@@ -70,6 +78,7 @@ def link_chat_turn(
         session_id = chosen["session_id"] if chosen is not None else None
     if session_id is None:
         session_id, new_session = new_id("ses"), True
+    assert session_id is not None
     known = {} if new_session else _known(store, session_id)
     lineage = Lineage(
         session_id=session_id,
