@@ -171,3 +171,18 @@ def test_who_may_see_and_change_a_session(custody: Any) -> None:
         json={"data": b64(b"not an image"), "mime_type": "image/png", "source": "x"},
     )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == 400
+
+
+def test_a_bad_body_is_a_recorded_400(custody: Any) -> None:
+    client = api(custody)
+    session = client.post("/api/v1/sessions", json={}).json()["session"]
+    response = client.post(
+        f"/api/v1/sessions/{session}/turns", json={"instruction": "teal", "targets": []}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "targets" in error["message"]
+    refused = [e for e in custody.ledger_events() if e["type"] == "request.refused"]
+    assert refused[-1]["body"]["reason"] == "BAD_SESSION_REQUEST"
+    assert refused[-1]["session"] == session
+    assert client.post(f"/api/v1/sessions/{session}/rollback", content=b"{").status_code == 400

@@ -14,11 +14,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from governance.api.deps import authenticate, get_services
 from governance.api.session_turns import (
@@ -83,6 +83,7 @@ class Label(_Body):
 
 
 Caller = Annotated[Principal, Depends(authenticate)]
+M = TypeVar("M", bound=BaseModel)
 
 
 async def _refuse(request: Request, principal: Principal, err: TurnError) -> TurnError:
@@ -99,6 +100,23 @@ async def _refuse(request: Request, principal: Principal, err: TurnError) -> Tur
 
 def _bad(message: str, reason: str = "INVALID_REQUEST") -> TurnError:
     return TurnError(400, message, reason=reason)
+
+
+async def _parsed(request: Request, principal: Principal, model: type[M]) -> M:
+    """The JSON body as ``model``; a bad one is a recorded 400 naming the first problem."""
+    limit = get_services(request).settings.max_request_bytes
+    raw = await request.body()
+    try:
+        if len(raw) > limit:
+            raise _bad(f"The body is over {limit:,} bytes (CUSTODY_MAX_REQUEST_BYTES).")
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem.get("loc", ())) or "the body"
+        err = _bad(f"Invalid request body: {where}: {problem.get('msg')}.", "BAD_SESSION_REQUEST")
+        raise await _refuse(request, principal, err) from None
+    except TurnError as err:
+        raise await _refuse(request, principal, err) from None
 
 
 def _unknown_session(session_id: str) -> TurnError:
@@ -215,9 +233,10 @@ def _graph(services: Any, session: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("")
-async def create_session(request: Request, principal: Caller, body: CreateSession) -> Any:
+async def create_session(request: Request, principal: Caller) -> Any:
     """A new session of the calling editor."""
     await _editor(request, principal)
+    body = await _parsed(request, principal, CreateSession)
     services = get_services(request)
     desk = SessionDesk(services.ledger, services.commitments)
     session_id = await services.run_blocking(
@@ -283,9 +302,10 @@ async def timeline(request: Request, principal: Caller, session_id: str) -> Any:
 
 
 @router.post("/{session_id}/images")
-async def upload_image(request: Request, principal: Caller, session_id: str, body: Upload) -> Any:
+async def upload_image(request: Request, principal: Caller, session_id: str) -> Any:
     """Upload an image with its provenance facts; its first version is these bytes."""
     session = await _session(request, principal, session_id, write=True)
+    body = await _parsed(request, principal, Upload)
     services = get_services(request)
     try:
         mime = body.mime_type.lower()
@@ -363,10 +383,11 @@ async def _mask(
 
 
 @router.post("/{session_id}/turns")
-async def run_turn(request: Request, principal: Caller, session_id: str, body: TurnBody) -> Any:
+async def run_turn(request: Request, principal: Caller, session_id: str) -> Any:
     """One instruction on one target, or a linked edit on several (one turn per target, one
     intent); ``exclude`` leaves a target out. Partial failures are per-target results."""
     session = await _session(request, principal, session_id, write=True)
+    body = await _parsed(request, principal, TurnBody)
     services = get_services(request)
     limit = services.settings.linked_edit_max_targets
     if len(body.targets) > limit:
@@ -425,10 +446,11 @@ async def run_turn(request: Request, principal: Caller, session_id: str, body: T
 
 
 @router.post("/{session_id}/rollback")
-async def rollback(request: Request, principal: Caller, session_id: str, body: Rollback) -> Any:
+async def rollback(request: Request, principal: Caller, session_id: str) -> Any:
     """Roll back to an earlier version: a recorded turn with no upstream call whose output is
     that version, re-signed, as the newest version of its image."""
     session = await _session(request, principal, session_id, write=True)
+    body = await _parsed(request, principal, Rollback)
     services = get_services(request)
     version = await _version(request, principal, session, body.version)
     result = await run_target(
@@ -449,10 +471,11 @@ async def rollback(request: Request, principal: Caller, session_id: str, body: R
 
 @router.post("/{session_id}/versions/{version_id}/labels")
 async def label_version(
-    request: Request, principal: Caller, session_id: str, version_id: str, body: Label
+    request: Request, principal: Caller, session_id: str, version_id: str
 ) -> Any:
     """Label a version ("StudioStyle1", "approved for campaign")."""
     session = await _session(request, principal, session_id, write=True)
+    body = await _parsed(request, principal, Label)
     await _version(request, principal, session, version_id)
     services = get_services(request)
     desk = SessionDesk(services.ledger, services.commitments)
