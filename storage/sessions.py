@@ -85,6 +85,18 @@ class SessionStore:
         )
         return self._all(query)
 
+    def version_digests(self, session_id: str) -> list[tuple[str, str, str]]:
+        """(sha256, version id, image id) of every version of the session, oldest first: one
+        narrow query, whatever the size of the graph."""
+        t = SESSION_VERSIONS
+        query = (
+            select(t.c.sha256, t.c.version_id, t.c.image_id)
+            .where(t.c.session_id == session_id)
+            .order_by(t.c.created_ms, t.c.version_id)
+        )
+        with self.engine.connect() as conn:
+            return [(str(a), str(b), str(c)) for a, b, c in conn.execute(query)]
+
     def version(self, version_id: str) -> dict[str, Any] | None:
         t = SESSION_VERSIONS
         found = self._all(select(t).where(t.c.version_id == version_id))

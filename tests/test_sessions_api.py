@@ -95,6 +95,9 @@ def test_linked_edit_masks_labels_and_a_chain_back_to_the_upload(
             ]
             assert len(masks) == (1 if target == uploads[0] else 0), (target, masks)
             assert custody_assertion(active)["session"]["version"] == out
+            chain = walk_chain(store)  # back to the upload, by c2pa-python's Reader
+            assert [c.get("version") for c in chain[:1]] == [out]
+            assert chain[0]["parent_version"] == target and "upload_ingredient" in chain[1]
 
         # A second edit on the masked output: its chain walks back to the upload.
         first_out = outputs[uploads[0]]
@@ -124,6 +127,12 @@ def test_linked_edit_masks_labels_and_a_chain_back_to_the_upload(
             {"version": first_out, "label": "approved for campaign", "by": "editor@acme"}
         ]
         assert ledger_graph(custody, session) == graph, "the ledger alone rebuilds the graph"
+        shown = client.get(f"/api/v1/sessions/{session}").json()
+        for v in shown["versions"]:
+            for detail in ("sha256", "mime_type", "created_ms"):
+                v.pop(detail)
+        shown.pop("title"), shown.pop("tenant")
+        assert shown == ledger_graph(custody, session), "the API's graph, from the ledger alone"
     finally:
         custody.stop()
 

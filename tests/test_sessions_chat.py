@@ -4,6 +4,7 @@ one user never mix, two users never share a session, and the ledger alone rebuil
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from tests.session_helpers import (
     images,
     index_graph,
     ledger_graph,
+    manifest_store,
     session_of_turn,
     turn_id,
     version_of_turn,
+    walk_chain,
 )
 
 
@@ -59,6 +62,14 @@ def test_five_turn_chat_with_a_branch_at_turn_four(
             (turn,) = [x for x in graph["turns"] if x["turn"] == t]
             assert turn["status"] == "released" and turn["outputs"] == [v[n]["version"]]
         assert ledger_graph(custody, session) == graph, "the ledger alone rebuilds the graph"
+        # Every output's manifest chain walks back to the upload (c2pa-python's Reader).
+        parent_of = {x["version"]: x["parent"] for x in graph["versions"]}
+        for response, version in zip((first, second, third, fourth, fifth), v, strict=True):
+            chain = walk_chain(manifest_store(images(response)[0]))
+            steps = [c["version"] for c in chain[:-1]]
+            assert steps[0] == version["version"]
+            assert all(parent_of[a] == b for a, b in itertools.pairwise(steps))
+            assert parent_of[steps[-1]] == upload["version"] and "upload_ingredient" in chain[-1]
     finally:
         custody.stop()
 

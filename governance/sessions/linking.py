@@ -48,9 +48,13 @@ class SeenImage:
     height: int | None
 
 
-def _known(store: SessionStore, session_id: str) -> dict[str, str]:
-    versions = store.graph_rows(session_id)["versions"]
-    return {v["sha256"]: v["version_id"] for v in versions}
+def _known(store: SessionStore, session_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The session's versions by the SHA-256 of their bytes (the newest for equal bytes), and
+    each version's image."""
+    known, images = {}, {}
+    for digest, version, image in store.version_digests(session_id):
+        known[digest], images[version] = version, image
+    return known, images
 
 
 def link_chat_turn(
@@ -79,7 +83,7 @@ def link_chat_turn(
     if session_id is None:
         session_id, new_session = new_id("ses"), True
     assert session_id is not None
-    known = {} if new_session else _known(store, session_id)
+    known, image_of = ({}, {}) if new_session else _known(store, session_id)
     lineage = Lineage(
         session_id=session_id,
         image_id="",
@@ -90,10 +94,9 @@ def link_chat_turn(
     )
     parent = next((i for i in images if i.role == "parent"), None)
     if parent is not None and parent.sha256 in known:
-        version = store.version(known[parent.sha256])
-        assert version is not None
-        lineage.image_id, lineage.parent_version = version["image_id"], version["version_id"]
-        lineage.targets.append(version["version_id"])
+        version = known[parent.sha256]
+        lineage.image_id, lineage.parent_version = image_of[version], version
+        lineage.targets.append(version)
     elif parent is not None and parent.commitment is not None:
         # A new image in this session: its first version is this upload.
         image = NewImage(
@@ -147,7 +150,7 @@ def link_hinted_turn(store: SessionStore, hint: SessionHint, images: list[SeenIm
         masks=[i.commitment for i in images if i.role == "mask" and i.commitment is not None],
         references=[{"version": v} for v in hint.references],
         provenance=list(hint.provenance),
-        known=_known(store, hint.session_id),
+        known=_known(store, hint.session_id)[0],
     )
 
 
