@@ -23,6 +23,7 @@ from governance.api import (
     ledger_routes,
     models_routes,
     review_routes,
+    session_routes,
     verify_routes,
 )
 from governance.api.deps import get_services, presented_key
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(erasure_routes.router)
     app.include_router(evidence_routes.router)
     app.include_router(review_routes.router)
+    app.include_router(session_routes.router)
     app.include_router(models_routes.router)  # before gemini_routes: :countTokens is its own
     app.include_router(gemini_routes.router)
     install_console(app)  # /console/: people's pages, HTML refusals

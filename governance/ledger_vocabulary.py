@@ -463,6 +463,8 @@ class LineageRecorded(TypedDict):
     masks: list[str]  # commitments
     references: list[dict[str, str]]  # {"version": id} | {"content": commitment}
     outputs: list[dict[str, Any]]  # {version, image, parent, kind, content}
+    part: NotRequired[int]  # a turn of many outputs: this event's slice of them, 1-based
+    parts: NotRequired[int]
 
 
 class VersionLabelled(TypedDict):

@@ -138,6 +138,7 @@ def _print(name, result, independent, record) -> None:  # type: ignore[no-untype
         policy = c.get("policy") or {}
         revision = str(policy.get("bundle_revision"))[:12]
         print(f"  policy: {policy.get('outcome')} (revision {revision})")
+    _print_lineage(result.lineage)
     for check in (record or {}).get("approvals") or []:
         covered = "covered these bytes" if check["covers_these_bytes"] else "DOES NOT COVER them"
         print(
@@ -164,6 +165,21 @@ def _print_candidates(similar: dict[str, Any]) -> None:
             f" of {c['pdq_bits']}, ISCC distance {c['iscc_distance']} of 64;"
             f" {len(record.get('events') or [])} ledger events, {proven}"
         )
+
+
+def _print_lineage(chain: list[dict[str, Any]]) -> None:
+    """The version chain back to the upload (``provenance.lineage_chain``)."""
+    if not chain:
+        return
+    print(f"  lineage (session {chain[0].get('session')}), newest first:")
+    for step in chain:
+        if "origin" in step:
+            had = "with Content Credentials" if step["credentials"] else "no Content Credentials"
+            print(f"    origin: {step['origin']} ({had})")
+            continue
+        parent = step.get("parent_version")
+        what = f"{step.get('kind')} of {parent}" if parent else f"{step.get('kind')}"
+        print(f"    {step.get('version')}: {what} (turn {step.get('turn')})")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -173,6 +173,10 @@ class Settings(BaseSettings):
     console_sign_in_lockout_s: int = Field(default=60, ge=1)  # doubled per further failure
     console_sign_in_per_client: int = Field(default=20, ge=1)  # attempts per minute per address
 
+    # -- sessions
+    linked_edit_concurrency: int = Field(default=4, ge=1)  # upstream calls of one linked edit
+    linked_edit_max_targets: int = Field(default=32, ge=1)
+
     # -- process
     executor_threads: int = Field(default=32, ge=1)  # threads for byte-heavy turn work
     malloc_arena_max: int = Field(default=2, ge=0)  # glibc malloc arenas at `serve` (0: glibc's)

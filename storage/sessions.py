@@ -50,7 +50,10 @@ def session_side_rows(rows: dict[str, Sequence[dict[str, Any]]]) -> list[SideRow
     for table, columns in _TABLE_COLUMNS.items():
         given = rows.get(table) or []
         if given:
-            out.append(SideRows(table, columns, [tuple(r[c] for c in columns) for r in given]))
+            values = [tuple(r[c] for c in columns) for r in given]
+            # A session a client key names may be created by two concurrent first turns: its
+            # id is derived from the key, so both carry the same row and one is skipped.
+            out.append(SideRows(table, columns, values, ignore_conflicts=table == "edit_sessions"))
     return out
 
 
@@ -66,18 +69,6 @@ class SessionStore:
 
     def session(self, session_id: str) -> dict[str, Any] | None:
         found = self._all(select(EDIT_SESSIONS).where(EDIT_SESSIONS.c.session_id == session_id))
-        return found[0] if found else None
-
-    def session_by_key(self, tenant: str, actor: str, key: str) -> dict[str, Any] | None:
-        """The oldest session this actor named ``key`` (``x-custody-session``)."""
-        t = EDIT_SESSIONS
-        query = (
-            select(t)
-            .where(t.c.tenant == tenant, t.c.actor == actor, t.c.client_key == key)
-            .order_by(t.c.created_ms, t.c.session_id)
-            .limit(1)
-        )
-        found = self._all(query)
         return found[0] if found else None
 
     def session_ids_for(self, tenant: str, ref: str) -> set[str]:
@@ -105,6 +96,18 @@ class SessionStore:
             .order_by(t.c.created_ms.desc(), t.c.version_id)
         )
         return self._all(query)
+
+    def version_digests(self, session_id: str) -> list[tuple[str, str, str]]:
+        """(sha256, version id, image id) of every version of the session, oldest first: one
+        narrow query, whatever the size of the graph."""
+        t = SESSION_VERSIONS
+        query = (
+            select(t.c.sha256, t.c.version_id, t.c.image_id)
+            .where(t.c.session_id == session_id)
+            .order_by(t.c.created_ms, t.c.version_id)
+        )
+        with self.engine.connect() as conn:
+            return [(str(a), str(b), str(c)) for a, b, c in conn.execute(query)]
 
     def version(self, version_id: str) -> dict[str, Any] | None:
         t = SESSION_VERSIONS

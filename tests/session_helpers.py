@@ -52,3 +52,78 @@ def ledger_graph(custody: RunningCustody, session_id: str) -> dict[str, Any]:
 def version_of_turn(graph: dict[str, Any], turn: str) -> dict[str, Any]:
     (version,) = [v for v in graph["versions"] if v["turn"] == turn and v["kind"] != "upload"]
     return version
+
+
+def api(custody: RunningCustody, role: str = "editor") -> Any:
+    """An httpx client of the native API, authenticated as ``role``."""
+    import httpx
+
+    return httpx.Client(
+        base_url=custody.base_url, headers={"x-goog-api-key": custody.keys[role]}, timeout=120
+    )
+
+
+def b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def png(width: int, height: int, colour: tuple[int, int, int] = (255, 255, 255)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def mask_png(width: int, height: int) -> bytes:
+    """A mask: white on the left half (edit there), black elsewhere."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(img).rectangle((0, 0, width // 2, height), fill=255)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def manifest_store(data: bytes, mime_type: str = "image/png") -> dict[str, Any]:
+    """The manifest store of ``data`` as c2pa-python's Reader reports it."""
+    import io
+    import json
+
+    import c2pa
+
+    reader = c2pa.Reader(mime_type, io.BytesIO(data))
+    try:
+        return json.loads(reader.json())  # type: ignore[no-any-return]
+    finally:
+        reader.close()
+
+
+def custody_assertion(manifest: dict[str, Any]) -> dict[str, Any]:
+    (found,) = [a["data"] for a in manifest["assertions"] if a["label"] == "com.custody.turn"]
+    return found  # type: ignore[no-any-return]
+
+
+def walk_chain(store: dict[str, Any]) -> list[dict[str, Any]]:
+    """From the active manifest back along ``parentOf`` ingredients: each Custody manifest's
+    session facts, and last the ingredient that has no manifest (the upload)."""
+    chain: list[dict[str, Any]] = []
+    label = store["active_manifest"]
+    manifests = store["manifests"]
+    while label is not None:
+        manifest = manifests[label]
+        facts = custody_assertion(manifest)["session"]
+        parents = [i for i in manifest.get("ingredients", []) if i["relationship"] == "parentOf"]
+        assert len(parents) == 1, parents
+        chain.append(facts)
+        label = parents[0].get("active_manifest")
+        if label is None:
+            chain.append({"upload_ingredient": parents[0]["title"]})
+    return chain

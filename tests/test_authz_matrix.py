@@ -105,6 +105,8 @@ REVIEW_DECIDER_OF_NOTHING = profile(
     editor=403, reviewer=404, auditor=403, admin=404, operator=403, no_key=401, other_admin=404
 )
 NO_SUCH_REVIEW = "/api/v1/reviews/" + "0" * 32
+NO_SUCH_SESSION = "/api/v1/sessions/ses_" + "0" * 24
+NO_SUCH_VERSION = "ver_" + "0" * 24
 # A turn's status: its requester, the tenant's reviewers and auditors, the operator.
 TURN_READER_OF_NOTHING = profile(
     editor=404, reviewer=404, auditor=404, admin=404, operator=404, no_key=401, other_admin=404
@@ -223,6 +225,38 @@ MATRIX: dict[tuple[str, str], Row] = {
         body={"decision": "approve", "comment": "", "shown_digest": "0" * 64},
     ),
     ("GET", "/api/v1/turns/{turn_id}"): row(TURN_READER_OF_NOTHING, path="/api/v1/turns/nothing"),
+    # Sessions: editors create them; every authenticated caller lists its own (or, reading
+    # roles, its tenant's); a session that does not exist is a 404 to every caller, whether it
+    # reads or writes (the owner check comes after; tests/test_sessions_api.py has the rest).
+    ("POST", "/api/v1/sessions"): row(EDITOR, body={}),
+    ("GET", "/api/v1/sessions"): row({**OPEN, "no_key": 401}),
+    ("GET", "/api/v1/sessions/{session_id}"): row(TURN_READER_OF_NOTHING, path=NO_SUCH_SESSION),
+    ("GET", "/api/v1/sessions/{session_id}/timeline"): row(
+        TURN_READER_OF_NOTHING, path=NO_SUCH_SESSION + "/timeline"
+    ),
+    ("POST", "/api/v1/sessions/{session_id}/images"): row(
+        TURN_READER_OF_NOTHING,
+        path=NO_SUCH_SESSION + "/images",
+        body={"data": "AAAA", "mime_type": "image/png", "source": "matrix"},
+    ),
+    ("GET", "/api/v1/sessions/{session_id}/versions/{version_id}/content"): row(
+        TURN_READER_OF_NOTHING, path=NO_SUCH_SESSION + "/versions/" + NO_SUCH_VERSION + "/content"
+    ),
+    ("POST", "/api/v1/sessions/{session_id}/turns"): row(
+        TURN_READER_OF_NOTHING,
+        path=NO_SUCH_SESSION + "/turns",
+        body={"instruction": "teal", "targets": [{"version": NO_SUCH_VERSION}]},
+    ),
+    ("POST", "/api/v1/sessions/{session_id}/rollback"): row(
+        TURN_READER_OF_NOTHING,
+        path=NO_SUCH_SESSION + "/rollback",
+        body={"version": NO_SUCH_VERSION},
+    ),
+    ("POST", "/api/v1/sessions/{session_id}/versions/{version_id}/labels"): row(
+        TURN_READER_OF_NOTHING,
+        path=NO_SUCH_SESSION + "/versions/" + NO_SUCH_VERSION + "/labels",
+        body={"label": "matrix"},
+    ),
     ("GET", "/api/v1/review-groups"): row(MANAGER),
     ("POST", "/api/v1/review-groups/{group}/members"): row(
         MANAGER, path="/api/v1/review-groups/reviewers/members", body={"actor": "matrix@acme"}
@@ -254,6 +288,14 @@ MATRIX: dict[tuple[str, str], Row] = {
     # A task that does not exist: those let through get 404 (success: tests/test_console_review.py).
     ("GET", "/console/reviews/{task_id}"): row(
         CONSOLE_OF_NO_TASK, console=True, path=NO_SUCH_CONSOLE_REVIEW
+    ),
+    ("GET", "/console/sessions/{session_id}"): row(
+        CONSOLE_OF_NO_TASK, console=True, path="/console/sessions/ses_" + "0" * 24
+    ),
+    ("GET", "/console/sessions/{session_id}/versions/{version_id}/content"): row(
+        CONSOLE_OF_NO_TASK,
+        console=True,
+        path="/console/sessions/ses_" + "0" * 24 + "/versions/" + NO_SUCH_VERSION + "/content",
     ),
     ("GET", "/console/reviews/{task_id}/content/{kind}/{index}"): row(
         CONSOLE_OF_NO_TASK, console=True, path=NO_SUCH_CONSOLE_REVIEW + "/content/inputs/0"

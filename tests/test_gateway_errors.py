@@ -19,6 +19,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
+from governance.sessions.lineage import keyed_session_id
 from storage.ledger.verify import verify_ledger
 from tests.conftest import TEST_POLICY, RunningCustody, start_custody
 
@@ -307,7 +308,9 @@ def test_sdk_sends_session_and_labels_per_client_and_per_call(gateway) -> None:
     )
     response = per_client.models.generate_content(model=MODEL, contents="a red bicycle")
     turn_id = response.sdk_http_response.headers["x-custody-turn"]
-    assert {e["session"] for e in gateway.ledger_events(turn_id)} == {"s-client"}
+    # The header names the caller's session: every event names that one session.
+    s_client = keyed_session_id("acme", "editor@acme", "s-client")
+    assert {e["session"] for e in gateway.ledger_events(turn_id)} == {s_client}
 
     call = types.GenerateContentConfig(
         http_options=types.HttpOptions(
@@ -318,4 +321,4 @@ def test_sdk_sends_session_and_labels_per_client_and_per_call(gateway) -> None:
         gateway.client().models.generate_content(model=MODEL, contents="a cat", config=call)
     assert "label block=yes" in caught.value.message, "the per-call labels reached the policy"
     events = gateway.ledger_events(caught.value.response.headers["x-custody-turn"])
-    assert {e["session"] for e in events} == {"s-call"}
+    assert {e["session"] for e in events} == {keyed_session_id("acme", "editor@acme", "s-call")}

@@ -28,6 +28,7 @@ from governance.auth.keys import create_key
 from governance.auth.lifecycle import Operator
 from governance.console.sessions import ConsoleSessions, csrf_token
 from governance.console.web import COOKIE, SIGN_IN_CSRF_COOKIE
+from governance.sessions.lineage import keyed_session_id
 from tests.conftest import RunningCustody, start_custody
 from tests.review_helpers import open_task
 from tests.test_authz_matrix import MATRIX
@@ -178,8 +179,14 @@ def _tenant_a(custody: RunningCustody) -> dict[str, Any]:
         "a-secret-token",
         ACME_PERSON,
     }
+    session = keyed_session_id("acme", "editor@acme", SESSION)  # A's session, by its header
+    store = custody.services.sessions  # type: ignore[attr-defined]
+    version = store.graph_rows(session)["versions"][0]["version_id"]
+    secrets |= {session, version}
     return {
         "secrets": secrets,
+        "session": session,
+        "version": version,
         "task": task.task_id,
         "held_turn": task.turn_id,
         "shown_digest": task.shown_digest,
@@ -276,6 +283,34 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", f"/console/reviews/{task}/decision", {"data": decision}),
         ("POST", "/console/sign-out", {"data": {}}),
     ]
+    sid, ver = a["session"], a["version"]
+    probes += [  # A's session, by its ids
+        ("GET", "/api/v1/sessions", {}),
+        ("POST", "/api/v1/sessions", {"json": {}}),
+        ("GET", f"/api/v1/sessions/{sid}", {}),
+        ("GET", f"/api/v1/sessions/{sid}/timeline", {}),
+        ("GET", f"/api/v1/sessions/{sid}/versions/{ver}/content", {}),
+        (
+            "POST",
+            f"/api/v1/sessions/{sid}/images",
+            {
+                "json": {
+                    "data": base64.b64encode(INPUT).decode(),
+                    "mime_type": "image/png",
+                    "source": "walls",
+                }
+            },
+        ),
+        (
+            "POST",
+            f"/api/v1/sessions/{sid}/turns",
+            {"json": {"instruction": "teal", "targets": [{"version": ver}]}},
+        ),
+        ("POST", f"/api/v1/sessions/{sid}/rollback", {"json": {"version": ver}}),
+        ("POST", f"/api/v1/sessions/{sid}/versions/{ver}/labels", {"json": {"label": "x"}}),
+        ("GET", f"/console/sessions/{sid}", {}),
+        ("GET", f"/console/sessions/{sid}/versions/{ver}/content", {}),
+    ]
     for key_id in a["key_ids"]:
         probes.append(("POST", f"/api/v1/keys/{key_id}/revoke", {"json": {}}))
         probes.append(("POST", f"/api/v1/keys/{key_id}/rotate", {"json": {}}))
@@ -298,7 +333,7 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def test_the_probes_cover_every_route_of_the_matrix() -> None:
     stub = {"size": 1, "key_ids": ["k"], "signed": b"", "digest": "", "task": "t"}
-    stub.update(held_turn="h", shown_digest="", webhook="w")
+    stub.update(held_turn="h", shown_digest="", webhook="w", session="s", version="v")
     probed = {(m, p) for m, p, _ in _probes(stub)}
     templates = {
         ("POST", "/{api_version}/models/{model_action}"): ("POST", GENERATE),
@@ -334,6 +369,27 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
             "/console/reviews/t/content/inputs/0",
         ),
         ("POST", "/console/reviews/{task_id}/claim"): ("POST", "/console/reviews/t/claim"),
+        ("GET", "/api/v1/sessions/{session_id}"): ("GET", "/api/v1/sessions/s"),
+        ("GET", "/api/v1/sessions/{session_id}/timeline"): ("GET", "/api/v1/sessions/s/timeline"),
+        ("GET", "/api/v1/sessions/{session_id}/versions/{version_id}/content"): (
+            "GET",
+            "/api/v1/sessions/s/versions/v/content",
+        ),
+        ("POST", "/api/v1/sessions/{session_id}/images"): ("POST", "/api/v1/sessions/s/images"),
+        ("POST", "/api/v1/sessions/{session_id}/turns"): ("POST", "/api/v1/sessions/s/turns"),
+        ("POST", "/api/v1/sessions/{session_id}/rollback"): (
+            "POST",
+            "/api/v1/sessions/s/rollback",
+        ),
+        ("POST", "/api/v1/sessions/{session_id}/versions/{version_id}/labels"): (
+            "POST",
+            "/api/v1/sessions/s/versions/v/labels",
+        ),
+        ("GET", "/console/sessions/{session_id}"): ("GET", "/console/sessions/s"),
+        ("GET", "/console/sessions/{session_id}/versions/{version_id}/content"): (
+            "GET",
+            "/console/sessions/s/versions/v/content",
+        ),
         ("POST", "/console/reviews/{task_id}/decision"): ("POST", "/console/reviews/t/decision"),
     }
     unprobed = {

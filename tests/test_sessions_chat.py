@@ -4,6 +4,7 @@ one user never mix, two users never share a session, and the ledger alone rebuil
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from tests.session_helpers import (
     images,
     index_graph,
     ledger_graph,
+    manifest_store,
     session_of_turn,
     turn_id,
     version_of_turn,
+    walk_chain,
 )
 
 
@@ -59,6 +62,14 @@ def test_five_turn_chat_with_a_branch_at_turn_four(
             (turn,) = [x for x in graph["turns"] if x["turn"] == t]
             assert turn["status"] == "released" and turn["outputs"] == [v[n]["version"]]
         assert ledger_graph(custody, session) == graph, "the ledger alone rebuilds the graph"
+        # Every output's manifest chain walks back to the upload (c2pa-python's Reader).
+        parent_of = {x["version"]: x["parent"] for x in graph["versions"]}
+        for response, version in zip((first, second, third, fourth, fifth), v, strict=True):
+            chain = walk_chain(manifest_store(images(response)[0]))
+            steps = [c["version"] for c in chain[:-1]]
+            assert steps[0] == version["version"]
+            assert all(parent_of[a] == b for a, b in itertools.pairwise(steps))
+            assert parent_of[steps[-1]] == upload["version"] and "upload_ingredient" in chain[-1]
     finally:
         custody.stop()
 
@@ -142,3 +153,41 @@ def test_the_session_header_overrides_the_hashes(
     graph = index_graph(custody, s1)  # type: ignore[arg-type]
     assert len(graph["images"]) == 2 and len(graph["turns"]) == 2
     assert ledger_graph(custody, s1) == graph  # type: ignore[arg-type]
+
+
+def test_concurrent_first_turns_naming_one_session_share_it(
+    tmp_path: Path, db_url: str, photo_bytes: dict[str, bytes]
+) -> None:
+    custody = gateway(tmp_path, db_url)
+    try:
+        client = custody.client()
+        config = types.GenerateContentConfig(
+            http_options=types.HttpOptions(headers={"x-custody-session": "batch-7"})
+        )
+        turns: list[str] = []
+        errors: list[BaseException] = []
+
+        def one(colour: str) -> None:
+            try:
+                response = client.models.generate_content(  # type: ignore[attr-defined]
+                    model=EDIT_MODEL, contents=[_photo(photo_bytes), f"make it {colour}"],
+                    config=config,
+                )  # fmt: skip
+                turns.append(turn_id(response))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(c,)) for c in ("red", "teal", "gold")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        sessions = {session_of_turn(custody, t) for t in turns}
+        assert len(sessions) == 1, "one key, one session, however the turns raced"
+        (session,) = sessions
+        graph = index_graph(custody, session)
+        assert sorted(t["turn"] for t in graph["turns"]) == sorted(turns)
+        assert ledger_graph(custody, session) == graph
+    finally:
+        custody.stop()

@@ -106,13 +106,15 @@ def walled_c2pa(report: dict[str, Any]) -> dict[str, Any]:
 
     The file itself carries its manifest, but Custody's answer keeps the tenant wall: the tenant,
     actor, turn id, ledger reference, prompt commitment and policy of another tenant's turn are
-    left out, and turn ids in ingredient titles are masked.
+    left out, turn ids in ingredient titles are masked, and the session lineage is not shown.
     """
     custody = report.get("custody")
     if isinstance(custody, dict):
         kept = {k: custody[k] for k in _PUBLIC_ASSERTION_FIELDS if k in custody}
         kept["redacted"] = "another tenant's turn: who, which turn and which policy are not shown"
         report = {**report, "custody": kept}
+    if report.get("lineage"):  # session, version and turn ids of another tenant's session
+        report = {**report, "lineage": []}
     report["ingredients"] = [
         {**i, "title": _TURN_ID.sub("[another tenant's turn]", str(i.get("title", "")))}
         for i in report.get("ingredients") or []

@@ -23,7 +23,7 @@ from governance.sessions.lineage import Lineage, OutputVersion
 from governance.sessions.linking import SeenImage, link_chat_turn, link_hinted_turn
 from governance.sessions.records import (
     image_added_body,
-    lineage_body,
+    lineage_bodies,
     session_created_body,
     turn_rows,
 )
@@ -127,8 +127,8 @@ class SessionLinker:
         out.mime_type = item.output.mime_type
 
     @staticmethod
-    def closing_body(lineage: Lineage, turn_id: str, status: str) -> Any:
-        return lineage_body(lineage, turn_id, status)
+    def closing_bodies(lineage: Lineage, turn_id: str, status: str) -> list[Any]:
+        return list(lineage_bodies(lineage, turn_id, status))
 
     @staticmethod
     def closing_rows(state: TurnState, status: str, error: str | None) -> list[SideRows]:

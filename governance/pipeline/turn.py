@@ -289,11 +289,8 @@ class TurnPipeline:
         assert summary is not None
         total_ms = state.elapsed_ms()
         if state.lineage is not None:
-            self._queue_session(
-                state,
-                "lineage.recorded",
-                self.linker.closing_body(state.lineage, state.turn_id, "released"),
-            )
+            for body in self.linker.closing_bodies(state.lineage, state.turn_id, "released"):
+                self._queue_session(state, "lineage.recorded", body)
         self._queue(state, "turn.released", release.released_body(state, total_ms))
         row = release.turn_row(
             state,
@@ -415,11 +412,8 @@ class TurnPipeline:
                 kept, state.request_sha256 = await state.content.rejected_body(state.request.body)
                 body.update(kept)
             if state.lineage is not None:
-                self._queue_session(
-                    state,
-                    "lineage.recorded",
-                    self.linker.closing_body(state.lineage, state.turn_id, "failed"),
-                )
+                for part in self.linker.closing_bodies(state.lineage, state.turn_id, "failed"):
+                    self._queue_session(state, "lineage.recorded", part)
             self._queue(state, "turn.failed", body)
             row = release.turn_row(
                 state,

@@ -150,6 +150,9 @@ def _actions(ctx: ProvenanceContext, parent_label: str | None) -> list[dict[str,
         return [
             {"action": "c2pa.created", "digitalSourceType": CREATED_SOURCE, "softwareAgent": agent}
         ]
+    if ctx.lineage is not None and ctx.lineage.get("kind") == "rollback":
+        # A rollback re-signs an earlier version unchanged: it was opened, not edited.
+        return [{"action": "c2pa.opened", "parameters": {"ingredientIds": [parent_label]}}]
     edit = any(i.role == "parent" for i in ctx.inputs)
     opened: dict[str, Any] = {
         "action": "c2pa.opened",

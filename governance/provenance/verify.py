@@ -14,6 +14,7 @@ from typing import Any
 
 import c2pa
 
+from governance.provenance.lineage_chain import lineage_chain
 from governance.provenance.types import ASSERTION_LABEL
 
 PLAIN_WORDS = {
@@ -103,6 +104,7 @@ class VerifyResult:
     manifest_label: str | None = None  # the active manifest's label
     signer_serial: str | None = None  # the signing certificate's serial number (decimal)
     signer_common_name: str | None = None
+    lineage: list[dict[str, Any]] = field(default_factory=list)  # back to the upload
 
     @property
     def reasons(self) -> list[str]:
@@ -121,6 +123,7 @@ class VerifyResult:
             "custody": self.custody,
             "ingredients": [i.to_dict() for i in self.ingredients],
             "thumbnails": self.thumbnails,
+            "lineage": self.lineage,
             "error": self.error,
         }
 
@@ -233,6 +236,7 @@ def verify_image(data: bytes, mime_type: str | None, trust_anchors_pem: str) -> 
         manifest_label=str(active_label) if active_label else None,
         signer_serial=str(info["cert_serial_number"]) if info.get("cert_serial_number") else None,
         signer_common_name=info.get("common_name"),
+        lineage=lineage_chain(store),
     )
 
 

@@ -86,6 +86,7 @@ def rebuild_from_ledger(leaves: Iterable[dict[str, Any]], session_id: str) -> di
     """The graph of ``session_id`` from decoded ledger leaves alone (any order of reading is
     the ledger's: oldest first)."""
     graph = _empty(session_id, None, None)
+    turns: dict[Any, dict[str, Any]] = {}
     for leaf in leaves:
         if leaf.get("session") != session_id:
             continue
@@ -109,8 +110,11 @@ def rebuild_from_ledger(leaves: Iterable[dict[str, Any]], session_id: str) -> di
         elif kind == "lineage.recorded":
             released = body.get("status") == "released"
             outputs = body.get("outputs", []) if released else []
-            graph["turns"].append(
-                {
+            earlier = turns.get(body.get("turn"))
+            if earlier is not None:  # a later slice of one turn's outputs (part of parts)
+                earlier["outputs"] += [o["version"] for o in outputs]
+            else:
+                turns[body.get("turn")] = earlier = {
                     "turn": body.get("turn"),
                     "kind": body.get("kind"),
                     "status": body.get("status"),
@@ -120,7 +124,7 @@ def rebuild_from_ledger(leaves: Iterable[dict[str, Any]], session_id: str) -> di
                     "references": list(body.get("references", [])),
                     "outputs": [o["version"] for o in outputs],
                 }
-            )
+                graph["turns"].append(earlier)
             for o in outputs:
                 graph["versions"].append(
                     {

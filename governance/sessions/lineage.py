@@ -8,6 +8,7 @@ fills in as it goes: the versions its outputs become.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,14 @@ KINDS = ("upload", "edit", "rollback")
 def new_id(prefix: str) -> str:
     """A fresh id: ``ses_``, ``img_``, ``ver_`` or ``int_`` and 24 hex digits."""
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+def keyed_session_id(tenant: str, actor: str, key: str) -> str:
+    """The session an ``x-custody-session`` key names for one actor: derived, so every turn
+    naming it (concurrent ones included) finds the same session without a lookup race, and
+    another actor's same key names another session."""
+    digest = hashlib.sha256(f"{tenant}\0{actor}\0{key}".encode()).hexdigest()
+    return f"ses_{digest[:24]}"
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ A Gemini chat resends its whole history each turn, and the images in it are the 
 released (signed, so each is unique to its turn). A turn is attached by those hashes, always
 within the caller's tenant and actor:
 
-- ``x-custody-session`` names the session explicitly (per actor: another user's key never opens
-  this user's session);
+- ``x-custody-session`` names the session explicitly, per actor: its id is derived from the
+  tenant, the actor and the key (``keyed_session_id``), so another user's same key names another
+  session;
 - otherwise the newest session holding one of the request's images *as a Custody output* is the
   turn's session: an upload's hash is never enough, since two chats may start from one public
   image and must not mix;
@@ -21,7 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from governance.sessions.lineage import Lineage, NewImage, Provenance, SessionHint, new_id
+from governance.sessions.lineage import (
+    Lineage,
+    NewImage,
+    Provenance,
+    SessionHint,
+    keyed_session_id,
+    new_id,
+)
 from storage.sessions import SessionStore
 
 CHAT_SOURCE = "gemini-request"  # an image that arrived inside a Gemini request
@@ -40,9 +48,13 @@ class SeenImage:
     height: int | None
 
 
-def _known(store: SessionStore, session_id: str) -> dict[str, str]:
-    versions = store.graph_rows(session_id)["versions"]
-    return {v["sha256"]: v["version_id"] for v in versions}
+def _known(store: SessionStore, session_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The session's versions by the SHA-256 of their bytes (the newest for equal bytes), and
+    each version's image."""
+    known, images = {}, {}
+    for digest, version, image in store.version_digests(session_id):
+        known[digest], images[version] = version, image
+    return known, images
 
 
 def link_chat_turn(
@@ -57,8 +69,8 @@ def link_chat_turn(
     session_id: str | None = None
     new_session = False
     if client_key:
-        found = store.session_by_key(tenant, actor, client_key)
-        session_id = found["session_id"] if found is not None else None
+        session_id = keyed_session_id(tenant, actor, client_key)
+        new_session = store.session(session_id) is None
     else:
         matches = store.versions_by_sha256(tenant, actor, [i.sha256 for i in images])
         outputs = [m for m in matches if m["kind"] != "upload"]
@@ -70,7 +82,8 @@ def link_chat_turn(
         session_id = chosen["session_id"] if chosen is not None else None
     if session_id is None:
         session_id, new_session = new_id("ses"), True
-    known = {} if new_session else _known(store, session_id)
+    assert session_id is not None
+    known, image_of = ({}, {}) if new_session else _known(store, session_id)
     lineage = Lineage(
         session_id=session_id,
         image_id="",
@@ -81,10 +94,9 @@ def link_chat_turn(
     )
     parent = next((i for i in images if i.role == "parent"), None)
     if parent is not None and parent.sha256 in known:
-        version = store.version(known[parent.sha256])
-        assert version is not None
-        lineage.image_id, lineage.parent_version = version["image_id"], version["version_id"]
-        lineage.targets.append(version["version_id"])
+        version = known[parent.sha256]
+        lineage.image_id, lineage.parent_version = image_of[version], version
+        lineage.targets.append(version)
     elif parent is not None and parent.commitment is not None:
         # A new image in this session: its first version is this upload.
         image = NewImage(
@@ -138,7 +150,7 @@ def link_hinted_turn(store: SessionStore, hint: SessionHint, images: list[SeenIm
         masks=[i.commitment for i in images if i.role == "mask" and i.commitment is not None],
         references=[{"version": v} for v in hint.references],
         provenance=list(hint.provenance),
-        known=_known(store, hint.session_id),
+        known=_known(store, hint.session_id)[0],
     )
 
 

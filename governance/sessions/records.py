@@ -37,6 +37,23 @@ def image_added_body(image: NewImage, turn_id: str | None) -> SessionImageAdded:
     }
 
 
+OUTPUTS_PER_EVENT = 100  # a leaf stays far under 64 KiB: a turn of 500 images writes five
+
+
+def lineage_bodies(lineage: Lineage, turn_id: str, status: str) -> list[LineageRecorded]:
+    """The turn's ``lineage.recorded`` bodies: one, or one per slice of its outputs (``part``
+    of ``parts``) when it made more than ``OUTPUTS_PER_EVENT`` images."""
+    whole = lineage_body(lineage, turn_id, status)
+    outputs = whole["outputs"]
+    if len(outputs) <= OUTPUTS_PER_EVENT:
+        return [whole]
+    slices = [outputs[n : n + OUTPUTS_PER_EVENT] for n in range(0, len(outputs), OUTPUTS_PER_EVENT)]
+    return [
+        {**whole, "outputs": part, "part": n + 1, "parts": len(slices)}
+        for n, part in enumerate(slices)
+    ]
+
+
 def lineage_body(lineage: Lineage, turn_id: str, status: str) -> LineageRecorded:
     return {
         "turn": turn_id,

@@ -46,3 +46,6 @@ class SideRows:
     table: str
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
+    # Rows that several concurrent appends may each carry (one session named by a client key):
+    # the first commits, the others are skipped (ON CONFLICT DO NOTHING) instead of failing.
+    ignore_conflicts: bool = False

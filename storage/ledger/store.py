@@ -165,8 +165,10 @@ def insert_side_rows(cur: Any, side: Sequence[SideRows], mark: str) -> None:
     for s in side:
         if s.rows:
             marks = ", ".join([mark] * len(s.columns))
+            conflict = " ON CONFLICT DO NOTHING" if s.ignore_conflicts else ""
             cur.executemany(
-                f"INSERT INTO {s.table} ({', '.join(s.columns)}) VALUES ({marks})", s.rows
+                f"INSERT INTO {s.table} ({', '.join(s.columns)}) VALUES ({marks}){conflict}",
+                s.rows,
             )
 
 
