@@ -20,9 +20,10 @@ from typing import Any
 
 import c2pa
 import httpx
+import iscc_core
 import pytest
 from google.genai import types
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageChops, ImageEnhance, ImageOps
 from sqlalchemy import create_engine, select
 
 from governance.provenance.fingerprint import ISCC_ALG, fingerprint, iscc_distance
@@ -115,6 +116,30 @@ def test_an_input_that_is_not_decodable_gets_no_fingerprint_and_the_turn_goes_on
 ) -> None:
     assert fingerprint(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64) is None
     assert fingerprint(b"not an image") is None
+
+
+def _reference_iscc(data: bytes) -> str:
+    """The ISCC SDK's normalisation on the full image (no 512 px reduction first)."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGBA")
+    image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255)), image)
+    background = Image.new(image.mode, image.size, image.getpixel((0, 0)))
+    diff = ImageChops.difference(image, background)
+    box = ImageChops.add(diff, diff).getbbox()
+    if box and box != (0, 0, *image.size):
+        image = image.crop(box)
+    pixels = image.convert("L").resize((32, 32), Image.Resampling.BICUBIC)
+    return str(iscc_core.gen_image_code(list(pixels.tobytes()), bits=64)["iscc"])
+
+
+@pytest.mark.parametrize(
+    "name", ["P1000827.jpg", "IMG_0003.jpg", "earth_apollo17.jpg", "mars.webp", "sample1.png"]
+)
+def test_the_iscc_code_from_the_512_px_reduction_equals_the_full_image_code(
+    photo_bytes: dict[str, bytes], name: str
+) -> None:
+    found = fingerprint(photo_bytes[name])
+    assert found is not None
+    assert iscc_distance(found.iscc, _reference_iscc(photo_bytes[name])) == 0
 
 
 def test_iscc_codes_of_a_reencoded_copy_are_near(photo_bytes: dict[str, bytes]) -> None:
