@@ -7,6 +7,9 @@
    alternating a copy of a stored hash with 8–31 bits flipped (it must be found, and only it) and
    a fresh random hash (nothing may be found). Reported: p50 and p95 per lookup. Target (issue
    18): p95 ≤ 50 ms.
+3. **Robustness.** The PDQ and ISCC distances of changed copies (re-encoded, resized,
+   brightness, contrast, crops, rotations) of the repository's photographs: the table of
+   docs/provenance.md.
 2. **Hashing cost.** PDQ + ISCC Image-Code (``governance.provenance.fingerprint``) of an output
    against ``OutputSigner.sign_output`` of the same bytes, alternating, same run: the ratio of the
    medians, for 512², 1024² and 2048² PNG and JPEG.
@@ -19,6 +22,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import os
 import random
 import statistics
@@ -29,10 +34,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from PIL import Image, ImageEnhance
 from sqlalchemy import Engine, create_engine
 
 from bench.c2pa_bench import FORMATS, SIZES, _context, _image
-from governance.provenance.fingerprint import fingerprint
+from governance.provenance.fingerprint import (
+    Fingerprint,
+    fingerprint,
+    iscc_distance,
+    pdq_distance,
+)
 from governance.provenance.pki import ensure_dev_pki
 from governance.provenance.signer import FileKeyBackend, OutputSigner
 from storage.db import migrate, normalise_url
@@ -199,6 +210,80 @@ def hashing_cost(rounds: int = 9) -> None:
     )
 
 
+PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "photos"
+# sample1.png is IMG_0003.jpg as a PNG (PDQ distance 0): the same picture, counted once.
+DISTINCT_PHOTOS = ("P1000827.jpg", "IMG_0003.jpg", "earth_apollo17.jpg", "mars.webp")
+
+
+def _jpeg(image: Image.Image, quality: int = 85) -> bytes:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _half(image: Image.Image) -> Image.Image:
+    return image.resize((image.width // 2, image.height // 2), Image.Resampling.BILINEAR)
+
+
+def _crop(image: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
+    w, h = image.size
+    return image.crop((int(w * left), int(h * top), int(w * right), int(h * bottom)))
+
+
+CHANGES = {
+    "JPEG quality 70": lambda im: _jpeg(im, 70),
+    "half size, JPEG quality 70 (the held-out copy)": lambda im: _jpeg(_half(im), 70),
+    "quarter size, JPEG 85": lambda im: _jpeg(_half(_half(im))),
+    "WebP quality 60": lambda im: _webp(im),
+    "brightness +20 %": lambda im: _jpeg(ImageEnhance.Brightness(im).enhance(1.2)),
+    "brightness -20 %": lambda im: _jpeg(ImageEnhance.Brightness(im).enhance(0.8)),
+    "contrast +30 %": lambda im: _jpeg(ImageEnhance.Contrast(im).enhance(1.3)),
+    "grayscale": lambda im: _jpeg(im.convert("L")),
+    "crop 10 % off every side": lambda im: _jpeg(_crop(im, 0.1, 0.1, 0.9, 0.9)),
+    "crop 25 % off one side": lambda im: _jpeg(_crop(im, 0, 0, 0.75, 1)),
+    "rotation 5°": lambda im: _jpeg(im.rotate(5)),
+    "rotation 90°": lambda im: _jpeg(im.rotate(90, expand=True)),
+    "mirror": lambda im: _jpeg(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+}
+
+
+def _webp(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "WEBP", quality=60)
+    return out.getvalue()
+
+
+def robustness() -> None:
+    """What a lookup finds: PDQ and ISCC distances of changed copies of the fixture photos."""
+    found_by: dict[str, tuple[Fingerprint, Image.Image]] = {}
+    for name in DISTINCT_PHOTOS:
+        data = (PHOTOS / name).read_bytes()
+        found = fingerprint(data)
+        assert found is not None
+        found_by[name] = (found, Image.open(io.BytesIO(data)).convert("RGB"))
+    print(f"| change | PDQ distances ({', '.join(DISTINCT_PHOTOS)}) | found (≤ {MAX_DISTANCE}) |"
+          " ISCC distances |")  # fmt: skip
+    print("|---|---|---|---|")
+    for change, make in CHANGES.items():
+        pdq, iscc = [], []
+        for original, image in found_by.values():
+            copy = fingerprint(make(image))
+            assert copy is not None
+            pdq.append(pdq_distance(original.pdq, copy.pdq))
+            iscc.append(iscc_distance(original.iscc, copy.iscc))
+        found = sum(d <= MAX_DISTANCE for d in pdq)
+        print(f"| {change} | {', '.join(map(str, pdq))} | {found} of {len(pdq)} |"
+              f" {', '.join(map(str, iscc))} |")  # fmt: skip
+    pairs = [
+        (pdq_distance(a.pdq, b.pdq), iscc_distance(a.iscc, b.iscc))
+        for (a, _), (b, _) in itertools.combinations(found_by.values(), 2)
+    ]
+    print(
+        f"unrelated photographs (each pair): PDQ {min(p for p, _ in pairs)}–"
+        f"{max(p for p, _ in pairs)}, ISCC {min(i for _, i in pairs)}–{max(i for _, i in pairs)}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fingerprint_bench")
     parser.add_argument("kinds", nargs="*", default=["sqlite", "postgres"])
@@ -211,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         lookup_bench(kind, args.images, args.lookups)
     if not args.no_hashing:
         hashing_cost()
+    robustness()
 
 
 if __name__ == "__main__":
