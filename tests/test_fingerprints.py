@@ -8,6 +8,7 @@ verifiers, the real ``custody verify`` CLI, and the fingerprint index on SQLite 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -376,3 +377,32 @@ def test_brightness_and_contrast_changes_are_found_and_crops_are_not(
     w, h = image.size
     assert distance(image.crop((w // 10, h // 10, w * 9 // 10, h * 9 // 10))) > 31
     assert distance(image.rotate(90, expand=True)) > 31
+
+
+def test_erasing_an_input_erases_its_fingerprints_and_the_ledger_still_verifies(
+    custody: RunningCustody, photo_bytes: dict[str, bytes]
+) -> None:
+    photo = photo_bytes["P1000827.jpg"]
+    _, turn = edit(custody, photo, "image/jpeg", "warmer light")
+    rows = fingerprint_rows(custody.services.engine, turn)
+    assert {r.direction for r in rows} == {"input", "output"}
+    resp = httpx.post(
+        custody.base_url + "/api/v1/erasures",
+        json={"digest": hashlib.sha256(photo).hexdigest(), "reason": "GDPR art. 17"},
+        headers={"x-goog-api-key": custody.keys["admin"]},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    assert {r.direction for r in fingerprint_rows(custody.services.engine, turn)} == {"output"}
+    env = {
+        "CUSTODY_DATA_DIR": str(custody.services.settings.data_dir),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "governance.cli", "ledger", "verify", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0 and json.loads(done.stdout)["ok"], done.stdout + done.stderr
