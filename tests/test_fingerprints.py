@@ -41,6 +41,7 @@ from storage.ledger.merkle import check_inclusion, leaf_hash
 from storage.ledger.note import NoteVerifier
 from storage.schema.fingerprints import IMAGE_FINGERPRINTS
 from tests.conftest import RunningCustody, start_custody
+from tests.console_helpers import ConsoleClient, csrf_of, make_account
 
 MODEL = "gemini-2.5-flash-image"
 
@@ -406,3 +407,23 @@ def test_erasing_an_input_erases_its_fingerprints_and_the_ledger_still_verifies(
         timeout=300,
     )
     assert done.returncode == 0 and json.loads(done.stdout)["ok"], done.stdout + done.stderr
+
+
+def test_the_console_verify_page_shows_the_fingerprint_candidates(
+    custody: RunningCustody, photo_bytes: dict[str, bytes]
+) -> None:
+    signed, turn = edit(custody, photo_bytes["P1000827.jpg"], "image/jpeg", "warmer light")
+    custody.services.ledger.issue_checkpoint()
+    make_account(custody, "alice", "auditor")
+    browser = ConsoleClient(custody)
+    browser.sign_in("alice", next_="/console/verify")
+    page = browser.get("/console/verify")
+    shown = browser.http.post(
+        "/console/verify",
+        data={"csrf": csrf_of(page)},
+        files={"image": ("copy.jpg", held_out_copy(signed), "image/jpeg")},
+    )
+    assert shown.status_code == 200, shown.text[:500]
+    assert 'id="fingerprint-note"' in shown.text
+    assert f"<td><code>{turn}</code></td><td>output image</td>" in shown.text
+    assert "found by its fingerprint" in shown.text and "each proven" in shown.text
