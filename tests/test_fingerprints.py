@@ -427,3 +427,13 @@ def test_the_console_verify_page_shows_the_fingerprint_candidates(
     assert 'id="fingerprint-note"' in shown.text
     assert f"<td><code>{turn}</code></td><td>output image</td>" in shown.text
     assert "found by its fingerprint" in shown.text and "each proven" in shown.text
+
+
+def test_a_flat_image_is_not_looked_up(custody: RunningCustody) -> None:
+    flat = io.BytesIO()
+    Image.new("RGB", (640, 480), (200, 40, 40)).save(flat, "PNG")
+    found = fingerprint(flat.getvalue())
+    assert found is not None and found.pdq_quality < 50
+    body = post_verify(custody, flat.getvalue()).json()
+    assert body["found_by"] is None and body["fingerprint_lookup"]["candidates"] == []
+    assert "too flat for PDQ" in body["fingerprint_lookup"]["note"]

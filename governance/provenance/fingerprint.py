@@ -39,9 +39,6 @@ ISCC_BITS = 64
 ISCC_ALG = "io.iscc.v0"  # the C2PA soft-binding algorithm list's name for ISO 24138 v0
 PDQ_MIN_QUALITY = 50  # below this PDQ's own guidance says the hash is not to be trusted
 
-# Decoding caller-supplied files: no bigger than the largest image Custody accepts anywhere.
-Image.MAX_IMAGE_PIXELS = 100_000_000
-
 
 @dataclass(frozen=True)
 class Fingerprint:
