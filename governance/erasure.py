@@ -9,8 +9,9 @@ references, an operator any.
 Order: one ``content.erased`` event per owning tenant (who, why, the commitments — never the
 content, and never the bare digest, which would let anyone confirm a guess of erased content)
 commits together with the ``blob_erasures`` row; only then are the salts emptied and the blob
-destroyed. A crash in between leaves a recorded erasure whose blob remains; running it again
-finishes it. ``custody ledger verify`` counts the erased commitments and still passes.
+destroyed, and an erased input's rows of ``image_fingerprints`` deleted. A crash in between
+leaves a recorded erasure whose blob remains; running it again finishes it. ``custody ledger
+verify`` counts the erased commitments and still passes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from governance.refusal_error import Refusal
 from storage.blobs import Commitments
 from storage.ledger.leaf import COMMITMENT_PREFIX
 from storage.ledger.log import Ledger
+from storage.schema.fingerprints import IMAGE_FINGERPRINTS
 from storage.schema.turns import TURN_IMAGES, TURNS
 
 _HEX = frozenset("0123456789abcdef")
@@ -145,6 +147,16 @@ class ContentEraser:
         erased = self.commitments.erased(digest) and not present
         return ErasureTarget(digest, commitments, frozenset(tenants), erased)
 
+    def _forget_fingerprints(self, digest: str) -> None:
+        """An erased input's perceptual fingerprints go with it: they would still let anyone
+        holding the picture find the turn that used it. (A released output's stay: they are in
+        its public ``output.signed`` leaf, as its hashes are.)"""
+        fp = IMAGE_FINGERPRINTS.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                IMAGE_FINGERPRINTS.delete().where(fp.sha256 == digest, fp.direction == "input")
+            )
+
     def erase(self, target: ErasureTarget, *, reason: str, by: Operator) -> ErasureDone:
         """Record the erasure (ledger events and erasure row, one transaction), then destroy."""
         if not reason.strip():
@@ -166,4 +178,5 @@ class ContentEraser:
         record = self.commitments.erasure_record(target.digest, reason=reason, actor=by.actor)
         entries = self.ledger.append(events, [record])
         present = self.commitments.destroy(target.digest)
+        self._forget_fingerprints(target.digest)
         return ErasureDone(target, present, tuple(e.index for e in entries))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select, union
+from sqlalchemy import Engine, select, union_all
 
 from storage.schema.fingerprints import BAND_COLUMNS, BANDS, IMAGE_FINGERPRINTS
 
@@ -121,44 +121,36 @@ def find_similar(
         raise ValueError(f"max_distance must be within 0..{MAX_DISTANCE}, not {max_distance}")
     fp = IMAGE_FINGERPRINTS.c
     query_value = int(pdq_hex, 16)
-    wanted = [
-        fp.turn_id,
-        fp.tenant,
-        fp.direction,
-        fp.role,
-        fp.content_index,
-        fp.part_index,
-        fp.sha256,
-        fp.pdq,
-        fp.pdq_quality,
-        fp.iscc,
-    ]
     probes = []
     for name, band in zip(BAND_COLUMNS, pdq_bands(pdq_hex), strict=True):
-        probe = select(fp.id, *wanted).where(fp[name].in_(_one_bit_neighbours(band)))
+        probe = select(fp.id, fp.pdq).where(fp[name].in_(_one_bit_neighbours(band)))
         if tenant is not None:
             probe = probe.where(fp.tenant == tenant)
         probes.append(probe)
     with engine.connect() as conn:
-        rows = conn.execute(union(*probes)).all()
-    matches = []
-    for row in rows:
-        distance = (int(row.pdq, 16) ^ query_value).bit_count()
-        if distance <= max_distance:
-            matches.append(
-                FingerprintMatch(
-                    turn_id=row.turn_id,
-                    tenant=row.tenant,
-                    direction=row.direction,
-                    role=row.role,
-                    content_index=row.content_index,
-                    part_index=row.part_index,
-                    sha256=row.sha256,
-                    pdq=row.pdq,
-                    pdq_quality=row.pdq_quality,
-                    iscc=row.iscc,
-                    pdq_distance=distance,
-                )
-            )
+        # Two steps: the candidates' hashes only (a row sharing several bands comes back once per
+        # band), then the few rows within the distance in full.
+        distances: dict[int, int] = {}
+        for row_id, pdq in conn.execute(union_all(*probes)):
+            if row_id not in distances:
+                distances[row_id] = (int(pdq, 16) ^ query_value).bit_count()
+        near = [row_id for row_id, d in distances.items() if d <= max_distance]
+        rows = conn.execute(select(IMAGE_FINGERPRINTS).where(fp.id.in_(near))).all() if near else []
+    matches = [
+        FingerprintMatch(
+            turn_id=row.turn_id,
+            tenant=row.tenant,
+            direction=row.direction,
+            role=row.role,
+            content_index=row.content_index,
+            part_index=row.part_index,
+            sha256=row.sha256,
+            pdq=row.pdq,
+            pdq_quality=row.pdq_quality,
+            iscc=row.iscc,
+            pdq_distance=distances[row.id],
+        )
+        for row in rows
+    ]
     matches.sort(key=lambda m: (m.pdq_distance, m.direction != "output", m.turn_id))
     return matches[:limit]

@@ -8,6 +8,7 @@ verifiers, the real ``custody verify`` CLI, and the fingerprint index on SQLite 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -20,9 +21,10 @@ from typing import Any
 
 import c2pa
 import httpx
+import iscc_core
 import pytest
 from google.genai import types
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageChops, ImageEnhance, ImageOps
 from sqlalchemy import create_engine, select
 
 from governance.provenance.fingerprint import ISCC_ALG, fingerprint, iscc_distance
@@ -39,6 +41,7 @@ from storage.ledger.merkle import check_inclusion, leaf_hash
 from storage.ledger.note import NoteVerifier
 from storage.schema.fingerprints import IMAGE_FINGERPRINTS
 from tests.conftest import RunningCustody, start_custody
+from tests.console_helpers import ConsoleClient, csrf_of, make_account
 
 MODEL = "gemini-2.5-flash-image"
 
@@ -115,6 +118,30 @@ def test_an_input_that_is_not_decodable_gets_no_fingerprint_and_the_turn_goes_on
 ) -> None:
     assert fingerprint(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64) is None
     assert fingerprint(b"not an image") is None
+
+
+def _reference_iscc(data: bytes) -> str:
+    """The ISCC SDK's normalisation on the full image (no 512 px reduction first)."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGBA")
+    image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255)), image)
+    background = Image.new(image.mode, image.size, image.getpixel((0, 0)))
+    diff = ImageChops.difference(image, background)
+    box = ImageChops.add(diff, diff).getbbox()
+    if box and box != (0, 0, *image.size):
+        image = image.crop(box)
+    pixels = image.convert("L").resize((32, 32), Image.Resampling.BICUBIC)
+    return str(iscc_core.gen_image_code(list(pixels.tobytes()), bits=64)["iscc"])
+
+
+@pytest.mark.parametrize(
+    "name", ["P1000827.jpg", "IMG_0003.jpg", "earth_apollo17.jpg", "mars.webp", "sample1.png"]
+)
+def test_the_iscc_code_from_the_512_px_reduction_equals_the_full_image_code(
+    photo_bytes: dict[str, bytes], name: str
+) -> None:
+    found = fingerprint(photo_bytes[name])
+    assert found is not None
+    assert iscc_distance(found.iscc, _reference_iscc(photo_bytes[name])) == 0
 
 
 def test_iscc_codes_of_a_reencoded_copy_are_near(photo_bytes: dict[str, bytes]) -> None:
@@ -351,3 +378,62 @@ def test_brightness_and_contrast_changes_are_found_and_crops_are_not(
     w, h = image.size
     assert distance(image.crop((w // 10, h // 10, w * 9 // 10, h * 9 // 10))) > 31
     assert distance(image.rotate(90, expand=True)) > 31
+
+
+def test_erasing_an_input_erases_its_fingerprints_and_the_ledger_still_verifies(
+    custody: RunningCustody, photo_bytes: dict[str, bytes]
+) -> None:
+    photo = photo_bytes["P1000827.jpg"]
+    _, turn = edit(custody, photo, "image/jpeg", "warmer light")
+    rows = fingerprint_rows(custody.services.engine, turn)
+    assert {r.direction for r in rows} == {"input", "output"}
+    resp = httpx.post(
+        custody.base_url + "/api/v1/erasures",
+        json={"digest": hashlib.sha256(photo).hexdigest(), "reason": "GDPR art. 17"},
+        headers={"x-goog-api-key": custody.keys["admin"]},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    assert {r.direction for r in fingerprint_rows(custody.services.engine, turn)} == {"output"}
+    env = {
+        "CUSTODY_DATA_DIR": str(custody.services.settings.data_dir),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "governance.cli", "ledger", "verify", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0 and json.loads(done.stdout)["ok"], done.stdout + done.stderr
+
+
+def test_the_console_verify_page_shows_the_fingerprint_candidates(
+    custody: RunningCustody, photo_bytes: dict[str, bytes]
+) -> None:
+    signed, turn = edit(custody, photo_bytes["P1000827.jpg"], "image/jpeg", "warmer light")
+    custody.services.ledger.issue_checkpoint()
+    make_account(custody, "alice", "auditor")
+    browser = ConsoleClient(custody)
+    browser.sign_in("alice", next_="/console/verify")
+    page = browser.get("/console/verify")
+    shown = browser.http.post(
+        "/console/verify",
+        data={"csrf": csrf_of(page)},
+        files={"image": ("copy.jpg", held_out_copy(signed), "image/jpeg")},
+    )
+    assert shown.status_code == 200, shown.text[:500]
+    assert 'id="fingerprint-note"' in shown.text
+    assert f"<td><code>{turn}</code></td><td>output image</td>" in shown.text
+    assert "found by its fingerprint" in shown.text and "each proven" in shown.text
+
+
+def test_a_flat_image_is_not_looked_up(custody: RunningCustody) -> None:
+    flat = io.BytesIO()
+    Image.new("RGB", (640, 480), (200, 40, 40)).save(flat, "PNG")
+    found = fingerprint(flat.getvalue())
+    assert found is not None and found.pdq_quality < 50
+    body = post_verify(custody, flat.getvalue()).json()
+    assert body["found_by"] is None and body["fingerprint_lookup"]["candidates"] == []
+    assert "too flat for PDQ" in body["fingerprint_lookup"]["note"]

@@ -272,7 +272,10 @@ def test_note_key_is_created_private_and_reloaded(tmp_path: Path) -> None:
         load_or_create_note_signer(path, "another.example/log")
 
 
-APP_TABLES = "api_keys, turns, turn_images, decision_inputs, blobs, blob_commitments, blob_erasures"
+APP_TABLES = (
+    "api_keys, turns, turn_images, decision_inputs, image_fingerprints, blobs, blob_commitments,"
+    " blob_erasures"
+)
 
 
 def test_an_application_role_locked_out_of_the_tables_can_still_append(

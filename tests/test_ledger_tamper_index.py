@@ -297,6 +297,42 @@ def test_a_deleted_turn_images_row_is_named(ledger: Ledger, direction: str) -> N
     assert any(f["row"] == f"turn_images turn_id={ledger.released}" for f in faults), faults
 
 
+@pytest.mark.parametrize(
+    ("direction", "column", "value"),
+    [
+        ("output", "pdq", "'" + "0" * 64 + "'"),
+        ("output", "iscc", "'ISCC:EEAYAAAAAAAAAAAA'"),
+        ("output", "sha256", "'" + "e" * 64 + "'"),
+        ("output", "b3", "b3 # 1"),
+        ("input", "sha256", "'" + "e" * 64 + "'"),
+        ("input", "tenant", "'globex'"),
+    ],
+)
+def test_an_edited_image_fingerprints_row_is_named(
+    ledger: Ledger, direction: str, column: str, value: str
+) -> None:
+    (row_id,) = _one(
+        ledger.url,
+        "SELECT id FROM image_fingerprints WHERE turn_id = :t AND direction = :d",
+        {"t": ledger.released, "d": direction},
+    )
+    if value == "b3 # 1":  # a band no longer its hash's: the lookup would miss the row
+        value = "CASE WHEN b3 = 0 THEN 1 ELSE 0 END"
+    _raw(ledger.url, f"UPDATE image_fingerprints SET {column} = {value} WHERE id = {row_id}")
+    faults = _faults(_verify(ledger))
+    assert any(f["row"] == f"image_fingerprints id={row_id}" for f in faults), faults
+
+
+def test_a_deleted_output_fingerprint_row_is_named(ledger: Ledger) -> None:
+    _raw(
+        ledger.url,
+        f"DELETE FROM image_fingerprints WHERE turn_id = '{ledger.released}'"
+        " AND direction = 'output'",
+    )
+    faults = _faults(_verify(ledger))
+    assert any(f["row"] == f"image_fingerprints turn_id={ledger.released}" for f in faults), faults
+
+
 def test_a_decision_inputs_row_of_no_turn_is_named(ledger: Ledger) -> None:
     (row_id,) = _one(
         ledger.url, "SELECT id FROM decision_inputs WHERE turn_id = :t", {"t": ledger.released}

@@ -10,7 +10,9 @@ Two standard, published algorithms, computed by well-kept implementations:
 - **ISCC Image-Code** (ISO 24138 Content-Code Image, 64 bits, algorithm v0), through
   ``iscc-core``'s ``gen_image_code``. Its input is normalised as the ISCC SDK's reference
   normalisation does: EXIF orientation applied, transparency over white, a uniform border
-  trimmed, grayscale, 32×32 bicubic. This is the code the ``c2pa.soft-binding`` assertion carries
+  trimmed, grayscale, 32×32 bicubic — from the same 512 px reduction PDQ reads (``_reduced``
+  says why that changes nothing measurable). This is the code the ``c2pa.soft-binding``
+  assertion carries
   (``alg`` ``io.iscc.v0`` on the C2PA soft-binding algorithm list).
 
 ``fingerprint`` is blocking (decoding and two DCTs): callers run it in a worker thread. It returns
@@ -37,9 +39,6 @@ ISCC_BITS = 64
 ISCC_ALG = "io.iscc.v0"  # the C2PA soft-binding algorithm list's name for ISO 24138 v0
 PDQ_MIN_QUALITY = 50  # below this PDQ's own guidance says the hash is not to be trusted
 
-# Decoding caller-supplied files: no bigger than the largest image Custody accepts anywhere.
-Image.MAX_IMAGE_PIXELS = 100_000_000
-
 
 @dataclass(frozen=True)
 class Fingerprint:
@@ -57,32 +56,48 @@ def fingerprint(data: bytes) -> Fingerprint | None:
     """Both fingerprints of an encoded image (PNG, JPEG, WebP, ...); None when not decodable."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
+            # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale, never below 512 px.
+            opened.draft("RGB", (PDQ_SIDE, PDQ_SIDE))
             opened.load()
             image = ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         log.info("fingerprint: not a decodable image (%s)", type(exc).__name__)
         return None
     try:
-        return Fingerprint(*_pdq(image), iscc=_iscc(image))
+        small = _reduced(image)
+        return Fingerprint(*_pdq(small), iscc=_iscc(small))
     except Exception:  # a decoded image a hash cannot read: looked up by its bytes only
         log.warning("fingerprint: hashing a decoded %s image failed", image.mode, exc_info=True)
         return None
 
 
+def _reduced(image: Image.Image) -> Image.Image:
+    """The image with its longer side at most ``PDQ_SIDE``: what both hashes read.
+
+    PDQ's reference downscales to 512 px first; the ISCC normalisation ends at 32×32, so
+    starting it from this reduction instead of the full image changes its code by 0 bits on
+    every photograph of tests/fixtures/photos (tests/test_fingerprints.py holds that).
+    """
+    if max(image.size) <= PDQ_SIDE:
+        return image
+    small = image.copy()
+    small.thumbnail((PDQ_SIDE, PDQ_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return small
+
+
 def _pdq(image: Image.Image) -> tuple[str, int]:
-    small = image.convert("RGB")
-    if max(small.size) > PDQ_SIDE:
-        small.thumbnail((PDQ_SIDE, PDQ_SIDE), Image.Resampling.BILINEAR)
-    bits, quality = pdqhash.compute(np.asarray(small))
+    bits, quality = pdqhash.compute(np.asarray(image.convert("RGB")))
     # pdqhash gives bit 0 first; the hex form writes bit 255 first.
     value = int("".join("1" if b else "0" for b in reversed(bits.tolist())), 2)
     return f"{value:064x}", int(quality)
 
 
 def _iscc(image: Image.Image) -> str:
-    rgba = image.convert("RGBA")
-    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    trimmed = _trim_border(flat)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)  # transparency over white, as the SDK does
+    trimmed = _trim_border(image.convert("RGB"))
     pixels = trimmed.convert("L").resize((32, 32), Image.Resampling.BICUBIC)
     return str(iscc_core.gen_image_code(list(pixels.tobytes()), bits=ISCC_BITS)["iscc"])
 

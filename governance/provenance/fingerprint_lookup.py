@@ -7,6 +7,7 @@ up in the fingerprint index (``storage.fingerprint_index``: multi-index hashing,
 entry proven against the latest checkpoint (``lookup.turn_record``).
 
 Thresholds (docs/provenance.md has the measurements behind them): a candidate is a recorded image
+of PDQ quality ≥ 50 (flatter images all look alike to PDQ; a query that flat is not looked up)
 within PDQ distance 31 of 256 bits — Meta's published operating point for PDQ, below which
 matches are near-certainly the same picture, and the largest radius the 16-band index searches
 without a miss. Unrelated photographs sit near 128. The ISCC Image-Code distance (of 64 bits) is
@@ -76,7 +77,7 @@ class FingerprintLookup:
         if self.fingerprint.pdq_quality < PDQ_MIN_QUALITY:
             return (
                 f"the image is too flat for PDQ (quality {self.fingerprint.pdq_quality} <"
-                f" {PDQ_MIN_QUALITY}): a match says little"
+                f" {PDQ_MIN_QUALITY}): flat images look alike to it, so it was not looked up"
             )
         if not self.candidates:
             return f"no recorded image within PDQ distance {MATCH_DISTANCE} of {PDQ_BITS} bits"
@@ -107,8 +108,8 @@ def look_up_by_fingerprint(
     proven ledger record. Blocking (decoding, hashing, database): run it in a worker thread.
     Raises ``NotYetCheckpointed`` like ``turn_record`` for a caller who may not sign."""
     found = fingerprint(image)
-    if found is None:
-        return FingerprintLookup(None, [])
+    if found is None or found.pdq_quality < PDQ_MIN_QUALITY:
+        return FingerprintLookup(found, [])
     matches = find_similar(
         read_engine,
         found.pdq,
@@ -121,6 +122,8 @@ def look_up_by_fingerprint(
     # released a match come first, each group nearest first.
     chosen: dict[str, FingerprintMatch] = {}
     for match in matches:
+        if match.pdq_quality < PDQ_MIN_QUALITY:
+            continue  # a flat recorded image matches every flat image: no evidence
         best = chosen.get(match.turn_id)
         if best is None or _rank(match) < _rank(best):
             chosen[match.turn_id] = match

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, inspect, text
 
 from storage.ledger.leaf import LeafError, commit_digest, decode_leaf
+from storage.ledger.verify_fingerprints import TABLE, check_fingerprints, fingerprint_rows
 
 BATCH = 500
 CLOSING = {"turn.released": "released", "turn.failed": "failed", "turn.interrupted": "interrupted"}
@@ -79,7 +80,8 @@ def verify_index(engine: Engine, fault: FaultSink) -> int:
             )
         ):
             fault(int(idx), "index", f"turn {turn_id} closes here but has no turns row", None)
-        for table in ("turn_images", "decision_inputs"):
+        fingerprints = TABLE in names  # from migration 0009 on
+        for table in ("turn_images", "decision_inputs", *((TABLE,) if fingerprints else ())):
             for row_id, turn_id in conn.execute(
                 text(
                     f"SELECT id, turn_id FROM {table} WHERE NOT EXISTS"
@@ -105,7 +107,7 @@ def verify_index(engine: Engine, fault: FaultSink) -> int:
             )
             if not rows:
                 break
-            _check_batch(conn, [dict(r) for r in rows], fault)
+            _check_batch(conn, [dict(r) for r in rows], fault, fingerprints=fingerprints)
             checked += len(rows)
             after = str(rows[-1]["turn_id"])
     return checked
@@ -154,7 +156,9 @@ def _check_erasures(conn: Connection, fault: FaultSink) -> None:
             )
 
 
-def _check_batch(conn: Connection, turns: list[dict[str, Any]], fault: FaultSink) -> None:
+def _check_batch(
+    conn: Connection, turns: list[dict[str, Any]], fault: FaultSink, *, fingerprints: bool
+) -> None:
     ids = [str(t["turn_id"]) for t in turns]
     events: dict[str, _Events] = {i: _Events([]) for i in ids}
     for idx, turn_id, leaf in conn.execute(
@@ -195,9 +199,13 @@ def _check_batch(conn: Connection, turns: list[dict[str, Any]], fault: FaultSink
             {"c": sorted(wanted)},
         ):
             salts[str(c)] = bytes(salt)
+    prints = fingerprint_rows(conn, ids) if fingerprints else {}
     for turn in turns:
         tid = str(turn["turn_id"])
         _check_turn(turn, events[tid], images[tid], inputs[tid], salts, fault)
+        if fingerprints:
+            docs = [d for _, d in events[tid].docs]
+            check_fingerprints(tid, turn["tenant"], docs, prints[tid], salts, fault)
 
 
 def _opens(sha256: Any, commitment: str, salts: dict[str, bytes]) -> bool | None:
