@@ -180,6 +180,10 @@ MATRIX: dict[tuple[str, str], Row] = {
         READER_OF_NOTHING, path="/api/v1/query/turns/no-such-turn/proof"
     ),
     ("POST", "/api/v1/query/prompts"): row(READER, body={"query": "teal"}),
+    ("GET", "/api/v1/query/outputs/{sha256}/record"): row(
+        READER_OF_NOTHING, path="/api/v1/query/outputs/" + "0" * 64 + "/record"
+    ),
+    ("GET", "/api/v1/query/outputs/missing-marking"): row(READER, params={"limit": 5}),
     ("POST", "/{api_version}/models/{model_action}"): row(
         EDITOR, path="/v1beta/models/gemini-2.5-flash-image:generateContent", body=GENERATE
     ),

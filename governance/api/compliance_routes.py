@@ -39,6 +39,12 @@ from governance.compliance.queries import (
     query_events,
     query_turns,
 )
+from governance.compliance.record import (
+    MissingFilter,
+    RecordSources,
+    compliance_record,
+    missing_marking,
+)
 from governance.provenance.lookup import NotYetCheckpointed
 from storage.blobs import Commitments
 
@@ -269,3 +275,65 @@ async def prompts(
             "leaf_hash": base64.b64encode(entries[0].leaf_hash).decode(),
         },
     }
+
+
+def _record_sources(request: Request) -> RecordSources:
+    services = get_services(request)
+    return RecordSources(
+        engine=services.read_engine,
+        ledger=services.ledger,
+        commitments=Commitments(services.engine, services.blobs),
+        anchors_pem=services.signer.trust_anchors_pem(),
+    )
+
+
+@router.get("/outputs/missing-marking")
+async def outputs_missing_marking(
+    request: Request,
+    tenant: str | None = Query(None),
+    since: int | None = Query(None),
+    until: int | None = Query(None),
+    cursor: str | None = Query(None),
+    limit: int = Query(DEFAULT_LIMIT),
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any]:
+    """Released outputs lacking any required marking, newest first (``limit`` read per call)."""
+    flt = MissingFilter(
+        tenant=scoped_tenant(principal, tenant),
+        since_ms=_time("since", since),
+        until_ms=_time("until", until),
+    )
+    services = get_services(request)
+    try:
+        page = await services.run_blocking(
+            missing_marking, _record_sources(request), flt, cursor=cursor, limit=limit
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+    return page.to_dict()
+
+
+@router.get("/outputs/{sha256}/record")
+async def output_record(
+    request: Request,
+    sha256: str,
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any]:
+    """The compliance record of one output: its marking, SB 942 fields and AI Act category."""
+    scope = None if principal.is_operator else principal.tenant
+    services = get_services(request)
+    try:
+        found = await services.run_blocking(
+            compliance_record, _record_sources(request), sha256.lower(), tenant=scope
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+    if found is None:
+        raise GeminiError(
+            404,
+            "No released output with this SHA-256 in the records this key may read (its own"
+            " tenant's). Send the signed file's hash or the upstream image's.",
+            status="NOT_FOUND",
+            reason="NO_SUCH_OUTPUT",
+        )
+    return found

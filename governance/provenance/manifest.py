@@ -11,6 +11,7 @@ watermark claim.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from governance.provenance.types import ASSERTION_LABEL, ProvenanceContext
@@ -123,11 +124,24 @@ def custody_assertion(
     return body
 
 
+def signing_time() -> str:
+    """Now, as the ``when`` of the model's action: ISO 8601 UTC to the second. SB 942's latent
+    disclosure names the time of creation or alteration; without a timestamp authority this is
+    the only time the file itself states."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _actions(ctx: ProvenanceContext, parent_label: str | None) -> list[dict[str, Any]]:
     agent = software_agent(ctx)
+    when = signing_time()
     if parent_label is None:
         return [
-            {"action": "c2pa.created", "digitalSourceType": CREATED_SOURCE, "softwareAgent": agent}
+            {
+                "action": "c2pa.created",
+                "digitalSourceType": CREATED_SOURCE,
+                "softwareAgent": agent,
+                "when": when,
+            }
         ]
     edit = any(i.role == "parent" for i in ctx.inputs)
     opened: dict[str, Any] = {
@@ -138,11 +152,16 @@ def _actions(ctx: ProvenanceContext, parent_label: str | None) -> list[dict[str,
         # Generation from text whose output already carried credentials (the provider's, or an
         # earlier Custody output echoed back): that output is opened (C2PA allows no c2pa.created
         # after it); its source is still the model.
-        opened.update(digitalSourceType=CREATED_SOURCE, softwareAgent=agent)
+        opened.update(digitalSourceType=CREATED_SOURCE, softwareAgent=agent, when=when)
         return [opened]
     return [
         opened,
-        {"action": "c2pa.edited", "digitalSourceType": EDITED_SOURCE, "softwareAgent": agent},
+        {
+            "action": "c2pa.edited",
+            "digitalSourceType": EDITED_SOURCE,
+            "softwareAgent": agent,
+            "when": when,
+        },
     ]
 
 
