@@ -184,6 +184,7 @@ MATRIX: dict[tuple[str, str], Row] = {
         READER_OF_NOTHING, path="/api/v1/query/outputs/" + "0" * 64 + "/record"
     ),
     ("GET", "/api/v1/query/outputs/missing-marking"): row(READER, params={"limit": 5}),
+    ("GET", "/api/v1/oversight"): row(READER, params={"format": "csv"}),
     ("POST", "/{api_version}/models/{model_action}"): row(
         EDITOR, path="/v1beta/models/gemini-2.5-flash-image:generateContent", body=GENERATE
     ),

@@ -294,6 +294,8 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", "/api/v1/query/prompts", {"json": {"query": "sofa"}}),
         ("GET", f"/api/v1/query/outputs/{signed_sha}/record", {}),
         ("GET", "/api/v1/query/outputs/missing-marking", {}),
+        ("GET", "/api/v1/oversight", {}),
+        ("GET", "/api/v1/oversight", {"params": {"tenant": "acme", "format": "csv"}}),
     ]
     return probes
 

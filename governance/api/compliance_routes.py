@@ -13,6 +13,7 @@ commitment to the query, the filters, how many turns were read and matched) befo
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -23,6 +24,13 @@ from governance.api.errors import GeminiError
 from governance.api.ledger_routes import MAX_INDEX, not_yet_checkpointed
 from governance.api.tenant_scope import may_sign_checkpoints, require_reader
 from governance.auth.principal import Principal
+from governance.compliance.oversight import (
+    Period,
+    PriceError,
+    figures_csv,
+    oversight_figures,
+    parse_prices,
+)
 from governance.compliance.prompt_search import (
     commit_query,
     search_prompts,
@@ -49,6 +57,8 @@ from governance.provenance.lookup import NotYetCheckpointed
 from storage.blobs import Commitments
 
 router = APIRouter(prefix="/api/v1/query", tags=["compliance"])
+oversight_router = APIRouter(prefix="/api/v1", tags=["compliance"])
+DEFAULT_PERIOD_MS = 30 * 86_400_000
 
 
 def bad_query(message: str) -> GeminiError:
@@ -337,3 +347,55 @@ async def output_record(
             reason="NO_SUCH_OUTPUT",
         )
     return found
+
+
+async def oversight_of(
+    request: Request,
+    principal: Principal,
+    *,
+    tenant: str | None,
+    since: int | None,
+    until: int | None,
+) -> dict[str, Any]:
+    """The oversight figures the caller may see (the console's dashboard shows the same)."""
+    scope = scoped_tenant(principal, tenant)
+    until = _time("until", until) or int(time.time() * 1000)
+    since = _time("since", since)
+    since = until - DEFAULT_PERIOD_MS if since is None else since
+    if until < since:
+        raise bad_query(f"until ({until}) is before since ({since}).")
+    services = get_services(request)
+    try:
+        prices = parse_prices(services.settings.model_prices)
+    except PriceError as exc:
+        raise GeminiError(500, f"{exc}: ask your Custody operator to fix it.") from exc
+    return await services.run_blocking(
+        oversight_figures,
+        services.read_engine,
+        Period(scope, since, until),
+        rubber_stamp_ms=services.settings.rubber_stamp_ms,
+        prices=prices,
+    )
+
+
+@oversight_router.get("/oversight", response_model=None)
+async def oversight(
+    request: Request,
+    tenant: str | None = Query(None),
+    since: int | None = Query(None),
+    until: int | None = Query(None),
+    format: str = Query("json"),
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any] | Response:
+    """Oversight figures of a tenant over ``[since, until)`` (default: the last 30 days)."""
+    if format not in ("json", "csv"):
+        raise bad_query(f"format must be json or csv; got {format!r}.")
+    figures = await oversight_of(request, principal, tenant=tenant, since=since, until=until)
+    if format == "csv":
+        name = f"custody-oversight-{figures['tenant'] or 'all'}-{figures['since_ms']}.csv"
+        return Response(
+            figures_csv(figures),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{name}"'},
+        )
+    return figures

@@ -200,6 +200,35 @@ def _missing(args: argparse.Namespace) -> int:
     return 0
 
 
+def _oversight(args: argparse.Namespace) -> int:
+    import time
+
+    from governance.compliance.oversight import (
+        Period,
+        figures_csv,
+        oversight_figures,
+        parse_prices,
+    )
+
+    state = _open()
+    try:
+        until = args.until or int(time.time() * 1000)
+        since = args.since if args.since is not None else until - 30 * 86_400_000
+        figures = oversight_figures(
+            state.engine,
+            Period(args.tenant, since, until),
+            rubber_stamp_ms=state.settings.rubber_stamp_ms,
+            prices=parse_prices(state.settings.model_prices),
+        )
+    finally:
+        state.close()
+    if args.format == "csv":
+        sys.stdout.write(figures_csv(figures))
+    else:
+        print(json.dumps(figures, indent=2))
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, *, paged: bool = True) -> None:
     p.add_argument("--tenant", help="one tenant (default: every tenant)")
     p.add_argument("--actor")
@@ -226,11 +255,12 @@ def _reported(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     """A bad filter or cursor is one line on stderr and exit status 2, as every command's."""
 
     def run(args: argparse.Namespace) -> int:
+        from governance.compliance.oversight import PriceError
         from governance.compliance.queries import QueryError
 
         try:
             return func(args)
-        except QueryError as exc:
+        except (QueryError, PriceError) as exc:
             print(f"custody query {args.query_command}: {exc}", file=sys.stderr)
             return 2
 
@@ -280,6 +310,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     missing.add_argument("--limit", type=int, default=50, help="outputs read per call")
     missing.add_argument("--json", action="store_true")
     missing.set_defaults(func=_reported(_missing))
+
+    oversight = cmds.add_parser(
+        "oversight", help="oversight figures of a tenant and period (JSON or CSV)"
+    )
+    oversight.add_argument("--tenant", help="one tenant (default: every tenant)")
+    oversight.add_argument("--since", type=int, help="ms since 1970 (default: 30 days ago)")
+    oversight.add_argument("--until", type=int, help="ms since 1970 (default: now)")
+    oversight.add_argument("--format", choices=("json", "csv"), default="json")
+    oversight.set_defaults(func=_reported(_oversight))
 
     proof = cmds.add_parser("proof", help="a turn's entries with inclusion proofs (JSON)")
     proof.add_argument("turn_id")
