@@ -248,6 +248,13 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/console/ledger"): row(CONSOLE_READER, console=True),
     ("POST", "/console/ledger/verify"): row(CONSOLE_READER_POST, console=True, form={}),
     ("GET", "/console/verify"): row(CONSOLE_READER, console=True),
+    ("GET", "/console/queries"): row(CONSOLE_READER, console=True, params={"session": "s"}),
+    ("GET", "/console/queries/turns/{turn_id}/proof"): row(
+        {**CONSOLE_READER, **{c: 404 for c in ("auditor", "admin", "operator", "other_admin")}},
+        console=True,
+        path="/console/queries/turns/no-such-turn/proof",
+    ),
+    ("GET", "/console/oversight"): row(CONSOLE_READER, console=True, params={"format": "csv"}),
     ("POST", "/console/verify"): row(CONSOLE_READER, console=True, form={}, upload="signed_png"),
     ("GET", "/console/reviews"): row(CONSOLE, console=True),
     # A task that does not exist: those let through get 404 (success: tests/test_console_review.py).

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from governance.console import ledger_page, review_queue, review_task, sign_in, verify_page
+from governance.console import (
+    compliance_pages,
+    ledger_page,
+    review_queue,
+    review_task,
+    sign_in,
+    verify_page,
+)
 from governance.console.web import ConsoleRefusal, SignInRequired, refused, to_sign_in
 
 
@@ -20,5 +27,6 @@ def install(app: FastAPI) -> None:
     app.include_router(verify_page.router)
     app.include_router(review_queue.router)
     app.include_router(review_task.router)
+    app.include_router(compliance_pages.router)
     app.add_exception_handler(ConsoleRefusal, refused)
     app.add_exception_handler(SignInRequired, to_sign_in)
