@@ -217,3 +217,35 @@ def test_records_stay_behind_the_tenant_wall(gateway, outputs) -> None:
     )
     bad = _get(gateway, "/api/v1/query/outputs/xyz/record")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == 400
+
+
+def test_cli_record_exits_3_when_a_marking_is_missing(gateway, outputs) -> None:
+    import os
+    import subprocess
+    import sys
+
+    settings = gateway.services.settings  # type: ignore[attr-defined]
+    env = {
+        **os.environ,
+        "CUSTODY_DATA_DIR": str(settings.data_dir),
+        "CUSTODY_DATABASE_URL": settings.database_url,
+    }
+
+    def record(sha: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "governance.cli", "query", "record", sha],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+
+    ok = record(_sha(outputs["generated"]))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["ai_act"]["category"] == "fully_generated"
+    erased = httpx.post(
+        gateway.base_url + "/api/v1/erasures",
+        json={"digest": _sha(outputs["generated"]), "reason": "test"},
+        headers={"x-goog-api-key": gateway.keys["admin"]},
+        timeout=60,
+    )
+    assert erased.status_code == 200, erased.text
+    missing = record(_sha(outputs["generated"]))
+    assert missing.returncode == 3 and "c2pa_manifest" in json.loads(missing.stdout)["missing"]

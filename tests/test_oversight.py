@@ -148,3 +148,29 @@ def test_oversight_is_walled_and_refused_to_editors(gateway) -> None:
     bad = _figures(gateway, format="xml")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == 400
     assert _figures(gateway, since=10, until=5).status_code == 400
+
+
+def test_cli_prints_the_same_figures_as_csv(gateway) -> None:
+    import os
+    import subprocess
+    import sys
+
+    start = int(time.time() * 1000) - 1
+    assert _turn(gateway, "a red bicycle", "s1") == 200
+    until = int(time.time() * 1000) + 1
+    settings = gateway.services.settings  # type: ignore[attr-defined]
+    env = {
+        **os.environ,
+        "CUSTODY_DATA_DIR": str(settings.data_dir),
+        "CUSTODY_DATABASE_URL": settings.database_url,
+        "CUSTODY_MODEL_PRICES": json.dumps(PRICES),
+        "CUSTODY_RUBBER_STAMP_MS": "60000",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "governance.cli", "query", "oversight", "--tenant", "acme",
+         "--since", str(start), "--until", str(until), "--format", "csv"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    api = _figures(gateway, since=start, until=until, format="csv").text
+    assert dict(csv.reader(io.StringIO(out.stdout))) == dict(csv.reader(io.StringIO(api)))
