@@ -5,7 +5,7 @@ For measuring and EXPLAINing the compliance queries at scale without running 10â
 models, one turn in ten denied) and one ``ledger_entries`` row per turn. The leaves are
 well-formed version-1 leaves but the tree (``ledger_hashes``, ``ledger_head``) is not built: the
 database is for queries only, never for ``custody ledger verify``. Rows go in by multi-row
-INSERTs in batches of 10,000 (one transaction each).
+INSERTs in batches of 10,000 (one transaction each) on SQLite, ``COPY`` on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -80,8 +80,31 @@ def _turn(i: int, tenants: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def synthesise_turns(engine: Engine, *, turns: int, tenants: int = 4, start: int = 0) -> None:
     """Insert turns ``start .. start+turns-1`` (and their ledger rows) into ``engine``'s DB."""
+    if engine.dialect.name == "postgresql":
+        _copy_turns(engine, turns=turns, tenants=tenants, start=start)
+        return
     for first in range(start, start + turns, BATCH):
         pairs = [_turn(i, tenants) for i in range(first, min(first + BATCH, start + turns))]
         with engine.begin() as conn:
             conn.execute(insert(TURNS), [p[0] for p in pairs])
             conn.execute(insert(LEDGER_ENTRIES), [p[1] for p in pairs])
+
+
+def _copy_turns(engine: Engine, *, turns: int, tenants: int, start: int) -> None:
+    """PostgreSQL: the same rows through ``COPY`` (psycopg), ten times faster than INSERTs."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        first_row, first_entry = _turn(start, tenants)
+        turn_cols, entry_cols = list(first_row), list(first_entry)
+        with cur.copy(f"COPY turns ({', '.join(turn_cols)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            for i in range(start, start + turns):
+                row, _ = _turn(i, tenants)
+                copy.write_row([row[c] for c in turn_cols])
+        with cur.copy(f"COPY ledger_entries ({', '.join(entry_cols)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            for i in range(start, start + turns):
+                _, entry = _turn(i, tenants)
+                copy.write_row([entry[c] for c in entry_cols])
+        raw.commit()
+    finally:
+        raw.close()

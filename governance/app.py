@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(health_routes.router)
     app.include_router(ledger_routes.router)
     app.include_router(compliance_routes.router)
+    app.include_router(compliance_routes.oversight_router)
     app.include_router(verify_routes.router)
     app.include_router(keys_routes.router)
     app.include_router(erasure_routes.router)

@@ -182,6 +182,11 @@ MATRIX: dict[tuple[str, str], Row] = {
         READER_OF_NOTHING, path="/api/v1/query/turns/no-such-turn/proof"
     ),
     ("POST", "/api/v1/query/prompts"): row(READER, body={"query": "teal"}),
+    ("GET", "/api/v1/query/outputs/{sha256}/record"): row(
+        READER_OF_NOTHING, path="/api/v1/query/outputs/" + "0" * 64 + "/record"
+    ),
+    ("GET", "/api/v1/query/outputs/missing-marking"): row(READER, params={"limit": 5}),
+    ("GET", "/api/v1/oversight"): row(READER, params={"format": "csv"}),
     ("POST", "/{api_version}/models/{model_action}"): row(
         EDITOR, path="/v1beta/models/gemini-2.5-flash-image:generateContent", body=GENERATE
     ),
@@ -283,6 +288,13 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/console/ledger"): row(CONSOLE_READER, console=True),
     ("POST", "/console/ledger/verify"): row(CONSOLE_READER_POST, console=True, form={}),
     ("GET", "/console/verify"): row(CONSOLE_READER, console=True),
+    ("GET", "/console/queries"): row(CONSOLE_READER, console=True, params={"session": "s"}),
+    ("GET", "/console/queries/turns/{turn_id}/proof"): row(
+        {**CONSOLE_READER, **{c: 404 for c in ("auditor", "admin", "operator", "other_admin")}},
+        console=True,
+        path="/console/queries/turns/no-such-turn/proof",
+    ),
+    ("GET", "/console/oversight"): row(CONSOLE_READER, console=True, params={"format": "csv"}),
     ("POST", "/console/verify"): row(CONSOLE_READER, console=True, form={}, upload="signed_png"),
     ("GET", "/console/reviews"): row(CONSOLE, console=True),
     # A task that does not exist: those let through get 404 (success: tests/test_console_review.py).

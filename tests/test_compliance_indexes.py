@@ -63,6 +63,10 @@ def test_each_turn_filter_pages_from_its_index(filled, index) -> None:
         assert index in plan, plan
         assert "SCAN turns\n" not in plan + "\n" and "Seq Scan on turns" not in plan, plan
         assert "TEMP B-TREE" not in plan, f"the page is sorted outside the index:\n{plan}"
+    deny = _plan(
+        filled, turns_page_query(TurnFilter(tenant="t1", policy="deny"), after=None, limit=51)
+    )
+    assert "ix_turns_q_outcome" in deny and "Seq Scan on turns" not in deny, deny
     timed = TurnFilter(tenant="t1", actor="actor-3@t1", since_ms=1, until_ms=10**13)
     assert "ix_turns_q_actor" in _plan(filled, turns_page_query(timed, after=None, limit=51))
 

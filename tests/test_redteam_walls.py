@@ -327,6 +327,16 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", f"/api/v1/query/images/{a['digest']}", {}),
         ("GET", f"/api/v1/query/turns/{a['held_turn']}/proof", {}),
         ("POST", "/api/v1/query/prompts", {"json": {"query": "sofa"}}),
+        ("GET", f"/api/v1/query/outputs/{signed_sha}/record", {}),
+        ("GET", "/api/v1/query/outputs/missing-marking", {}),
+        ("GET", "/api/v1/oversight", {}),
+        ("GET", "/api/v1/oversight", {"params": {"tenant": "acme", "format": "csv"}}),
+        ("GET", "/console/queries", {}),
+        ("GET", f"/console/queries?session={SESSION}", {}),
+        ("GET", f"/console/queries/turns/{a['held_turn']}/proof", {}),
+        ("GET", "/console/oversight", {}),
+        ("GET", "/console/oversight?format=json", {}),
+        ("GET", "/console/oversight?tenant=acme", {}),
     ]
     return probes
 
@@ -354,6 +364,14 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
             "/api/v1/query/images/" + hashlib.sha256(b"").hexdigest(),
         ),
         ("GET", "/api/v1/query/turns/{turn_id}/proof"): ("GET", "/api/v1/query/turns/h/proof"),
+        ("GET", "/console/queries/turns/{turn_id}/proof"): (
+            "GET",
+            "/console/queries/turns/h/proof",
+        ),
+        ("GET", "/api/v1/query/outputs/{sha256}/record"): (
+            "GET",
+            "/api/v1/query/outputs/" + hashlib.sha256(b"").hexdigest() + "/record",
+        ),
         ("POST", "/api/v1/review-groups/{group}/members"): (
             "POST",
             "/api/v1/review-groups/reviewers/members",

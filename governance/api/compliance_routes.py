@@ -13,6 +13,7 @@ commitment to the query, the filters, how many turns were read and matched) befo
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -23,6 +24,13 @@ from governance.api.errors import GeminiError
 from governance.api.ledger_routes import MAX_INDEX, not_yet_checkpointed
 from governance.api.tenant_scope import may_sign_checkpoints, require_reader
 from governance.auth.principal import Principal
+from governance.compliance.oversight import (
+    Period,
+    PriceError,
+    figures_csv,
+    oversight_figures,
+    parse_prices,
+)
 from governance.compliance.prompt_search import (
     commit_query,
     search_prompts,
@@ -39,10 +47,18 @@ from governance.compliance.queries import (
     query_events,
     query_turns,
 )
+from governance.compliance.record import (
+    MissingFilter,
+    RecordSources,
+    compliance_record,
+    missing_marking,
+)
 from governance.provenance.lookup import NotYetCheckpointed
 from storage.blobs import Commitments
 
 router = APIRouter(prefix="/api/v1/query", tags=["compliance"])
+oversight_router = APIRouter(prefix="/api/v1", tags=["compliance"])
+DEFAULT_PERIOD_MS = 30 * 86_400_000
 
 
 def bad_query(message: str) -> GeminiError:
@@ -269,3 +285,117 @@ async def prompts(
             "leaf_hash": base64.b64encode(entries[0].leaf_hash).decode(),
         },
     }
+
+
+def _record_sources(request: Request) -> RecordSources:
+    services = get_services(request)
+    return RecordSources(
+        engine=services.read_engine,
+        ledger=services.ledger,
+        commitments=Commitments(services.engine, services.blobs),
+        anchors_pem=services.signer.trust_anchors_pem(),
+    )
+
+
+@router.get("/outputs/missing-marking")
+async def outputs_missing_marking(
+    request: Request,
+    tenant: str | None = Query(None),
+    since: int | None = Query(None),
+    until: int | None = Query(None),
+    cursor: str | None = Query(None),
+    limit: int = Query(DEFAULT_LIMIT),
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any]:
+    """Released outputs lacking any required marking, newest first (``limit`` read per call)."""
+    flt = MissingFilter(
+        tenant=scoped_tenant(principal, tenant),
+        since_ms=_time("since", since),
+        until_ms=_time("until", until),
+    )
+    services = get_services(request)
+    try:
+        page = await services.run_blocking(
+            missing_marking, _record_sources(request), flt, cursor=cursor, limit=limit
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+    return page.to_dict()
+
+
+@router.get("/outputs/{sha256}/record")
+async def output_record(
+    request: Request,
+    sha256: str,
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any]:
+    """The compliance record of one output: its marking, SB 942 fields and AI Act category."""
+    scope = None if principal.is_operator else principal.tenant
+    services = get_services(request)
+    try:
+        found = await services.run_blocking(
+            compliance_record, _record_sources(request), sha256.lower(), tenant=scope
+        )
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+    if found is None:
+        raise GeminiError(
+            404,
+            "No released output with this SHA-256 in the records this key may read (its own"
+            " tenant's). Send the signed file's hash or the upstream image's.",
+            status="NOT_FOUND",
+            reason="NO_SUCH_OUTPUT",
+        )
+    return found
+
+
+async def oversight_of(
+    request: Request,
+    principal: Principal,
+    *,
+    tenant: str | None,
+    since: int | None,
+    until: int | None,
+) -> dict[str, Any]:
+    """The oversight figures the caller may see (the console's dashboard shows the same)."""
+    scope = scoped_tenant(principal, tenant)
+    until = _time("until", until) or int(time.time() * 1000)
+    since = _time("since", since)
+    since = until - DEFAULT_PERIOD_MS if since is None else since
+    if until < since:
+        raise bad_query(f"until ({until}) is before since ({since}).")
+    services = get_services(request)
+    try:
+        prices = parse_prices(services.settings.model_prices)
+    except PriceError as exc:
+        raise GeminiError(500, f"{exc}: ask your Custody operator to fix it.") from exc
+    return await services.run_blocking(
+        oversight_figures,
+        services.read_engine,
+        Period(scope, since, until),
+        rubber_stamp_ms=services.settings.rubber_stamp_ms,
+        prices=prices,
+    )
+
+
+@oversight_router.get("/oversight", response_model=None)
+async def oversight(
+    request: Request,
+    tenant: str | None = Query(None),
+    since: int | None = Query(None),
+    until: int | None = Query(None),
+    format: str = Query("json"),
+    principal: Principal = Depends(require_reader),  # noqa: B008
+) -> dict[str, Any] | Response:
+    """Oversight figures of a tenant over ``[since, until)`` (default: the last 30 days)."""
+    if format not in ("json", "csv"):
+        raise bad_query(f"format must be json or csv; got {format!r}.")
+    figures = await oversight_of(request, principal, tenant=tenant, since=since, until=until)
+    if format == "csv":
+        name = f"custody-oversight-{figures['tenant'] or 'all'}-{figures['since_ms']}.csv"
+        return Response(
+            figures_csv(figures),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{name}"'},
+        )
+    return figures

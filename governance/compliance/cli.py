@@ -152,6 +152,83 @@ def _proof(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sources(state: OpenState) -> Any:
+    from governance.compliance.record import RecordSources
+    from governance.state import trust_anchors_pem
+
+    return RecordSources(
+        engine=state.engine,
+        ledger=state.ledger,
+        commitments=state.commitments,
+        anchors_pem=trust_anchors_pem(state.settings),
+    )
+
+
+def _record(args: argparse.Namespace) -> int:
+    from governance.compliance.record import compliance_record
+
+    state = _open()
+    try:
+        doc = compliance_record(_sources(state), args.sha256.lower(), tenant=args.tenant)
+    finally:
+        state.close()
+    if doc is None:
+        print(f"custody query record: no released output {args.sha256}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=2))
+    return 0 if doc["complete"] else 3
+
+
+def _missing(args: argparse.Namespace) -> int:
+    from governance.compliance.record import MissingFilter, missing_marking
+
+    flt = MissingFilter(tenant=args.tenant, since_ms=args.since, until_ms=args.until)
+    state = _open()
+    try:
+        page = missing_marking(_sources(state), flt, cursor=args.cursor, limit=args.limit)
+    finally:
+        state.close()
+    doc = page.to_dict()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print("turn_id\tsigned_sha256\tmissing")
+        for row in doc["rows"]:
+            print(f"{row['turn_id']}\t{row['output']['signed_sha256']}\t{','.join(row['missing'])}")
+        if doc["next_cursor"]:
+            print(f"more: --cursor {doc['next_cursor']}", file=sys.stderr)
+    return 0
+
+
+def _oversight(args: argparse.Namespace) -> int:
+    import time
+
+    from governance.compliance.oversight import (
+        Period,
+        figures_csv,
+        oversight_figures,
+        parse_prices,
+    )
+
+    state = _open()
+    try:
+        until = args.until or int(time.time() * 1000)
+        since = args.since if args.since is not None else until - 30 * 86_400_000
+        figures = oversight_figures(
+            state.engine,
+            Period(args.tenant, since, until),
+            rubber_stamp_ms=state.settings.rubber_stamp_ms,
+            prices=parse_prices(state.settings.model_prices),
+        )
+    finally:
+        state.close()
+    if args.format == "csv":
+        sys.stdout.write(figures_csv(figures))
+    else:
+        print(json.dumps(figures, indent=2))
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, *, paged: bool = True) -> None:
     p.add_argument("--tenant", help="one tenant (default: every tenant)")
     p.add_argument("--actor")
@@ -178,11 +255,12 @@ def _reported(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     """A bad filter or cursor is one line on stderr and exit status 2, as every command's."""
 
     def run(args: argparse.Namespace) -> int:
+        from governance.compliance.oversight import PriceError
         from governance.compliance.queries import QueryError
 
         try:
             return func(args)
-        except QueryError as exc:
+        except (QueryError, PriceError) as exc:
             print(f"custody query {args.query_command}: {exc}", file=sys.stderr)
             return 2
 
@@ -216,6 +294,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     prompts.add_argument("--scan", type=int, help="read at most this many turns")
     prompts.add_argument("--by", help="who searches (default cli:<login>)")
     prompts.set_defaults(func=_reported(_prompts))
+
+    record = cmds.add_parser(
+        "record", help="an output's compliance record: marking, SB 942 fields, AI Act category"
+    )
+    record.add_argument("sha256", help="the signed file's SHA-256, or the upstream image's")
+    record.add_argument("--tenant")
+    record.set_defaults(func=_reported(_record))
+
+    missing = cmds.add_parser("missing-marking", help="outputs lacking a required marking")
+    missing.add_argument("--tenant")
+    missing.add_argument("--since", type=int)
+    missing.add_argument("--until", type=int)
+    missing.add_argument("--cursor")
+    missing.add_argument("--limit", type=int, default=50, help="outputs read per call")
+    missing.add_argument("--json", action="store_true")
+    missing.set_defaults(func=_reported(_missing))
+
+    oversight = cmds.add_parser(
+        "oversight", help="oversight figures of a tenant and period (JSON or CSV)"
+    )
+    oversight.add_argument("--tenant", help="one tenant (default: every tenant)")
+    oversight.add_argument("--since", type=int, help="ms since 1970 (default: 30 days ago)")
+    oversight.add_argument("--until", type=int, help="ms since 1970 (default: now)")
+    oversight.add_argument("--format", choices=("json", "csv"), default="json")
+    oversight.set_defaults(func=_reported(_oversight))
 
     proof = cmds.add_parser("proof", help="a turn's entries with inclusion proofs (JSON)")
     proof.add_argument("turn_id")

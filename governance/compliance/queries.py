@@ -23,10 +23,10 @@ import base64
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from sqlalchemy import Engine, Select, exists, or_, select, tuple_
+from sqlalchemy import Engine, Select, exists, or_, select, tuple_, union_all
 
 from storage.ledger.leaf import decode_leaf
 from storage.schema.ledger import LEDGER_ENTRIES
@@ -237,7 +237,26 @@ TURN_COLUMNS = (
 
 
 def turns_page_query(flt: TurnFilter, *, after: list[Any] | None, limit: int) -> Select[Any]:
-    """The SELECT of one page of turns, newest first (``tests`` EXPLAIN it)."""
+    """The SELECT of one page of turns, newest first (``tests`` EXPLAIN it).
+
+    ``policy=deny`` is two outcomes: an ``IN`` of both would make the planner merge two index
+    ranges and sort them, so each outcome pages from the index on its own and the two pages are
+    merged (a ``UNION ALL`` of at most ``2 × limit`` rows)."""
+    if flt.policy == "deny" and flt.outcome is None:
+        parts = [
+            select(_single_page(replace(flt, policy=None, outcome=r), after, limit).subquery())
+            for r in DENY_REASONS
+        ]
+        merged = union_all(*parts).subquery()
+        return (
+            select(*(merged.c[name] for name in TURN_COLUMNS))
+            .order_by(merged.c.created_ms.desc(), merged.c.turn_id.desc())
+            .limit(limit)
+        )
+    return _single_page(flt, after, limit)
+
+
+def _single_page(flt: TurnFilter, after: list[Any] | None, limit: int) -> Select[Any]:
     t = TURNS.c
     query = select(*(t[name] for name in TURN_COLUMNS)).where(*turn_conditions(flt))
     if after is not None:

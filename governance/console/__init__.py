@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from governance.console import (
+    compliance_pages,
     ledger_page,
     review_queue,
     review_task,
@@ -28,5 +29,6 @@ def install(app: FastAPI) -> None:
     app.include_router(review_queue.router)
     app.include_router(review_task.router)
     app.include_router(session_page.router)
+    app.include_router(compliance_pages.router)
     app.add_exception_handler(ConsoleRefusal, refused)
     app.add_exception_handler(SignInRequired, to_sign_in)

@@ -11,6 +11,7 @@ watermark claim.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from governance.provenance.fingerprint import ISCC_ALG
@@ -144,11 +145,24 @@ def soft_binding_assertion(iscc: str) -> dict[str, Any]:
     }
 
 
+def signing_time() -> str:
+    """Now, as the ``when`` of the model's action: ISO 8601 UTC to the second. SB 942's latent
+    disclosure names the time of creation or alteration; without a timestamp authority this is
+    the only time the file itself states."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _actions(ctx: ProvenanceContext, parent_label: str | None) -> list[dict[str, Any]]:
     agent = software_agent(ctx)
+    when = signing_time()
     if parent_label is None:
         return [
-            {"action": "c2pa.created", "digitalSourceType": CREATED_SOURCE, "softwareAgent": agent}
+            {
+                "action": "c2pa.created",
+                "digitalSourceType": CREATED_SOURCE,
+                "softwareAgent": agent,
+                "when": when,
+            }
         ]
     if ctx.lineage is not None and ctx.lineage.get("kind") == "rollback":
         # A rollback re-signs an earlier version unchanged: it was opened, not edited.
@@ -162,11 +176,16 @@ def _actions(ctx: ProvenanceContext, parent_label: str | None) -> list[dict[str,
         # Generation from text whose output already carried credentials (the provider's, or an
         # earlier Custody output echoed back): that output is opened (C2PA allows no c2pa.created
         # after it); its source is still the model.
-        opened.update(digitalSourceType=CREATED_SOURCE, softwareAgent=agent)
+        opened.update(digitalSourceType=CREATED_SOURCE, softwareAgent=agent, when=when)
         return [opened]
     return [
         opened,
-        {"action": "c2pa.edited", "digitalSourceType": EDITED_SOURCE, "softwareAgent": agent},
+        {
+            "action": "c2pa.edited",
+            "digitalSourceType": EDITED_SOURCE,
+            "softwareAgent": agent,
+            "when": when,
+        },
     ]
 
 

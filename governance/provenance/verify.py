@@ -240,6 +240,30 @@ def verify_image(data: bytes, mime_type: str | None, trust_anchors_pem: str) -> 
     )
 
 
+def read_manifest_store(
+    data: bytes, mime_type: str | None, trust_anchors_pem: str
+) -> dict[str, Any] | None:
+    """The manifest store of ``data`` as c2pa-rs reports it (JSON), None when there is none or
+    it cannot be read: for reading *where* a statement sits (``governance.compliance.record``);
+    judge validity with ``verify_image``."""
+    try:
+        reader = c2pa.Reader.try_create(
+            mime_type or sniff_mime(data),
+            io.BytesIO(data),
+            context=_reader_context(trust_anchors_pem),
+        )
+    except c2pa.C2paError:
+        return None
+    if reader is None:
+        return None
+    try:
+        return json.loads(reader.json())  # type: ignore[no-any-return]
+    except c2pa.C2paError:
+        return None
+    finally:
+        reader.close()
+
+
 def _delta_failures(results: dict[str, Any]) -> dict[str, list[StatusCode]]:
     """Failures the reader found in ingredients, keyed by the ingredient assertion's URI."""
     out: dict[str, list[StatusCode]] = {}

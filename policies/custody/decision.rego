@@ -65,6 +65,7 @@ decision := {"outcome": "allow", "reasons": sort(notes), "obligations": base_obl
 }
 
 base_obligations := {
+	"disclosure": disclosure, # the AI Act category (disclosure.rego)
 	"disclose_prompt": object.get(tenant, "disclose_prompt", false),
 	"thumbnails": object.get(tenant, "thumbnails", false),
 }
