@@ -35,8 +35,11 @@ def reload_policy(services: Services) -> dict[str, Any] | None:
 
 
 def checkpoint_if_due(services: Services) -> None:
-    """Sign a checkpoint when entries arrived since the last one and its interval has passed."""
+    """Sign a checkpoint when entries arrived since the last one and its interval has passed;
+    with witnesses configured, submit the newest checkpoint to them (once)."""
     services.ledger.checkpoint_if_due()
+    if services.witness is not None:
+        services.witness.publish_if_new()
 
 
 def keep_keys(services: Services) -> None:

@@ -253,6 +253,14 @@ class EvidenceExported(TypedDict):
     via: str  # "cli" | "api"
 
 
+class CheckpointWitnessRefused(TypedDict):
+    size: int
+    root: str  # base64, as in the checkpoint
+    quorum: int
+    cosigned: int
+    answers: list[dict[str, Any]]  # per witness: witness, host, status, cosigned, reason
+
+
 # -- review of held turns -------------------------------------------------------------------------
 
 
@@ -422,6 +430,7 @@ EVENT_BODIES: dict[str, type] = {
     "key.expired": KeyExpired,
     "content.erased": ContentErased,
     "evidence.exported": EvidenceExported,
+    "checkpoint.witness_refused": CheckpointWitnessRefused,
     "review.opened": ReviewOpened,
     "review.claimed": ReviewClaimed,
     "review.decided": ReviewDecided,

@@ -32,6 +32,8 @@ from governance.settings import GOOGLE_GEMINI_URL, Settings
 from governance.state import open_state
 from governance.upstream.client import UpstreamClient
 from governance.upstream.embedded import EmbeddedEmulator
+from governance.witness.config import witness_policy
+from governance.witness.publisher import WitnessPublisher
 from storage.blobs import BlobStore, Commitments
 from storage.db import make_engine
 from storage.ledger.log import Ledger
@@ -61,6 +63,7 @@ class Services:
     emulator: EmbeddedEmulator | None = None
     instance: ProcessInstance = field(default_factory=ProcessInstance.current)
     interrupted: list[str] = field(default_factory=list)  # turns recorded as interrupted at start
+    witness: WitnessPublisher | None = None  # submits checkpoints to CUSTODY_WITNESSES
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (database, hashing, signing, Rego) off the event loop."""
@@ -146,6 +149,7 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         executor=executor,
     )
+    witnesses = witness_policy(settings)
     return Services(
         settings=settings,
         engine=engine,
@@ -164,4 +168,5 @@ def build_services(settings: Settings) -> Services:
         emulator=emulator,
         instance=instance,
         interrupted=interrupted,
+        witness=WitnessPublisher(ledger, witnesses) if witnesses else None,
     )

@@ -166,6 +166,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/metrics"): row(READER),
     ("GET", "/api/v1/ledger/checkpoint"): row(READER),
     ("POST", "/api/v1/ledger/checkpoint"): row(SIGNER),
+    ("GET", "/api/v1/ledger/checkpoint/cosigned"): row(READER),
     ("GET", "/api/v1/ledger/entries"): row(READER, params={"start": 0, "end": 5}),
     ("GET", "/api/v1/ledger/proof/inclusion"): row(READER, params={"index": 0}),
     ("GET", "/api/v1/ledger/proof/consistency"): row(READER, params={"old": 1}),

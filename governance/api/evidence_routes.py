@@ -24,7 +24,13 @@ from governance.api.errors import GeminiError
 from governance.api.tenant_scope import require_reader
 from governance.auth.principal import Principal
 from governance.evidence.export import ExportError, ExportResult, Selection
-from governance.evidence.exporting import export_to_file, keys_for, new_bundle_id
+from governance.evidence.exporting import (
+    NotYetWitnessed,
+    checkpoint_for_export,
+    export_to_file,
+    keys_for,
+    new_bundle_id,
+)
 from governance.evidence.layout import parse_disclosure
 from governance.services import Services
 from storage.blobs import Commitments
@@ -74,7 +80,7 @@ def _export(
     services: Services, principal: Principal, sel: Selection, body: BundleRequest
 ) -> dict[str, Any]:
     disclose = parse_disclosure(body.disclose)
-    checkpoint = services.ledger.latest_checkpoint()
+    checkpoint = checkpoint_for_export(services.settings, services.ledger, sign=False)
     bundle_id = new_bundle_id()
     folder = evidence_dir(services)
     result: ExportResult = export_to_file(
@@ -115,6 +121,9 @@ async def create_bundle(request: Request, principal: Reader, body: BundleRequest
     try:
         parse_disclosure(body.disclose)
         record = await services.run_blocking(_export, services, principal, sel, body)
+    except NotYetWitnessed as exc:
+        response = GeminiError(503, str(exc), reason="NOT_YET_WITNESSED")
+        raise response from exc
     except ExportError as exc:
         if str(exc).startswith("no entries"):
             raise GeminiError(404, str(exc), reason="NO_EVIDENCE") from exc

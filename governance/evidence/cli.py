@@ -36,7 +36,12 @@ def _export(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from governance.evidence.export import ExportError, Selection
-    from governance.evidence.exporting import export_to_file, keys_for, new_bundle_id
+    from governance.evidence.exporting import (
+        checkpoint_for_export,
+        export_to_file,
+        keys_for,
+        new_bundle_id,
+    )
     from governance.evidence.layout import parse_disclosure
     from governance.settings import Settings
     from governance.state import open_state, trust_anchors_pem
@@ -72,9 +77,7 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         ledger = state.ledger
-        checkpoint = ledger.latest_checkpoint()
-        if checkpoint.size < ledger.size():
-            checkpoint = ledger.issue_checkpoint()
+        checkpoint = checkpoint_for_export(settings, ledger, sign=True)
         timestamp = None
         bundle_id = new_bundle_id()
         result = export_to_file(
@@ -111,6 +114,10 @@ def _verify_bundle(args: argparse.Namespace) -> int:
     from governance.evidence.verify import ExtraCheck, verify_bundle
 
     checks: list[ExtraCheck] = []
+    if args.witness or args.quorum:
+        from governance.evidence.verify import cosignature_check
+
+        checks.append(cosignature_check(args.witness or [], args.quorum or 0))
     log_key = args.log_key
     if Path(log_key).is_file():
         log_key = Path(log_key).read_text().strip()
@@ -155,6 +162,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     verify.add_argument("bundle")
     verify.add_argument(
         "--log-key", required=True, help="the log's note verifier key (or a file holding it)"
+    )
+    verify.add_argument(
+        "--witness", action="append", help="a witness's cosignature verifier key (repeat)"
+    )
+    verify.add_argument(
+        "--quorum", type=int, help="how many of the --witness keys must have cosigned"
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=_verify_bundle)

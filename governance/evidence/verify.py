@@ -449,3 +449,37 @@ def _check_images(
                 report.fault(manifest, entry, "the manifest store is not the one signed")
                 continue
         report.count("images")
+
+
+def cosignature_check(witness_keys: Sequence[str], quorum: int) -> ExtraCheck:
+    """A check that ``checkpoint.txt`` carries valid cosignatures of at least ``quorum`` of
+    ``witness_keys`` (C2SP tlog-cosignature lines in the note)."""
+    from storage.ledger.cosignature import CosignatureError, WitnessKey, cosignatures_in
+
+    def check(bundle: _Bundle, report: BundleReport) -> None:
+        keys = []
+        for text in witness_keys:
+            try:
+                keys.append(WitnessKey.from_key_string(text))
+            except CosignatureError as exc:
+                report.fault("--witness", None, str(exc))
+        note = bundle.text(layout.CHECKPOINT)
+        if note is None:
+            return
+        good, problems = cosignatures_in(note, keys)
+        for problem in problems:
+            report.fault(layout.CHECKPOINT, None, problem)
+        if len(good) < quorum:
+            report.fault(
+                layout.CHECKPOINT,
+                None,
+                f"{len(good)} of the {len(keys)} witnesses you trust cosigned the checkpoint;"
+                f" the quorum is {quorum}",
+            )
+        report.count("cosignatures", len(good))
+        for cosig in good:
+            report.notes.append(
+                f"cosigned by witness {cosig.witness} at {cosig.timestamp} (Unix s)"
+            )
+
+    return check
