@@ -32,6 +32,7 @@ from governance.evidence.exporting import (
     new_bundle_id,
 )
 from governance.evidence.layout import parse_disclosure
+from governance.evidence.timestamp import TimestampError, TsaClient
 from governance.services import Services
 from storage.blobs import Commitments
 from storage.private_files import make_private_dir
@@ -94,6 +95,11 @@ def _export(
         disclose=disclose,
         actor=principal.actor,
         since_checkpoints=body.since_checkpoints,
+        timestamp=(
+            TsaClient(services.settings.evidence_tsa_url).timestamp
+            if services.settings.evidence_tsa_url
+            else None
+        ),
         via="api",
     )
     record = {
@@ -121,6 +127,8 @@ async def create_bundle(request: Request, principal: Reader, body: BundleRequest
     try:
         parse_disclosure(body.disclose)
         record = await services.run_blocking(_export, services, principal, sel, body)
+    except TimestampError as exc:
+        raise GeminiError(502, str(exc), reason="TSA_FAILED") from exc
     except NotYetWitnessed as exc:
         response = GeminiError(503, str(exc), reason="NOT_YET_WITNESSED")
         raise response from exc

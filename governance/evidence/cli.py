@@ -43,6 +43,7 @@ def _export(args: argparse.Namespace) -> int:
         new_bundle_id,
     )
     from governance.evidence.layout import parse_disclosure
+    from governance.evidence.timestamp import TimestampError
     from governance.settings import Settings
     from governance.state import open_state, trust_anchors_pem
 
@@ -79,6 +80,10 @@ def _export(args: argparse.Namespace) -> int:
         ledger = state.ledger
         checkpoint = checkpoint_for_export(settings, ledger, sign=True)
         timestamp = None
+        if settings.evidence_tsa_url:
+            from governance.evidence.timestamp import TsaClient
+
+            timestamp = TsaClient(settings.evidence_tsa_url).timestamp
         bundle_id = new_bundle_id()
         result = export_to_file(
             Path(args.out),
@@ -95,7 +100,7 @@ def _export(args: argparse.Namespace) -> int:
             timestamp=timestamp,
             via="cli",
         )
-    except ExportError as exc:
+    except (ExportError, TimestampError) as exc:
         print(f"custody export: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -118,6 +123,9 @@ def _verify_bundle(args: argparse.Namespace) -> int:
         from governance.evidence.verify import cosignature_check
 
         checks.append(cosignature_check(args.witness or [], args.quorum or 0))
+    from governance.evidence.timestamp import timestamp_check
+
+    checks.append(timestamp_check(Path(args.tsa_root).read_bytes() if args.tsa_root else None))
     log_key = args.log_key
     if Path(log_key).is_file():
         log_key = Path(log_key).read_text().strip()
@@ -163,6 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     verify.add_argument(
         "--log-key", required=True, help="the log's note verifier key (or a file holding it)"
     )
+    verify.add_argument("--tsa-root", help="PEM root certificate of the RFC 3161 TSA to trust")
     verify.add_argument(
         "--witness", action="append", help="a witness's cosignature verifier key (repeat)"
     )
