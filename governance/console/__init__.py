@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from governance.console import ledger_page, review_queue, review_task, sign_in, verify_page
+from governance.console import (
+    evidence_page,
+    ledger_page,
+    review_queue,
+    review_task,
+    sign_in,
+    verify_page,
+)
 from governance.console.web import ConsoleRefusal, SignInRequired, refused, to_sign_in
 
 
@@ -18,6 +25,7 @@ def install(app: FastAPI) -> None:
     app.include_router(sign_in.router)
     app.include_router(ledger_page.router)
     app.include_router(verify_page.router)
+    app.include_router(evidence_page.router)
     app.include_router(review_queue.router)
     app.include_router(review_task.router)
     app.add_exception_handler(ConsoleRefusal, refused)

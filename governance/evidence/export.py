@@ -194,6 +194,13 @@ class _ZipSink:
             self.sums.write(f"{digest.hexdigest()}  {name}\n".encode())
         return digest.hexdigest()
 
+    def abandon(self) -> None:
+        """Close the zip and the sums spool if ``finish`` did not (no-op after it)."""
+        if not self.sums.closed:
+            self.sums.close()
+        if self.zip.fp is not None:
+            self.zip.close()
+
     def finish(self) -> str:
         """Add ``SHA256SUMS`` and close; the SHA-256 of ``SHA256SUMS``."""
         sha = self.add_spooled(layout.SUMS, self.sums, listed=False)
@@ -284,6 +291,7 @@ def write_bundle(
         earlier = _earlier_checkpoints(ledger, checkpoint, since_checkpoints)
         total = count_candidates(ledger, selection, checkpoint.size)
         sink = _ZipSink(out)
+        stack.callback(sink.abandon)  # closes what ``finish`` did not (an export that failed)
         openings = stack.enter_context(tempfile.TemporaryFile("w+b"))
         page = stack.enter_context(tempfile.TemporaryFile("w+b"))
         page.write(
