@@ -26,13 +26,13 @@ from sqlalchemy import text
 
 from governance import __version__
 from governance.evidence import layout
-from storage.blobs import Commitments
+from storage.blobs import Commitment, Commitments
 from storage.ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from storage.ledger.events import Entry
 from storage.ledger.log import Ledger
-from storage.ledger.merkle import ProofError, check_consistency
+from storage.ledger.merkle import ProofError, check_consistency, prove_inclusion
 from storage.ledger.proof_file import format_proof
-from storage.ledger.store import entry_from_row
+from storage.ledger.store import entry_from_row, hash_reader
 
 BATCH = 500
 Progress = Callable[[int, int], None]
@@ -132,6 +132,12 @@ def count_candidates(ledger: Ledger, sel: Selection, size: int) -> int:
 
 
 def select_entries(ledger: Ledger, sel: Selection, size: int) -> Iterator[Entry]:
+    """The selected entries below ``size``, in index order."""
+    for batch in select_batches(ledger, sel, size):
+        yield from batch
+
+
+def select_batches(ledger: Ledger, sel: Selection, size: int) -> Iterator[list[Entry]]:
     """The selected entries below ``size``, in index order, ``BATCH`` rows a query."""
     where, params = _where(sel, size)
     after = -1
@@ -146,10 +152,13 @@ def select_entries(ledger: Ledger, sel: Selection, size: int) -> Iterator[Entry]
             ).all()
         if not rows:
             return
+        batch = []
         for idx, time_ms, leaf, lh in rows:
             entry = entry_from_row(int(idx), int(time_ms), bytes(leaf), bytes(lh))
             if sel.session is None or entry.event.session == sel.session:
-                yield entry
+                batch.append(entry)
+        if batch:
+            yield batch
         after = int(rows[-1][0])
 
 
@@ -230,6 +239,16 @@ def _utc(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
 
 
+def _row_html(entry: Entry, cells: list[str]) -> bytes:
+    ev, leaf, proof = entry.event, layout.entry_file(entry.index), layout.proof_file(entry.index)
+    return (
+        f'<tr id="e{entry.index}"><td><a href="{leaf}">{entry.index}</a>'
+        f' (<a href="{proof}">proof</a>)</td><td>{_utc(entry.time_ms)}</td>'
+        f"<td>{html.escape(ev.type)}</td><td>{html.escape(ev.actor)}</td>"
+        f"<td><code>{html.escape(ev.turn or '')}</code></td><td>{'<br>'.join(cells)}</td></tr>\n"
+    ).encode()
+
+
 # --- the writer ------------------------------------------------------------------------------
 
 
@@ -306,29 +325,32 @@ def write_bundle(
         result.earlier_checkpoints = sorted(earlier)
         sink.add(layout.CHECKPOINT, checkpoint.note.encode())
         first = last = None
-        for entry in select_entries(ledger, selection, checkpoint.size):
-            path = ledger.prove_inclusion(entry.index, checkpoint.size)
-            sink.add(layout.entry_file(entry.index), entry.leaf)
-            sink.add(
-                layout.proof_file(entry.index),
-                format_proof(entry.index, path, checkpoint.note).encode(),
+        reader = stack.enter_context(hash_reader(ledger.read_engine))
+        for batch in select_batches(ledger, selection, checkpoint.size):
+            known = commitments.openings(
+                [
+                    c
+                    for e in batch
+                    for _, name, c in layout.commitment_fields(e.event.body)
+                    if layout.discloses(disclose, name)
+                ]
             )
-            cells = _open_commitments(entry, sink, openings, commitments, disclose, result)
-            ev = entry.event
-            page.write(
-                (
-                    f'<tr id="e{entry.index}"><td><a href="{layout.entry_file(entry.index)}">'
-                    f'{entry.index}</a> (<a href="{layout.proof_file(entry.index)}">proof</a>)</td>'
-                    f"<td>{_utc(entry.time_ms)}</td><td>{html.escape(ev.type)}</td>"
-                    f"<td>{html.escape(ev.actor)}</td><td><code>{html.escape(ev.turn or '')}</code>"
-                    f"</td><td>{'<br>'.join(cells)}</td></tr>\n"
-                ).encode()
-            )
-            result.entries += 1
-            first = entry.index if first is None else first
-            last = entry.index
-            if progress is not None:
-                progress(result.entries, total)
+            for entry in batch:
+                path = prove_inclusion(checkpoint.size, entry.index, reader)
+                sink.add(layout.entry_file(entry.index), entry.leaf)
+                sink.add(
+                    layout.proof_file(entry.index),
+                    format_proof(entry.index, path, checkpoint.note).encode(),
+                )
+                cells = _open_commitments(
+                    entry, sink, openings, commitments, known, disclose, result
+                )
+                page.write(_row_html(entry, cells))
+                result.entries += 1
+                first = entry.index if first is None else first
+                last = entry.index
+                if progress is not None:
+                    progress(result.entries, total)
         if result.entries == 0:
             raise ExportError(
                 f"no entries of tenant {selection.tenant!r} match {selection.to_dict()} below the"
@@ -395,6 +417,7 @@ def _open_commitments(
     sink: _ZipSink,
     openings: IO[bytes],
     commitments: Commitments,
+    known: dict[str, Commitment],
     disclose: frozenset[str] | None,
     result: ExportResult,
 ) -> list[str]:
@@ -408,7 +431,7 @@ def _open_commitments(
             "field": field_name,
             "commitment": commitment,
         }
-        opened = commitments.opening(commitment) if layout.discloses(disclose, field_name) else None
+        opened = known.get(commitment) if layout.discloses(disclose, field_name) else None
         data = commitments.blobs.get(opened.digest) if opened and opened.salt else None
         if not layout.discloses(disclose, field_name):
             line["withheld"] = "not disclosed in this bundle"

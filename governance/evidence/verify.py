@@ -31,7 +31,7 @@ from typing import Any
 from governance.evidence import layout
 from storage.ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from storage.ledger.leaf import LeafError, commit_digest, decode_leaf, is_canonical
-from storage.ledger.merkle import ProofError, check_consistency
+from storage.ledger.merkle import ProofError, check_consistency, check_inclusion, leaf_hash
 from storage.ledger.note import NoteError, NoteVerifier
 from storage.ledger.proof_file import ProofFileError, parse_proof, verify_proof
 
@@ -304,13 +304,27 @@ def _check_entries(
                 raise ProofFileError(
                     f"the proof is against another checkpoint than {layout.CHECKPOINT}"
                 )
-            verify_proof(proof, leaf, verifier, origin)
+            if checkpoint is None:  # its own fault is reported; this proof's note stands alone
+                verify_proof(proof, leaf, verifier, origin)
+            else:  # the note is checkpoint.txt's, whose signature was verified once
+                _prove(parsed.hashes, checkpoint, i, leaf)
         except (ProofFileError, CheckpointError) as exc:
             report.fault(name, i, f"not proven by {layout.proof_file(i)}: {exc}")
             continue
         leaves[i] = doc
         report.count("entries")
     return leaves
+
+
+def _prove(path: list[bytes], cp: Checkpoint, index: int, leaf: bytes) -> None:
+    if index >= cp.size:
+        raise ProofFileError(f"entry {index} cannot be proven by a checkpoint of {cp.size} entries")
+    try:
+        check_inclusion(path, cp.size, cp.root, index, leaf_hash(leaf))
+    except ProofError as exc:
+        raise ProofFileError(
+            f"these leaf bytes are not entry {index} of {cp.origin} at size {cp.size}: {exc}"
+        ) from exc
 
 
 def _check_consistency(
