@@ -16,6 +16,7 @@ import pytest
 
 from governance.evidence.timestamp import timestamp_check
 from governance.evidence.verify import verify_bundle
+from storage.ledger.note import split_note
 from tests.evidence_helpers import cli, custody_env, flip_one_byte, members, offline_env, rewrite
 from tests.evidence_helpers import start as start_gateway
 from tests.tsa_helpers import LocalTsa, openssl_verify, start_tsa
@@ -52,7 +53,7 @@ def test_a_timestamped_bundle_verifies_offline_and_with_openssl(
     args = ["verify-bundle", str(out), "--log-key", vkey]
     ok = cli(*args, "--tsa-root", str(tsa.root_pem), env=offline_env(lonely), cwd=lonely)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "RFC 3161 timestamp verifies" in ok.stdout
+    assert "2 RFC 3161 timestamps verify" in " ".join(ok.stdout.split())
     unchecked = cli(*args, env=offline_env(lonely), cwd=lonely)
     assert unchecked.returncode == 0 and "not checked: give --tsa-root" in unchecked.stdout
     # openssl, over the extracted files
@@ -61,12 +62,18 @@ def test_a_timestamped_bundle_verifies_offline_and_with_openssl(
         zf.extract("SHA256SUMS.tsr", lonely)
     checked = openssl_verify(lonely / "SHA256SUMS", lonely / "SHA256SUMS.tsr", tsa)
     assert checked.returncode == 0 and "Verification: OK" in checked.stdout, checked.stderr
+    # the checkpoint's own token, over its body (the lines the log signs)
+    (lonely / "body.txt").write_text(split_note(files["checkpoint.txt"].decode())[0])
+    (lonely / "cp.tsr").write_bytes(files["timestamps/checkpoint.tsr"])
+    checked = openssl_verify(lonely / "body.txt", lonely / "cp.tsr", tsa)
+    assert checked.returncode == 0 and "Verification: OK" in checked.stdout, checked.stderr
     # another TSA's root, a changed token, changed sums: each a fault naming the token
     stranger = start_tsa(tmp_path / "other-tsa")
     try:
         check = timestamp_check(stranger.root_pem.read_bytes())
         report = verify_bundle(out, log_key=vkey, extra_checks=[check], check_images=False)
-        assert [f.file for f in report.faults] == ["SHA256SUMS.tsr"], report.summary()
+        faults = sorted(f.file for f in report.faults)
+        assert faults == ["SHA256SUMS.tsr", "timestamps/checkpoint.tsr"], report.summary()
     finally:
         stranger.stop()
     check = timestamp_check(tsa.root_pem.read_bytes())
@@ -95,5 +102,31 @@ def test_an_unreachable_tsa_fails_the_export_and_writes_nothing(tmp_path: Path) 
         assert done.returncode == 1 and "did not answer" in done.stderr
         assert not out.exists() and not Path(str(out) + ".partial").exists()
         assert not [e for e in custody.ledger_events() if e["type"] == "evidence.exported"]
+    finally:
+        custody.stop()
+
+
+def test_the_gateway_timestamps_each_new_checkpoint(tmp_path: Path, tsa: LocalTsa) -> None:
+    import time
+
+    from governance.evidence.timestamp import verify_token
+    from storage.ledger.timestamps import CheckpointTimestamps
+
+    custody = start_gateway(tmp_path, evidence_tsa_url=tsa.url)
+    try:
+        custody.client("editor").models.generate_content(  # type: ignore[attr-defined]
+            model="gemini-2.5-flash-image", contents="a teal sofa"
+        )
+        ledger = custody.services.ledger  # type: ignore[attr-defined]
+        stamps = CheckpointTimestamps(ledger.engine)
+        end = time.monotonic() + 60
+        token = None
+        while token is None and time.monotonic() < end:
+            cp = ledger.checkpoints()[-1]
+            token = stamps.get(cp.size) if cp.size else None
+            time.sleep(0.1)
+        assert token is not None, "the background job stamped no checkpoint"
+        body = split_note(cp.note)[0].encode()
+        assert verify_token(token, body, tsa.root_pem.read_bytes())
     finally:
         custody.stop()

@@ -33,6 +33,7 @@ from storage.ledger.log import Ledger
 from storage.ledger.merkle import ProofError, check_consistency, prove_inclusion
 from storage.ledger.proof_file import format_proof
 from storage.ledger.store import entry_from_row, hash_reader
+from storage.ledger.timestamps import CheckpointTimestamps
 
 BATCH = 500
 Progress = Callable[[int, int], None]
@@ -324,6 +325,9 @@ def write_bundle(
         result = ExportResult(bundle_id, 0, checkpoint.size, 0, 0, 0, 0, 0, "")
         result.earlier_checkpoints = sorted(earlier)
         sink.add(layout.CHECKPOINT, checkpoint.note.encode())
+        stamp = CheckpointTimestamps(ledger.engine).get(checkpoint.size)
+        if stamp is not None:
+            sink.add(layout.CHECKPOINT_TIMESTAMP, stamp, compress=False)
         first = last = None
         reader = stack.enter_context(hash_reader(ledger.read_engine))
         for batch in select_batches(ledger, selection, checkpoint.size):

@@ -25,6 +25,8 @@ from governance.settings import Settings
 from storage.blobs import Commitments
 from storage.ledger.checkpoint import Checkpoint
 from storage.ledger.log import Ledger
+from storage.ledger.note import split_note
+from storage.ledger.timestamps import CheckpointTimestamps
 
 
 def new_bundle_id() -> str:
@@ -85,6 +87,10 @@ def export_to_file(
 ) -> ExportResult:
     """Write the bundle to ``path`` (via a temporary file beside it) and record the export."""
     partial = path.with_name(path.name + ".partial")
+    if timestamp is not None:
+        stamps = CheckpointTimestamps(ledger.engine)
+        if checkpoint.size > 0 and stamps.get(checkpoint.size) is None:
+            stamps.add(checkpoint.size, timestamp(split_note(checkpoint.note)[0].encode()))
     try:
         with partial.open("wb") as out:
             result = write_bundle(

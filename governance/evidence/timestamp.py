@@ -114,6 +114,7 @@ def timestamp_check(root_pem: bytes | None) -> ExtraCheck:
     """The verify-bundle check of ``SHA256SUMS.tsr`` (an ``ExtraCheck``)."""
 
     def check(bundle: _Bundle, report: BundleReport) -> None:
+        _check_checkpoint_token(bundle, report)
         present = layout.TIMESTAMP in bundle.present
         if not present:
             if root_pem is not None:
@@ -138,5 +139,23 @@ def timestamp_check(root_pem: bytes | None) -> ExtraCheck:
             return
         report.count("timestamp")
         report.notes.append(f"the TSA timestamped {layout.SUMS} at {when.isoformat()}")
+
+    def _check_checkpoint_token(bundle: _Bundle, report: BundleReport) -> None:
+        if layout.CHECKPOINT_TIMESTAMP not in bundle.present or root_pem is None:
+            return
+        token = bundle.read(layout.CHECKPOINT_TIMESTAMP)
+        note = bundle.text(layout.CHECKPOINT)
+        if token is None or note is None:
+            return
+        from storage.ledger.note import NoteError, split_note
+
+        try:
+            body = split_note(note)[0].encode()
+            when = verify_token(token, body, root_pem)
+        except (TimestampError, NoteError) as exc:
+            report.fault(layout.CHECKPOINT_TIMESTAMP, None, f"{exc} (over {layout.CHECKPOINT})")
+            return
+        report.count("timestamp")
+        report.notes.append(f"the TSA timestamped the checkpoint at {when.isoformat()}")
 
     return check

@@ -103,7 +103,7 @@ class BundleReport:
             "openings": "commitments are opened by the content shipped",
             "images": "images carry valid Content Credentials tied to their entries",
             "cosignatures": "witness cosignatures verify",
-            "timestamp": "RFC 3161 timestamp verifies",
+            "timestamp": "RFC 3161 timestamps verify",
         }
         for key, text in words.items():
             if key in self.checked:

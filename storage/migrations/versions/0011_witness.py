@@ -1,4 +1,5 @@
-"""Witness cosignatures of checkpoints: ``ledger_cosignatures``.
+"""Witness cosignatures and RFC 3161 timestamps of checkpoints: ``ledger_cosignatures``,
+``ledger_checkpoint_timestamps``.
 
 Matches ``storage/schema/witness.py`` column for column. No triggers: a cosignature is checked
 against its witness's key whenever it is read, so a forged row fails verification anyway.
@@ -31,8 +32,15 @@ def upgrade() -> None:
     op.create_index(
         "ix_ledger_cosignatures_witness", "ledger_cosignatures", ["witness_key", "size"]
     )
+    op.create_table(
+        "ledger_checkpoint_timestamps",
+        sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("token", sa.LargeBinary, nullable=False),
+        sa.Column("time_ms", sa.BigInteger, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("ledger_checkpoint_timestamps")
     op.drop_index("ix_ledger_cosignatures_witness", table_name="ledger_cosignatures")
     op.drop_table("ledger_cosignatures")
