@@ -90,16 +90,19 @@ def _populate(data_dir: Path, turns: int) -> None:
 def _run(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """(seconds, peak RSS in MiB, stdout) of one child process."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        err.seek(0)
+        errors = err.read()
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{args[2:5]} failed ({proc.returncode}): {out[-2000:]}")
+        raise RuntimeError(f"{args[2:5]} failed ({proc.returncode}): {(out + errors)[-2000:]}")
     return seconds, usage.ru_maxrss / 1024, out
 
 
