@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench soak lint venv clean
+.PHONY: run test bench soak lint venv witness-venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# A real C2SP tlog-witness for tests/test_witness.py: aics-witness needs Python >= 3.12, in a venv
+# of its own. The first of pyenv's 3.13/3.12, python3.13, python3.12 on PATH (PY312=… overrides).
+WITNESS_VENV := .venv-witness
+WITNESS_STAMP := $(WITNESS_VENV)/.installed
+PY312 ?= $(shell for p in /root/.pyenv/versions/3.13*/bin/python3 /root/.pyenv/versions/3.12*/bin/python3 python3.13 python3.12; do $$p -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && { command -v $$p; break; }; done)
+
+$(WITNESS_STAMP):
+	@test -n "$(PY312)" || { echo "make witness-venv: no Python >= 3.12 found: apt-get install python3.12, or PY312=/path/to/python3.12 make witness-venv"; exit 1; }
+	test -x $(WITNESS_VENV)/bin/python || $(PY312) -m venv $(WITNESS_VENV)
+	$(WITNESS_VENV)/bin/python -m pip install --quiet aics-witness==0.1.0
+	touch $(WITNESS_STAMP)
+
+witness-venv: $(WITNESS_STAMP)
+
 # `make run` needs no setup: state lives where every `custody` command looks for it, the per-user
 # data dir ($$XDG_DATA_HOME/custody, i.e. ~/.local/share/custody) unless CUSTODY_DATA_DIR or
 # data_dir in ~/.config/custody/custody.toml says otherwise; `custody doctor` prints it.
@@ -26,6 +40,7 @@ run: $(STAMP)
 # one test file each at a time (module fixtures stay in one worker). TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 3
 test: $(STAMP)
+	@$(MAKE) --no-print-directory witness-venv || echo "make test: no witness venv; tests/test_witness.py skips (under CI=true it fails)"
 	$(BIN)/ruff check governance storage tests bench
 	$(BIN)/lint-imports
 	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
@@ -44,4 +59,4 @@ lint: $(STAMP)
 	$(BIN)/mypy storage governance
 
 clean:
-	rm -rf $(VENV) .custody
+	rm -rf $(VENV) $(WITNESS_VENV) .custody

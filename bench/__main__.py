@@ -18,6 +18,7 @@ BENCHES = (
     "policy_memory_bench",
     "fingerprint_bench",
     "query_bench",
+    "evidence_bench",
 )
 
 

@@ -35,8 +35,32 @@ def reload_policy(services: Services) -> dict[str, Any] | None:
 
 
 def checkpoint_if_due(services: Services) -> None:
-    """Sign a checkpoint when entries arrived since the last one and its interval has passed."""
+    """Sign a checkpoint when entries arrived since the last one and its interval has passed;
+    with witnesses configured, submit the newest checkpoint to them (once)."""
     services.ledger.checkpoint_if_due()
+    if services.witness is not None:
+        services.witness.publish_if_new()
+    if services.settings.evidence_tsa_url:
+        timestamp_newest_checkpoint(services)
+
+
+def timestamp_newest_checkpoint(services: Services) -> bytes | None:
+    """With ``CUSTODY_EVIDENCE_TSA_URL``: an RFC 3161 token over the newest checkpoint's body,
+    fetched once per checkpoint (whichever process gets there first stores it)."""
+    from governance.evidence.timestamp import TsaClient
+    from storage.ledger.note import split_note
+    from storage.ledger.store import read_checkpoints
+    from storage.ledger.timestamps import CheckpointTimestamps
+
+    newest = read_checkpoints(services.read_engine, services.ledger.origin, newest_only=True)
+    stamps = CheckpointTimestamps(services.engine)
+    if not newest or newest[0].size == 0 or stamps.get(newest[0].size) is not None:
+        return None
+    token = TsaClient(services.settings.evidence_tsa_url).timestamp(
+        split_note(newest[0].note)[0].encode()
+    )
+    stamps.add(newest[0].size, token)
+    return token
 
 
 def keep_keys(services: Services) -> None:

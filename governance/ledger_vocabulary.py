@@ -283,6 +283,14 @@ class EvidenceExported(TypedDict):
     via: str  # "cli" | "api"
 
 
+class CheckpointWitnessRefused(TypedDict):
+    size: int
+    root: str  # base64, as in the checkpoint
+    quorum: int
+    cosigned: int
+    answers: list[dict[str, Any]]  # per witness: witness, host, status, cosigned, reason
+
+
 # -- review of held turns -------------------------------------------------------------------------
 
 
@@ -496,6 +504,7 @@ EVENT_BODIES: dict[str, type] = {
     "content.erased": ContentErased,
     "prompts.searched": PromptsSearched,
     "evidence.exported": EvidenceExported,
+    "checkpoint.witness_refused": CheckpointWitnessRefused,
     "review.opened": ReviewOpened,
     "review.claimed": ReviewClaimed,
     "review.decided": ReviewDecided,

@@ -35,6 +35,8 @@ from governance.upstream.breaker import CircuitBreaker
 from governance.upstream.client import UpstreamClient
 from governance.upstream.embedded import EmbeddedEmulator
 from governance.upstream.retry import MAX_RETRIES
+from governance.witness.config import witness_policy
+from governance.witness.publisher import WitnessPublisher
 from storage.blobs import BlobStore, Commitments
 from storage.db import make_engine
 from storage.ledger.log import Ledger
@@ -67,6 +69,7 @@ class Services:
     emulator: EmbeddedEmulator | None = None
     instance: ProcessInstance = field(default_factory=ProcessInstance.current)
     interrupted: list[str] = field(default_factory=list)  # turns recorded as interrupted at start
+    witness: WitnessPublisher | None = None  # submits checkpoints to CUSTODY_WITNESSES
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (database, hashing, signing, Rego) off the event loop."""
@@ -183,6 +186,7 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         executor=executor,
     )
+    witnesses = witness_policy(settings)
     return Services(
         settings=settings,
         engine=engine,
@@ -203,4 +207,5 @@ def build_services(settings: Settings) -> Services:
         emulator=emulator,
         instance=instance,
         interrupted=interrupted,
+        witness=WitnessPublisher(ledger, witnesses) if witnesses else None,
     )

@@ -144,6 +144,14 @@ class Settings(BaseSettings):
     log_key_file: Path | None = None  # Ed25519 note key; generated under data_dir when absent
     checkpoint_every_entries: int = 256
     checkpoint_every_ms: int = 5_000
+    # C2SP tlog-witnesses, each "URL KEY" (the add-checkpoint endpoint's base URL and the
+    # witness's cosignature/v1 verifier key); CUSTODY_WITNESSES is a JSON list of such strings
+    witnesses: list[str] = []
+    witness_quorum: int | None = Field(default=None, ge=0)  # None: every witness must cosign
+    witness_timeout_s: float = Field(default=10.0, gt=0)
+
+    # -- evidence bundles
+    evidence_tsa_url: str = ""  # an RFC 3161 TSA: timestamps of bundles and checkpoints
 
     # -- provenance (C2PA)
     signing_cert_file: Path | None = None  # PEM chain, end-entity first; dev PKI when absent

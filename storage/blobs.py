@@ -234,6 +234,25 @@ class Commitments:
         row = self._row(commitment)
         return None if row is None else Commitment(commitment, row[0], row[1])
 
+    def openings(self, commitments: Sequence[str]) -> dict[str, Commitment]:
+        """``opening`` of many commitments, 500 a query; the ones never recorded are absent."""
+        wanted = sorted(set(commitments))
+        out: dict[str, Commitment] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ", ".join(f":c{i}" for i in range(len(chunk)))
+                rows = conn.execute(
+                    text(
+                        "SELECT commitment, digest, salt FROM blob_commitments"
+                        f" WHERE commitment IN ({marks})"
+                    ),
+                    {f"c{i}": c for i, c in enumerate(chunk)},
+                ).all()
+                for c, d, salt in rows:
+                    out[str(c)] = Commitment(str(c), str(d), bytes(salt))
+        return out
+
     def check(self, commitment: str) -> CheckResult:
         """Whether the blob behind ``commitment`` is intact ("ok"), "erased" on request,
         "missing" (gone without an erasure, or never recorded), changed ("mismatch"), or its

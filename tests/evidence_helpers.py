@@ -51,17 +51,20 @@ def session_client(custody: RunningCustody, session: str = SESSION) -> genai.Cli
 
 
 def run_session(custody: RunningCustody, photo: bytes) -> list[str]:
-    """Three turns of one session: an edit of a photo, a held turn a reviewer approves, a
-    follow-up; the texts of the prompts."""
+    """Three turns of one session: an edit of a photo inside a drawn mask, a held turn a
+    reviewer approves, a follow-up; the prompts as the ledger commits to them."""
     client = session_client(custody)
     add_member(custody, "reviewers", "reviewer@acme")
     prompts = [
         "make the sofa teal",
         "needs-a-human: flatten the fabric",
-        "undo the last change",
+        "brighten it a little",
     ]
     image = types.Part.from_bytes(data=photo, mime_type="image/jpeg")
-    client.models.generate_content(model=MODEL, contents=[image, prompts[0]])
+    mask = types.Part.from_bytes(data=mask_png(), mime_type="image/png")
+    client.models.generate_content(
+        model=MODEL, contents=[image, "mask: the sofa", mask, prompts[0]]
+    )
     out: dict[str, Any] = {}
 
     def held() -> None:
@@ -81,7 +84,20 @@ def run_session(custody: RunningCustody, photo: bytes) -> list[str]:
     thread.join(60)
     assert "r" in out
     client.models.generate_content(model=MODEL, contents=prompts[2])
-    return prompts
+    return ["mask: the sofa\n" + prompts[0], *prompts[1:]]  # the texts of a turn, joined
+
+
+def mask_png() -> bytes:
+    """A drawn mask: white where the edit may change the image."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (64, 48), 0)
+    ImageDraw.Draw(img).rectangle((10, 20, 50, 40), fill=255)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
 
 
 def custody_env(custody: RunningCustody) -> dict[str, str]:

@@ -170,6 +170,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/metrics"): row(READER),
     ("GET", "/api/v1/ledger/checkpoint"): row(READER),
     ("POST", "/api/v1/ledger/checkpoint"): row(SIGNER),
+    ("GET", "/api/v1/ledger/checkpoint/cosigned"): row(READER),
     ("GET", "/api/v1/ledger/entries"): row(READER, params={"start": 0, "end": 5}),
     ("GET", "/api/v1/ledger/proof/inclusion"): row(READER, params={"index": 0}),
     ("GET", "/api/v1/ledger/proof/consistency"): row(READER, params={"old": 1}),
@@ -296,6 +297,14 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/console/oversight"): row(CONSOLE_READER, console=True, params={"format": "csv"}),
     ("POST", "/console/verify"): row(CONSOLE_READER, console=True, form={}, upload="signed_png"),
+    ("GET", "/console/evidence"): row(CONSOLE_READER, console=True),
+    # An operator must name a tenant (400); another tenant's admin exports its own tenant.
+    ("POST", "/console/evidence"): row(CONSOLE_READER, console=True, form={}, operator=400),
+    ("GET", "/console/evidence/{bundle_id}/download"): row(
+        {**CONSOLE_READER, **{c: 404 for c in ("auditor", "admin", "operator", "other_admin")}},
+        console=True,
+        path="/console/evidence/eb_" + "0" * 24 + "/download",
+    ),
     ("GET", "/console/reviews"): row(CONSOLE, console=True),
     # A task that does not exist: those let through get 404 (success: tests/test_console_review.py).
     ("GET", "/console/reviews/{task_id}"): row(

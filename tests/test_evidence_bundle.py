@@ -32,6 +32,7 @@ from tests.evidence_helpers import (
     cli,
     custody_env,
     flip_one_byte,
+    mask_png,
     members,
     offline_env,
     openings,
@@ -123,7 +124,9 @@ def test_a_session_bundle_verifies_offline_with_the_server_stopped_and_the_datab
     lines = openings(Path(bundle))
     opened = {files[line["file"]].decode() for line in lines if line["field"] == "prompt"}
     assert opened == set(got.prompts)
-    assert all("withheld" in line for line in lines if line["field"] in ("input", "request"))
+    assert all("withheld" in line for line in lines if line["field"] in ("parent", "request"))
+    assert [line["field"] for line in lines].count("mask") == 1  # the drawn mask, withheld
+    assert all("withheld" in line for line in lines if line["field"] == "mask")
     assert not any(n.startswith("content/") and files[n][:2] == b"\xff\xd8" for n in files)
     plain = cli("verify-bundle", str(bundle), "--log-key", got.vkey, env=offline_env(lonely))
     assert plain.returncode == 0 and "VERIFIES" in plain.stdout
@@ -170,6 +173,13 @@ def test_the_proofs_pass_rekor_verifier_and_the_merkle_verifier_of_sigstore(
             old_root.hex(),
             root.hex(),
         )
+
+
+def test_disclose_all_opens_the_mask_and_the_photograph(exported: Exported) -> None:
+    files = members(exported.bundle)
+    lines = {line["field"]: line for line in openings(exported.bundle)}
+    assert files[lines["mask"]["file"]] == mask_png()
+    assert files[lines["parent"]["file"]] == (FIXTURES / "IMG_0003.jpg").read_bytes()
 
 
 def test_the_images_pass_encypher_c2pa_under_the_shipped_anchors(exported: Exported) -> None:

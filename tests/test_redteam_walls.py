@@ -179,6 +179,9 @@ def _tenant_a(custody: RunningCustody) -> dict[str, Any]:
         "a-secret-token",
         ACME_PERSON,
     }
+    bundle = _call(custody, "POST", "/api/v1/evidence/bundles", "auditor", json={})
+    assert bundle.status_code == 200, bundle.text
+    secrets.add(bundle.json()["id"])
     session = keyed_session_id("acme", "editor@acme", SESSION)  # A's session, by its header
     store = custody.services.sessions  # type: ignore[attr-defined]
     version = store.graph_rows(session)["versions"][0]["version_id"]
@@ -187,6 +190,7 @@ def _tenant_a(custody: RunningCustody) -> dict[str, Any]:
         "secrets": secrets,
         "session": session,
         "version": version,
+        "bundle": bundle.json()["id"],
         "task": task.task_id,
         "held_turn": task.turn_id,
         "shown_digest": task.shown_digest,
@@ -202,8 +206,17 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, path, request options) for every route, with A's identifiers as arguments."""
     last = a["size"] - 1
     probes: list[tuple[str, str, dict[str, Any]]] = [
+        # evidence bundles first: A's bundle id is then one this caller has sent before any
+        # page shows B's own records of its refused attempts
+        ("GET", f"/api/v1/evidence/bundles/{a['bundle']}", {}),
+        ("POST", "/api/v1/evidence/bundles", {"json": {"tenant": "acme"}}),
+        ("POST", "/api/v1/evidence/bundles", {"json": {"session": SESSION}}),
+        ("GET", "/console/evidence", {}),
+        ("GET", f"/console/evidence/{a['bundle']}/download", {}),
+        ("POST", "/console/evidence", {"data": {"tenant": "acme"}}),
         ("GET", "/metrics", {}),
         ("GET", "/api/v1/ledger/checkpoint", {}),
+        ("GET", "/api/v1/ledger/checkpoint/cosigned", {}),
         ("POST", "/api/v1/ledger/checkpoint", {}),
         ("GET", "/api/v1/ledger/entries", {"params": {"start": 0, "end": a["size"]}}),
         ("GET", "/api/v1/ledger/proof/inclusion", {"params": {"index": last}}),
@@ -343,7 +356,7 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def test_the_probes_cover_every_route_of_the_matrix() -> None:
     stub = {"size": 1, "key_ids": ["k"], "signed": b"", "digest": "", "task": "t"}
-    stub.update(held_turn="h", shown_digest="", webhook="w", session="s", version="v")
+    stub.update(held_turn="h", shown_digest="", webhook="w", session="s", version="v", bundle="b")
     probed = {(m, p) for m, p, _ in _probes(stub)}
     templates = {
         ("POST", "/{api_version}/models/{model_action}"): ("POST", GENERATE),
@@ -409,6 +422,11 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
             "/console/sessions/s/versions/v/content",
         ),
         ("POST", "/console/reviews/{task_id}/decision"): ("POST", "/console/reviews/t/decision"),
+        ("GET", "/api/v1/evidence/bundles/{bundle_id}"): ("GET", "/api/v1/evidence/bundles/b"),
+        ("GET", "/console/evidence/{bundle_id}/download"): (
+            "GET",
+            "/console/evidence/b/download",
+        ),
     }
     unprobed = {
         key

@@ -24,8 +24,15 @@ from governance.api.errors import GeminiError
 from governance.api.tenant_scope import require_reader
 from governance.auth.principal import Principal
 from governance.evidence.export import ExportError, ExportResult, Selection
-from governance.evidence.exporting import export_to_file, keys_for, new_bundle_id
+from governance.evidence.exporting import (
+    NotYetWitnessed,
+    checkpoint_for_export,
+    export_to_file,
+    keys_for,
+    new_bundle_id,
+)
 from governance.evidence.layout import parse_disclosure
+from governance.evidence.timestamp import TimestampError, TsaClient
 from governance.services import Services
 from storage.blobs import Commitments
 from storage.private_files import make_private_dir
@@ -70,11 +77,11 @@ def _tenant(principal: Principal, body: BundleRequest) -> str:
     return principal.tenant
 
 
-def _export(
+def export_for(
     services: Services, principal: Principal, sel: Selection, body: BundleRequest
 ) -> dict[str, Any]:
     disclose = parse_disclosure(body.disclose)
-    checkpoint = services.ledger.latest_checkpoint()
+    checkpoint = checkpoint_for_export(services.settings, services.ledger, sign=False)
     bundle_id = new_bundle_id()
     folder = evidence_dir(services)
     result: ExportResult = export_to_file(
@@ -88,6 +95,11 @@ def _export(
         disclose=disclose,
         actor=principal.actor,
         since_checkpoints=body.since_checkpoints,
+        timestamp=(
+            TsaClient(services.settings.evidence_tsa_url).timestamp
+            if services.settings.evidence_tsa_url
+            else None
+        ),
         via="api",
     )
     record = {
@@ -101,10 +113,12 @@ def _export(
     return record
 
 
-@router.post("/bundles")
-async def create_bundle(request: Request, principal: Reader, body: BundleRequest) -> dict[str, Any]:
-    """Export the evidence of the caller's tenant that ``body`` selects; the bundle's id."""
-    services = get_services(request)
+async def make_bundle(
+    services: Services, principal: Principal, body: BundleRequest
+) -> dict[str, Any]:
+    """Export what ``body`` selects for ``principal``; its record. Refusals are GeminiErrors:
+    400 (bad selection or disclosure), 403 (another tenant), 404 (nothing matches), 502 (the
+    TSA failed), 503 (no checkpoint cosigned by the witness quorum yet)."""
     sel = Selection(
         tenant=_tenant(principal, body),
         session=body.session,
@@ -114,13 +128,24 @@ async def create_bundle(request: Request, principal: Reader, body: BundleRequest
     )
     try:
         parse_disclosure(body.disclose)
-        record = await services.run_blocking(_export, services, principal, sel, body)
+        return await services.run_blocking(export_for, services, principal, sel, body)
+    except TimestampError as exc:
+        raise GeminiError(502, str(exc), reason="TSA_FAILED") from exc
+    except NotYetWitnessed as exc:
+        raise GeminiError(503, str(exc), reason="NOT_YET_WITNESSED") from exc
     except ExportError as exc:
         if str(exc).startswith("no entries"):
             raise GeminiError(404, str(exc), reason="NO_EVIDENCE") from exc
         raise _bad(str(exc)) from exc
     except ValueError as exc:
         raise _bad(str(exc)) from exc
+
+
+@router.post("/bundles")
+async def create_bundle(request: Request, principal: Reader, body: BundleRequest) -> dict[str, Any]:
+    """Export the evidence of the caller's tenant that ``body`` selects; the bundle's id."""
+    services = get_services(request)
+    record = await make_bundle(services, principal, body)
     return {
         **record,
         "download": f"/api/v1/evidence/bundles/{record['id']}",
@@ -129,27 +154,48 @@ async def create_bundle(request: Request, principal: Reader, body: BundleRequest
     }
 
 
+def find_bundle(services: Services, principal: Principal, bundle_id: str) -> Path | None:
+    """The zip of bundle ``bundle_id`` when ``principal`` may read it (its tenant's readers and
+    operators), else None — the same for another tenant's bundle as for none at all."""
+    if not _BUNDLE_ID.fullmatch(bundle_id):
+        return None
+    folder = evidence_dir(services)
+    try:
+        record = json.loads((folder / f"{bundle_id}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not principal.is_operator and record.get("tenant") != principal.tenant:
+        return None
+    path = folder / f"{bundle_id}.zip"
+    return path if path.is_file() else None
+
+
+def bundles_of(services: Services, principal: Principal, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest bundle records ``principal`` may read."""
+    folder = evidence_dir(services)
+    out = []
+    for meta in sorted(folder.glob("eb_*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            record = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if principal.is_operator or record.get("tenant") == principal.tenant:
+            out.append(record)
+        if len(out) >= limit:
+            break
+    return out
+
+
 @router.get("/bundles/{bundle_id}")
 async def download_bundle(request: Request, principal: Reader, bundle_id: str) -> FileResponse:
     """The bundle's zip, to its tenant's readers (and operators)."""
     services = get_services(request)
-    missing = GeminiError(
-        404,
-        f"There is no evidence bundle {bundle_id!r} of tenant {principal.tenant!r}: export one"
-        " with POST /api/v1/evidence/bundles.",
-        reason="NO_SUCH_BUNDLE",
-    )
-    if not _BUNDLE_ID.fullmatch(bundle_id):
-        raise missing
-    folder = evidence_dir(services)
-    try:
-        record = json.loads((folder / f"{bundle_id}.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise missing from exc
-    if not principal.is_operator and record.get("tenant") != principal.tenant:
-        raise missing
-    return FileResponse(
-        folder / f"{bundle_id}.zip",
-        media_type="application/zip",
-        filename=f"{bundle_id}.zip",
-    )
+    path = await services.run_blocking(find_bundle, services, principal, bundle_id)
+    if path is None:
+        raise GeminiError(
+            404,
+            f"There is no evidence bundle {bundle_id!r} of tenant {principal.tenant!r}: export"
+            " one with POST /api/v1/evidence/bundles.",
+            reason="NO_SUCH_BUNDLE",
+        )
+    return FileResponse(path, media_type="application/zip", filename=path.name)

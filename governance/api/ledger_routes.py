@@ -29,6 +29,7 @@ from governance.api.tenant_scope import (
 )
 from governance.auth.principal import Principal
 from governance.provenance.lookup import NotYetCheckpointed, checkpoint_covering
+from governance.services import Services
 from storage.ledger.events import Entry
 from storage.ledger.leaf import decode_leaf
 from storage.ledger.proof_file import format_proof
@@ -79,11 +80,47 @@ def entry_json(entry: Entry, principal: Principal) -> dict[str, object]:
 async def checkpoint(
     request: Request,
     _: Principal = Depends(require_reader),  # noqa: B008
-) -> PlainTextResponse:
-    """The latest signed checkpoint (C2SP tlog-checkpoint in a signed note) as text."""
+) -> Response:
+    """The latest published checkpoint (C2SP tlog-checkpoint in a signed note) as text: with
+    witnesses configured, the newest one a quorum cosigned (with their cosignatures)."""
     services = get_services(request)
+    if services.witness is not None:
+        return await _cosigned(services)
     cp = await services.run_blocking(services.ledger.latest_checkpoint)
     return PlainTextResponse(cp.note, media_type="text/plain; charset=utf-8")
+
+
+async def _cosigned(services: Services) -> Response:
+    from storage.ledger.witnessed import published_checkpoint
+
+    policy = services.witness.policy if services.witness else None
+    cp = await services.run_blocking(
+        published_checkpoint,
+        services.engine,
+        services.ledger.origin,
+        policy.keys if policy else [],
+        policy.quorum if policy else 0,
+    )
+    if cp is None:
+        response = GeminiError(
+            503,
+            "No checkpoint has been cosigned by the witness quorum yet"
+            " (CUSTODY_WITNESS_QUORUM); see checkpoint.witness_refused events in the ledger.",
+            reason="NOT_YET_WITNESSED",
+        ).response()
+        response.headers["retry-after"] = "5"
+        return response
+    return PlainTextResponse(cp.note, media_type="text/plain; charset=utf-8")
+
+
+@router.get("/checkpoint/cosigned", response_class=PlainTextResponse)
+async def cosigned_checkpoint(
+    request: Request,
+    _: Principal = Depends(require_reader),  # noqa: B008
+) -> Response:
+    """The newest checkpoint the witness quorum cosigned, the witnesses' cosignature lines
+    appended to the log's note (without witnesses: the newest checkpoint, as signed)."""
+    return await _cosigned(get_services(request))
 
 
 @router.post("/checkpoint", response_class=PlainTextResponse)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from governance.console import (
     compliance_pages,
+    evidence_page,
     ledger_page,
     review_queue,
     review_task,
@@ -26,6 +27,7 @@ def install(app: FastAPI) -> None:
     app.include_router(sign_in.router)
     app.include_router(ledger_page.router)
     app.include_router(verify_page.router)
+    app.include_router(evidence_page.router)
     app.include_router(review_queue.router)
     app.include_router(review_task.router)
     app.include_router(session_page.router)

@@ -36,8 +36,14 @@ def _export(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from governance.evidence.export import ExportError, Selection
-    from governance.evidence.exporting import export_to_file, keys_for, new_bundle_id
+    from governance.evidence.exporting import (
+        checkpoint_for_export,
+        export_to_file,
+        keys_for,
+        new_bundle_id,
+    )
     from governance.evidence.layout import parse_disclosure
+    from governance.evidence.timestamp import TimestampError
     from governance.settings import Settings
     from governance.state import open_state, trust_anchors_pem
 
@@ -72,10 +78,12 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         ledger = state.ledger
-        checkpoint = ledger.latest_checkpoint()
-        if checkpoint.size < ledger.size():
-            checkpoint = ledger.issue_checkpoint()
+        checkpoint = checkpoint_for_export(settings, ledger, sign=True)
         timestamp = None
+        if settings.evidence_tsa_url:
+            from governance.evidence.timestamp import TsaClient
+
+            timestamp = TsaClient(settings.evidence_tsa_url).timestamp
         bundle_id = new_bundle_id()
         result = export_to_file(
             Path(args.out),
@@ -92,7 +100,7 @@ def _export(args: argparse.Namespace) -> int:
             timestamp=timestamp,
             via="cli",
         )
-    except ExportError as exc:
+    except (ExportError, TimestampError) as exc:
         print(f"custody export: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -111,6 +119,13 @@ def _verify_bundle(args: argparse.Namespace) -> int:
     from governance.evidence.verify import ExtraCheck, verify_bundle
 
     checks: list[ExtraCheck] = []
+    if args.witness or args.quorum:
+        from governance.evidence.verify import cosignature_check
+
+        checks.append(cosignature_check(args.witness or [], args.quorum or 0))
+    from governance.evidence.timestamp import timestamp_check
+
+    checks.append(timestamp_check(Path(args.tsa_root).read_bytes() if args.tsa_root else None))
     log_key = args.log_key
     if Path(log_key).is_file():
         log_key = Path(log_key).read_text().strip()
@@ -155,6 +170,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     verify.add_argument("bundle")
     verify.add_argument(
         "--log-key", required=True, help="the log's note verifier key (or a file holding it)"
+    )
+    verify.add_argument("--tsa-root", help="PEM root certificate of the RFC 3161 TSA to trust")
+    verify.add_argument(
+        "--witness", action="append", help="a witness's cosignature verifier key (repeat)"
+    )
+    verify.add_argument(
+        "--quorum", type=int, help="how many of the --witness keys must have cosigned"
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=_verify_bundle)

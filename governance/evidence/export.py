@@ -26,13 +26,14 @@ from sqlalchemy import text
 
 from governance import __version__
 from governance.evidence import layout
-from storage.blobs import Commitments
+from storage.blobs import Commitment, Commitments
 from storage.ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from storage.ledger.events import Entry
 from storage.ledger.log import Ledger
-from storage.ledger.merkle import ProofError, check_consistency
+from storage.ledger.merkle import ProofError, check_consistency, prove_inclusion
 from storage.ledger.proof_file import format_proof
-from storage.ledger.store import entry_from_row
+from storage.ledger.store import entry_from_row, hash_reader
+from storage.ledger.timestamps import CheckpointTimestamps
 from storage.sessions import SessionStore
 
 BATCH = 500
@@ -133,6 +134,12 @@ def count_candidates(ledger: Ledger, sel: Selection, size: int) -> int:
 
 
 def select_entries(ledger: Ledger, sel: Selection, size: int) -> Iterator[Entry]:
+    """The selected entries below ``size``, in index order."""
+    for batch in select_batches(ledger, sel, size):
+        yield from batch
+
+
+def select_batches(ledger: Ledger, sel: Selection, size: int) -> Iterator[list[Entry]]:
     """The selected entries below ``size``, in index order, ``BATCH`` rows a query."""
     where, params = _where(sel, size)
     sessions = (
@@ -152,10 +159,13 @@ def select_entries(ledger: Ledger, sel: Selection, size: int) -> Iterator[Entry]
             ).all()
         if not rows:
             return
+        batch = []
         for idx, time_ms, leaf, lh in rows:
             entry = entry_from_row(int(idx), int(time_ms), bytes(leaf), bytes(lh))
             if sessions is None or entry.event.session in sessions:
-                yield entry
+                batch.append(entry)
+        if batch:
+            yield batch
         after = int(rows[-1][0])
 
 
@@ -200,6 +210,13 @@ class _ZipSink:
             self.sums.write(f"{digest.hexdigest()}  {name}\n".encode())
         return digest.hexdigest()
 
+    def abandon(self) -> None:
+        """Close the zip and the sums spool if ``finish`` did not (no-op after it)."""
+        if not self.sums.closed:
+            self.sums.close()
+        if self.zip.fp is not None:
+            self.zip.close()
+
     def finish(self) -> str:
         """Add ``SHA256SUMS`` and close; the SHA-256 of ``SHA256SUMS``."""
         sha = self.add_spooled(layout.SUMS, self.sums, listed=False)
@@ -227,6 +244,16 @@ yourself, read <a href="VERIFY.md">VERIFY.md</a>; nothing here is to be trusted 
 
 def _utc(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
+
+
+def _row_html(entry: Entry, cells: list[str]) -> bytes:
+    ev, leaf, proof = entry.event, layout.entry_file(entry.index), layout.proof_file(entry.index)
+    return (
+        f'<tr id="e{entry.index}"><td><a href="{leaf}">{entry.index}</a>'
+        f' (<a href="{proof}">proof</a>)</td><td>{_utc(entry.time_ms)}</td>'
+        f"<td>{html.escape(ev.type)}</td><td>{html.escape(ev.actor)}</td>"
+        f"<td><code>{html.escape(ev.turn or '')}</code></td><td>{'<br>'.join(cells)}</td></tr>\n"
+    ).encode()
 
 
 # --- the writer ------------------------------------------------------------------------------
@@ -290,6 +317,7 @@ def write_bundle(
         earlier = _earlier_checkpoints(ledger, checkpoint, since_checkpoints)
         total = count_candidates(ledger, selection, checkpoint.size)
         sink = _ZipSink(out)
+        stack.callback(sink.abandon)  # closes what ``finish`` did not (an export that failed)
         openings = stack.enter_context(tempfile.TemporaryFile("w+b"))
         page = stack.enter_context(tempfile.TemporaryFile("w+b"))
         page.write(
@@ -303,30 +331,36 @@ def write_bundle(
         result = ExportResult(bundle_id, 0, checkpoint.size, 0, 0, 0, 0, 0, "")
         result.earlier_checkpoints = sorted(earlier)
         sink.add(layout.CHECKPOINT, checkpoint.note.encode())
+        stamp = CheckpointTimestamps(ledger.engine).get(checkpoint.size)
+        if stamp is not None:
+            sink.add(layout.CHECKPOINT_TIMESTAMP, stamp, compress=False)
         first = last = None
-        for entry in select_entries(ledger, selection, checkpoint.size):
-            path = ledger.prove_inclusion(entry.index, checkpoint.size)
-            sink.add(layout.entry_file(entry.index), entry.leaf)
-            sink.add(
-                layout.proof_file(entry.index),
-                format_proof(entry.index, path, checkpoint.note).encode(),
+        reader = stack.enter_context(hash_reader(ledger.read_engine))
+        for batch in select_batches(ledger, selection, checkpoint.size):
+            known = commitments.openings(
+                [
+                    c
+                    for e in batch
+                    for _, name, c in layout.commitment_fields(e.event.body)
+                    if layout.discloses(disclose, name)
+                ]
             )
-            cells = _open_commitments(entry, sink, openings, commitments, disclose, result)
-            ev = entry.event
-            page.write(
-                (
-                    f'<tr id="e{entry.index}"><td><a href="{layout.entry_file(entry.index)}">'
-                    f'{entry.index}</a> (<a href="{layout.proof_file(entry.index)}">proof</a>)</td>'
-                    f"<td>{_utc(entry.time_ms)}</td><td>{html.escape(ev.type)}</td>"
-                    f"<td>{html.escape(ev.actor)}</td><td><code>{html.escape(ev.turn or '')}</code>"
-                    f"</td><td>{'<br>'.join(cells)}</td></tr>\n"
-                ).encode()
-            )
-            result.entries += 1
-            first = entry.index if first is None else first
-            last = entry.index
-            if progress is not None:
-                progress(result.entries, total)
+            for entry in batch:
+                path = prove_inclusion(checkpoint.size, entry.index, reader)
+                sink.add(layout.entry_file(entry.index), entry.leaf)
+                sink.add(
+                    layout.proof_file(entry.index),
+                    format_proof(entry.index, path, checkpoint.note).encode(),
+                )
+                cells = _open_commitments(
+                    entry, sink, openings, commitments, known, disclose, result
+                )
+                page.write(_row_html(entry, cells))
+                result.entries += 1
+                first = entry.index if first is None else first
+                last = entry.index
+                if progress is not None:
+                    progress(result.entries, total)
         if result.entries == 0:
             raise ExportError(
                 f"no entries of tenant {selection.tenant!r} match {selection.to_dict()} below the"
@@ -393,6 +427,7 @@ def _open_commitments(
     sink: _ZipSink,
     openings: IO[bytes],
     commitments: Commitments,
+    known: dict[str, Commitment],
     disclose: frozenset[str] | None,
     result: ExportResult,
 ) -> list[str]:
@@ -406,7 +441,7 @@ def _open_commitments(
             "field": field_name,
             "commitment": commitment,
         }
-        opened = commitments.opening(commitment) if layout.discloses(disclose, field_name) else None
+        opened = known.get(commitment) if layout.discloses(disclose, field_name) else None
         data = commitments.blobs.get(opened.digest) if opened and opened.salt else None
         if not layout.discloses(disclose, field_name):
             line["withheld"] = "not disclosed in this bundle"

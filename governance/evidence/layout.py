@@ -17,6 +17,7 @@ A bundle is a zip::
     keys/log.vkey              the log's note verifier key (compare it with the published one)
     keys/c2pa-chain.pem        the C2PA signing chain, end-entity first
     keys/c2pa-anchors.pem      the trust anchors the images were verified under
+    timestamps/checkpoint.tsr  RFC 3161 token over checkpoint.txt's body (when one was made)
     SHA256SUMS                 sha256sum(1) lines for every other file: the bundle index
     VERIFY.md                  how to verify with third-party tools
     index.html                 a browsable summary for people
@@ -43,6 +44,7 @@ LOG_KEY = "keys/log.vkey"
 C2PA_CHAIN = "keys/c2pa-chain.pem"
 C2PA_ANCHORS = "keys/c2pa-anchors.pem"
 TIMESTAMP = "SHA256SUMS.tsr"  # RFC 3161 token over SHA256SUMS (when a TSA is configured)
+CHECKPOINT_TIMESTAMP = "timestamps/checkpoint.tsr"  # RFC 3161 token over checkpoint.txt's body
 
 COMMITMENT_PREFIX = "salted-sha256:"
 _IMAGE_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/heic": "heic"}

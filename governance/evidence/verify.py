@@ -31,7 +31,7 @@ from typing import Any
 from governance.evidence import layout
 from storage.ledger.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from storage.ledger.leaf import LeafError, commit_digest, decode_leaf, is_canonical
-from storage.ledger.merkle import ProofError, check_consistency
+from storage.ledger.merkle import ProofError, check_consistency, check_inclusion, leaf_hash
 from storage.ledger.note import NoteError, NoteVerifier
 from storage.ledger.proof_file import ProofFileError, parse_proof, verify_proof
 
@@ -103,7 +103,7 @@ class BundleReport:
             "openings": "commitments are opened by the content shipped",
             "images": "images carry valid Content Credentials tied to their entries",
             "cosignatures": "witness cosignatures verify",
-            "timestamp": "RFC 3161 timestamp verifies",
+            "timestamp": "RFC 3161 timestamps verify",
         }
         for key, text in words.items():
             if key in self.checked:
@@ -304,13 +304,27 @@ def _check_entries(
                 raise ProofFileError(
                     f"the proof is against another checkpoint than {layout.CHECKPOINT}"
                 )
-            verify_proof(proof, leaf, verifier, origin)
+            if checkpoint is None:  # its own fault is reported; this proof's note stands alone
+                verify_proof(proof, leaf, verifier, origin)
+            else:  # the note is checkpoint.txt's, whose signature was verified once
+                _prove(parsed.hashes, checkpoint, i, leaf)
         except (ProofFileError, CheckpointError) as exc:
             report.fault(name, i, f"not proven by {layout.proof_file(i)}: {exc}")
             continue
         leaves[i] = doc
         report.count("entries")
     return leaves
+
+
+def _prove(path: list[bytes], cp: Checkpoint, index: int, leaf: bytes) -> None:
+    if index >= cp.size:
+        raise ProofFileError(f"entry {index} cannot be proven by a checkpoint of {cp.size} entries")
+    try:
+        check_inclusion(path, cp.size, cp.root, index, leaf_hash(leaf))
+    except ProofError as exc:
+        raise ProofFileError(
+            f"these leaf bytes are not entry {index} of {cp.origin} at size {cp.size}: {exc}"
+        ) from exc
 
 
 def _check_consistency(
@@ -449,3 +463,37 @@ def _check_images(
                 report.fault(manifest, entry, "the manifest store is not the one signed")
                 continue
         report.count("images")
+
+
+def cosignature_check(witness_keys: Sequence[str], quorum: int) -> ExtraCheck:
+    """A check that ``checkpoint.txt`` carries valid cosignatures of at least ``quorum`` of
+    ``witness_keys`` (C2SP tlog-cosignature lines in the note)."""
+    from storage.ledger.cosignature import CosignatureError, WitnessKey, cosignatures_in
+
+    def check(bundle: _Bundle, report: BundleReport) -> None:
+        keys = []
+        for text in witness_keys:
+            try:
+                keys.append(WitnessKey.from_key_string(text))
+            except CosignatureError as exc:
+                report.fault("--witness", None, str(exc))
+        note = bundle.text(layout.CHECKPOINT)
+        if note is None:
+            return
+        good, problems = cosignatures_in(note, keys)
+        for problem in problems:
+            report.fault(layout.CHECKPOINT, None, problem)
+        if len(good) < quorum:
+            report.fault(
+                layout.CHECKPOINT,
+                None,
+                f"{len(good)} of the {len(keys)} witnesses you trust cosigned the checkpoint;"
+                f" the quorum is {quorum}",
+            )
+        report.count("cosignatures", len(good))
+        for cosig in good:
+            report.notes.append(
+                f"cosigned by witness {cosig.witness} at {cosig.timestamp} (Unix s)"
+            )
+
+    return check

@@ -21,5 +21,6 @@ from storage.schema import ledger as ledger
 from storage.schema import reviews as reviews
 from storage.schema import sessions as sessions
 from storage.schema import turns as turns
+from storage.schema import witness as witness
 
 metadata = SQLModel.metadata
