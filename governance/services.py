@@ -18,12 +18,14 @@ from sqlalchemy import Engine
 from governance.auth.keys import KeyRing
 from governance.content import ContentRecorder
 from governance.metrics import Metrics
+from governance.outbound import OutboundRules, UrlFetcher
 from governance.pipeline.decide import PolicyGates
 from governance.pipeline.forward import Forwarder
 from governance.pipeline.receive import Receiver
 from governance.pipeline.review_gate import ReviewGate
 from governance.pipeline.signing import OutputSigning
 from governance.pipeline.turn import TurnPipeline
+from governance.pipeline.url_inputs import UrlInliner
 from governance.policy.service import PolicyService
 from governance.provenance.signer import OutputSigner
 from governance.recovery import ProcessInstance, recover_interrupted
@@ -145,6 +147,7 @@ def build_services(settings: Settings) -> Services:
         content=content,
         metrics=metrics,
         executor=executor,
+        url_inputs=UrlInliner(UrlFetcher(OutboundRules.from_settings(settings))),
     )
     return Services(
         settings=settings,

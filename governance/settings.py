@@ -154,6 +154,14 @@ class Settings(BaseSettings):
     policy_interpreters: int = Field(default=2, ge=1)  # Rego interpreters shared by all threads
     policy_reload_ms: int = 2_000  # how often policy files are checked for changes (0: never)
 
+    # -- URL inputs (fileData.fileUri), fetched by Custody where a tenant's policy allows them
+    url_input_schemes: list[str] = ["https"]
+    url_input_hosts: list[str] = []  # host patterns ("*.cdn.example"); empty: any public host
+    url_input_allow_networks: list[str] = []  # CIDRs reachable although not public (never metadata)
+    url_input_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    url_input_timeout_s: float = Field(default=10.0, gt=0)
+    url_input_max_redirects: int = Field(default=5, ge=0)
+
     # -- review console (people's sign-in, governance/console)
     console_cookie_secure: str = "auto"  # "auto": Secure when served over https; "on"; "off"
     console_session_ttl_s: int = Field(default=8 * 3600, ge=60)
