@@ -26,6 +26,7 @@ from governance.pipeline.review_gate import ReviewGate
 from governance.pipeline.signing import OutputSigning
 from governance.pipeline.turn import TurnPipeline
 from governance.pipeline.url_inputs import UrlInliner
+from governance.policy.ratelimit import DatabaseRateLimiter
 from governance.policy.service import PolicyService
 from governance.provenance.signer import OutputSigner
 from governance.recovery import ProcessInstance, recover_interrupted
@@ -124,7 +125,7 @@ def build_services(settings: Settings) -> Services:
     )
     commitments = Commitments(engine, blobs)
     content = ContentRecorder(commitments, executor)
-    policy = PolicyService.from_settings(settings)
+    policy = PolicyService.from_settings(settings, DatabaseRateLimiter(engine))
     metrics = Metrics()
     signer = OutputSigner.from_settings(settings)
     pipeline = TurnPipeline(
