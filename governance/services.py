@@ -6,6 +6,7 @@ Built once per app by ``build_services``; routes reach it through ``api.deps.get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from governance.upstream.client import UpstreamClient
 from governance.upstream.embedded import EmbeddedEmulator
 from storage.blobs import BlobStore, Commitments
 from storage.db import make_engine
+from storage.leases import Lease
 from storage.ledger.log import Ledger
 
 log = logging.getLogger("custody")
@@ -72,6 +74,9 @@ class Services:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        if self.ledger.signer_lease is not None:
+            with contextlib.suppress(Exception):  # a lost database: the lease simply expires
+                self.ledger.signer_lease.give_up()
         self.ledger.close()
         self.keys.close()
         if self.emulator is not None:
@@ -107,14 +112,24 @@ def _upstream(settings: Settings) -> tuple[UpstreamClient, EmbeddedEmulator | No
     return client, None
 
 
+CHECKPOINT_SIGNER_LEASE = "checkpoint-signer"
+
+
 def build_services(settings: Settings) -> Services:
     """Open (creating and migrating where needed) the installation; start the upstream client."""
     settings.upstream_key()  # refuse a Custody key as upstream key before creating anything
     state = open_state(settings, create=True)
     engine, ledger, blobs, note_signer = state.engine, state.ledger, state.blobs, state.signer
     read_engine = make_engine(settings.effective_database_url, immediate=False)
-    ledger.latest_checkpoint()  # a first checkpoint at start-up: no reader's request ever signs
     instance = ProcessInstance.current()
+    # One replica at a time signs checkpoints: the holder of this lease (storage.leases).
+    ledger.signer_lease = Lease(
+        engine,
+        CHECKPOINT_SIGNER_LEASE,
+        holder=f"{instance.host[:64]}:{instance.pid}:{instance.instance}",
+        ttl_ms=settings.checkpoint_lease_ms,
+    )
+    ledger.latest_checkpoint()  # a first checkpoint at start-up: no reader's request ever signs
     # Turns a dead process left open are closed (turn.interrupted) before this one takes any.
     interrupted = recover_interrupted(
         ledger, engine, instance, upstream_timeout_s=settings.upstream_timeout_s

@@ -138,6 +138,7 @@ class Settings(BaseSettings):
     log_key_file: Path | None = None  # Ed25519 note key; generated under data_dir when absent
     checkpoint_every_entries: int = 256
     checkpoint_every_ms: int = 5_000
+    checkpoint_lease_ms: int = Field(default=15_000, ge=200)  # the signer lease (one replica signs)
 
     # -- provenance (C2PA)
     signing_cert_file: Path | None = None  # PEM chain, end-entity first; dev PKI when absent
