@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -39,6 +39,17 @@ class Metrics:
             "Time Custody added to a turn (total time minus the upstream's), by tenant.",
             ["tenant"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.policy_is_active = Gauge(
+            "custody_policy_revision_active",
+            "1 when this replica decides with the active policy revision (policy_revisions), 0"
+            " while it does not (its policy files differ from the replica that published it).",
+            registry=self.registry,
+        )
+        self.checkpoint_signer = Gauge(
+            "custody_checkpoint_signer",
+            "1 when this replica holds the checkpoint signer lease (it signs checkpoints).",
             registry=self.registry,
         )
         self.auth_failures = Counter(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from governance.settings import GOOGLE_GEMINI_URL, Settings
 from governance.state import open_state
 from governance.upstream.client import UpstreamClient
 from governance.upstream.embedded import EmbeddedEmulator
+from storage import policy_revisions
 from storage.blobs import BlobStore, Commitments
 from storage.db import make_engine
 from storage.leases import Lease
@@ -142,6 +144,14 @@ def build_services(settings: Settings) -> Services:
     content = ContentRecorder(commitments, executor)
     policy = PolicyService.from_settings(settings, DatabaseRateLimiter(engine))
     metrics = Metrics()
+    # This replica's policy is the newest loaded: every replica converges to it (background).
+    policy_revisions.publish(
+        engine,
+        policy.bundle_revision,
+        by=ledger.signer_lease.holder,
+        now_ms=int(time.time() * 1000),
+    )
+    metrics.policy_is_active.set(1)
     signer = OutputSigner.from_settings(settings)
     pipeline = TurnPipeline(
         receiver=Receiver(

@@ -83,6 +83,11 @@ class Lease:
         self._held = held
         return held
 
+    @property
+    def held(self) -> bool:
+        """What the last ``hold`` answered."""
+        return self._held
+
     def give_up(self) -> None:
         """Release the lease if this holder has it (a clean shutdown hands over at once)."""
         with self.engine.begin() as conn:

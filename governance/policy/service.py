@@ -261,9 +261,12 @@ class PolicyService:
 
     # -- hot reload
 
-    def reload_if_changed(self) -> dict[str, Any] | None:
-        """Reload when a policy file changed; the ``policy.reloaded`` event body, or None."""
+    def reload_if_changed(self, *, rescan: bool = False) -> dict[str, Any] | None:
+        """Reload when a policy file changed; the ``policy.reloaded`` event body, or None.
+        ``rescan`` re-reads the files even when their signature (sizes, times) looks the same."""
         with self._reload_lock:
+            if rescan:
+                self._signature = None
             signature = scan_signature(self.policy_dir)
             if signature == self._signature:
                 return None
