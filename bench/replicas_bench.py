@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--latency-ms", default="0,5000")
     parser.add_argument("--database-url", default="")
-    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args(argv or [])  # ``python -m bench`` calls main() with none
     if os.environ.get("CUSTODY_BENCH_QUICK", "") not in ("", "0"):
         args.clients, args.turns = 8, 3
     bad = 0
@@ -308,4 +308,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
