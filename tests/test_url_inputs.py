@@ -178,3 +178,21 @@ def test_the_default_outbound_rules_refuse_a_loopback_url_even_for_an_allowing_t
         assert photo_server.seen == []
     finally:
         running.stop()
+
+
+def test_count_tokens_never_forwards_a_url_even_for_an_allowing_tenant(
+    fetching: RunningCustody, custody: RunningCustody, photo_server: LocalServer
+) -> None:
+    for running in (fetching, custody):
+        with pytest.raises(errors.ClientError) as caught:
+            running.client().models.count_tokens(  # type: ignore[attr-defined]
+                model=MODEL,
+                contents=[
+                    types.Part.from_uri(
+                        file_uri=photo_server.url("/photo.png"), mime_type="image/png"
+                    ),
+                    "make the sky teal",
+                ],
+            )
+        assert _refusal(caught)[:2] == (400, "URL_INPUT_DENIED")
+    assert photo_server.seen == []

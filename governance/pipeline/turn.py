@@ -352,9 +352,17 @@ class TurnPipeline:
         transaction (``TurnContent.durable_rows``): no leaf ever refers to unopenable content."""
         if not state.events:
             return
-        events, state.events = state.events, []
         salts = [] if side else await state.content.durable_rows()  # closing rows carry theirs
-        entries = await self._off_loop(self.ledger.append, events, [*salts, *side])
+        events, state.events = state.events, []
+        try:
+            entries = await self._off_loop(self.ledger.append, events, [*salts, *side])
+        except BaseException:
+            # Not appended (the ledger resolves an unknown outcome itself: a batch is never
+            # written twice): the events and salts go with the turn's closing append instead,
+            # so its record stays complete and its index rows never name a missing event.
+            state.events[:0] = events
+            state.content.carry(salts)
+            raise
         if state.first_index is None:
             state.first_index = entries[0].index
 
