@@ -53,6 +53,7 @@ bench: $(STAMP)
 # kill -9 under a 16-client load, five rounds, on SQLite (and on PostgreSQL with SOAK_DATABASE_URL)
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --rounds 5 $(if $(SOAK_DATABASE_URL),--database-url $(SOAK_DATABASE_URL))
+	$(BIN)/python -m bench.soak --rounds 5 --replicas 2 --clients 32 $(if $(SOAK_DATABASE_URL),--database-url $(SOAK_DATABASE_URL))
 
 lint: $(STAMP)
 	$(BIN)/ruff check governance storage tests bench

@@ -19,6 +19,7 @@ BENCHES = (
     "fingerprint_bench",
     "query_bench",
     "evidence_bench",
+    "replicas_bench",
 )
 
 

@@ -11,6 +11,12 @@ Contract checked after every round (``check_round``):
 
 ``python -m bench.soak [--rounds 5] [--database-url URL]`` (``make soak``) prints the figures of
 each round; ``tests/test_crash_clean.py`` runs two short rounds on each database.
+
+``--replicas 2`` runs the same rounds against two ``custody serve`` processes on one database
+(one blob store, one log key) under a 32-client load split between them: each round ``kill -9``
+lands on one of the two (alternately) while the other keeps serving; the killed one restarts
+(recording the turns it left as ``turn.interrupted``) and the same checks run over every response
+either replica acknowledged.
 """
 
 from __future__ import annotations
@@ -70,13 +76,16 @@ class RoundReport:
 class Gateway:
     """``custody serve`` as a subprocess on one database and data directory."""
 
-    def __init__(self, database_url: str, data_dir: Path) -> None:
+    def __init__(
+        self, database_url: str, data_dir: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTODY_")}
         self.env.update(
             PYTHONPATH=str(REPO),
             CUSTODY_DATA_DIR=str(data_dir),
             CUSTODY_DATABASE_URL=database_url,
             CUSTODY_EMULATOR_LATENCY_MS="150",  # turns spend time upstream, as real ones do
+            **(extra_env or {}),
         )
         self.database_url = database_url
         self.port = free_port()
@@ -170,10 +179,17 @@ def _client(base_url: str, key: str, body: bytes, stop: threading.Event, out: li
 
 
 def load_and_kill(
-    gateway: Gateway, key: str, *, clients: int, load_s: float
+    gateway: Gateway,
+    key: str,
+    *,
+    clients: int,
+    load_s: float,
+    serving: list[Gateway] | None = None,
 ) -> tuple[list[Acknowledged], int]:
-    """Run ``clients`` threads against the gateway; ``kill -9`` it ``load_s`` seconds after the
-    first acknowledged response."""
+    """Run ``clients`` threads against the gateways ``serving`` (default: ``gateway`` alone,
+    clients split evenly); ``kill -9`` ``gateway`` ``load_s`` seconds after the first
+    acknowledged response."""
+    targets = serving or [gateway]
     photo = base64.b64encode(PHOTO.read_bytes()).decode()
     body = json.dumps(
         {
@@ -191,7 +207,10 @@ def load_and_kill(
     stop = threading.Event()
     results: list[list[Any]] = [[] for _ in range(clients)]
     threads = [
-        threading.Thread(target=_client, args=(gateway.base_url, key, body, stop, results[i]))
+        threading.Thread(
+            target=_client,
+            args=(targets[i % len(targets)].base_url, key, body, stop, results[i]),
+        )
         for i in range(clients)
     ]
     for t in threads:
@@ -305,18 +324,72 @@ def soak(
     return reports
 
 
+def soak_replicas(
+    database_url: str,
+    work: Path,
+    *,
+    rounds: int,
+    clients: int = 32,
+    load_s: tuple[float, float] = (2.0, 6.0),
+    seed: int | None = None,
+    out: Any = None,
+) -> list[RoundReport]:
+    """``rounds`` rounds against two replicas: ``kill -9`` one of them (alternately) under load,
+    restart it, check everything either acknowledged."""
+    rng = random.Random(seed)
+    shared = {
+        "CUSTODY_BLOB_STORE": "database"
+        if database_url.startswith("postgresql")
+        else f"file:{work / 'blobs'}",
+        "CUSTODY_LOG_KEY_FILE": str(work / "ledger-note.key"),
+    }
+    gateways = [Gateway(database_url, work / f"replica-{i}", shared) for i in range(2)]
+    key = gateways[0].key()
+    reports = []
+    for gateway in gateways:
+        gateway.start()
+    try:
+        seen_interrupted = 0
+        for n in range(1, rounds + 1):
+            victim = gateways[n % 2]
+            report = RoundReport(n, rng.uniform(*load_s))
+            acked, report.client_errors = load_and_kill(
+                victim, key, clients=clients, load_s=report.load_s, serving=gateways
+            )
+            report.acknowledged = len(acked)
+            report.restart_s = victim.start()
+            check_round(victim, acked, report)
+            report.interrupted, seen_interrupted = (
+                report.interrupted - seen_interrupted,
+                report.interrupted,
+            )
+            reports.append(report)
+            if out is not None:
+                print(f"replica {n % 2} killed; " + report.line(), file=out, flush=True)
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+    return reports
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--database-url", default="", help="default: SQLite in a temporary dir")
+    parser.add_argument("--replicas", type=int, choices=(1, 2), default=1)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="custody-soak-") as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'custody.db'}"
         began = time.monotonic()
-        reports = soak(
-            url, Path(tmp) / "data", rounds=args.rounds, clients=args.clients, out=sys.stdout
-        )
+        if args.replicas == 2:
+            reports = soak_replicas(
+                url, Path(tmp), rounds=args.rounds, clients=args.clients, out=sys.stdout
+            )
+        else:
+            reports = soak(
+                url, Path(tmp) / "data", rounds=args.rounds, clients=args.clients, out=sys.stdout
+            )
     acked = sum(r.acknowledged for r in reports)
     interrupted = sum(r.interrupted for r in reports)
     bad = [r for r in reports if r.problems or not r.verify_ok]

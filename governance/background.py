@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from governance.ledger_vocabulary import ledger_event
+from storage import policy_revisions
 
 if TYPE_CHECKING:
     from governance.services import Services
@@ -24,8 +26,32 @@ REVIEW_UPKEEP_MS = 500
 
 
 def reload_policy(services: Services) -> dict[str, Any] | None:
-    """Reload changed policy files; the change is a ledger event of its own."""
-    body = services.policy.reload_if_changed()
+    """Reload changed policy files; the change is a ledger event of its own, and the new
+    revision becomes the active one of every replica (``storage.policy_revisions``). A replica
+    whose revision is not the active one re-reads its files; if they still differ it says so
+    (``/readyz``, ``custody_policy_revision_active``)."""
+    body = _reload(services, rescan=False)
+    if body:
+        publish_policy_revision(services)
+    found = policy_revisions.active(services.engine)
+    if found is None:
+        publish_policy_revision(services)
+    elif found.revision != services.policy.bundle_revision:
+        body = _reload(services, rescan=True) or body
+    converged = check_policy_revision(services)
+    if not converged and found is not None:
+        log.warning(
+            "policy revision %s is not the active revision %s (published by %s): this replica's"
+            " policy files differ from that replica's",
+            services.policy.bundle_revision[:12],
+            found.revision[:12],
+            found.recorded_by,
+        )
+    return body
+
+
+def _reload(services: Services, *, rescan: bool) -> dict[str, Any] | None:
+    body = services.policy.reload_if_changed(rescan=rescan)
     if body:
         services.ledger.append([ledger_event("policy.reloaded", body, tenant="*", actor="custody")])
         log.warning(
@@ -34,10 +60,32 @@ def reload_policy(services: Services) -> dict[str, Any] | None:
     return body
 
 
+def publish_policy_revision(services: Services) -> None:
+    """Make this replica's policy revision the active one (it has just loaded it)."""
+    policy_revisions.publish(
+        services.engine,
+        services.policy.bundle_revision,
+        by=services.ledger.signer_lease.holder if services.ledger.signer_lease else "custody",
+        now_ms=int(time.time() * 1000),
+    )
+    services.metrics.policy_is_active.set(1)
+
+
+def check_policy_revision(services: Services) -> bool:
+    """True when this replica decides with the active revision (and the gauge says so)."""
+    found = policy_revisions.active(services.engine)
+    same = found is None or found.revision == services.policy.bundle_revision
+    services.metrics.policy_is_active.set(1 if same else 0)
+    return same
+
+
 def checkpoint_if_due(services: Services) -> None:
-    """Sign a checkpoint when entries arrived since the last one and its interval has passed;
-    with witnesses configured, submit the newest checkpoint to them (once)."""
+    """Sign a checkpoint when entries arrived since the last one and its interval has passed
+    (only the replica holding the signer lease signs); with witnesses configured, submit the
+    newest checkpoint to them (once)."""
     services.ledger.checkpoint_if_due()
+    lease = services.ledger.signer_lease
+    services.metrics.checkpoint_signer.set(1 if lease is not None and lease.held else 0)
     if services.witness is not None:
         services.witness.publish_if_new()
     if services.settings.evidence_tsa_url:

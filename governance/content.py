@@ -48,6 +48,7 @@ class TurnContent:
     made: list[Commitment] = field(default_factory=list)
     is_closed: bool = False
     decision_inputs: list[tuple[str, str]] = field(default_factory=list)  # (stage, commitment)
+    carried: list[SideRows] = field(default_factory=list)  # salts of a failed append
 
     async def commit(self, *items: bytes | tuple[bytes, str]) -> list[str]:
         """Salted commitments to ``items`` — bytes, or (bytes, their SHA-256 hex) when already
@@ -116,7 +117,12 @@ class TurnContent:
         if pending:
             await asyncio.gather(*pending)
         made, self.made = self.made, []
-        return [self.recorder.commitments.side_rows(made)] if made else []
+        carried, self.carried = self.carried, []
+        return [*carried, self.recorder.commitments.side_rows(made)] if made else carried
+
+    def carry(self, rows: list[SideRows]) -> None:
+        """Salt rows an append that failed did not commit: the next append carries them."""
+        self.carried.extend(rows)
 
     async def closing_rows(
         self,
@@ -154,6 +160,7 @@ class TurnContent:
     def closed(self) -> None:
         """The turn's last append (with the rows of ``closing_rows``) is durable."""
         self.made = []
+        self.carried = []
         self.decision_inputs = []
         self.is_closed = True
 

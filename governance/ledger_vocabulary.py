@@ -46,6 +46,14 @@ class TurnReceived(TypedDict):
     process: dict[str, Any]  # who runs the turn, for crash recovery
 
 
+class UrlInputsFetched(TypedDict):
+    request: str  # commitment to the request as it arrived, URLs and all
+    request_bytes: int
+    decision_id: str  # the request decision that let Custody fetch them
+    bundle_revision: str
+    inputs: list[dict[str, Any]]  # per URL: where from (host, address), size, commitment
+
+
 class PolicyDecided(TypedDict):
     decision_id: str
     path: str
@@ -482,6 +490,7 @@ class VersionLabelled(TypedDict):
 
 EVENT_BODIES: dict[str, type] = {
     "turn.received": TurnReceived,
+    "url_inputs.fetched": UrlInputsFetched,
     "policy.decided": PolicyDecided,
     "review.requested": ReviewRequested,
     "upstream.requested": UpstreamRequested,

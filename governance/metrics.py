@@ -54,6 +54,17 @@ class Metrics:
             ["upstream", "state"],
             registry=self.registry,
         )
+        self.policy_is_active = Gauge(
+            "custody_policy_revision_active",
+            "1 when this replica decides with the active policy revision (policy_revisions), 0"
+            " while it does not (its policy files differ from the replica that published it).",
+            registry=self.registry,
+        )
+        self.checkpoint_signer = Gauge(
+            "custody_checkpoint_signer",
+            "1 when this replica holds the checkpoint signer lease (it signs checkpoints).",
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "custody_auth_failures",
             "Requests refused because their API key was missing or unknown.",

@@ -6,7 +6,9 @@ Built once per app by ``build_services``; routes reach it through ``api.deps.get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from sqlalchemy import Engine
 from governance.auth.keys import KeyRing
 from governance.content import ContentRecorder
 from governance.metrics import Metrics
+from governance.outbound import OutboundRules, UrlFetcher
 from governance.pipeline.decide import PolicyGates
 from governance.pipeline.forward import Forwarder, UpstreamGuard
 from governance.pipeline.lineage import SessionLinker
@@ -25,6 +28,8 @@ from governance.pipeline.receive import Receiver
 from governance.pipeline.review_gate import ReviewGate
 from governance.pipeline.signing import OutputSigning
 from governance.pipeline.turn import TurnPipeline
+from governance.pipeline.url_inputs import UrlInliner
+from governance.policy.ratelimit import DatabaseRateLimiter
 from governance.policy.service import PolicyService
 from governance.provenance.signer import OutputSigner
 from governance.recovery import ProcessInstance, recover_interrupted
@@ -37,8 +42,10 @@ from governance.upstream.embedded import EmbeddedEmulator
 from governance.upstream.retry import MAX_RETRIES
 from governance.witness.config import witness_policy
 from governance.witness.publisher import WitnessPublisher
+from storage import policy_revisions
 from storage.blobs import BlobStore, Commitments
 from storage.db import make_engine
+from storage.leases import Lease
 from storage.ledger.log import Ledger
 from storage.sessions import SessionStore
 
@@ -78,6 +85,9 @@ class Services:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        if self.ledger.signer_lease is not None:
+            with contextlib.suppress(Exception):  # a lost database: the lease simply expires
+                self.ledger.signer_lease.give_up()
         self.ledger.close()
         self.keys.close()
         if self.emulator is not None:
@@ -140,14 +150,24 @@ def _upstream_guard(
     )
 
 
+CHECKPOINT_SIGNER_LEASE = "checkpoint-signer"
+
+
 def build_services(settings: Settings) -> Services:
     """Open (creating and migrating where needed) the installation; start the upstream client."""
     settings.upstream_key()  # refuse a Custody key as upstream key before creating anything
     state = open_state(settings, create=True)
     engine, ledger, blobs, note_signer = state.engine, state.ledger, state.blobs, state.signer
     read_engine = make_engine(settings.effective_database_url, immediate=False)
-    ledger.latest_checkpoint()  # a first checkpoint at start-up: no reader's request ever signs
     instance = ProcessInstance.current()
+    # One replica at a time signs checkpoints: the holder of this lease (storage.leases).
+    ledger.signer_lease = Lease(
+        engine,
+        CHECKPOINT_SIGNER_LEASE,
+        holder=f"{instance.host[:64]}:{instance.pid}:{instance.instance}",
+        ttl_ms=settings.checkpoint_lease_ms,
+    )
+    ledger.latest_checkpoint()  # a first checkpoint at start-up: no reader's request ever signs
     # Turns a dead process left open are closed (turn.interrupted) before this one takes any.
     interrupted = recover_interrupted(
         ledger,
@@ -161,8 +181,16 @@ def build_services(settings: Settings) -> Services:
     )
     commitments = Commitments(engine, blobs)
     content = ContentRecorder(commitments, executor)
-    policy = PolicyService.from_settings(settings)
+    policy = PolicyService.from_settings(settings, DatabaseRateLimiter(engine))
     metrics = Metrics()
+    # This replica's policy is the newest loaded: every replica converges to it (background).
+    policy_revisions.publish(
+        engine,
+        policy.bundle_revision,
+        by=ledger.signer_lease.holder,
+        now_ms=int(time.time() * 1000),
+    )
+    metrics.policy_is_active.set(1)
     signer = OutputSigner.from_settings(settings)
     pipeline = TurnPipeline(
         receiver=Receiver(
@@ -185,6 +213,7 @@ def build_services(settings: Settings) -> Services:
         content=content,
         metrics=metrics,
         executor=executor,
+        url_inputs=UrlInliner(UrlFetcher(OutboundRules.from_settings(settings))),
     )
     witnesses = witness_policy(settings)
     return Services(

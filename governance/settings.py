@@ -152,6 +152,7 @@ class Settings(BaseSettings):
 
     # -- evidence bundles
     evidence_tsa_url: str = ""  # an RFC 3161 TSA: timestamps of bundles and checkpoints
+    checkpoint_lease_ms: int = Field(default=15_000, ge=200)  # the signer lease (one replica signs)
 
     # -- provenance (C2PA)
     signing_cert_file: Path | None = None  # PEM chain, end-entity first; dev PKI when absent
@@ -172,6 +173,13 @@ class Settings(BaseSettings):
     prompt_search_scan: int = Field(default=5_000, ge=1)  # turns one prompt search reads at most
     rubber_stamp_ms: int = Field(default=5_000, ge=0)  # a review decided faster is a rubber stamp
     model_prices: str = ""  # JSON: {"model": {"input": USD per 1M tokens, "output": ...}}
+    # -- URL inputs (fileData.fileUri), fetched by Custody where a tenant's policy allows them
+    url_input_schemes: list[str] = ["https"]
+    url_input_hosts: list[str] = []  # host patterns ("*.cdn.example"); empty: any public host
+    url_input_allow_networks: list[str] = []  # CIDRs reachable although not public (never metadata)
+    url_input_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    url_input_timeout_s: float = Field(default=10.0, gt=0)
+    url_input_max_redirects: int = Field(default=5, ge=0)
 
     # -- review console (people's sign-in, governance/console)
     console_cookie_secure: str = "auto"  # "auto": Secure when served over https; "on"; "off"

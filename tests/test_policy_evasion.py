@@ -364,7 +364,8 @@ def test_models_are_allow_listed_per_tenant(gate) -> None:
 def test_file_references_are_denied_by_default(gate) -> None:
     part = {"fileData": {"fileUri": "https://example.test/photo.png", "mimeType": "image/png"}}
     resp = _post(gate, {"contents": [_user(part, _text("make it teal"))]})
-    assert resp.status_code == 403 and "inlineData" in resp.json()["error"]["message"]
+    assert resp.status_code == 400 and "inlineData" in resp.json()["error"]["message"]
+    assert resp.json()["error"]["details"][0]["reason"] == "URL_INPUT_DENIED"
     decided = next(e for e in _turn_events(gate) if e["type"] == "policy.decided")
     assert "example.test" not in str(decided), "the URI is masked in the record"
 

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from governance.api.deps import get_services
 from governance.api.tenant_scope import require_reader
 from governance.auth.principal import Principal
+from storage import policy_revisions
 
 router = APIRouter()
 
@@ -26,7 +27,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers and the upstream is reachable; 503 with the reason if not.
+    """Ready when the database answers, the upstream is reachable and this replica decides with
+    the active policy revision (several replicas: ``storage.policy_revisions``); 503 if not.
 
     Open to load balancers without a key, so it says nothing beyond ok / unreachable.
     """
@@ -39,8 +41,20 @@ async def readyz(request: Request) -> JSONResponse:
         checks["database"] = f"unreachable: {exc}"
     status = await services.upstream.get("/v1beta/models")
     checks["upstream"] = "ok" if 0 < status < 500 else f"unreachable (HTTP {status or 'none'})"
-    ready = checks["database"] == "ok" and checks["upstream"] == "ok"
+    if checks["database"] == "ok":
+        try:
+            same = await services.run_blocking(_on_active_policy, services)
+            checks["policy"] = "ok" if same else "not the active revision of the replicas"
+        except Exception as exc:
+            checks["policy"] = f"unknown: {exc}"
+    ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+def _on_active_policy(services: object) -> bool:
+    """This replica decides with the revision the replicas converge to (``policy_revisions``)."""
+    found = policy_revisions.active(services.engine)  # type: ignore[attr-defined]
+    return found is None or found.revision == services.policy.bundle_revision  # type: ignore[attr-defined]
 
 
 def _ping_database(services: object) -> None:

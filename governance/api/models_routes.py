@@ -238,15 +238,26 @@ async def count_tokens(
     decided = {**decision.record(), "stage": "request", "input": input_c.commitment}
     decided_event = _event(request, principal, record_id, "policy.decided", decided)
     facts.update(request=request_c.commitment, request_bytes=len(body))
-    if decision.outcome == "deny":
+    if decision.outcome == "deny" or parsed.files:
         code = int(decision.obligations.get("status_code", 403) or 403)
-        denial = GeminiError(
-            code,
+        named = decision.obligations.get("error_reason")
+        reason = named if isinstance(named, str) and named.isupper() else None
+        message = (
             "Custody's policy refused this countTokens request: "
             + "; ".join(decision.reasons)
             + f" (decision {decision.decision_id}, policy revision"
-            f" {decision.bundle_revision[:12]}).",
-            reason="RATE_LIMITED" if code == 429 else "POLICY_DENIED",
+            f" {decision.bundle_revision[:12]})."
+        )
+        if decision.outcome != "deny":  # allowed, but a URL never reaches the upstream unseen
+            code, reason = 400, "URL_INPUT_DENIED"
+            message = (
+                "countTokens does not fetch URL inputs (fileData.fileUri), and Custody forwards"
+                " no content it has not seen: send the content inline as inlineData."
+            )
+        denial = GeminiError(
+            code,
+            message,
+            reason=reason or ("RATE_LIMITED" if code == 429 else "POLICY_DENIED"),
         )
         denial.metadata["decision_id"] = decision.decision_id
         log.warning(

@@ -13,6 +13,7 @@ A gate's answer is a ``GateVerdict``: pass, deny (403 ``POLICY_DENIED``, or the 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from governance.auth.principal import Principal
@@ -26,6 +27,7 @@ from governance.policy.decision import Decision, RequestFacts
 from governance.policy.service import PolicyService
 
 log = logging.getLogger("custody")
+_REASON = re.compile(r"[A-Z][A-Z0-9_]{2,63}")
 
 
 class PolicyRefusal(TurnError):
@@ -143,7 +145,11 @@ def decided_body(decision: Decision, stage: str, input_ref: str) -> PolicyDecide
 
 def _denied(decision: Decision, stage: str) -> PolicyRefusal:
     code = int(decision.obligations.get("status_code", 403) or 403)
-    reason = "RATE_LIMITED" if code == 429 else "POLICY_DENIED"
+    named = decision.obligations.get("error_reason")
+    if isinstance(named, str) and _REASON.fullmatch(named):
+        reason = named  # the policy names the caller's error (e.g. URL_INPUT_DENIED)
+    else:
+        reason = "RATE_LIMITED" if code == 429 else "POLICY_DENIED"
     return PolicyRefusal(
         code,
         "Custody's policy refused this turn: "

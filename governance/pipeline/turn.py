@@ -47,7 +47,7 @@ from governance.pipeline.errors import TurnError
 from governance.pipeline.forward import Forwarder, read_answer, returned_body
 from governance.pipeline.leaf_bounds import bound_body
 from governance.pipeline.lineage import SessionLinker, is_rollback, rollback_result
-from governance.pipeline.parse import InputImage
+from governance.pipeline.parse import InputImage, ParsedRequest
 from governance.pipeline.receive import Receiver, request_content, stored_request
 from governance.pipeline.review_gate import (
     ReviewGate,
@@ -58,6 +58,13 @@ from governance.pipeline.review_gate import (
 )
 from governance.pipeline.signing import OutputSigning, signed_body
 from governance.pipeline.turn_types import TurnOutcome, TurnRequest, TurnState
+from governance.pipeline.url_inputs import (
+    FETCH_OBLIGATION,
+    InlinedRequest,
+    UrlInliner,
+    fetched_body,
+    refused_url_inputs,
+)
 from governance.policy.decision import Decision
 from governance.provenance.fingerprint import Fingerprint, fingerprint
 from storage.ledger import Ledger
@@ -84,7 +91,9 @@ class TurnPipeline:
         content: ContentRecorder,
         metrics: Metrics,
         executor: Executor,
+        url_inputs: UrlInliner | None = None,
     ) -> None:
+        self.url_inputs = url_inputs
         self.receiver = receiver
         self.gates = gates
         self.forwarder = forwarder
@@ -139,10 +148,16 @@ class TurnPipeline:
             raise failure from exc
 
     async def receive(self, state: TurnState) -> None:
-        """Parse the request and commit to its content (``turn.received``)."""
-        state.parsed = await self._off_loop(
-            self.receiver.parse, state.request, state.principal.tenant
-        )
+        """Parse the request and commit to its content (``turn.received``).
+
+        URL inputs the policy lets Custody fetch are fetched and inlined first (``url_inputs``):
+        ``turn.received`` then describes the request as it will be forwarded, and
+        ``url_inputs.fetched`` commits to the request as it arrived and says what was fetched."""
+        parsed = await self._off_loop(self.receiver.parse, state.request, state.principal.tenant)
+        inlined: InlinedRequest | None = None
+        if parsed.files and self.url_inputs is not None:
+            inlined, parsed = await self._inline_url_inputs(state, parsed)
+        state.parsed = parsed
         # The inputs' fingerprints are computed in a worker thread while the turn goes on; the
         # closing append waits for them (their rows are written with the turn's index rows).
         state.input_fingerprints = asyncio.ensure_future(
@@ -159,6 +174,30 @@ class TurnPipeline:
         )
         for event_type, body in self.linker.opening_events(state.lineage, state.turn_id):
             self._queue_session(state, event_type, body)
+        if inlined is not None:
+            original, *contents = await state.content.commit(
+                inlined.original_body, *(got.data for _, got in inlined.fetched)
+            )
+            self._queue(state, "url_inputs.fetched", fetched_body(inlined, original, contents))
+
+    async def _inline_url_inputs(
+        self, state: TurnState, parsed: ParsedRequest
+    ) -> tuple[InlinedRequest | None, ParsedRequest]:
+        """Ask the policy whether Custody may fetch this request's URL inputs (the decision on
+        the request as sent; its rate-limit place goes straight back: the turn is decided again
+        on what was fetched); if so fetch, inline and parse the rewritten request."""
+        assert self.url_inputs is not None
+        facts = await self._off_loop(
+            self.gates.request_facts, state.principal, state.request, parsed
+        )
+        decision = await self._off_loop(self.gates.decide_request, facts)
+        await self._off_loop(self.gates.give_back_reservation, decision)
+        if decision.outcome == "deny" or not decision.obligations.get(FETCH_OBLIGATION):
+            return None, parsed  # the request gate refuses it, recorded like any deny
+        inlined = await self.url_inputs.inline(state.request, parsed, decision)
+        state.request = inlined.request
+        reparsed = await self._off_loop(self.receiver.parse, state.request, state.principal.tenant)
+        return inlined, reparsed
 
     async def decide_request(self, state: TurnState) -> None:
         """The request gate; on a pass, the intent ``upstream.requested`` is made durable."""
@@ -181,6 +220,11 @@ class TurnPipeline:
         )
         input_ref = await self._decision_input(state, "request", state.decision)
         verdict = request_verdict(state.turn_id, state.decision, input_ref)
+        if state.parsed.files and (verdict.refusal is None or verdict.review is not None):
+            # allowed or held, but not fetched: a URL Custody did not see never goes upstream
+            self._queue(state, "policy.decided", verdict.decided)
+            await self._append(state)
+            raise refused_url_inputs(state.parsed)
         await self._apply(state, verdict, "request")
         prior = state.prior
         if prior is not None and prior.stage == "response":
@@ -380,9 +424,17 @@ class TurnPipeline:
         transaction (``TurnContent.durable_rows``): no leaf ever refers to unopenable content."""
         if not state.events:
             return
-        events, state.events = state.events, []
         salts = [] if side else await state.content.durable_rows()  # closing rows carry theirs
-        entries = await self._off_loop(self.ledger.append, events, [*salts, *side])
+        events, state.events = state.events, []
+        try:
+            entries = await self._off_loop(self.ledger.append, events, [*salts, *side])
+        except BaseException:
+            # Not appended (the ledger resolves an unknown outcome itself: a batch is never
+            # written twice): the events and salts go with the turn's closing append instead,
+            # so its record stays complete and its index rows never name a missing event.
+            state.events[:0] = events
+            state.content.carry(salts)
+            raise
         if state.first_index is None:
             state.first_index = entries[0].index
 

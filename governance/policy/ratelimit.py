@@ -5,8 +5,11 @@ never read the same count) and hands the policy counts that already include it. 
 when a count passes its limit; a denied turn's reservation is released. Of N concurrent turns
 against a limit L, exactly L see a count ≤ L.
 
-Counters live in this process (one gateway replica); replicas behind one database need a shared
-store — the same interface over PostgreSQL — which is future work.
+Two limiters share that contract: ``DatabaseRateLimiter`` (what ``custody serve`` uses) keeps the
+counters in the database (``storage.rate_counters``), so every replica on one database draws on
+one budget and a restart grants no fresh one; its windows are fixed, each starting with the first
+turn counted in it. ``RateLimiter`` keeps sliding-window logs in this process (one process, and
+tests that move a clock).
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from sqlalchemy import Engine
+
+from storage import rate_counters
 
 METRICS = ("actor_turns", "tenant_turns", "actor_images", "tenant_images")
 
@@ -77,6 +84,90 @@ def windows_from_limits(rate_limits: Any) -> tuple[Window, ...]:
     return tuple(out)
 
 
+class Limiter(Protocol):
+    """What the policy service needs of a limiter (both below)."""
+
+    def reserve(
+        self, tenant: str, actor: str, images: int, windows: tuple[Window, ...]
+    ) -> Reservation: ...
+
+    def peek(self, tenant: str, actor: str, windows: tuple[Window, ...]) -> dict[str, Any]: ...
+
+    def release(self, reservation_id: str) -> bool: ...
+
+
+def _scopes(tenant: str, actor: str) -> tuple[tuple[str, str], ...]:
+    return (("actor", f"{tenant}\x00{actor}"), ("tenant", tenant))
+
+
+class DatabaseRateLimiter:
+    """Fixed windows counted in the database's ``rate_counters`` (see ``storage.rate_counters``):
+    one budget for every replica on the database, kept across restarts."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: OrderedDict[str, tuple[list[rate_counters.Count], int]] = OrderedDict()
+
+    @staticmethod
+    def _buckets(
+        tenant: str, actor: str, windows: tuple[Window, ...]
+    ) -> list[tuple[Window, str, str, int]]:
+        return [
+            (w, scope, f"{w.name}\x00{w.seconds}\x00{scope}\x00{who}", w.seconds * 1000)
+            for w in windows
+            for scope, who in _scopes(tenant, actor)
+        ]
+
+    @staticmethod
+    def _counters(
+        buckets: list[tuple[Window, str, str, int]], counts: dict[str, rate_counters.Count]
+    ) -> dict[str, Any]:
+        counters: dict[str, Any] = {}
+        for window, scope, name, _ in buckets:
+            got = counters.setdefault(window.name, {"window_s": window.seconds})
+            got[f"{scope}_turns"] = counts[name].turns
+            got[f"{scope}_images"] = counts[name].images
+        return counters
+
+    def reserve(
+        self, tenant: str, actor: str, images: int, windows: tuple[Window, ...]
+    ) -> Reservation:
+        """Count this turn in every window, in the database, atomically; the counts include it."""
+        rid = uuid.uuid4().hex
+        buckets = self._buckets(tenant, actor, windows)
+        if not buckets:
+            return Reservation(rid, {})
+        now_ms = int(self._clock() * 1000)
+        counts = rate_counters.reserve(
+            self._engine, [(name, ms) for _, _, name, ms in buckets], images, now_ms
+        )
+        reservation = Reservation(
+            rid, self._counters(buckets, counts), [(counts[n].bucket, rid) for *_, n, _ in buckets]
+        )
+        with self._lock:
+            self._held[rid] = (list(counts.values()), images)
+            while len(self._held) > 100_000:  # old ones have left their windows
+                self._held.popitem(last=False)
+        return reservation
+
+    def peek(self, tenant: str, actor: str, windows: tuple[Window, ...]) -> dict[str, Any]:
+        buckets = self._buckets(tenant, actor, windows)
+        now_ms = int(self._clock() * 1000)
+        counts = rate_counters.peek(self._engine, [(n, ms) for *_, n, ms in buckets], now_ms)
+        return self._counters(buckets, counts)
+
+    def release(self, reservation_id: str) -> bool:
+        """Give a place back to the window it was counted in; False if unknown or released."""
+        with self._lock:
+            held = self._held.pop(reservation_id, None)
+        if held is None:
+            return False
+        rate_counters.release(self._engine, *held)
+        return True
+
+
 class RateLimiter:
     """Sliding-window logs keyed by (window, actor or tenant); every operation under one lock."""
 
@@ -118,7 +209,7 @@ class RateLimiter:
         counters: dict[str, Any] = {}
         for window in windows:
             counts: dict[str, int] = {"window_s": window.seconds}
-            for scope, who in (("actor", f"{tenant}\x00{actor}"), ("tenant", tenant)):
+            for scope, who in _scopes(tenant, actor):
                 key = f"{window.name}\x00{window.seconds}\x00{scope}\x00{who}"
                 log = self._pruned(key, now - window.seconds)
                 if add is not None:

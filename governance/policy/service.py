@@ -38,7 +38,7 @@ from governance.policy.decision import (
     ResponseFacts,
     mask_input,
 )
-from governance.policy.ratelimit import RateLimiter, Window, windows_from_limits
+from governance.policy.ratelimit import Limiter, RateLimiter, Window, windows_from_limits
 
 if TYPE_CHECKING:
     from governance.settings import Settings
@@ -111,11 +111,11 @@ class PolicyService:
         *,
         engine_factory: EngineFactory = regopy_factory,
         timeout_ms: int = 2_000,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.policy_dir = Path(policy_dir)
         self.timeout_ms = timeout_ms
-        self.limiter = limiter or RateLimiter()
+        self.limiter: Limiter = limiter or RateLimiter()
         self.on_reload: Callable[[dict[str, Any]], None] | None = None
         self._engine_factory = engine_factory
         self._reload_lock = threading.Lock()
@@ -130,8 +130,9 @@ class PolicyService:
             log.error("policy at %s denies every turn: %s", self.policy_dir, self._state.error)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PolicyService:
-        """The service the settings describe: OPA when ``opa_url`` is set, else in-process."""
+    def from_settings(cls, settings: Settings, limiter: Limiter | None = None) -> PolicyService:
+        """The service the settings describe: OPA when ``opa_url`` is set, else in-process;
+        ``limiter`` counts turns (the database's, in ``custody serve``)."""
         url, timeout = settings.opa_url, settings.policy_timeout_ms
         interpreters = settings.policy_interpreters
 
@@ -143,7 +144,10 @@ class PolicyService:
             return regopy_factory(bundle, interpreters)
 
         return cls(
-            settings.policy_dir, engine_factory=factory, timeout_ms=settings.policy_timeout_ms
+            settings.policy_dir,
+            engine_factory=factory,
+            timeout_ms=settings.policy_timeout_ms,
+            limiter=limiter,
         )
 
     # -- what the pipeline calls
@@ -257,9 +261,12 @@ class PolicyService:
 
     # -- hot reload
 
-    def reload_if_changed(self) -> dict[str, Any] | None:
-        """Reload when a policy file changed; the ``policy.reloaded`` event body, or None."""
+    def reload_if_changed(self, *, rescan: bool = False) -> dict[str, Any] | None:
+        """Reload when a policy file changed; the ``policy.reloaded`` event body, or None.
+        ``rescan`` re-reads the files even when their signature (sizes, times) looks the same."""
         with self._reload_lock:
+            if rescan:
+                self._signature = None
             signature = scan_signature(self.policy_dir)
             if signature == self._signature:
                 return None

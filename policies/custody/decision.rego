@@ -27,7 +27,7 @@ labels := object.get(input.request, "labels", {})
 
 default decision := {"outcome": "allow", "reasons": [], "obligations": {}}
 
-decision := {"outcome": "deny", "reasons": sort(deny), "obligations": base_obligations} if {
+decision := {"outcome": "deny", "reasons": sort(deny), "obligations": deny_obligations} if {
 	count(deny) > 0
 }
 
@@ -64,11 +64,23 @@ decision := {"outcome": "allow", "reasons": sort(notes), "obligations": base_obl
 	count(review_output) == 0
 }
 
-base_obligations := {
-	"disclosure": disclosure, # the AI Act category (disclosure.rego)
-	"disclose_prompt": object.get(tenant, "disclose_prompt", false),
-	"thumbnails": object.get(tenant, "thumbnails", false),
-}
+base_obligations := object.union(
+	{
+		"disclosure": disclosure, # the AI Act category (disclosure.rego)
+		"disclose_prompt": object.get(tenant, "disclose_prompt", false),
+		"thumbnails": object.get(tenant, "thumbnails", false),
+	},
+	url_input_obligations,
+)
+
+# fetch_url_inputs: Custody fetches the request's URL inputs and decides again on the bytes.
+url_input_obligations := {"fetch_url_inputs": true} if fetch_url_inputs else := {}
+
+# A refused URL input is the caller's to fix: 400, not 403.
+deny_obligations := object.union(
+	base_obligations,
+	{"status_code": 400, "error_reason": "URL_INPUT_DENIED"},
+) if url_inputs_denied else := base_obligations
 
 # What a review task is opened with (governance/review/terms.py checks each value): who decides,
 # how many distinct approvals, the deadline and what happens at it (reject, or escalate once to

@@ -206,6 +206,24 @@ test_file_references_are_denied_by_default if {
 	d.outcome == "deny"
 	some reason in d.reasons
 	contains(reason, "inlineData")
+	d.obligations.status_code == 400
+	d.obligations.error_reason == "URL_INPUT_DENIED"
+	not d.obligations.fetch_url_inputs
+}
+
+test_a_tenant_that_allows_url_inputs_has_custody_fetch_them if {
+	f := [{"uri": "https://example.test/a.png", "scheme": "https", "mime_type": "image/png"}]
+	r := object.union(request("x", [photo], {}), {"file_data": f})
+	t := object.union(data.custody.tenants, {"acme": object.union(data.custody.tenants.acme, {"url_inputs": "fetch"})})
+	d := decide(editor, r, {}, {}) with data.custody.tenants as t
+	d.outcome == "allow"
+	d.obligations.fetch_url_inputs == true
+}
+
+test_no_fetch_obligation_without_url_inputs if {
+	t := object.union(data.custody.tenants, {"acme": object.union(data.custody.tenants.acme, {"url_inputs": "fetch"})})
+	d := decide(editor, request("x", [photo], {}), {}, {}) with data.custody.tenants as t
+	not d.obligations.fetch_url_inputs
 }
 
 test_cached_content_is_denied_by_default if {

@@ -103,13 +103,30 @@ deny contains msg if {
 
 file_data := object.get(input.request, "file_data", [])
 
-deny contains msg if {
+# URL inputs (fileData): "deny" (the default) refuses them with a 400; "fetch" lets Custody fetch
+# each URL itself through its outbound guard (allow-listed schemes and hosts, public addresses
+# only) and inline the bytes, which are then decided on like any inline input. The upstream
+# never sees a URL either way.
+url_inputs := object.get(tenant, "url_inputs", object.get(default_settings, "url_inputs", "deny"))
+
+fetch_url_inputs if {
 	input.stage == "request"
 	count(file_data) > 0
-	not object.get(tenant, "allow_file_data", false)
+	url_inputs == "fetch"
+}
+
+url_inputs_denied if {
+	input.stage == "request"
+	count(file_data) > 0
+	not fetch_url_inputs
+}
+
+deny contains msg if {
+	url_inputs_denied
 	msg := concat("", [
-		"file references (fileData, ", format_int(count(file_data), 10),
-		") are not inspected by Custody: send the content inline as inlineData",
+		"URL inputs (fileData, ", format_int(count(file_data), 10),
+		") are not allowed for tenant ", input.actor.tenant,
+		": send the content inline as inlineData (or ask for the tenant setting url_inputs: fetch)",
 	])
 }
 

@@ -12,11 +12,14 @@ A thin facade over three parts, each with its own contract:
 
 Checkpoints are never signed inside an append: only ``issue_checkpoint`` (explicit calls) and
 ``checkpoint_if_due`` (the gateway's background job) sign, and they sign outside any database
-lock, so a slow signer (a KMS) delays no append.
+lock, so a slow signer (a KMS) delays no append. With ``signer_lease`` set (several replicas on
+one database), only the lease's holder signs: the background job of every other replica skips,
+and an explicit call waits for the lease (``storage.leases``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
+from storage.leases import Lease
 from storage.ledger.batching import BatchLimits, GroupCommit
 from storage.ledger.checkpoint import Checkpoint, sign_checkpoint
 from storage.ledger.events import Entry, LedgerEvent, SideRows
@@ -90,6 +94,9 @@ class Ledger:
         self._cp_time = time.monotonic()
         self.checkpoints_issued = 0  # checkpoints this process signed
         self.owns_engine = False  # ``open_ledger`` made the engine: ``close`` disposes it
+        # Several processes on one database: only the holder of this lease signs checkpoints.
+        self.signer_lease: Lease | None = None
+        self._signing = threading.Lock()  # one signature at a time in this process too
 
     @classmethod
     def open(
@@ -216,6 +223,11 @@ class Ledger:
         return found[0] if found else None
 
     def issue_checkpoint(self) -> Checkpoint:
+        """Sign a checkpoint of the current size (see ``_issue_checkpoint``), one at a time."""
+        with self._signing:
+            return self._issue_checkpoint()
+
+    def _issue_checkpoint(self) -> Checkpoint:
         """Sign a checkpoint of the current size, never one inconsistent with the last one.
 
         Committed entries and hashes never change, so the size, root and consistency proof are
@@ -223,6 +235,11 @@ class Ledger:
         meanwhile. When the newest stored checkpoint already covers the size read (another
         signer got there first), it is returned instead of a new one.
         """
+        lease = self.signer_lease
+        if lease is not None:
+            signed = self._await_signer(lease)
+            if signed is not None:
+                return signed
         size = self.size()
         newest = self._newest_stored_checkpoint()
         if newest is not None and newest.size >= size:
@@ -238,6 +255,11 @@ class Ledger:
                 proof = prove_consistency(size, newest.size, reader)
                 check_consistency(proof, size, root, newest.size, newest.root)
         cp = sign_checkpoint(self.signer, self.origin, size, root)
+        if lease is not None and not lease.hold():  # lost while signing: another signs now
+            stored = self._newest_stored_checkpoint()
+            if stored is None or stored.size < size:
+                raise ProofError("the checkpoint signer lease was lost while signing; retry")
+            return self._known(stored)
         try:
             self.store.add_checkpoint(cp, int(time.time() * 1000))
         except IntegrityError:  # another process signed this size meanwhile: theirs stands
@@ -248,6 +270,24 @@ class Ledger:
         self.checkpoints_issued += 1
         return self._known(cp)
 
+    def _await_signer(self, lease: Lease) -> Checkpoint | None:
+        """Until this process holds the signer lease (None: sign) or the holder has signed a
+        checkpoint covering the log as it is now (that checkpoint); a holder that stops renewing
+        loses the lease, so the wait ends."""
+        size = self.size()
+        deadline = time.monotonic() + (2 * lease.ttl_ms + 2 * self.checkpoint_every_ms) / 1000
+        while not lease.hold():
+            newest = self._newest_stored_checkpoint()
+            if newest is not None and newest.size >= size:
+                return self._known(newest)
+            if time.monotonic() > deadline:
+                raise ProofError(
+                    f"the checkpoint signer lease is held by {lease.current()}, which signed no"
+                    f" checkpoint of size {size} in time; retry later"
+                )
+            time.sleep(0.05)
+        return None
+
     def _known(self, cp: Checkpoint) -> Checkpoint:
         self._cp_size, self._cp_time = max(self._cp_size, cp.size), time.monotonic()
         return cp
@@ -256,6 +296,9 @@ class Ledger:
         """The background job's call: sign a checkpoint when entries arrived since the newest one
         and ``checkpoint_every_entries`` of them did or ``checkpoint_every_ms`` passed."""
         if self.checkpoint_every_entries <= 0 and self.checkpoint_every_ms <= 0:
+            return None
+        if self.signer_lease is not None and not self.signer_lease.hold():
+            self._cp_size = -1  # another process signs; read its newest when this one takes over
             return None
         if self._cp_size < 0:
             stored = self._newest_stored_checkpoint()

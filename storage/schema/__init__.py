@@ -15,6 +15,7 @@ from sqlmodel import SQLModel
 
 from storage.schema import accounts as accounts
 from storage.schema import blobs as blobs
+from storage.schema import coordination as coordination
 from storage.schema import fingerprints as fingerprints
 from storage.schema import keys as keys
 from storage.schema import ledger as ledger

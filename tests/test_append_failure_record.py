@@ -1,0 +1,57 @@
+"""An append that fails mid-turn loses nothing: its events go with the turn's closing append.
+
+Found by the two-replica soak (``bench.soak --replicas 2``): when an append of a turn failed
+(the host's ledger sequencer was killed), the turn closed as ``turn.failed`` with index rows
+naming images and decision inputs whose events had never been appended, and ``custody ledger
+verify`` reported the index inconsistent. Here the first append of a turn fails once; the caller
+gets a 500, and the ledger holds the whole turn and verifies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.genai import errors
+
+from storage.blobs import Commitments
+from storage.ledger.note import NoteVerifier
+from storage.ledger.verify import verify_ledger
+from tests.conftest import start_custody
+
+
+def test_a_failed_append_is_carried_by_the_closing_one(db_url: str, tmp_path: Path) -> None:
+    running = start_custody(tmp_path / "c", db_url)
+    try:
+        ledger = running.services.ledger  # type: ignore[attr-defined]
+        real = ledger.append
+        failed: list[int] = []
+
+        def flaky(events: Any, side: Any = ()) -> Any:
+            if not failed and any(e.type == "upstream.requested" for e in events):
+                failed.append(len(events))
+                raise RuntimeError("the ledger's host sequencer went away")
+            return real(events, side)
+
+        ledger.append = flaky
+        with pytest.raises(errors.ServerError) as caught:
+            running.client().models.generate_content(  # type: ignore[attr-defined]
+                model="gemini-2.5-flash-image", contents="a red bicycle"
+            )
+        assert caught.value.code == 500 and failed
+        ledger.append = real
+        events = running.ledger_events()
+        turn = [e for e in events if e.get("turn")][-1]["turn"]
+        kinds = [e["type"] for e in events if e.get("turn") == turn]
+        assert kinds == ["turn.received", "policy.decided", "upstream.requested", "turn.failed"]
+        ledger.issue_checkpoint()
+        services = running.services
+        report = verify_ledger(
+            services.engine,  # type: ignore[attr-defined]
+            origin=services.settings.log_origin,  # type: ignore[attr-defined]
+            verifier=NoteVerifier.from_key_string(services.ledger_verifier_key),  # type: ignore[attr-defined]
+            commitments=Commitments(services.engine, services.blobs),  # type: ignore[attr-defined]
+        )
+        assert report.ok, report.summary()
+    finally:
+        running.stop()
