@@ -16,6 +16,7 @@ BENCHES = (
     "c2pa_bench",
     "policy_bench",
     "policy_memory_bench",
+    "slowloris_bench",
 )
 
 
