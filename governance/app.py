@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.connection_table = ConnectionTable(
         ConnectionLimits(
             header_timeout_s=settings.header_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
             max_connections=connection_budget(settings.max_connections, settings.fd_reserve),
             max_per_client=settings.max_connections_per_client,
             retry_after_s=settings.overload_retry_after_s,

@@ -38,6 +38,7 @@ class ConnectionLimits:
     """How long headers may take and how many connections are held (0: no cap)."""
 
     header_timeout_s: float = 10.0
+    max_header_bytes: int = 128 * 1024
     max_connections: int = 10_000
     max_per_client: int = 512
     retry_after_s: int = 1
@@ -149,6 +150,8 @@ def guarded_protocol(table: ConnectionTable) -> type[asyncio.Protocol]:
         _counted = False
         _served = False  # a response went out: an idle keep-alive connection is closed silently
         _header_timer: asyncio.TimerHandle | None = None
+        _header_bytes = 0
+        _in_headers = True  # between a request's first byte (or the accept) and its headers' end
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -220,11 +223,40 @@ def guarded_protocol(table: ConnectionTable) -> type[asyncio.Protocol]:
                 " idle one, so it was closed. Reconnect and send the request at once.",
             )
 
+        def data_received(self, data: bytes) -> None:
+            if self._in_headers:
+                self._header_bytes += len(data)
+            super().data_received(data)
+            if self._in_headers and self._header_bytes > table.limits.max_header_bytes:
+                self.cut(
+                    431,
+                    "Request Header Fields Too Large",
+                    "INVALID_ARGUMENT",
+                    "HEADERS_TOO_LARGE",
+                    f"The request's headers passed {table.limits.max_header_bytes:,} bytes"
+                    " (CUSTODY_MAX_HEADER_BYTES); the connection is closed and nothing was read.",
+                )
+
+        def send_400_response(self, msg: str) -> None:
+            """The parser's refusal (malformed request line or headers, smuggling) in Gemini's
+            envelope instead of uvicorn's plain text."""
+            self.cut(
+                400,
+                "Bad Request",
+                "INVALID_ARGUMENT",
+                "MALFORMED_HTTP",
+                "The request is not well-formed HTTP/1.1 (request line, header or length"
+                " framing); the connection is closed and nothing was read.",
+            )
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._in_headers = True
             self._arm_header_timer()
 
         def on_headers_complete(self) -> None:
+            self._in_headers = False
+            self._header_bytes = 0
             self._disarm_header_timer()
             if self._counted:
                 table.mark_busy(self)

@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000  # decompression-bomb guard: width*height per input image
     header_timeout_s: float = Field(default=10.0, ge=0)  # a request's headers, from its 1st byte
+    max_header_bytes: int = Field(default=128 * 1024, ge=1024)  # request line and headers
     body_idle_timeout_s: float = Field(default=15.0, gt=0)  # wait for the next body chunk
     body_timeout_s: float = Field(default=120.0, gt=0)  # the whole body, from its first read
     keep_alive_timeout_s: float = Field(default=5.0, gt=0)  # idle between keep-alive requests
