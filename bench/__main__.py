@@ -17,6 +17,7 @@ BENCHES = (
     "policy_bench",
     "policy_memory_bench",
     "slowloris_bench",
+    "schemathesis_bench",
 )
 
 
