@@ -1,14 +1,15 @@
 """Secrets never leave where they belong: a full run, then every output searched for every secret.
 
 The run is a real ``custody serve --access-log --log-level debug`` in front of ``custody
-emulator`` holding an upstream key: released, denied, upstream-refused and malformed turns, keys
-sent in the header, as ``?key=`` and as Bearer, a wrong key, a console sign-in and its pages, a
-metrics scrape, ledger exports (entries, checkpoint, the CLI's checkpoint). The secrets: the
-upstream key, every API key and its secret part, the console password and session cookie, every
-private key the installation holds (C2PA signing PEM, ledger note key). Each is searched raw, in
-base64 (standard, URL-safe, unpadded) and in hex in: the gateway's log, every row of every
-database table, the raw database files, every blob, every response body and header (but the
-sign-in's own Set-Cookie), the signed images (their C2PA manifests), /metrics and the exports.
+emulator`` holding an upstream key: released, denied, upstream-refused and malformed turns; keys
+sent in the header, as ``?key=`` and as Bearer; a wrong key; review decisions (one refused); a
+console sign-in, its pages and a failed sign-in; a metrics scrape; ledger exports (entries,
+checkpoint, the CLI's checkpoint). The secrets: the upstream key, every API key and its secret
+part, the console password and session cookie, every private key the installation holds (C2PA
+signing PEM, ledger note key). Each is searched raw, in base64 (standard, URL-safe, unpadded) and
+in hex in: the gateway's log, every row of every table, every file of the data directory but the
+key files themselves (database, WAL, blobs), every response body and header (but the sign-in's
+own Set-Cookie), the signed images (their C2PA manifests), /metrics and the exports.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from governance.auth.keys import create_key, parse_key
 from governance.settings import Settings
 from governance.state import open_engine
 from tests.console_helpers import PASSWORD, ConsoleClient, make_account
+from tests.review_helpers import open_task
 from tests.test_at_rest import REPO, _free_port, _serve, _text, _wait
 
 GENERATE = "/v1beta/models/gemini-2.5-flash-image:generateContent"
@@ -76,7 +78,7 @@ def installation(tmp_path: Path):
     engine = open_engine(Settings(data_dir=data), create=True)
     keys = {
         role: create_key(engine, tenant="acme", actor=f"{role}@acme", roles=[role])
-        for role in ("editor", "auditor", "admin")
+        for role in ("editor", "auditor", "admin", "reviewer")
     }
     keys["operator"] = create_key(engine, tenant="custody", actor="ops@custody", roles=["operator"])
     engine.dispose()
@@ -153,8 +155,40 @@ def test_no_secret_appears_in_any_output(installation, photo_bytes) -> None:
     running = _Installation(account_engine_settings)
     try:
         make_account(running, "rita", "reviewer")  # type: ignore[arg-type]
+        tasks = [open_task(running) for _ in range(2)]  # type: ignore[arg-type]
     finally:
         running.close()
+    member = httpx.post(
+        base + "/api/v1/review-groups/reviewers/members",
+        json={"actor": "reviewer@acme"},
+        headers={"x-goog-api-key": keys["admin"]},
+    )
+    assert member.status_code == 200, member.text
+    keep("group membership", member)
+    reviewer = keys["reviewer"]
+    for label, method, path, body, expected in [
+        ("review queue", "GET", "/api/v1/reviews", None, 200),
+        ("review task", "GET", f"/api/v1/reviews/{tasks[0].task_id}", None, 200),
+        (
+            "review approve",
+            "POST",
+            f"/api/v1/reviews/{tasks[0].task_id}/decision",
+            {"decision": "approve", "comment": "fine", "shown_digest": tasks[0].shown_digest},
+            200,
+        ),
+        (
+            "review on other content",
+            "POST",
+            f"/api/v1/reviews/{tasks[1].task_id}/decision",
+            {"decision": "approve", "comment": "", "shown_digest": "0" * 64},
+            409,
+        ),
+    ]:
+        resp = httpx.request(
+            method, base + path, json=body, headers={"x-goog-api-key": reviewer}, timeout=60
+        )
+        assert resp.status_code == expected, (label, resp.text[:300])
+        keep(label, resp)
     console = ConsoleClient(_Base(base))  # type: ignore[arg-type]
     signed_in = console.sign_in("rita")
     assert signed_in.status_code in (302, 303), signed_in.text[:300]
