@@ -20,6 +20,8 @@ BENCHES = (
     "query_bench",
     "evidence_bench",
     "replicas_bench",
+    "slowloris_bench",
+    "schemathesis_bench",
 )
 
 

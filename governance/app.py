@@ -28,8 +28,17 @@ from governance.api import (
 )
 from governance.api.deps import get_services, presented_key
 from governance.api.errors import GeminiError, error_response, not_served
+from governance.api.request_limits import (
+    RequestBodyTimeout,
+    RequestLimits,
+    RequestLimitSettings,
+    body_timeout_error,
+    new_counts,
+)
 from governance.background import background_jobs
+from governance.connection_guard import ConnectionLimits, ConnectionTable, guarded_protocol
 from governance.console import install as install_console
+from governance.fd_headroom import connection_budget
 from governance.logredact import install_key_redaction
 from governance.pipeline.errors import TurnError
 from governance.services import Services, build_services
@@ -50,6 +59,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         own = services is None
         app.state.services = services or build_services(settings)
         announce(app.state.services)
+        metrics = app.state.services.metrics
+        metrics.count_from(
+            "custody_connections_cut",
+            "Connections closed by the guard: header_timeout, evicted (oldest idle), refused_full.",
+            app.state.connection_table.counts,
+        )
+        metrics.count_from(
+            "custody_requests_shed",
+            "Requests refused before their body was read: inflight (over the limit), body_timeout.",
+            shed_counts,
+        )
         try:
             async with background_jobs(app.state.services):
                 yield
@@ -78,6 +98,32 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(models_routes.router)  # before gemini_routes: :countTokens is its own
     app.include_router(gemini_routes.router)
     install_console(app)  # /console/: people's pages, HTML refusals
+    shed_counts = new_counts()
+    app.add_middleware(
+        RequestLimits,
+        counts=shed_counts,
+        limits=RequestLimitSettings(
+            max_inflight=settings.max_inflight_requests,
+            body_idle_timeout_s=settings.body_idle_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            retry_after_s=settings.overload_retry_after_s,
+        ),
+    )
+    app.state.connection_table = ConnectionTable(
+        ConnectionLimits(
+            header_timeout_s=settings.header_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=connection_budget(settings.max_connections, settings.fd_reserve),
+            max_per_client=settings.max_connections_per_client,
+            retry_after_s=settings.overload_retry_after_s,
+        )
+    )
+    app.state.keep_alive_timeout_s = settings.keep_alive_timeout_s
+
+    @app.exception_handler(RequestBodyTimeout)
+    async def _body_timeout(request: Request, exc: RequestBodyTimeout) -> Response:
+        log.info("request body too slow on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(await _recorded_if_model_route(request, body_timeout_error(exc)))
 
     @app.exception_handler(TurnError)  # GeminiError is one too
     async def _turn_error(request: Request, exc: TurnError) -> Response:
@@ -122,6 +168,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         ).response()
 
     return app
+
+
+def server_options(app: FastAPI) -> dict[str, object]:
+    """What ``uvicorn.Config`` needs to serve ``app`` with its connection guard
+    (``governance.connection_guard``): the guarded protocol and the keep-alive timeout."""
+    return {
+        "http": guarded_protocol(app.state.connection_table),
+        "timeout_keep_alive": app.state.keep_alive_timeout_s,
+    }
 
 
 def describe_validation(exc: RequestValidationError) -> str:

@@ -49,7 +49,7 @@ def tune_malloc(arena_max: int, mmap_threshold: int) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from governance.app import create_app
+    from governance.app import create_app, server_options
     from governance.listening import bind_or_explain, run_on_socket
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -68,10 +68,12 @@ def _serve(args: argparse.Namespace) -> int:
     # Start-up objects move out of the collector's view, so full collections follow the turns'
     # own garbage: request and upstream buffers held in reference cycles otherwise waited in the
     # oldest generation (see docs/performance.md, "Gateway, end to end").
+    app = create_app(settings)  # raises the open-file limit (governance.fd_headroom)
     gc.freeze()
     started = run_on_socket(
         sock,
-        create_app(settings),
+        app,
+        **server_options(app),
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,

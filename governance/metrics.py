@@ -8,9 +8,10 @@ only to operators.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -21,6 +22,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._reason_counts: dict[str, _ReasonCounts] = {}
         self.turns = Counter(
             "custody_turns",
             "Turns handled, by tenant and outcome (released, denied, held, upstream_error, ...).",
@@ -78,6 +80,15 @@ class Metrics:
                 lambda name=name: 1.0 if state() == name else 0.0  # type: ignore[misc]
             )
 
+    def count_from(self, name: str, documentation: str, counts: Mapping[str, int]) -> None:
+        """Expose a plain ``reason -> count`` mapping kept by a layer below the app (the
+        connection guard, the request limits) as the process-wide counter ``name``."""
+        previous = self._reason_counts.pop(name, None)
+        if previous is not None:  # the same services served by a second app (tests)
+            self.registry.unregister(previous)
+        self._reason_counts[name] = _ReasonCounts(name, documentation, counts)
+        self.registry.register(self._reason_counts[name])
+
     def tenant_view(self, tenant: str | None) -> TenantView:
         """What ``generate_latest`` should expose to a reader of ``tenant`` (None: operator)."""
         return TenantView(self.registry, tenant)
@@ -101,3 +112,18 @@ class TenantView:
             kept = Metric(family.name, family.documentation, family.type, family.unit)
             kept.samples = samples
             yield kept
+
+
+class _ReasonCounts:
+    """A collector reading a live ``reason -> count`` mapping at each scrape."""
+
+    def __init__(self, name: str, documentation: str, counts: Mapping[str, int]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=["reason"])
+        for reason, value in sorted(self.counts.items()):
+            family.add_metric([reason], value)
+        yield family

@@ -121,6 +121,16 @@ class Settings(BaseSettings):
     port: int = 8080
     max_request_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000  # decompression-bomb guard: width*height per input image
+    header_timeout_s: float = Field(default=10.0, ge=0)  # a request's headers, from its 1st byte
+    max_header_bytes: int = Field(default=128 * 1024, ge=1024)  # request line and headers
+    body_idle_timeout_s: float = Field(default=15.0, gt=0)  # wait for the next body chunk
+    body_timeout_s: float = Field(default=120.0, gt=0)  # the whole body, from its first read
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)  # idle between keep-alive requests
+    max_connections: int = Field(default=10_000, ge=0)  # 0: as many as descriptors allow
+    max_connections_per_client: int = Field(default=512, ge=0)  # per client address; 0: no cap
+    max_inflight_requests: int = Field(default=512, ge=0)  # then 503 + Retry-After; 0: no cap
+    fd_reserve: int = Field(default=1024, ge=0)  # descriptors kept free of connections
+    overload_retry_after_s: int = Field(default=1, ge=1)
 
     # -- upstream Gemini (or any Gemini-compatible endpoint)
     upstream_base_url: str = ""  # empty: Google's endpoint, or the built-in emulator without a key

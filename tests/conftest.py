@@ -129,7 +129,7 @@ class RunningCustody:
 
 def start_custody(data_dir: Path, database_url: str = "", **overrides: object) -> RunningCustody:
     """Build services, create one key per role, serve the app on a free loopback port."""
-    from governance.app import create_app
+    from governance.app import create_app, server_options
     from governance.auth.keys import create_key
     from governance.services import build_services
     from governance.settings import Settings
@@ -146,7 +146,8 @@ def start_custody(data_dir: Path, database_url: str = "", **overrides: object) -
     keys["other-tenant-editor"] = create_key(
         services.engine, tenant="globex", actor="editor@globex", roles=["editor"]
     )
-    server = ThreadedServer(create_app(settings, services=services)).start()
+    app = create_app(settings, services=services)
+    server = ThreadedServer(app, **server_options(app)).start()
     return RunningCustody(server, services, keys)
 
 

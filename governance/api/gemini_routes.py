@@ -21,6 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from governance.api.custody_headers import SESSION_HEADER, check_custody_headers, check_model
 from governance.api.deps import get_services, require_role
 from governance.api.errors import GeminiError, not_served
+from governance.api.request_limits import RequestBodyTimeout, body_timeout_error
 from governance.auth.principal import Principal
 from governance.pipeline.errors import TurnError
 from governance.pipeline.turn import TurnPipeline
@@ -48,6 +49,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             chunks.append(chunk)
     except ClientDisconnect:
         raise _gone_before_body(size) from None
+    except RequestBodyTimeout as exc:
+        raise body_timeout_error(exc) from None
     return b"".join(chunks)
 
 

@@ -300,6 +300,10 @@ def _first(part: dict[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
+# C0 controls but tab, LF and CR; DEL; C1 controls.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _strings(value: Any, out: list[str]) -> None:
     """Every string leaf of a JSON value, keys included (a function's arguments are text);
     iterative, so no nesting depth the JSON parser accepts can exhaust the stack."""
@@ -339,6 +343,15 @@ class _Reader:
 
     def text(self, field_name: str, text: str, ci: int, pi: int) -> None:
         self.chars += len(text)
+        control = _CONTROL.search(text)
+        if control is not None:
+            raise _bad(
+                f"Text part {pi} of content {ci} holds the control character"
+                f" U+{ord(control.group()):04X}; prompts may hold tab, line feed and carriage"
+                " return, no other C0 or C1 control (they hide text from reviewers and rewrite"
+                " terminals and logs). Remove it and resend.",
+                "CONTROL_CHARACTERS",
+            )
         self.text_parts += 1
         if self.chars > self.limits.max_prompt_chars:
             raise _bad(
