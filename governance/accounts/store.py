@@ -37,7 +37,7 @@ from governance.auth.lifecycle import Operator
 from governance.auth.principal import ROLES, Principal
 from governance.ledger_vocabulary import ledger_event
 from governance.refusal_error import Refusal
-from governance.review.groups import check_group_name
+from governance.review.groups import Member, check_group_name, insert_membership
 from storage.ledger.events import LedgerEvent
 from storage.ledger.log import Ledger
 from storage.schema.accounts import CONSOLE_ACCOUNTS
@@ -295,15 +295,8 @@ class Accounts:
                 held = set(_groups_of(conn, tenant, username))
                 added = [g for g in account.groups if g not in held]
                 for group in added:
-                    conn.execute(
-                        insert(MEMBERS).values(
-                            tenant=tenant,
-                            group_name=group,
-                            actor=username,
-                            added_ms=account.created_ms,
-                            added_by=by.actor,
-                        )
-                    )
+                    member = Member(tenant, group, username, account.created_ms, by.actor)
+                    insert_membership(conn, member)
         except IntegrityError:
             raise AccountError(
                 409, f"Tenant {tenant!r} already has an account {username!r}.", "ACCOUNT_EXISTS"

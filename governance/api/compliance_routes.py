@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import Response
@@ -56,6 +57,7 @@ from governance.compliance.record import (
 from governance.provenance.lookup import NotYetCheckpointed
 from storage.blobs import Commitments
 
+T = TypeVar("T")
 router = APIRouter(prefix="/api/v1/query", tags=["compliance"])
 oversight_router = APIRouter(prefix="/api/v1", tags=["compliance"])
 DEFAULT_PERIOD_MS = 30 * 86_400_000
@@ -105,6 +107,14 @@ def turn_filter(principal: Principal, params: dict[str, Any]) -> TurnFilter:
         raise bad_query(str(exc)) from exc
 
 
+async def _answer(services: Any, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    """``fn(*args, **kw)`` off the event loop; a ``QueryError`` is the caller's 400."""
+    try:
+        return await services.run_blocking(fn, *args, **kw)
+    except QueryError as exc:
+        raise bad_query(str(exc)) from exc
+
+
 @router.get("/turns")
 async def turns(
     request: Request,
@@ -130,12 +140,9 @@ async def turns(
     )  # fmt: skip
     flt = turn_filter(principal, params)
     services = get_services(request)
-    try:
-        page = await services.run_blocking(
-            query_turns, services.read_engine, flt, cursor=cursor, limit=limit
-        )
-    except QueryError as exc:
-        raise bad_query(str(exc)) from exc
+    page = await _answer(
+        services, query_turns, services.read_engine, flt, cursor=cursor, limit=limit
+    )
     return page.to_dict()
 
 
@@ -171,12 +178,9 @@ async def events(
     except QueryError as exc:
         raise bad_query(str(exc)) from exc
     services = get_services(request)
-    try:
-        page = await services.run_blocking(
-            query_events, services.read_engine, flt, cursor=cursor, limit=limit
-        )
-    except QueryError as exc:
-        raise bad_query(str(exc)) from exc
+    page = await _answer(
+        services, query_events, services.read_engine, flt, cursor=cursor, limit=limit
+    )
     return page.to_dict()
 
 
@@ -190,12 +194,9 @@ async def image(
     """Every recorded input or output with this SHA-256 (upstream's or signed), newest first."""
     scope = scoped_tenant(principal, tenant)
     services = get_services(request)
-    try:
-        rows = await services.run_blocking(
-            images_by_hash, services.read_engine, sha256.lower(), tenant=scope
-        )
-    except QueryError as exc:
-        raise bad_query(str(exc)) from exc
+    rows = await _answer(
+        services, images_by_hash, services.read_engine, sha256.lower(), tenant=scope
+    )
     return {"sha256": sha256.lower(), "rows": rows, "count": len(rows)}
 
 
@@ -252,19 +253,17 @@ async def prompts(
     scan = body.get("scan") or services.settings.prompt_search_scan
     if not 1 <= scan <= services.settings.prompt_search_scan:
         raise bad_query(f"scan must be from 1 to {services.settings.prompt_search_scan}.")
-    try:
-        found = await services.run_blocking(
-            search_prompts,
-            services.read_engine,
-            commitments,
-            flt,
-            text,
-            cursor=body.get("cursor"),
-            limit=body.get("limit") or DEFAULT_LIMIT,
-            scan=scan,
-        )
-    except QueryError as exc:
-        raise bad_query(str(exc)) from exc
+    found = await _answer(
+        services,
+        search_prompts,
+        services.read_engine,
+        commitments,
+        flt,
+        text,
+        cursor=body.get("cursor"),
+        limit=body.get("limit") or DEFAULT_LIMIT,
+        scan=scan,
+    )
     query = await services.run_blocking(commit_query, services.blobs, text)
     event = searched_event(
         tenant=flt.tenant or "*",
@@ -314,12 +313,9 @@ async def outputs_missing_marking(
         until_ms=_time("until", until),
     )
     services = get_services(request)
-    try:
-        page = await services.run_blocking(
-            missing_marking, _record_sources(request), flt, cursor=cursor, limit=limit
-        )
-    except QueryError as exc:
-        raise bad_query(str(exc)) from exc
+    page = await _answer(
+        services, missing_marking, _record_sources(request), flt, cursor=cursor, limit=limit
+    )
     return page.to_dict()
 
 
@@ -332,12 +328,9 @@ async def output_record(
     """The compliance record of one output: its marking, SB 942 fields and AI Act category."""
     scope = None if principal.is_operator else principal.tenant
     services = get_services(request)
-    try:
-        found = await services.run_blocking(
-            compliance_record, _record_sources(request), sha256.lower(), tenant=scope
-        )
-    except QueryError as exc:
-        raise bad_query(str(exc)) from exc
+    found = await _answer(
+        services, compliance_record, _record_sources(request), sha256.lower(), tenant=scope
+    )
     if found is None:
         raise GeminiError(
             404,

@@ -51,6 +51,20 @@ def is_member(conn: Connection, *, tenant: str, group: str, actor: str) -> bool:
     return found is not None
 
 
+def insert_membership(conn: Connection, member: Member) -> None:
+    """The membership row of ``member`` (inside the caller's transaction; its event is the
+    caller's to append)."""
+    conn.execute(
+        insert(MEMBERS).values(
+            tenant=member.tenant,
+            group_name=member.group,
+            actor=member.actor,
+            added_ms=member.added_ms,
+            added_by=member.added_by,
+        )
+    )
+
+
 def check_group_name(group: str) -> str:
     if not GROUP_NAME.match(group):
         raise ReviewError(
@@ -95,15 +109,7 @@ class ReviewGroups:
                 raise ReviewError(
                     409, f"{actor!r} is already a member of {group!r}.", "ALREADY_MEMBER"
                 )
-            conn.execute(
-                insert(MEMBERS).values(
-                    tenant=tenant,
-                    group_name=group,
-                    actor=actor,
-                    added_ms=member.added_ms,
-                    added_by=by,
-                )
-            )
+            insert_membership(conn, member)
         self._record("review.member_added", member, by)
         return member
 

@@ -47,9 +47,9 @@ class ThreadedServer:
     """A uvicorn server for an ASGI app in a daemon thread; ``start`` returns once it listens."""
 
     def __init__(
-        self, app: Any, host: str = "127.0.0.1", port: int | None = None, **config: object
+        self, app: Any, host: str = "127.0.0.1", port: int | None = None, **options: Any
     ) -> None:
-        """``config``: further ``uvicorn.Config`` options (``governance.app.server_options``)."""
+        """``options``: further ``uvicorn.Config`` options (``governance.app.server_options``)."""
         self.host = host
         self.port = port or free_port(host)
         # log_config=None and log_level=None: leave every logger as the process configured it.
@@ -60,7 +60,7 @@ class ThreadedServer:
             log_config=None,
             log_level=None,
             lifespan="on",
-            **config,  # type: ignore[arg-type]
+            **options,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
