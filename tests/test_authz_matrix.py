@@ -240,6 +240,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/sessions/{session_id}/timeline"): row(
         TURN_READER_OF_NOTHING, path=NO_SUCH_SESSION + "/timeline"
     ),
+    ("GET", "/api/v1/sessions/{session_id}/authorship"): row(
+        TURN_READER_OF_NOTHING, path=NO_SUCH_SESSION + "/authorship"
+    ),
     ("POST", "/api/v1/sessions/{session_id}/images"): row(
         TURN_READER_OF_NOTHING,
         path=NO_SUCH_SESSION + "/images",

@@ -302,6 +302,7 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", "/api/v1/sessions", {"json": {}}),
         ("GET", f"/api/v1/sessions/{sid}", {}),
         ("GET", f"/api/v1/sessions/{sid}/timeline", {}),
+        ("GET", f"/api/v1/sessions/{sid}/authorship", {"params": {"format": "pdf"}}),
         ("GET", f"/api/v1/sessions/{sid}/versions/{ver}/content", {}),
         (
             "POST",
@@ -402,6 +403,10 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
         ("POST", "/console/reviews/{task_id}/claim"): ("POST", "/console/reviews/t/claim"),
         ("GET", "/api/v1/sessions/{session_id}"): ("GET", "/api/v1/sessions/s"),
         ("GET", "/api/v1/sessions/{session_id}/timeline"): ("GET", "/api/v1/sessions/s/timeline"),
+        ("GET", "/api/v1/sessions/{session_id}/authorship"): (
+            "GET",
+            "/api/v1/sessions/s/authorship",
+        ),
         ("GET", "/api/v1/sessions/{session_id}/versions/{version_id}/content"): (
             "GET",
             "/api/v1/sessions/s/versions/v/content",
