@@ -9,14 +9,19 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pypdf import PdfReader
 
 from governance.review import desk_for
 from storage.ledger.leaf import decode_leaf
+from tests.conftest import RunningCustody, start_custody
+from tests.console_browser import sign_in
+from tests.console_helpers import make_account
 from tests.evidence_helpers import cli, custody_env, policy_dir
 from tests.review_helpers import add_member, decide
 from tests.session_helpers import api, b64, gateway, mask_png, png
@@ -211,3 +216,45 @@ def test_report_of_a_multi_turn_session(tmp_path: Path, db_url: str) -> None:
         assert "Authorship report" in (tmp_path / "r.html").read_text()
     finally:
         custody.stop()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCustody]:
+    """A gateway started before the browser (Playwright's sync API holds the test's loop)."""
+    running = start_custody(tmp_path_factory.mktemp("authorship-browser") / "custody")
+    try:
+        make_account(running, "audrey", "auditor")
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.mark.browser
+def test_the_console_session_page_links_the_report(
+    tmp_path: Path, served: RunningCustody, page: Any
+) -> None:
+    editor = api(served)
+    session = editor.post("/api/v1/sessions", json={}).json()["session"]
+    upload = editor.post(
+        f"/api/v1/sessions/{session}/images",
+        json={"data": b64(png(96, 64)), "mime_type": "image/png", "source": "a sketch"},
+    ).json()["version"]
+    turn = editor.post(
+        f"/api/v1/sessions/{session}/turns",
+        json={"instruction": "ink it", "targets": [{"version": upload}]},
+    ).json()["results"][0]
+    assert turn["status"] == "released", turn
+    sign_in(page, served.base_url, "audrey", path=f"/console/sessions/{session}")
+    page.click("#authorship-report")
+    assert page.url == f"{served.base_url}/console/sessions/{session}/authorship"
+    assert page.locator("h1").inner_text() == "Authorship report"
+    kinds = [
+        page.locator("tr.human").nth(n).get_attribute("data-kind")
+        for n in range(page.locator("tr.human").count())
+    ]
+    assert kinds == ["session", "upload", "prompt"], kinds
+    assert page.locator("tr.ai").count() == 1
+    assert "DRAFT FOR COUNSEL" in page.inner_text(".draft")
+    pdf = page.request.get(f"{served.base_url}/console/sessions/{session}/authorship?format=pdf")
+    assert pdf.ok and pdf.body().startswith(b"%PDF")
+    page.screenshot(path=str(tmp_path / "authorship.png"), full_page=True)

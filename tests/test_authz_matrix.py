@@ -316,6 +316,11 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/console/sessions/{session_id}"): row(
         CONSOLE_OF_NO_TASK, console=True, path="/console/sessions/ses_" + "0" * 24
     ),
+    ("GET", "/console/sessions/{session_id}/authorship"): row(
+        CONSOLE_OF_NO_TASK,
+        console=True,
+        path="/console/sessions/ses_" + "0" * 24 + "/authorship",
+    ),
     ("GET", "/console/sessions/{session_id}/versions/{version_id}/content"): row(
         CONSOLE_OF_NO_TASK,
         console=True,
