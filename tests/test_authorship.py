@@ -26,7 +26,18 @@ from tests.evidence_helpers import cli, custody_env, policy_dir
 from tests.review_helpers import add_member, decide
 from tests.session_helpers import api, b64, gateway, mask_png, png
 
-HUMAN_ORDER = ["session", "upload", "prompt", "mask", "prompt", "review", "rollback", "label"]
+HUMAN_ORDER = [
+    "session",
+    "upload",
+    "prompt",
+    "mask",
+    "prompt",
+    "review",
+    "rollback",
+    "label",
+    "prompt",
+    "selection",
+]
 
 
 def _client(custody: Any, role: str) -> httpx.Client:
@@ -91,7 +102,13 @@ def _session(custody: Any) -> dict[str, str]:
         f"/api/v1/sessions/{session}/versions/{rolled}/labels", json={"label": "final pick"}
     )
     assert labelled.status_code == 200, labelled.text
+    branch = editor.post(  # back on the masked edit: a branch, not the newest version
+        f"/api/v1/sessions/{session}/turns",
+        json={"instruction": "add a cushion", "targets": [{"version": first["versions"][0]}]},
+    ).json()["results"][0]
+    assert branch["status"] == "released", branch
     return {
+        "branch": branch["versions"][0],
         "session": session,
         "upload": upload,
         "first": first["versions"][0],
@@ -145,15 +162,21 @@ def test_report_of_a_multi_turn_session(tmp_path: Path, db_url: str) -> None:
         assert human[6]["chosen"] == ids["upload"]
         assert human[6]["rejected"] == [ids["second"], ids["first"]]
         assert human[7]["label"] == "final pick"
+        assert human[9]["version"] == ids["first"] and human[9]["rejected"] == [ids["rolled"]]
         ai = [a for a in report["acts"] if a["who"] == "ai"]
-        assert [a["versions"] for a in ai] == [[ids["first"]], [ids["second"]]]
+        assert [a["versions"] for a in ai] == [[ids["first"]], [ids["second"]], [ids["branch"]]]
         assert [s["model"] for s in report["ai_systems"]] == ["gemini-2.5-flash-image"]
         assert report["ai_systems"][0]["model_versions"], "the model version the upstream named"
         _check_refs(custody, report, auditor)
 
-        # The final version is the rollback to the upload: every pixel human-provided.
-        assert report["final_version"] == ids["rolled"]
-        assert report["attribution"]["percent"]["human_provided"] == 100.0
+        # The newest version is the branch (an unmasked edit): every pixel generated; the
+        # rollback to the upload: every pixel human-provided.
+        assert report["final_version"] == ids["branch"]
+        assert report["attribution"]["percent"]["generated_whole"] == 100.0
+        rolled = auditor.get(
+            f"/api/v1/sessions/{session}/authorship", params={"version": ids["rolled"]}
+        ).json()["attribution"]["percent"]
+        assert rolled["human_provided"] == 100.0, rolled
         assert all(v["thumbnail"].startswith("data:image/png") for v in report["versions"])
         # The masked edit: the mask's white half generated, the rest the upload's.
         masked = auditor.get(
