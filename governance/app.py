@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from governance import __version__
 from governance.api import (
+    authorship_routes,
     compliance_routes,
     erasure_routes,
     evidence_routes,
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(evidence_routes.router)
     app.include_router(review_routes.router)
     app.include_router(session_routes.router)
+    app.include_router(authorship_routes.router)
     app.include_router(models_routes.router)  # before gemini_routes: :countTokens is its own
     app.include_router(gemini_routes.router)
     install_console(app)  # /console/: people's pages, HTML refusals

@@ -240,6 +240,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/sessions/{session_id}/timeline"): row(
         TURN_READER_OF_NOTHING, path=NO_SUCH_SESSION + "/timeline"
     ),
+    ("GET", "/api/v1/sessions/{session_id}/authorship"): row(
+        TURN_READER_OF_NOTHING, path=NO_SUCH_SESSION + "/authorship"
+    ),
     ("POST", "/api/v1/sessions/{session_id}/images"): row(
         TURN_READER_OF_NOTHING,
         path=NO_SUCH_SESSION + "/images",
@@ -312,6 +315,11 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/console/sessions/{session_id}"): row(
         CONSOLE_OF_NO_TASK, console=True, path="/console/sessions/ses_" + "0" * 24
+    ),
+    ("GET", "/console/sessions/{session_id}/authorship"): row(
+        CONSOLE_OF_NO_TASK,
+        console=True,
+        path="/console/sessions/ses_" + "0" * 24 + "/authorship",
     ),
     ("GET", "/console/sessions/{session_id}/versions/{version_id}/content"): row(
         CONSOLE_OF_NO_TASK,

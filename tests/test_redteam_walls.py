@@ -302,6 +302,7 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", "/api/v1/sessions", {"json": {}}),
         ("GET", f"/api/v1/sessions/{sid}", {}),
         ("GET", f"/api/v1/sessions/{sid}/timeline", {}),
+        ("GET", f"/api/v1/sessions/{sid}/authorship", {"params": {"format": "pdf"}}),
         ("GET", f"/api/v1/sessions/{sid}/versions/{ver}/content", {}),
         (
             "POST",
@@ -323,6 +324,7 @@ def _probes(a: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", f"/api/v1/sessions/{sid}/versions/{ver}/labels", {"json": {"label": "x"}}),
         ("GET", f"/console/sessions/{sid}", {}),
         ("GET", f"/console/sessions/{sid}/versions/{ver}/content", {}),
+        ("GET", f"/console/sessions/{sid}/authorship", {}),
     ]
     for key_id in a["key_ids"]:
         probes.append(("POST", f"/api/v1/keys/{key_id}/revoke", {"json": {}}))
@@ -402,6 +404,10 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
         ("POST", "/console/reviews/{task_id}/claim"): ("POST", "/console/reviews/t/claim"),
         ("GET", "/api/v1/sessions/{session_id}"): ("GET", "/api/v1/sessions/s"),
         ("GET", "/api/v1/sessions/{session_id}/timeline"): ("GET", "/api/v1/sessions/s/timeline"),
+        ("GET", "/api/v1/sessions/{session_id}/authorship"): (
+            "GET",
+            "/api/v1/sessions/s/authorship",
+        ),
         ("GET", "/api/v1/sessions/{session_id}/versions/{version_id}/content"): (
             "GET",
             "/api/v1/sessions/s/versions/v/content",
@@ -417,6 +423,10 @@ def test_the_probes_cover_every_route_of_the_matrix() -> None:
             "/api/v1/sessions/s/versions/v/labels",
         ),
         ("GET", "/console/sessions/{session_id}"): ("GET", "/console/sessions/s"),
+        ("GET", "/console/sessions/{session_id}/authorship"): (
+            "GET",
+            "/console/sessions/s/authorship",
+        ),
         ("GET", "/console/sessions/{session_id}/versions/{version_id}/content"): (
             "GET",
             "/console/sessions/s/versions/v/content",

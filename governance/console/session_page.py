@@ -125,3 +125,37 @@ async def version_content(
     return Response(
         data, media_type=row["mime_type"], headers={"Cache-Control": "private, no-store"}
     )
+
+
+@router.get("/sessions/{session_id}/authorship")
+async def authorship_report(
+    request: Request,
+    session_id: str,
+    format: str = "html",
+    user: ConsoleUser = Depends(_reader),  # noqa: B008
+) -> Response:
+    """The session's authorship report (``governance.authorship``) as a page or a PDF download,
+    for a person who may read the session."""
+    from governance.authorship import build_report
+    from governance.authorship.render import to_html, to_pdf
+
+    session = await _visible(request, user, session_id)
+    if format not in ("html", "pdf"):
+        raise ConsoleRefusal(400, "format is html or pdf.", "BAD_AUTHORSHIP_REQUEST", user=user)
+    services = get_services(request)
+    report = await services.run_blocking(
+        build_report, services.ledger, services.sessions, services.commitments, session
+    )
+    base = str(request.base_url).rstrip("/")
+    if format == "pdf":
+        pdf = await services.run_blocking(to_pdf, report, base)
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={
+                "content-disposition": f'attachment; filename="authorship-{session_id}.pdf"',
+                "Cache-Control": "private, no-store",
+            },
+        )
+    html = await services.run_blocking(to_html, report, base)
+    return Response(html, media_type="text/html", headers={"Cache-Control": "private, no-store"})
