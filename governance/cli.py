@@ -55,6 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
     settings.upstream_key()  # a Custody key as upstream key: refuse before anything starts
+    settings.check_blob_store()
     if not tune_malloc(settings.malloc_arena_max, settings.malloc_mmap_threshold):
         log.warning("this C library is not glibc: CUSTODY_MALLOC_* settings have no effect")
     sock = bind_or_explain("custody serve", settings.host, settings.port, "--port or CUSTODY_PORT")

@@ -20,7 +20,9 @@ def _erase(args: argparse.Namespace) -> int:
     from governance.erasure import ContentEraser, ErasureError
     from governance.state import open_state
 
-    state = open_state(Settings(), create=True)
+    # Content to erase exists only in an installation: never make one (a new, empty installation
+    # would answer "no such content" about data that is still held elsewhere).
+    state = open_state(Settings(), create=False)
     try:
         eraser = ContentEraser(state.engine, state.ledger, state.commitments)
         target = eraser.find(args.target)

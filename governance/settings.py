@@ -37,6 +37,7 @@ GOOGLE_GEMINI_URL = "https://generativelanguage.googleapis.com"
 # Every Custody API key starts so (``governance.auth.keys`` makes them); defined here, the lowest
 # layer, because the settings refuse one as the upstream key.
 KEY_PREFIX = "ck_"
+DATABASE_BLOB_STORES = ("database", "postgres", "postgresql")  # storage.blobs.open_blob_store
 SDK_KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")  # read by the SDK, never by the gateway
 
 
@@ -114,7 +115,9 @@ class Settings(BaseSettings):
     # -- where things live
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str = ""  # empty: SQLite at <data_dir>/custody.db
-    blob_store: str = "file"  # "file" (under data_dir/blobs) or "postgres" (the database_url)
+    # "file" (under data_dir/blobs), "file:/an/absolute/path", or "database" (PostgreSQL's blobs
+    # table; "postgres" and "postgresql" are synonyms)
+    blob_store: str = "file"
 
     # -- HTTP
     host: str = "127.0.0.1"
@@ -215,6 +218,36 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    @field_validator("blob_store", mode="after")
+    @classmethod
+    def _blob_store_spec(cls, value: str) -> str:
+        # A relative file: path would name another blob store in every directory, like a
+        # relative data dir.
+        spec = value.strip() or "file"
+        if spec in ("file", *DATABASE_BLOB_STORES):
+            return spec
+        if spec.startswith("file:") and Path(spec[5:]).is_absolute():
+            return spec
+        raise ValueError(
+            f"{value!r} is not a blob store: use 'file', 'file:/an/absolute/path' or 'database'"
+            " (PostgreSQL)"
+        )
+
+    def check_blob_store(self) -> None:
+        """A ``ConfigError`` when the blob store cannot live in the configured database."""
+        if self.blob_store not in DATABASE_BLOB_STORES:
+            return
+        try:
+            backend = make_url(self.effective_database_url).get_backend_name()
+        except Exception:
+            backend = ""
+        if backend != "postgresql":
+            raise ConfigError(
+                f"CUSTODY_BLOB_STORE={self.blob_store} keeps content in PostgreSQL, but the"
+                f" database is {self.masked_database_url}: set CUSTODY_DATABASE_URL to a"
+                " postgresql:// URL, or use CUSTODY_BLOB_STORE=file"
+            )
 
     @classmethod
     def settings_customise_sources(

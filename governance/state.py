@@ -120,6 +120,7 @@ class OpenState:
 
 def open_state(settings: Settings, *, create: bool) -> OpenState:
     """Database, ledger and blob store of this installation (see ``create`` above)."""
+    settings.check_blob_store()  # before anything is opened or created
     engine = open_engine(settings, create=create)
     try:
         signer = note_signer(settings, create=create)

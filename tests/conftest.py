@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.ci_no_skips"]  # under CI=true, any skip is a failure
+
 PG_ADMIN_URL = os.environ.get("CUSTODY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # in the repository: see its README
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

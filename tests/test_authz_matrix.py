@@ -38,7 +38,7 @@ from fastapi.routing import iter_route_contexts
 
 from governance.accounts.store import Account, Accounts
 from governance.app import create_app
-from governance.auth.keys import create_key
+from governance.auth.keys import create_key, parse_key
 from governance.auth.lifecycle import Operator
 from governance.console.sessions import ConsoleSessions, csrf_token
 from governance.console.web import COOKIE, SIGN_IN_CSRF_COOKIE
@@ -508,3 +508,60 @@ def test_cell(setup: Setup, key: tuple[str, str], caller: str) -> None:
     if resp.status_code >= 400 and method != "HEAD":
         error = resp.json()["error"]  # refusals are in Gemini's envelope
         assert error["code"] == resp.status_code and error["message"]
+
+
+# --- a revoked key, on every route that takes a key ---------------------------------------------
+
+# Every row a caller without a key is refused (401): the routes that authenticate with a key.
+KEYED_ROWS = [k for k, spec in MATRIX.items() if not spec.console and spec.expect["no_key"] == 401]
+
+
+@pytest.fixture(scope="module")
+def revoked(setup: Setup) -> dict[str, str]:
+    """An admin of acme and an operator, each used once (so the gateway has it cached), then
+    revoked through the admin API: the holders of every right a key can carry."""
+    engine = setup.custody.services.engine  # type: ignore[attr-defined]
+    keys = {
+        "admin": create_key(engine, tenant="acme", actor="gone-admin@acme", roles=["admin"]),
+        "operator": create_key(engine, tenant="custody", actor="gone@custody", roles=["operator"]),
+    }
+    base = setup.custody.base_url
+    for key in keys.values():
+        used = httpx.get(
+            base + "/api/v1/ledger/checkpoint", headers={"x-goog-api-key": key}, timeout=60
+        )
+        assert used.status_code == 200, used.text
+        key_id = parse_key(key)[0]  # type: ignore[index]
+        resp = httpx.post(
+            f"{base}/api/v1/keys/{key_id}/revoke",
+            json={"reason": "authorization matrix"},
+            headers={"x-goog-api-key": setup.keys["operator"]},
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+    return keys
+
+
+@pytest.mark.parametrize("caller", ["admin", "operator"])
+@pytest.mark.parametrize("key", KEYED_ROWS, ids=lambda k: f"{k[0]} {k[1]}")
+def test_a_revoked_key_is_refused_on_every_route(
+    setup: Setup, revoked: dict[str, str], key: tuple[str, str], caller: str
+) -> None:
+    method, route_path = key
+    spec = MATRIX[key]
+    body = getattr(setup, spec.body) if isinstance(spec.body, str) else spec.body
+    headers = {"x-goog-api-key": revoked[caller]}
+    if spec.content_type:
+        headers["content-type"] = spec.content_type
+    resp = httpx.request(
+        method,
+        setup.custody.base_url + (spec.path or route_path),
+        params=spec.params,
+        headers=headers,
+        json=body if isinstance(body, dict) else None,
+        content=body if isinstance(body, bytes) else None,
+        timeout=60,
+    )
+    assert resp.status_code == 403, f"{method} {route_path}: {resp.status_code} {resp.text[:300]}"
+    error = resp.json()["error"]
+    assert error["status"] == "PERMISSION_DENIED" and "revoked" in error["message"], error

@@ -1,4 +1,4 @@
-"""Commands that only read refuse to run on an installation that is not there — and create nothing.
+"""Commands that read (or act on what exists) refuse a missing installation and create nothing.
 
 A read-only command that made a fresh PKI, ledger and note key wherever it ran, and then said
 ``OK: the ledger verifies (0 entries)``, told an auditor "OK" about a ledger nobody uses. Every
@@ -27,6 +27,14 @@ READ_ONLY = [
     ("ledger", "vkey"),
     ("ledger", "proof", "0"),
     ("policy", "diff", str(REPO / "policies"), str(REPO / "policies"), "--replay", "5"),
+    # Not read-only, but they act on what an installation holds: a new, empty one is never right.
+    ("keys", "list"),
+    ("keys", "revoke", "00000000000000ff"),
+    ("keys", "rotate", "00000000000000ff"),
+    ("erase", "ab" * 32, "--reason", "a lawful-erasure request"),
+    ("accounts", "disable", "--tenant", "acme", "--username", "bob"),
+    ("query", "turns"),
+    ("authorship", "ses_" + "0" * 24, "--out", "authorship.json"),
 ]
 
 

@@ -1,13 +1,15 @@
 """The documentation names what the code has: every setting, every CLI command, every event type.
 
 Settings are read from ``Settings.model_fields`` and commands from the real argparse parser, so a
-setting or command added without its documentation fails here. The repository is self-contained:
-no test or benchmark reads from outside it.
+setting or command added without its documentation fails here; the README's table of the default
+tenants is checked against ``policies/custody/tenants/data.json``. The repository is
+self-contained: no test or benchmark reads from outside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -127,3 +129,37 @@ def test_the_code_writes_only_event_types_of_the_vocabulary() -> None:
         for name in EVENT_TYPE.findall(path.read_text())
     }
     assert emitted <= set(EVENT_BODIES), sorted(emitted - set(EVENT_BODIES))
+
+
+def _readme_tenant_rows() -> dict[str, str]:
+    """The README's "default tenants" table: tenant → the text of its row."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("**The default tenants**", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def test_the_readme_says_what_each_default_tenant_enforces() -> None:
+    tenants = json.loads((ROOT / "policies" / "custody" / "tenants" / "data.json").read_text())
+    rows = _readme_tenant_rows()
+    assert set(rows) == set(tenants), "one README row per tenant of data.json"
+    for name, settings in tenants.items():
+        row = rows[name]
+        wanted = [f"`{m}`" for m in settings.get("allowed_models", [])]
+        if settings.get("reviewer_group", "reviewers") != "reviewers" or name == "default":
+            wanted.append(f"`{settings['reviewer_group']}`")
+        if settings.get("escalate_to"):
+            wanted.append(f"`{settings['escalate_to']}`")
+        per_minute = settings.get("rate_limits", {}).get("per_minute", {})
+        if name != "acme":  # acme's limits are the default's, and its row says so
+            wanted += [f"{per_minute[k]:,} turns" for k in ("actor_turns",) if k in per_minute]
+        limits = settings.get("input_limits", {})
+        if "max_prompt_chars" in limits:
+            wanted.append(f"prompts ≤ {limits['max_prompt_chars']:,} characters")
+        if settings.get("production_approvals", 1) > 1:
+            wanted.append(f"{settings['production_approvals']} approvals")
+        missing = [w for w in wanted if w not in row]
+        assert not missing, f"the README's row of tenant {name!r} does not say {missing}"

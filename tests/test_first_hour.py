@@ -2,9 +2,10 @@
 
 What an acceptance run from a fresh clone found: the standalone emulator announced itself and then
 failed on a busy port, never printed uvicorn's startup line and died by SIGTERM (status 143); a
-relative ``CUSTODY_DATA_DIR`` made a new installation in every directory; ``custody keys create``
-made a new installation without a word, so the key was refused by a gateway that used another; a
-``custody.toml`` in the current directory was ignored in silence.
+relative ``CUSTODY_DATA_DIR`` (or ``file:`` blob store) made a new one in every directory; a bad
+``CUSTODY_BLOB_STORE`` was a traceback; ``custody keys create`` made a new installation without a
+word, so the key was refused by a gateway that used another; a ``custody.toml`` in the current
+directory was ignored in silence.
 """
 
 from __future__ import annotations
@@ -108,6 +109,23 @@ def test_a_relative_data_dir_is_refused_by_every_command(tmp_path) -> None:
         assert f"absolute path (from here that is {tmp_path / 'custody-data'})" in lines[0]
         assert "OK" not in proc.stdout and "serving on" not in proc.stdout
     assert not (tmp_path / "custody-data").exists(), "a refused command creates nothing"
+
+
+def test_a_blob_store_that_cannot_work_is_refused_in_one_line_by_every_command(tmp_path) -> None:
+    data = tmp_path / "data"
+    for value, says in (
+        ("s3", "'s3' is not a blob store"),
+        ("file:blobs", "'file:blobs' is not a blob store: use 'file', 'file:/an/absolute/path'"),
+        ("database", "CUSTODY_BLOB_STORE=database keeps content in PostgreSQL, but the database"),
+    ):
+        env = _env(tmp_path, CUSTODY_DATA_DIR=str(data), CUSTODY_BLOB_STORE=value)
+        for args in (["serve", "--port", str(free_port())], ["ledger", "verify"]):
+            proc = _cli(env, tmp_path, *args)
+            assert proc.returncode == 2, (value, args, proc.stdout, proc.stderr)
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and says in lines[0] and "CUSTODY_BLOB_STORE" in lines[0], lines
+            assert "serving on" not in proc.stdout
+    assert not data.exists() and not (tmp_path / "blobs").exists(), "a refusal creates nothing"
 
 
 def test_keys_create_says_when_it_makes_a_new_installation(tmp_path) -> None:

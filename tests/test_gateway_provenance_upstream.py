@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.genai import types
@@ -45,6 +47,39 @@ def emulator() -> Iterator[ThreadedServer]:
         yield server
     finally:
         server.stop()
+
+
+class PosingAsGemini:
+    """The emulator behind a proxy that says its answers are Gemini's own: every ``modelVersion``
+    is rewritten to a Google model version. The endpoint (http on 127.0.0.1) is not Google's."""
+
+    MODEL_VERSION = re.compile(rb'"modelVersion":\s*"custody-emulator[^"]*"')
+
+    def __init__(self) -> None:
+        self.inner = create_emulator_app(EmulatorConfig())
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def rewrite(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = self.MODEL_VERSION.sub(
+                b'"modelVersion": "gemini-2.5-flash-image"', b"".join(chunks)
+            )
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.inner(scope, receive, rewrite)
 
 
 def _gateway(tmp_path: Path, emulator: ThreadedServer, database_url: str = "") -> RunningCustody:
@@ -133,6 +168,50 @@ def test_behind_a_standalone_emulator_no_manifest_claims_google_or_synthid(
         actions = assertion(manifest, "c2pa.actions.v2")["actions"]
         agents = [a["softwareAgent"] for a in actions if "softwareAgent" in a]
         assert {"name": "custody-emulator", "version": response.model_version} in agents
+
+
+def test_an_upstream_that_is_not_google_is_not_named_google_whatever_its_model_version(
+    tmp_path: Path, photo_bytes: dict[str, bytes]
+) -> None:
+    posing = ThreadedServer(PosingAsGemini()).start()
+    gateway = _gateway(tmp_path, posing)
+    try:
+        anchors = gateway.services.signer.trust_anchors_pem()  # type: ignore[attr-defined]
+        response = gateway.client().models.generate_content(  # type: ignore[attr-defined]
+            model=MODEL,
+            contents=[
+                types.Part.from_bytes(data=photo_bytes["sample1.png"], mime_type="image/png"),
+                "make it teal",
+            ],
+        )
+        assert response.model_version == "gemini-2.5-flash-image", "the proxy says Gemini"
+        signed = _image_of(response)
+        manifest = active_manifest(signed, "image/png", anchors)
+        custody = assertion(manifest, "com.custody.turn")
+        assert custody["upstream"] == {"kind": "unknown", "host": "127.0.0.1"}
+        assert custody["emulator"] is False
+        assert custody["generator"] == "unknown upstream at 127.0.0.1 (not Google's endpoint)"
+        assert custody["synthid"] == {
+            "statement": "not stated: the upstream 127.0.0.1 is not Google's endpoint;"
+            " Custody makes no watermark claim",
+            "verified": False,
+        }
+        agents = [
+            a["softwareAgent"]
+            for a in assertion(manifest, "c2pa.actions.v2")["actions"]
+            if "softwareAgent" in a
+        ]
+        assert {"name": "model served by 127.0.0.1", "version": "gemini-2.5-flash-image"} in agents
+        assert not any("gemini" in str(a.get("name", "")).lower() for a in agents), agents
+        image = tmp_path / "proxied.png"
+        image.write_bytes(signed)
+        report = _verify_json(gateway, image)
+        assert report["c2pa"]["state"] == "Trusted"
+        text = json.dumps(report)
+        assert "google-gemini" not in text and "Google states" not in text
+    finally:
+        gateway.stop()
+        posing.stop()
 
 
 def test_six_turn_chat_lists_each_ingredient_once(

@@ -1,8 +1,10 @@
 """``custody keys create | list | revoke | rotate``: API keys, each step a ledger event.
 
-Writers open the installation with ``open_state(create=True)`` and append to the same ledger as
-a running gateway (appends from several processes are safe: ``storage.ledger.log``). A revoke
-here is refused by a running gateway on its next request (``governance.auth.keys.KeyRing``).
+Only ``create`` may make an installation (saying so on stderr); ``list``, ``revoke`` and
+``rotate`` act on keys that exist, so where there is no installation they refuse and say where
+they looked. Writers append to the same ledger as a running gateway (appends from several
+processes are safe: ``storage.ledger.log``). A revoke here is refused by a running gateway on
+its next request (``governance.auth.keys.KeyRing``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def _run(
     from governance.state import open_state, open_state_or_create
 
     settings = Settings()
-    if command == "list":  # listing only reads: it must not make an installation
+    if command != "create":  # list, revoke and rotate need keys that exist: never a new install
         state = open_state(settings, create=False)
     else:
         state = open_state_or_create(
