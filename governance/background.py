@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from governance.ledger_vocabulary import ledger_event
 from storage import policy_revisions
+from storage.ledger import LedgerPushback
 
 if TYPE_CHECKING:
     from governance.services import Services
@@ -125,7 +126,11 @@ def keep_keys(services: Services) -> None:
 def record_shed(services: Services) -> None:
     """Write the refusals counted under overload since the last tick (``requests.shed``, one
     event per tenant; ``governance.shed_records``)."""
-    written = services.shed.flush(services.ledger)
+    try:
+        written = services.shed.flush(services.ledger)
+    except LedgerPushback:  # the ledger is still full: the counts wait for the next tick
+        log.info("requests.shed kept for the next tick: the ledger pushed back")
+        return
     if written:
         log.warning("%d requests were refused under overload (requests.shed recorded)", written)
 
