@@ -11,8 +11,10 @@ module adds what is missing, in the HTTP protocol itself (before any ASGI app ru
 - **Caps with eviction.** A connection that is *waiting* (no request running: headers not yet
   complete, or idle between keep-alive requests) costs one descriptor and nothing else. When a new
   connection would pass ``max_connections`` or ``max_per_client``, the oldest waiting connection
-  (of that client, for the per-client cap) is closed to make room, so a fresh health probe always
-  gets in however many idle sockets an attacker holds. Only when every connection is running a
+  (of that client, for the per-client cap) is closed to make room, so a new connection always
+  gets a slot however many idle sockets an attacker holds (a place in the kernel's accept queue
+  is another matter: ``governance.health_listener`` says why health checks get a port of their
+  own). Only when every connection is running a
   request (bounded by the in-flight limit, ``governance.api.request_limits``) is the newcomer
   itself answered 503 with ``Retry-After`` and closed.
 

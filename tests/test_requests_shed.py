@@ -131,3 +131,25 @@ def test_ledger_pushback_refusals_are_recorded_once_the_ledger_takes_entries_aga
         ("acme", {"LEDGER_PUSHBACK": 3})
     ]
     assert events[0]["body"]["keys"] == {_key_id(custody.keys["editor"]): 3}
+
+
+def test_a_record_names_the_64_keys_with_most_refusals_and_counts_the_rest_as_other(
+    custody: Any,
+) -> None:
+    from governance.auth.principal import Principal
+    from governance.shed_records import MAX_KEYS_PER_RECORD, ShedTally
+
+    tally = ShedTally()
+    for n in range(MAX_KEYS_PER_RECORD + 6):
+        principal = Principal(f"k{n:03d}", "acme", f"a{n}@acme", frozenset({"editor"}))
+        for _ in range(1 + (n < 10)):  # the first ten keys were refused twice
+            tally.count(principal, "OVERLOADED")
+    ledger = custody.services.ledger
+    assert tally.flush(ledger) == MAX_KEYS_PER_RECORD + 16
+    (event,) = [e for e in custody.ledger_events() if e["type"] == "requests.shed"]
+    keys = event["body"]["keys"]
+    assert len(keys) == MAX_KEYS_PER_RECORD + 1 and keys["other"] == 6
+    assert all(keys[f"k{n:03d}"] == 2 for n in range(10))
+    assert event["body"]["refused"] == sum(keys.values()) and tally.pending() == 0
+    size = ledger.size()
+    assert tally.flush(ledger) == 0 and ledger.size() == size  # nothing new: nothing written
