@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from governance.api.request_limits import RequestLimits
 from governance.auth.keys import parse_key
 from storage.ledger import BatchLimits
 from tests.conftest import start_custody
@@ -26,6 +27,14 @@ def _key_id(key: str) -> str:
     parsed = parse_key(key)
     assert parsed is not None
     return parsed[0]
+
+
+def _request_limits(custody: Any) -> RequestLimits:
+    """The app's in-flight limit middleware (its stack is built by the first request)."""
+    node = custody.server.server.config.app.middleware_stack
+    while not isinstance(node, RequestLimits):
+        node = node.app
+    return node
 
 
 def _shed_events(custody: Any, want: int) -> list[dict[str, Any]]:
@@ -49,7 +58,10 @@ def test_inflight_refusals_are_recorded_per_tenant_for_known_keys(tmp_path: Path
                 custody.base_url + "/v1beta/models", headers={"x-goog-api-key": key}
             ).is_success
         held = _partial_post(custody, acme, 100, b"{")  # in flight, waiting for its body
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while _request_limits(custody).inflight < 1:
+            assert time.monotonic() < deadline, "the held request never started"
+            time.sleep(0.01)
         sent = [(acme, 2), (globex, 1), ("ck_unknown_0000000000000000", 1), ("", 1)]
         for key, times in sent:
             for _ in range(times):
