@@ -71,7 +71,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         )
         metrics.count_from(
             "custody_requests_shed",
-            "Requests refused before their body was read: inflight (over the limit), body_timeout.",
+            "Requests refused under load: inflight (over the limit, before the body was read),"
+            " body_timeout, ledger_pushback (the ledger's append queue was full).",
             shed_counts,
         )
         sock = app.state.health_socket
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(gemini_routes.router)
     install_console(app)  # /console/: people's pages, HTML refusals
     shed_counts = new_counts()
+    shed_counts["ledger_pushback"] = 0  # counted by the LedgerPushback handler below
 
     def attribute_shed(scope: Scope, reason: str) -> None:
         """An in-flight refusal, counted for the tenant of a key the cache already knows."""
@@ -157,6 +159,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.exception_handler(LedgerPushback)
     async def _ledger_pushback(request: Request, exc: LedgerPushback) -> Response:
+        shed_counts["ledger_pushback"] += 1
         principal = getattr(request.state, "principal", None)
         if principal is not None:  # authenticated: counted for its tenant's requests.shed
             request.app.state.services.shed.count(principal, "LEDGER_PUSHBACK")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from governance.api.request_limits import RequestLimits
-from governance.auth.keys import parse_key
+from governance.auth.keys import create_key, parse_key
 from storage.ledger import BatchLimits
 from tests.conftest import start_custody
 from tests.test_connection_hygiene import MODEL_URL, _partial_post
@@ -137,6 +137,13 @@ def test_ledger_pushback_refusals_are_recorded_once_the_ledger_takes_entries_aga
             second.join(120)
         assert results == [200, 200]
         events = _shed_events(custody, 3)
+        operator = create_key(
+            custody.services.engine, tenant="custody", actor="ops@custody", roles=["operator"]
+        )
+        scrape = httpx.get(
+            custody.base_url + "/metrics", headers={"authorization": f"Bearer {operator}"}
+        ).text
+        assert 'custody_requests_shed_total{reason="ledger_pushback"} 3.0' in scrape
     finally:
         custody.stop()
     assert [(e["tenant"], e["body"]["reasons"]) for e in events] == [
