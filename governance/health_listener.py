@@ -16,8 +16,10 @@ else. It is not a blind "a process exists": the serving loop writes a byte down 
 ``BEAT_S``, and the child answers 503 once the last byte is older than ``stall_after_s``
 (``CUSTODY_HEALTH_STALL_S``) — the serving loop is stuck and the process should be restarted.
 When the gateway exits, for whatever reason, the pipe reaches end-of-file and the child exits
-too. At most ``MAX_CONNECTIONS`` connections at once, each with ``HEAD_TIMEOUT_S`` for its
-request head: the port is for load balancers and orchestrators, bound where only they reach it.
+too (it ignores SIGINT and SIGTERM sent to the whole process group, so it answers throughout the
+gateway's graceful shutdown). At most ``MAX_CONNECTIONS`` connections at once, each with
+``HEAD_TIMEOUT_S`` for its request head: the port is for load balancers and orchestrators, bound
+where only they reach it.
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ async def serve(sock: socket.socket, beats_fd: int, stall_after_s: float) -> Non
     os.set_blocking(beats_fd, False)
     loop.add_reader(beats_fd, read_beats)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, parent_gone.set)
+        # A terminal's Ctrl-C or a service manager's SIGTERM to the whole group is the gateway's
+        # to act on: this process answers through the graceful shutdown and leaves at its end.
+        signal.signal(sig, signal.SIG_IGN)
     server = await asyncio.start_server(
         responder.handle, sock=sock, limit=MAX_HEAD_BYTES, backlog=128
     )

@@ -109,6 +109,15 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found]
 
 
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan nobody has reaped yet has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def test_a_frozen_gateway_is_unhealthy_there_and_a_killed_one_takes_it_along(
     tmp_path: Path,
 ) -> None:
@@ -144,9 +153,9 @@ def test_a_frozen_gateway_is_unhealthy_there_and_a_killed_one_takes_it_along(
         gateway.kill()  # no shutdown at all: the heartbeat pipe's end ends the health process
         gateway.wait(timeout=30)
         deadline = time.monotonic() + 60
-        while Path(f"/proc/{helpers[0]}").exists() and time.monotonic() < deadline:
+        while _running(helpers[0]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not Path(f"/proc/{helpers[0]}").exists(), "the health process outlived the gateway"
+        assert not _running(helpers[0]), "the health process outlived the gateway"
         try:
             httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=5)
             raise AssertionError("the health port still answers with the gateway gone")
@@ -156,6 +165,36 @@ def test_a_frozen_gateway_is_unhealthy_there_and_a_killed_one_takes_it_along(
         if gateway.poll() is None:
             gateway.kill()
         gateway.communicate()
+
+
+def test_sigterm_to_the_whole_group_is_a_clean_stop_of_both(tmp_path: Path) -> None:
+    """A service manager signals every process of the service: the health process leaves with
+    the gateway, not before it (the gateway would report it as failed)."""
+    health = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "governance.cli", "serve", "--port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(tmp_path, CUSTODY_HEALTH_PORT=str(health)),
+        cwd=REPO,
+        start_new_session=True,  # its own process group, as under a service manager
+    )
+    try:
+        _poll_health(health, 200, gateway)
+        (helper,) = _children(gateway.pid)
+        os.killpg(gateway.pid, signal.SIGTERM)
+        output, _ = gateway.communicate(timeout=60)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.communicate()
+    assert gateway.returncode == 0, output
+    assert "health port's process" not in output and "Traceback" not in output, output
+    deadline = time.monotonic() + 60
+    while _running(helper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(helper)
 
 
 def test_a_busy_health_port_is_one_clear_line_before_anything_starts(tmp_path: Path) -> None:
