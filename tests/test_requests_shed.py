@@ -1,7 +1,8 @@
 """Requests refused under overload are in their tenant's ledger, in aggregate (``requests.shed``):
 the in-flight limit's 503s (attributed by a key the cache knows, nothing read from the database)
 and the ledger's push-back 503s (after authentication), through the real routes, one event per
-tenant per period, a flush the full ledger refuses kept for the next one.
+tenant per period, a flush the full ledger refuses kept for the next one. On SQLite and
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ def _shed_events(custody: Any, want: int) -> list[dict[str, Any]]:
         time.sleep(0.1)
 
 
-def test_inflight_refusals_are_recorded_per_tenant_for_known_keys(tmp_path: Path) -> None:
+def test_inflight_refusals_are_recorded_per_tenant_for_known_keys(
+    tmp_path: Path, db_url: str
+) -> None:
     custody = start_custody(
-        tmp_path / "c", max_inflight_requests=1, body_idle_timeout_s=20.0, shed_record_ms=200
+        tmp_path / "c",
+        db_url,
+        max_inflight_requests=1,
+        body_idle_timeout_s=20.0,
+        shed_record_ms=200,
     )
     try:
         acme, globex = custody.keys["editor"], custody.keys["other-tenant-editor"]
@@ -93,9 +100,9 @@ def test_inflight_refusals_are_recorded_per_tenant_for_known_keys(tmp_path: Path
 
 
 def test_ledger_pushback_refusals_are_recorded_once_the_ledger_takes_entries_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    custody = start_custody(tmp_path / "c", shed_record_ms=200)
+    custody = start_custody(tmp_path / "c", db_url, shed_record_ms=200)
     try:
         ledger = custody.services.ledger
         real_append = ledger.store.append
