@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from governance import __version__
 from governance.api import (
@@ -40,6 +41,8 @@ from governance.background import background_jobs
 from governance.connection_guard import ConnectionLimits, ConnectionTable, guarded_protocol
 from governance.console import install as install_console
 from governance.fd_headroom import connection_budget
+from governance.health_listener import health_port
+from governance.listening import bind_listener
 from governance.logredact import install_key_redaction
 from governance.pipeline.errors import TurnError
 from governance.services import Services, build_services
@@ -68,11 +71,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         )
         metrics.count_from(
             "custody_requests_shed",
-            "Requests refused before their body was read: inflight (over the limit), body_timeout.",
+            "Requests refused under load: inflight (over the limit, before the body was read),"
+            " body_timeout, ledger_pushback (the ledger's append queue was full).",
             shed_counts,
         )
+        sock = app.state.health_socket
+        if sock is None and settings.health_port:
+            sock = bind_listener(settings.host, settings.health_port)
         try:
-            async with background_jobs(app.state.services):
+            async with (
+                background_jobs(app.state.services),
+                health_port(sock, settings.health_stall_s) as app.state.health_listener,
+            ):
                 yield
         finally:
             if own:
@@ -101,9 +111,22 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(gemini_routes.router)
     install_console(app)  # /console/: people's pages, HTML refusals
     shed_counts = new_counts()
+    shed_counts["ledger_pushback"] = 0  # counted by the LedgerPushback handler below
+
+    def attribute_shed(scope: Scope, reason: str) -> None:
+        """An in-flight refusal, counted for the tenant of a key the cache already knows."""
+        services: Services | None = getattr(app.state, "services", None)
+        presented = presented_key(Request(scope))
+        if services is None or not presented:
+            return
+        principal = services.keys.cached_principal(presented)
+        if principal is not None:
+            services.shed.count(principal, reason)
+
     app.add_middleware(
         RequestLimits,
         counts=shed_counts,
+        on_shed=attribute_shed,
         limits=RequestLimitSettings(
             max_inflight=settings.max_inflight_requests,
             body_idle_timeout_s=settings.body_idle_timeout_s,
@@ -121,6 +144,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         )
     )
     app.state.keep_alive_timeout_s = settings.keep_alive_timeout_s
+    app.state.health_socket = None  # ``custody serve`` binds CUSTODY_HEALTH_PORT before start-up
 
     @app.exception_handler(RequestBodyTimeout)
     async def _body_timeout(request: Request, exc: RequestBodyTimeout) -> Response:
@@ -134,7 +158,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return error_response(exc)
 
     @app.exception_handler(LedgerPushback)
-    async def _ledger_pushback(_: Request, exc: LedgerPushback) -> Response:
+    async def _ledger_pushback(request: Request, exc: LedgerPushback) -> Response:
+        shed_counts["ledger_pushback"] += 1
+        principal = getattr(request.state, "principal", None)
+        if principal is not None:  # authenticated: counted for its tenant's requests.shed
+            request.app.state.services.shed.count(principal, "LEDGER_PUSHBACK")
         seconds = max(1, -(-exc.retry_after_ms // 1000))  # Retry-After is whole seconds
         return GeminiError(
             503,

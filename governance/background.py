@@ -1,5 +1,5 @@
 """Periodic work of a gateway process: policy hot reload, timed checkpoints, key upkeep, review
-deadlines and webhook deliveries.
+deadlines, webhook deliveries and the record of requests shed under overload.
 
 Each job runs in the service executor (it touches files, Rego and the database) on its own timer;
 a failing job is logged and retried on the next tick, never fatal to the process.
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from governance.ledger_vocabulary import ledger_event
 from storage import policy_revisions
+from storage.ledger import LedgerPushback
 
 if TYPE_CHECKING:
     from governance.services import Services
@@ -122,6 +123,18 @@ def keep_keys(services: Services) -> None:
     keys.record_last_used(services.keys.take_last_used())
 
 
+def record_shed(services: Services) -> None:
+    """Write the refusals counted under overload since the last tick (``requests.shed``, one
+    event per tenant; ``governance.shed_records``)."""
+    try:
+        written = services.shed.flush(services.ledger)
+    except LedgerPushback:  # the ledger is still full: the counts wait for the next tick
+        log.info("requests.shed kept for the next tick: the ledger pushed back")
+        return
+    if written:
+        log.warning("%d requests were refused under overload (requests.shed recorded)", written)
+
+
 def keep_reviews(services: Services) -> None:
     """Expire or escalate review tasks past their deadline; send due webhook deliveries."""
     from governance.review import keep_reviews as tick
@@ -149,6 +162,7 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
         jobs.append((max(settings.checkpoint_every_ms // 2, 50), checkpoint_if_due))
     jobs.append((KEY_UPKEEP_MS, keep_keys))
     jobs.append((REVIEW_UPKEEP_MS, keep_reviews))
+    jobs.append((settings.shed_record_ms, record_shed))
     tasks = [asyncio.create_task(_every(services, ms, job)) for ms, job in jobs]
     try:
         yield
@@ -156,3 +170,7 @@ async def background_jobs(services: Services) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:  # what was counted since the last tick
+            await services.run_blocking(record_shed, services)
+        except Exception:
+            log.exception("could not record the requests refused under overload at shutdown")

@@ -61,15 +61,25 @@ def _serve(args: argparse.Namespace) -> int:
     sock = bind_or_explain("custody serve", settings.host, settings.port, "--port or CUSTODY_PORT")
     if sock is None:
         return 2
+    health_sock = None
+    if settings.health_port:
+        health_sock = bind_or_explain(
+            "custody serve", settings.host, settings.health_port, "CUSTODY_HEALTH_PORT"
+        )
+        if health_sock is None:
+            sock.close()
+            return 2
+    health = f", /healthz also on port {settings.health_port}" if settings.health_port else ""
     print(
         f"Custody {__version__} serving on http://{settings.host}:{settings.port}"
-        f" (data in {settings.data_dir})",
+        f" (data in {settings.data_dir}{health})",
         flush=True,
     )
     # Start-up objects move out of the collector's view, so full collections follow the turns'
     # own garbage: request and upstream buffers held in reference cycles otherwise waited in the
     # oldest generation (see docs/performance.md, "Gateway, end to end").
     app = create_app(settings)  # raises the open-file limit (governance.fd_headroom)
+    app.state.health_socket = health_sock
     gc.freeze()
     started = run_on_socket(
         sock,

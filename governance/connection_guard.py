@@ -11,8 +11,10 @@ module adds what is missing, in the HTTP protocol itself (before any ASGI app ru
 - **Caps with eviction.** A connection that is *waiting* (no request running: headers not yet
   complete, or idle between keep-alive requests) costs one descriptor and nothing else. When a new
   connection would pass ``max_connections`` or ``max_per_client``, the oldest waiting connection
-  (of that client, for the per-client cap) is closed to make room, so a fresh health probe always
-  gets in however many idle sockets an attacker holds. Only when every connection is running a
+  (of that client, for the per-client cap) is closed to make room, so a new connection always
+  gets a slot however many idle sockets an attacker holds (a place in the kernel's accept queue
+  is another matter: ``governance.health_listener`` says why health checks get a port of their
+  own). Only when every connection is running a
   request (bounded by the in-flight limit, ``governance.api.request_limits``) is the newcomer
   itself answered 503 with ``Retry-After`` and closed.
 
@@ -22,13 +24,14 @@ The table is shared by the protocol instances of one server (one event loop): no
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from governance.raw_http import raw_error_response
 
 log = logging.getLogger("custody")
 
@@ -42,35 +45,6 @@ class ConnectionLimits:
     max_connections: int = 10_000
     max_per_client: int = 512
     retry_after_s: int = 1
-
-
-def _raw_response(
-    code: int, phrase: str, status: str, reason: str, message: str, retry: int
-) -> bytes:
-    """A complete HTTP/1.1 response in Gemini's error envelope, for a request not yet parsed."""
-    body = json.dumps(
-        {
-            "error": {
-                "code": code,
-                "message": message,
-                "status": status,
-                "details": [
-                    {
-                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                        "reason": reason,
-                        "domain": "custody",
-                    }
-                ],
-            }
-        }
-    ).encode()
-    head = (
-        f"HTTP/1.1 {code} {phrase}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n"
-        + (f"retry-after: {retry}\r\n" if retry else "")
-        + "\r\n"
-    )
-    return head.encode() + body
 
 
 @dataclass
@@ -201,7 +175,8 @@ def guarded_protocol(table: ConnectionTable) -> type[asyncio.Protocol]:
             self._disarm_header_timer()
             if self.transport is not None and not self.transport.is_closing():
                 retry = retry or (table.limits.retry_after_s if code == 503 else 0)
-                self.transport.write(_raw_response(code, phrase, status, reason, message, retry))
+                response = raw_error_response(code, phrase, status, reason, message, retry)
+                self.transport.write(response)
                 self.transport.close()
 
         def uncount(self) -> None:

@@ -179,6 +179,14 @@ class RequestRefused(TypedDict):
     request: NotRequired[str]
 
 
+class RequestsShed(TypedDict):
+    since_ms: int  # the first refusal this record counts
+    until_ms: int  # the last one
+    refused: int
+    reasons: dict[str, int]  # OVERLOADED (in-flight limit), LEDGER_PUSHBACK → how many
+    keys: dict[str, int]  # key id → how many (the 64 most; the rest under "other")
+
+
 class ModelsListed(TypedDict):
     api_version: str
     page_size: int | None
@@ -502,6 +510,7 @@ EVENT_BODIES: dict[str, type] = {
     "turn.interrupted": TurnInterrupted,
     "turn.undelivered": TurnUndelivered,
     "request.refused": RequestRefused,
+    "requests.shed": RequestsShed,
     "models.listed": ModelsListed,
     "models.fetched": ModelsFetched,
     "tokens.counted": TokensCounted,

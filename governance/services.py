@@ -36,6 +36,7 @@ from governance.provenance.signer import OutputSigner
 from governance.recovery import ProcessInstance, recover_interrupted
 from governance.review.desk import ReviewDesk
 from governance.settings import GOOGLE_GEMINI_URL, Settings
+from governance.shed_records import ShedTally
 from governance.state import open_state
 from governance.upstream.breaker import CircuitBreaker
 from governance.upstream.client import UpstreamClient
@@ -79,6 +80,7 @@ class Services:
     interrupted: list[str] = field(default_factory=list)  # turns recorded as interrupted at start
     witness: WitnessPublisher | None = None  # submits checkpoints to CUSTODY_WITNESSES
     webhook_networks: tuple[Network, ...] = ()  # CUSTODY_WEBHOOK_ALLOW_NETWORKS
+    shed: ShedTally = field(default_factory=ShedTally)  # 503s under overload, per tenant
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (database, hashing, signing, Rego) off the event loop."""

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(default=512, ge=0)  # then 503 + Retry-After; 0: no cap
     fd_reserve: int = Field(default=1024, ge=0)  # descriptors kept free of connections
     overload_retry_after_s: int = Field(default=1, ge=1)
+    shed_record_ms: int = Field(default=10_000, ge=100)  # requests.shed: one per tenant per
+    health_port: int = Field(default=0, ge=0, le=65535)  # /healthz on its own listener; 0: none
+    health_stall_s: float = Field(default=10.0, gt=0)  # health port: 503 after a loop stall
 
     # -- upstream Gemini (or any Gemini-compatible endpoint)
     upstream_base_url: str = ""  # empty: Google's endpoint, or the built-in emulator without a key

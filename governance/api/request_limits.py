@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,10 +70,15 @@ class RequestLimits:
     """ASGI middleware enforcing ``RequestLimitSettings`` (module docstring)."""
 
     def __init__(
-        self, app: ASGIApp, limits: RequestLimitSettings, counts: dict[str, int] | None = None
+        self,
+        app: ASGIApp,
+        limits: RequestLimitSettings,
+        counts: dict[str, int] | None = None,
+        on_shed: Callable[[Scope, str], None] | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
+        self.on_shed = on_shed  # told of each request shed (scope, reason) to record its tenant
         self.inflight = 0
         self.counts = counts if counts is not None else new_counts()  # read by /metrics
 
@@ -86,6 +92,8 @@ class RequestLimits:
         cap = self.limits.max_inflight
         if cap and self.inflight >= cap:
             self.counts["inflight"] += 1
+            if self.on_shed is not None:
+                self.on_shed(scope, "OVERLOADED")
             await self._overloaded(scope, receive, send)
             return
         self.inflight += 1
@@ -99,7 +107,8 @@ class RequestLimits:
         err = GeminiError(
             503,
             f"Custody is serving as many requests as it allows ({self.limits.max_inflight},"
-            f" CUSTODY_MAX_INFLIGHT_REQUESTS); nothing of this one was read or recorded. Retry in"
+            f" CUSTODY_MAX_INFLIGHT_REQUESTS); nothing of this one was read, and only its count is"
+            f" recorded (requests.shed). Retry in"
             f" {seconds} s (Retry-After).",
             reason="OVERLOADED",
             headers={"Retry-After": str(seconds), "connection": "close"},

@@ -226,6 +226,19 @@ class KeyRing:
         self._used[key_id] = now
         return known.principal
 
+    def cached_principal(self, presented: str) -> Principal | None:
+        """The principal of ``presented`` if the cache holds its identity and the secret matches;
+        no database read, so no liveness check: for attributing a refusal, never for admitting
+        a request."""
+        parsed = parse_key(presented)
+        if parsed is None:
+            return None
+        with self._lock:
+            known = self._cache.get(parsed[0])
+        if known is None or not hmac.compare_digest(known.digest, secret_digest(parsed[1])):
+            return None
+        return known.principal
+
     def _remember(self, key_id: str, known: _Known) -> None:
         with self._lock:
             self._cache[key_id] = known

@@ -7,7 +7,8 @@ success closes the breaker, its failure opens it for another cool-down. A failur
 the upstream is unwell (no answer, a timeout, HTTP 500/502/503/504); any other answer — a 4xx, a
 429 quota error, a 200 however malformed — is a success: the upstream is up and answering.
 
-One breaker per upstream per process (replicas decide on their own). ``threshold`` 0 disables it.
+One breaker per upstream per process (replicas decide on their own; docs/operations.md,
+"Upstream faults", says why). ``threshold`` 0 disables it.
 Thread-safe enough for one event loop: every method runs without awaiting.
 """
 
