@@ -466,7 +466,7 @@ class Accounts:
         if failures < self.max_failures:
             return None
         doublings = min(failures - self.max_failures, 16)
-        return now + min(self.lockout_ms * 2**doublings, MAX_LOCKOUT_MS)
+        return now + min(self.lockout_ms << doublings, MAX_LOCKOUT_MS)
 
     def _missed(self, tenant: str, username: str, now: int) -> SignInResult:
         """A failed sign-in under a name that matches no account, counted and throttled by
