@@ -128,8 +128,12 @@ def find_fault(header: str | None, prompt: str) -> tuple[Fault | None, str]:
 def _retry_info(fault: Fault) -> list[dict[str, object]]:
     if not fault.retry_delay_s:
         return []
-    return [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-             "retryDelay": f"{fault.retry_delay_s:g}s"}]
+    return [
+        {
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": f"{fault.retry_delay_s:g}s",
+        }
+    ]
 
 
 def fault_error(fault: Fault, model: str) -> GeminiError | None:
