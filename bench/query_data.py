@@ -2,7 +2,8 @@
 
 For measuring and EXPLAINing the compliance queries at scale without running 10⁶ real turns:
 ``turns`` rows with realistic spreads (tenants, 50 actors and 5,000 sessions per tenant, two
-models, one turn in ten denied) and one ``ledger_entries`` row per turn. The leaves are
+models, one turn in ten denied), one ``ledger_entries`` row per turn and one ``turn_labels``
+row (``campaign=c-0`` … ``c-19``; every 50th turn also ``@version=final``). The leaves are
 well-formed version-1 leaves but the tree (``ledger_hashes``, ``ledger_head``) is not built: the
 database is for queries only, never for ``custody ledger verify``. Rows go in by multi-row
 INSERTs in batches of 10,000 (one transaction each) on SQLite, ``COPY`` on PostgreSQL.
@@ -17,12 +18,22 @@ from typing import Any
 from sqlalchemy import Engine, insert
 
 from storage.schema.ledger import LEDGER_ENTRIES
-from storage.schema.turns import TURNS
+from storage.schema.turns import TURN_LABELS, TURNS
 
 BATCH = 10_000
 BASE_MS = 1_780_000_000_000  # 2026-05
 MODELS = ("gemini-2.5-flash-image", "gemini-3-pro-image-preview")
 EVENT_TYPES = ("turn.received", "policy.decided", "turn.released")
+CAMPAIGNS = 20
+
+
+def _labels(i: int, tenants: int) -> list[dict[str, Any]]:
+    n, turn = i // tenants, {"turn_id": f"{i:032x}", "tenant": f"t{i % tenants}"}
+    created = BASE_MS + i * 10
+    rows = [{**turn, "name": "campaign", "value": f"c-{n % CAMPAIGNS}", "created_ms": created}]
+    if n % 50 == 0:
+        rows.append({**turn, "name": "@version", "value": "final", "created_ms": created})
+    return rows
 
 
 def _turn(i: int, tenants: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -88,6 +99,8 @@ def synthesise_turns(engine: Engine, *, turns: int, tenants: int = 4, start: int
         with engine.begin() as conn:
             conn.execute(insert(TURNS), [p[0] for p in pairs])
             conn.execute(insert(LEDGER_ENTRIES), [p[1] for p in pairs])
+            labels = [lab for i in range(first, first + len(pairs)) for lab in _labels(i, tenants)]
+            conn.execute(insert(TURN_LABELS), labels)
 
 
 def _copy_turns(engine: Engine, *, turns: int, tenants: int, start: int) -> None:
@@ -105,6 +118,11 @@ def _copy_turns(engine: Engine, *, turns: int, tenants: int, start: int) -> None
             for i in range(start, start + turns):
                 _, entry = _turn(i, tenants)
                 copy.write_row([entry[c] for c in entry_cols])
+        label_cols = list(_labels(start, tenants)[0])
+        with cur.copy(f"COPY turn_labels ({', '.join(label_cols)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            for i in range(start, start + turns):
+                for lab in _labels(i, tenants):
+                    copy.write_row([lab[c] for c in label_cols])
         raw.commit()
     finally:
         raw.close()
