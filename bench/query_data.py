@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, insert
 
 from storage.schema.ledger import LEDGER_ENTRIES
+from storage.schema.reviews import ReviewDecision, ReviewTask
 from storage.schema.turns import TURN_LABELS, TURNS
 
 BATCH = 10_000
@@ -101,6 +102,52 @@ def synthesise_turns(engine: Engine, *, turns: int, tenants: int = 4, start: int
             conn.execute(insert(LEDGER_ENTRIES), [p[1] for p in pairs])
             labels = [lab for i in range(first, first + len(pairs)) for lab in _labels(i, tenants)]
             conn.execute(insert(TURN_LABELS), labels)
+
+
+REVIEW_TASKS = ReviewTask.__table__  # type: ignore[attr-defined]
+REVIEW_DECISIONS = ReviewDecision.__table__  # type: ignore[attr-defined]
+TASK_STATUSES = ("approved", "rejected", "expired", "changes_requested", "open")
+HELD_EVERY = 20  # one turn in 20 (i % 20 == 3) is held for review
+
+
+def _review(i: int, tenants: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    created = BASE_MS + i * 10 + 5
+    status = TASK_STATUSES[(i // HELD_EVERY) % len(TASK_STATUSES)]
+    closed = status != "open"
+    task = {
+        "task_id": f"task{i:028x}", "tenant": f"t{i % tenants}", "turn_id": f"{i:032x}",
+        "session": None, "stage": ("request", "response")[i % 2], "requester": "bench",
+        "requester_key": None, "reviewer_group": "brand", "approvals_required": 1,
+        "deadline_s": 3600, "deadline_ms": created + 3_600_000, "on_deadline": "reject",
+        "escalate_to": None, "reviewer_identity": "named", "round": 1, "status": status,
+        "claimed_by": None, "claimed_until_ms": None, "request_hash": "0" * 64, "shown": "{}",
+        "shown_digest": "0" * 64, "reasons": "[]", "created_ms": created,
+        "decided_ms": created + (i * 7919) % 900_000 if closed else None, "reason": None,
+        "outcome_index": None,
+    }  # fmt: skip
+    if not closed or status == "expired":
+        return task, None
+    decision = {
+        "decision_id": f"dec{i:029x}", "task_id": task["task_id"],
+        "reviewer": f"reviewer-{i % 7}", "reviewer_key": None, "reviewer_group": "brand",
+        "round": 1, "decision": {"approved": "approve", "rejected": "reject"}.get(status, status),
+        "comment": "", "shown_digest": "0" * 64, "credit": "", "ledger_index": None,
+        "time_ms": created + (i * 104_729) % 30_000,
+    }  # fmt: skip
+    return task, decision
+
+
+def synthesise_reviews(engine: Engine, *, turns: int, tenants: int = 4, start: int = 0) -> None:
+    """Review tasks (and a decision for each decided one) for every ``HELD_EVERY``-th turn of
+    ``start .. start+turns-1``: statuses cycling through ``TASK_STATUSES``."""
+    held = [i for i in range(start, start + turns) if i % HELD_EVERY == 3]
+    for first in range(0, len(held), BATCH):
+        pairs = [_review(i, tenants) for i in held[first : first + BATCH]]
+        with engine.begin() as conn:
+            conn.execute(insert(REVIEW_TASKS), [p[0] for p in pairs])
+            decided = [p[1] for p in pairs if p[1] is not None]
+            if decided:
+                conn.execute(insert(REVIEW_DECISIONS), decided)
 
 
 def _copy_turns(engine: Engine, *, turns: int, tenants: int, start: int) -> None:
