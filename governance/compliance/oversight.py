@@ -127,30 +127,28 @@ def _token_count(dialect: str, column: Any, *names: str) -> Any:
 
 
 def _nearest_ranks(conn: Any, values: Any, ranks: list[int]) -> dict[int, float]:
-    """The ``ranks``-th smallest (1-based) of the column ``values`` of a subquery, by one sort."""
+    """The ``ranks``-th smallest (1-based) of the column ``v`` of a subquery, by one sort."""
     ordered = select(values.c.v, func.row_number().over(order_by=values.c.v).label("rn")).subquery()
     query = select(ordered.c.rn, ordered.c.v).where(ordered.c.rn.in_(sorted(set(ranks))))
     return {int(rn): float(v) for rn, v in conn.execute(query)}
 
 
-def _sql_summary(conn: Any, values: Any, *, decimals: int | None = None) -> dict[str, Any]:
-    """``_summary`` of a subquery's column ``v`` computed by the database: the count, the sum and
-    the two nearest-rank values (rounding, where asked, is applied to each value first, as the
-    row-by-row definition does; rounding is monotonic, so a rank's value rounds to the rank of
-    the rounded values)."""
-    v = values.c.v
-    addend = v if decimals is None else func.round(cast(v, Numeric), decimals)
-    count, total = conn.execute(select(func.count(v), func.sum(addend))).one()
+def _ranked_summary(
+    conn: Any, values: Any, count: int, total: float, *, decimals: int | None = None
+) -> dict[str, Any]:
+    """``_summary`` of the ``count`` values of a subquery's column ``v`` (their sum ``total``,
+    of the values as rounded): the nearest-rank values come from the database by one sort.
+    Rounding is monotonic, so the value at a rank rounds to the rounded values' value there."""
     if not count:
         return _summary([])
     ranks = {p: max(1, math.ceil(p / 100 * count)) for p in (50, 95)}
     found = _nearest_ranks(conn, values, list(ranks.values()))
 
     def shown(x: float) -> float:
-        return round(x, decimals) if decimals is not None else x
+        return round(x, decimals) if decimals is not None else float(x)
 
     return {
-        "count": int(count),
+        "count": count,
         "median": shown(found[ranks[50]]),
         "p95": shown(found[ranks[95]]),
         "mean": round(float(total) / count, 3),
@@ -164,10 +162,11 @@ def oversight_figures(
     rubber_stamp_ms: int,
     prices: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
-    """The figures of the module doc for ``period``, aggregated by the database (GROUP BY,
-    window functions): a handful of reads whose answers are a row per day, model, session or
-    status, never a row per turn. ``tests/test_oversight_scale.py`` holds them equal to the
-    row-by-row definition."""
+    """The figures of the module doc for ``period``, aggregated by the database: three passes
+    over the period's turns (one GROUP BY day, kind and model for the counts, tokens and the
+    latency's count and sum; one sort for the latency's two ranks; one window per session) and
+    three small reads of the review tables. Nothing returns a row per turn.
+    ``tests/test_oversight_scale.py`` holds the result equal to the row-by-row definition."""
     t, r, d = TURNS.c, REVIEW_TASKS.c, REVIEW_DECISIONS.c
     dialect = engine.dialect.name
     in_period = _in_period(t.created_ms, t.tenant, period)
@@ -180,61 +179,63 @@ def oversight_figures(
         else_="other",  # failed upstream, interrupted: neither allowed nor refused by policy
     ).label("kind")
     day = (t.created_ms // DAY_MS * DAY_MS).label("day")
+    upstream = _json_number(dialect, t.timings_json, "upstream_ms")
+    latency = case((t.status == "released", upstream), else_=None)
+    prompt = _token_count(dialect, t.usage_json, "promptTokenCount", "prompt_token_count")
+    output = _token_count(dialect, t.usage_json, "candidatesTokenCount", "candidates_token_count")
+    position = (
+        func.row_number()
+        .over(partition_by=t.session_id, order_by=(t.created_ms, t.turn_id))
+        .label("pos")
+    )
+    numbered = (
+        select(t.session_id, t.status, position)
+        .where(*in_period, t.session_id.is_not(None), t.session_id != "")
+        .subquery()
+    )
+    kept_at = func.max(case((numbered.c.status == "released", numbered.c.pos)))
     with engine.connect() as conn:
-        per_day = conn.execute(
-            select(day, kind, func.count()).where(*in_period).group_by(day, kind)
-        ).all()
-        tokens = conn.execute(
+        groups = conn.execute(
             select(
+                day,
+                kind,
                 t.model,
-                func.sum(
-                    _token_count(dialect, t.usage_json, "promptTokenCount", "prompt_token_count")
-                ),
-                func.sum(
-                    _token_count(
-                        dialect, t.usage_json, "candidatesTokenCount", "candidates_token_count"
-                    )
-                ),
+                func.count(),
+                func.sum(prompt),
+                func.sum(output),
+                func.count(latency),
+                func.sum(func.round(cast(latency, Numeric), 3)),
             )
             .where(*in_period)
-            .group_by(t.model)
+            .group_by(day, kind, t.model)
         ).all()
-        upstream = _json_number(dialect, t.timings_json, "upstream_ms")
-        latency = _sql_summary(
+        latency_count = sum(int(g[6]) for g in groups)
+        latency_sum = sum(float(g[7]) for g in groups if g[7] is not None)
+        upstream_latency = _ranked_summary(
             conn,
             select(upstream.label("v"))
             .where(*in_period, t.status == "released", upstream.is_not(None))
             .subquery(),
+            latency_count,
+            latency_sum,
             decimals=3,
         )
-        position = (
-            func.row_number()
-            .over(partition_by=t.session_id, order_by=(t.created_ms, t.turn_id))
-            .label("pos")
-        )
-        numbered = (
-            select(t.session_id, t.status, position)
-            .where(*in_period, t.session_id.is_not(None), t.session_id != "")
-            .subquery()
-        )
-        kept = (
-            select(func.max(case((numbered.c.status == "released", numbered.c.pos))).label("v"))
-            .group_by(numbered.c.session_id)
-            .subquery()
-        )
-        sessions = conn.execute(select(func.count(), func.count(kept.c.v))).one()
-        until_kept = _sql_summary(conn, select(kept.c.v).where(kept.c.v.is_not(None)).subquery())
+        kept = [v for (v,) in conn.execute(select(kept_at).group_by(numbered.c.session_id))]
         by_status = {
             status: int(n)
             for status, n in conn.execute(
                 select(r.status, func.count()).where(*task_period).group_by(r.status)
             )
         }
-        decide = _sql_summary(
+        closed = (*task_period, r.status.in_(CLOSED), r.decided_ms.is_not(None))
+        decide_count, decide_sum = conn.execute(
+            select(func.count(), func.sum(r.decided_ms - r.created_ms)).where(*closed)
+        ).one()
+        decide = _ranked_summary(
             conn,
-            select((r.decided_ms - r.created_ms).label("v"))
-            .where(*task_period, r.status.in_(CLOSED), r.decided_ms.is_not(None))
-            .subquery(),
+            select((r.decided_ms - r.created_ms).label("v")).where(*closed).subquery(),
+            int(decide_count),
+            float(decide_sum or 0),
         )
         decisions, stamped = conn.execute(
             select(
@@ -251,31 +252,29 @@ def oversight_figures(
     series: dict[int, dict[str, int]] = defaultdict(
         lambda: {"turns": 0, "allow": 0, "deny": 0, "review": 0}
     )
-    for day_ms, what, n in per_day:
+    tokens: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for day_ms, what, model, n, prompt_sum, output_sum, _, _ in groups:
         counts[what] += n
         series[int(day_ms)]["turns"] += n
         if what != "other":
             series[int(day_ms)][what] += n
+        tokens[model][0] += int(prompt_sum or 0)
+        tokens[model][1] += int(output_sum or 0)
     total = sum(counts.values())
     opened = sum(by_status.values())
-    sessions_total, sessions_kept = int(sessions[0]), int(sessions[1])
-    for summary in (until_kept, decide):
-        for key in ("median", "p95"):
-            if summary[key] is not None:
-                summary[key] = float(summary[key])
+    until_kept = [float(v) for v in kept if v is not None]
 
     spend_by_model = {}
     unpriced = {}
-    for model, prompt_sum, output_sum in sorted(tokens, key=lambda row: row[0]):
-        prompt, output = int(prompt_sum or 0), int(output_sum or 0)
+    for model, (prompt_tokens, output_tokens) in sorted(tokens.items()):
         price = prices.get(model)
         if price is None:
-            if prompt or output:
-                unpriced[model] = {"input_tokens": prompt, "output_tokens": output}
+            if prompt_tokens or output_tokens:
+                unpriced[model] = {"input_tokens": prompt_tokens, "output_tokens": output_tokens}
             continue
-        usd = (prompt * price["input"] + output * price["output"]) / 1_000_000
+        usd = (prompt_tokens * price["input"] + output_tokens * price["output"]) / 1_000_000
         spend_by_model[model] = {
-            "input_tokens": prompt, "output_tokens": output, "usd": round(usd, 6),
+            "input_tokens": prompt_tokens, "output_tokens": output_tokens, "usd": round(usd, 6),
         }  # fmt: skip
     return {
         "tenant": period.tenant,
@@ -290,9 +289,9 @@ def oversight_figures(
         },
         "reviews": {
             "opened": opened,
-            "by_status": {k: int(v) for k, v in sorted(by_status.items())},
+            "by_status": dict(sorted(by_status.items())),
             "approve_rate": _rate(by_status.get("approved", 0), opened),
-            "expired": int(by_status.get("expired", 0)),
+            "expired": by_status.get("expired", 0),
             "time_to_decide_ms": decide,
             "decisions": int(decisions),
             "rubber_stamp_ms": rubber_stamp_ms,
@@ -300,11 +299,11 @@ def oversight_figures(
             "rubber_stamp_rate": _rate(int(stamped), int(decisions)),
         },
         "sessions": {
-            "with_kept_output": sessions_kept,
-            "without_kept_output": sessions_total - sessions_kept,
-            "turns_until_kept": until_kept,
+            "with_kept_output": len(until_kept),
+            "without_kept_output": len(kept) - len(until_kept),
+            "turns_until_kept": _summary(until_kept),
         },
-        "upstream_latency_ms": latency,
+        "upstream_latency_ms": upstream_latency,
         "spend": {
             "usd": round(sum(m["usd"] for m in spend_by_model.values()), 6),
             "by_model": spend_by_model,
