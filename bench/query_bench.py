@@ -74,6 +74,11 @@ def _timed(fn: Callable[[int], Any], repeat: int) -> list[float]:
     return out
 
 
+def _call(fn: Callable[[int, Any], Any], bound: Any) -> Callable[[int], Any]:
+    """``fn`` with ``bound`` as its second argument (a loop's value, bound now, not later)."""
+    return lambda i: fn(i, bound)
+
+
 def _p(values: list[float], q: int) -> float:
     return (
         statistics.quantiles(values, n=100, method="inclusive")[q - 1]
@@ -135,12 +140,13 @@ def _measure(
         ("primary-key lookup (baseline)", baseline, baseline, 1.0)
     ]
     for name, make in _filters(turns).items():
-        times = _timed(lambda i, make=make: query_turns(engine, make(i), limit=50), repeat)
+        times = _timed(_call(lambda i, make: query_turns(engine, make(i), limit=50), make), repeat)
         rows.append((f"turns: {name}", _p(times, 50), _p(times, 95), _p(times, 50) / baseline))
         cursors = [query_turns(engine, make(i), limit=50).next_cursor for i in range(repeat)]
         times = _timed(
-            lambda i, make=make, cursors=cursors: query_turns(
-                engine, make(i), cursor=cursors[i], limit=50
+            _call(
+                lambda i, made: query_turns(engine, made[0](i), cursor=made[1][i], limit=50),
+                (make, cursors),
             ),
             repeat,
         )
@@ -158,7 +164,9 @@ def _measure(
         "stage=release (2 types)": lambda i: EventFilter(tenant=f"t{i % TENANTS}", stage="release"),
         "stage=review (10 types)": lambda i: EventFilter(tenant=f"t{i % TENANTS}", stage="review"),
     }.items():
-        times = _timed(lambda i, m=make_event: query_events(engine, m(i), limit=50), repeat)
+        times = _timed(
+            _call(lambda i, make: query_events(engine, make(i), limit=50), make_event), repeat
+        )
         rows.append((f"events: {name}", _p(times, 50), _p(times, 95), _p(times, 50) / baseline))
     span = turns * 10
     for name, make_period in {
@@ -173,8 +181,11 @@ def _measure(
         ),
     }.items():
         times = _timed(
-            lambda i, m=make_period: oversight_figures(
-                engine, m(i), rubber_stamp_ms=10_000, prices={}
+            _call(
+                lambda i, make: oversight_figures(
+                    engine, make(i), rubber_stamp_ms=10_000, prices={}
+                ),
+                make_period,
             ),
             oversight_repeat,
         )

@@ -157,16 +157,16 @@ def _copy_turns(engine: Engine, *, turns: int, tenants: int, start: int) -> None
         cur = raw.cursor()
         first_row, first_entry = _turn(start, tenants)
         turn_cols, entry_cols = list(first_row), list(first_entry)
-        with cur.copy(f"COPY turns ({', '.join(turn_cols)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+        with cur.copy(f"COPY turns ({', '.join(turn_cols)}) FROM STDIN") as copy:
             for i in range(start, start + turns):
                 row, _ = _turn(i, tenants)
                 copy.write_row([row[c] for c in turn_cols])
-        with cur.copy(f"COPY ledger_entries ({', '.join(entry_cols)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+        with cur.copy(f"COPY ledger_entries ({', '.join(entry_cols)}) FROM STDIN") as copy:
             for i in range(start, start + turns):
                 _, entry = _turn(i, tenants)
                 copy.write_row([entry[c] for c in entry_cols])
         label_cols = list(_labels(start, tenants)[0])
-        with cur.copy(f"COPY turn_labels ({', '.join(label_cols)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+        with cur.copy(f"COPY turn_labels ({', '.join(label_cols)}) FROM STDIN") as copy:
             for i in range(start, start + turns):
                 for lab in _labels(i, tenants):
                     copy.write_row([lab[c] for c in label_cols])

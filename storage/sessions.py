@@ -8,7 +8,7 @@ image never meet in one session.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, Table, or_, select
@@ -44,7 +44,7 @@ _TABLE_COLUMNS = {
 }
 
 
-def session_side_rows(rows: dict[str, Sequence[dict[str, Any]]]) -> list[SideRows]:
+def session_side_rows(rows: Mapping[str, Sequence[dict[str, Any]]]) -> list[SideRows]:
     """Side rows for ``rows`` (table name → row dicts), in an order foreign to no constraint."""
     out: list[SideRows] = []
     for table, columns in _TABLE_COLUMNS.items():
