@@ -11,9 +11,10 @@ figures (``governance.compliance.oversight``, with one turn in 20 held for revie
 over the whole span (a quarter of the turns), of every tenant (all of them) and of one tenant
 over a tenth of the span, ``--oversight-repeat`` times each.
 
-``python -m bench.query_bench [--turns N] [--repeat R] [sqlite] [postgres]``; ``make bench``
-runs it with 10⁶ turns (10⁵ under ``--quick``). PostgreSQL: ``CUSTODY_TEST_PG_URL``'s server, a
-scratch database created and dropped; skipped with a note when unreachable.
+``python -m bench.query_bench [--turns N] [--repeat R] [--oversight-repeat O] [sqlite]
+[postgres]``; ``make bench`` runs it with 10⁶ turns (10⁵ under ``--quick``). PostgreSQL:
+``CUSTODY_TEST_PG_URL``'s server, a scratch database created and dropped; skipped with a note
+when unreachable.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     quick = os.environ.get("CUSTODY_BENCH_QUICK") == "1"
     parser.add_argument("--turns", type=int, default=100_000 if quick else 1_000_000)
     parser.add_argument("--repeat", type=int, default=40)
-    parser.add_argument("--oversight-repeat", type=int, default=5)
+    parser.add_argument("--oversight-repeat", type=int, default=3)
     parser.add_argument("kinds", nargs="*", default=["sqlite", "postgres"])
     args = parser.parse_args(argv or [])
     for kind in args.kinds:
