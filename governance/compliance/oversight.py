@@ -123,12 +123,11 @@ def _json_number(dialect: str, column: Any, key: str) -> Any:
 
 def _token_count(dialect: str, column: Any, *names: str) -> Any:
     """The first of ``names`` holding a number, truncated to an integer; else 0."""
-    whens = []
-    for name in names:
-        number = _json_number(dialect, column, name)
-        truncated = func.trunc(cast(number, Numeric)) if dialect == "postgresql" else number
-        whens.append((number.is_not(None), cast(truncated, BigInteger)))
-    return case(*whens, else_=0)
+    # COALESCE reads each name once, and the next only when it holds no number (a CASE per
+    # name would read each twice: SQLite before 3.45 parses the JSON text on every read).
+    first = func.coalesce(*(_json_number(dialect, column, name) for name in names))
+    truncated = func.trunc(cast(first, Numeric)) if dialect == "postgresql" else first
+    return func.coalesce(cast(truncated, BigInteger), 0)
 
 
 def _nearest_ranks(conn: Any, values: Any, ranks: list[int]) -> dict[int, float]:
