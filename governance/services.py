@@ -21,6 +21,7 @@ from governance.auth.keys import KeyRing
 from governance.content import ContentRecorder
 from governance.metrics import Metrics
 from governance.outbound import OutboundRules, UrlFetcher
+from governance.outbound.addresses import Network, parse_networks
 from governance.pipeline.decide import PolicyGates
 from governance.pipeline.forward import Forwarder, UpstreamGuard
 from governance.pipeline.lineage import SessionLinker
@@ -77,6 +78,7 @@ class Services:
     instance: ProcessInstance = field(default_factory=ProcessInstance.current)
     interrupted: list[str] = field(default_factory=list)  # turns recorded as interrupted at start
     witness: WitnessPublisher | None = None  # submits checkpoints to CUSTODY_WITNESSES
+    webhook_networks: tuple[Network, ...] = ()  # CUSTODY_WEBHOOK_ALLOW_NETWORKS
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (database, hashing, signing, Rego) off the event loop."""
@@ -218,6 +220,7 @@ def build_services(settings: Settings) -> Services:
     witnesses = witness_policy(settings)
     return Services(
         settings=settings,
+        webhook_networks=parse_networks(settings.webhook_allow_networks),
         engine=engine,
         read_engine=read_engine,
         keys=KeyRing(read_engine),

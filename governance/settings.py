@@ -199,6 +199,9 @@ class Settings(BaseSettings):
     console_sign_in_lockout_s: int = Field(default=60, ge=1)  # doubled per further failure
     console_sign_in_per_client: int = Field(default=20, ge=1)  # attempts per minute per address
 
+    # -- review webhooks: sent to public addresses only, unless an operator allows a network
+    webhook_allow_networks: list[str] = []  # CIDRs a webhook may reach although not public
+
     # -- sessions
     linked_edit_concurrency: int = Field(default=4, ge=1)  # upstream calls of one linked edit
     linked_edit_max_targets: int = Field(default=32, ge=1)

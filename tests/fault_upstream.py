@@ -37,6 +37,8 @@ from typing import Any
 import orjson
 from PIL import Image
 
+from tests.http_wire import read_message
+
 
 def _png() -> bytes:
     img = Image.new("RGB", (48, 32), (40, 120, 200))
@@ -147,25 +149,11 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 def _read_request(sock: socket.socket) -> tuple[tuple[str, dict[str, str]] | None, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return None, b""
-        data += chunk
-    raw_head, _, body = data.partition(b"\r\n\r\n")
-    lines = raw_head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return (lines[0], headers), body
+    message = read_message(sock)
+    if message is None:
+        return None, b""
+    start, headers, body = message
+    return (start, headers), body
 
 
 def _send(sock: socket.socket, status: int, body: bytes) -> None:

@@ -6,6 +6,7 @@ process, since they are counted on its row."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,30 @@ def test_failed_sign_ins_throttle_the_account_in_every_process(served) -> None:
     first.set_password("acme", "frank", "a brand new passphrase", by=BY)
     assert second.check_sign_in("acme", "frank", "a brand new passphrase").reason == "ok"
     assert first.check_sign_in("acme", "nobody", PASSWORD).reason == "unknown_account"
+
+
+def _refusal(resp) -> tuple[int, str]:
+    found = re.search(r'class="error"[^>]*>([^<]*)<', resp.text)
+    return resp.status_code, re.sub(r"in \d+ s", "in N s", found.group(1) if found else "")
+
+
+def test_a_name_that_matches_no_account_is_throttled_like_an_account(served) -> None:
+    """The sign-in page answers a wrong password for an existing account and any password for a
+    name that matches none the same way, attempt by attempt, 429 included: its throttling does
+    not tell which accounts exist. Counted in the database, so every replica agrees."""
+    make_account(served, "harriet", "auditor")
+    browser = ConsoleClient(served)
+    try:
+        known = [_refusal(browser.sign_in("harriet", password=f"wrong {i}")) for i in range(7)]
+        unknown = [_refusal(browser.sign_in("harriett", password=f"wrong {i}")) for i in range(7)]
+    finally:
+        browser.close()
+    assert known == unknown, (known, unknown)
+    assert [status for status, _ in known] == [401] * 4 + [429] * 3
+    misses = Accounts(served.services.engine, served.services.ledger)
+    assert misses.check_sign_in("acme", "harriett", PASSWORD).reason == "throttled"
+    failed = console_events(served, "console.sign_in_failed")
+    assert "harriett" not in json.dumps(failed)  # a name that matched none: only its length
 
 
 def test_store_refuses_unknown_roles_and_a_second_disable(served) -> None:

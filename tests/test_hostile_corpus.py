@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import FIXTURES, RunningCustody, start_custody
+from tests.http_wire import read_message
 from tests.test_gateway_bad_input import _png_header_only
 
 CORPUS = json.loads((Path(__file__).parent / "hostile" / "corpus.json").read_text())
@@ -211,25 +212,11 @@ def _wire_bytes(custody: RunningCustody, entry: dict[str, Any]) -> bytes:
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 response (status, lower-cased headers, body by its Content-Length)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed without a response: {data[:200]!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body[:length]
+    message = read_message(sock)
+    if message is None:
+        raise AssertionError("connection closed without a response")
+    start, headers, body = message
+    return int(start.split()[1]), headers, body
 
 
 def send_wire(custody: RunningCustody, entry: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from governance.outbound.addresses import parse_networks
 from governance.review import WebhookRegistry, WebhookSender
 from governance.review.webhook_verify import (
     ReplayGuard,
@@ -63,9 +64,12 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
         server.stop()
 
 
+LOOPBACK = ["127.0.0.1/32"]  # the receivers of these tests listen on loopback
+
+
 @pytest.fixture()
 def custody(db_url: str, tmp_path: Path) -> Iterator[RunningCustody]:
-    running = start_custody(tmp_path / "custody", db_url)
+    running = start_custody(tmp_path / "custody", db_url, webhook_allow_networks=LOOPBACK)
     try:
         yield running
     finally:
@@ -137,13 +141,19 @@ def _gives_up(custody: RunningCustody) -> None:
     services = custody.services
     registry = WebhookRegistry(services.engine, services.ledger)  # type: ignore[attr-defined]
     # Nothing listens on port 9 of loopback (discard): every attempt is a connection error.
-    hook, _secret = registry.register(tenant="acme", url="http://127.0.0.1:9/x", by="admin@acme")
+    hook, _secret = registry.register(
+        tenant="acme",
+        url="http://127.0.0.1:9/x",
+        by="admin@acme",
+        allowed_networks=parse_networks(LOOPBACK),
+    )
     open_task(custody)
     sender = WebhookSender(
         services.engine,  # type: ignore[attr-defined]
         services.ledger,  # type: ignore[attr-defined]
         backoff_base_ms=0,
         max_attempts=3,
+        allowed_networks=parse_networks(LOOPBACK),
     )
     assert sender.backoff_ms(1) == 0
     assert WebhookSender(None, None).backoff_ms(3) == 8_000  # type: ignore[arg-type]
@@ -172,6 +182,94 @@ def test_a_webhook_url_must_be_http_and_admins_manage_only_their_tenant(
     )
     assert other.status_code == 403
     assert api(custody, custody.keys["reviewer"], "GET", "/api/v1/webhooks").status_code == 403
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/",
+        "http://10.0.0.7/hook",
+        "http://[::ffff:10.1.2.3]:8080/hook",
+        "https://user:pw@hooks.example/h",
+    ],
+)
+def test_a_webhook_to_a_private_or_metadata_address_is_refused_at_registration(
+    custody: RunningCustody, url: str
+) -> None:
+    made = api(custody, custody.keys["admin"], "POST", "/api/v1/webhooks", json={"url": url})
+    assert made.status_code == 400, made.text
+    assert made.json()["error"]["details"][0]["reason"] in {
+        "WEBHOOK_ADDRESS_REFUSED",
+        "BAD_WEBHOOK_URL",
+    }
+    assert api(custody, custody.keys["admin"], "GET", "/api/v1/webhooks").json()["webhooks"] == []
+
+
+def test_a_name_that_resolves_to_loopback_gets_no_delivery(
+    db_url: str, tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    """The name passes registration; where it resolves is judged at every delivery, and a
+    refused address ends the delivery at once (recorded as failed, final), sending nothing."""
+    app, url = receiver
+    custody = start_custody(tmp_path / "custody", db_url)  # no network allowed
+    try:
+        by_name = url.replace("127.0.0.1", "localhost")
+        admin = custody.keys["admin"]
+        made = api(custody, admin, "POST", "/api/v1/webhooks", json={"url": by_name})
+        assert made.status_code == 200, made.text
+        add_member(custody, "reviewers", "reviewer@acme")
+        open_task(custody)
+        for _ in range(300):
+            failed = [e["body"] for e in custody.ledger_events() if e["type"] == "webhook.failed"]
+            if failed:
+                break
+            time.sleep(0.05)
+        assert failed, "no webhook.failed recorded"
+        body = failed[0]
+        assert body["final"] is True and body["attempt"] == 1  # type: ignore[index]
+        assert "loopback" in str(body["error"]) and "refused" in str(body["error"])  # type: ignore[index]
+        assert app.received == []
+    finally:
+        custody.stop()
+
+
+def test_a_delivery_goes_to_the_address_that_was_checked(
+    db_url: str,
+    tmp_path: Path,
+    receiver: tuple[Receiver, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No second lookup: the sender connects to the address its own resolution checked and
+    keeps the name in Host (a name that resolves nowhere else still reaches the receiver)."""
+    monkeypatch.setattr("governance.background.REVIEW_UPKEEP_MS", 10**9)  # this test sends
+    app, url = receiver
+    port = url.split("127.0.0.1:", 1)[1].split("/", 1)[0]
+    custody = start_custody(tmp_path / "custody", db_url)
+    try:
+        services = custody.services
+        registry = WebhookRegistry(services.engine, services.ledger)  # type: ignore[attr-defined]
+        registry.register(tenant="acme", url=f"http://hooks.invalid:{port}/h", by="admin@acme")
+        lookups: list[str] = []
+
+        def resolve(host: str, _port: int) -> list[str]:
+            lookups.append(host)
+            return ["127.0.0.1"]
+
+        open_task(custody)
+        sender = WebhookSender(
+            services.engine,  # type: ignore[attr-defined]
+            services.ledger,  # type: ignore[attr-defined]
+            backoff_base_ms=0,
+            allowed_networks=parse_networks(LOOPBACK),
+            resolve=resolve,
+        )
+        attempts = sender.deliver_due() + sender.deliver_due()  # the receiver fails the first
+        assert [a.delivered for a in attempts] == [False, True]
+        assert lookups == ["hooks.invalid", "hooks.invalid"]  # one lookup per attempt, checked
+        assert {h["host"] for h, _ in app.received} == {f"hooks.invalid:{port}"}
+    finally:
+        custody.stop()
 
 
 SECRET = "whsec_test-secret"

@@ -14,26 +14,20 @@ import pytest
 from PIL import Image
 
 from governance.provenance.verify import verify_image
-from governance.upstream.embedded import ThreadedServer
-from governance.upstream.emulator import EmulatorConfig, create_emulator_app
 from tests.conftest import RunningCustody, start_custody
+from tests.emulator_front import EmulatorFront
 from tests.session_helpers import api, b64, index_graph, ledger_graph, png
 
 FAILING = (13, 13, 13)  # the colour of the image whose first edit the upstream refuses
 
 
-class FlakyUpstream:
+class FlakyUpstream(EmulatorFront):
     """The emulator as a separate upstream that fails, once, the edit of one image (by its
     colour), and counts the calls it got."""
 
     def __init__(self) -> None:
-        self.emulator = create_emulator_app(EmulatorConfig())
+        super().__init__()
         self.failed = 0
-
-        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            await self._app(scope, receive, send)  # a plain function: uvicorn's ASGI 3 form
-
-        self.server = ThreadedServer(app).start()
 
     def calls(self) -> int:
         return sum(1 for e in self.emulator.state.request_log if e["action"] == "generateContent")
@@ -51,47 +45,12 @@ class FlakyUpstream:
                 return pixel == FAILING
         return False
 
-    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.emulator(scope, receive, send)
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+    def answer(self, body: bytes) -> tuple[int, dict[str, Any]] | None:
         if self.failed == 0 and self._is_failing_image(body):
             self.failed += 1
-            error = json.dumps(
-                {
-                    "error": {
-                        "code": 503,
-                        "message": "The model is overloaded",
-                        "status": "UNAVAILABLE",
-                    }
-                }
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": error})
-            return
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.emulator(scope, replay, send)
+            overloaded = {"code": 503, "message": "The model is overloaded"}
+            return 503, {"error": {**overloaded, "status": "UNAVAILABLE"}}
+        return None
 
 
 @pytest.fixture()
@@ -100,7 +59,7 @@ def upstream() -> Iterator[FlakyUpstream]:
     try:
         yield up
     finally:
-        up.server.stop()
+        up.stop()
 
 
 def _gateway(tmp_path: Path, db_url: str, upstream: FlakyUpstream) -> RunningCustody:

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from google.genai import types
 
-from governance.upstream.embedded import ThreadedServer
-from governance.upstream.emulator import EmulatorConfig, create_emulator_app
 from tests.conftest import RunningCustody, start_custody
+from tests.emulator_front import EmulatorFront
 from tests.session_helpers import (
     EDIT_MODEL,
     images,
@@ -29,67 +28,27 @@ from tests.session_helpers import (
 )
 
 
-class UndoingUpstream:
+class UndoingUpstream(EmulatorFront):
     """The emulator, except that "undo" is answered with the first model image of the history."""
 
-    def __init__(self) -> None:
-        self.emulator = create_emulator_app(EmulatorConfig())
-
-        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            await self._app(scope, receive, send)
-
-        self.server = ThreadedServer(app).start()
-
-    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.emulator(scope, receive, send)
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+    def answer(self, body: bytes) -> tuple[int, dict[str, Any]] | None:
         document = json.loads(body)
         last = " ".join(p.get("text", "") for p in document["contents"][-1]["parts"])
-        if "undo" in last:
-            earlier = next(
-                p["inlineData"]
-                for c in document["contents"]
-                if c.get("role") == "model"
-                for p in c["parts"]
-                if "inlineData" in p
-            )
-            answer = {
-                "candidates": [
-                    {
-                        "content": {"role": "model", "parts": [{"inlineData": earlier}]},
-                        "finishReason": "STOP",
-                        "index": 0,
-                    }
-                ],
-                "modelVersion": "custody-emulator-undo",
-            }
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
-            return
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return await receive()  # type: ignore[no-any-return]
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.emulator(scope, replay, send)
+        if "undo" not in last:
+            return None
+        earlier = next(
+            p["inlineData"]
+            for c in document["contents"]
+            if c.get("role") == "model"
+            for p in c["parts"]
+            if "inlineData" in p
+        )
+        candidate = {
+            "content": {"role": "model", "parts": [{"inlineData": earlier}]},
+            "finishReason": "STOP",
+            "index": 0,
+        }
+        return 200, {"candidates": [candidate], "modelVersion": "custody-emulator-undo"}
 
 
 @pytest.fixture()
@@ -98,7 +57,7 @@ def upstream() -> Iterator[UndoingUpstream]:
     try:
         yield up
     finally:
-        up.server.stop()
+        up.stop()
 
 
 def test_an_undo_answered_with_an_earlier_image_is_a_rollback_to_it(

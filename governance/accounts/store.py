@@ -22,6 +22,7 @@ memberships its actor holds now, however they were added or removed. (The ``grou
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -40,12 +41,23 @@ from governance.refusal_error import Refusal
 from governance.review.groups import Member, check_group_name, insert_membership
 from storage.ledger.events import LedgerEvent
 from storage.ledger.log import Ledger
-from storage.schema.accounts import CONSOLE_ACCOUNTS
+from storage.schema.accounts import CONSOLE_ACCOUNTS, SIGN_IN_MISSES
 from storage.schema.reviews import REVIEW_GROUP_MEMBERS as MEMBERS
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024  # argon2 hashes anything; a megabyte "password" is only a way to burn CPU
 MAX_LOCKOUT_MS = 3_600_000
+MISSES_KEPT_MS = 24 * 3_600_000  # a name that matched no account is forgotten a day after
+_MISS = text(
+    """
+    INSERT INTO console_sign_in_misses (name_sha256, failed_sign_ins, throttled_until_ms,
+                                        last_failed_ms)
+    VALUES (:name, 1, NULL, :now)
+    ON CONFLICT (name_sha256) DO UPDATE SET
+      failed_sign_ins = console_sign_in_misses.failed_sign_ins + 1, last_failed_ms = :now
+    RETURNING failed_sign_ins
+    """
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 _HASHER = PasswordHasher()
 # Verified against when the account does not exist, so an unknown name costs what a known one does.
@@ -429,7 +441,7 @@ class Accounts:
         except (VerificationError, InvalidHashError):
             matches = False
         if row is None:
-            return SignInResult(None, "unknown_account")
+            return self._missed(tenant, username, now)
         with self.engine.connect() as conn:
             account = _account(row, _groups_of(conn, tenant, username))
         if row.throttled_until_ms is not None and row.throttled_until_ms > now:
@@ -437,11 +449,7 @@ class Accounts:
         if account.disabled:
             return SignInResult(account, "disabled")
         if not matches:
-            failures = int(row.failed_sign_ins) + 1
-            until = None
-            if failures >= self.max_failures:
-                doublings = min(failures - self.max_failures, 16)
-                until = now + min(self.lockout_ms * 2**doublings, MAX_LOCKOUT_MS)
+            until = self._lockout_until(int(row.failed_sign_ins) + 1, now)
             with self.engine.begin() as conn:
                 conn.execute(
                     text(
@@ -451,6 +459,43 @@ class Accounts:
                     {"until": until, "a": account.account_id},
                 )
             return SignInResult(account, "bad_password", (until - now) if until else 0)
+        return self._opened(account, stored, password)
+
+    def _lockout_until(self, failures: int, now: int) -> int | None:
+        """When an account (or a name) with ``failures`` failed sign-ins in a row may try again."""
+        if failures < self.max_failures:
+            return None
+        doublings = min(failures - self.max_failures, 16)
+        return now + min(self.lockout_ms * 2**doublings, MAX_LOCKOUT_MS)
+
+    def _missed(self, tenant: str, username: str, now: int) -> SignInResult:
+        """A failed sign-in under a name that matches no account, counted and throttled by
+        the same rule as an account's, so that a 429 does not say the account exists."""
+        name = hashlib.sha256(f"{tenant}\0{username}".encode()).hexdigest()
+        with self.engine.begin() as conn:
+            conn.execute(
+                SIGN_IN_MISSES.delete().where(
+                    SIGN_IN_MISSES.c.last_failed_ms < now - MISSES_KEPT_MS
+                )
+            )
+            until = conn.execute(
+                select(SIGN_IN_MISSES.c.throttled_until_ms).where(
+                    SIGN_IN_MISSES.c.name_sha256 == name
+                )
+            ).scalar()
+            if until is not None and until > now:
+                return SignInResult(None, "throttled", int(until) - now)
+            failures = int(conn.execute(_MISS, {"name": name, "now": now}).scalar_one())
+            until = self._lockout_until(failures, now)
+            if until is not None:
+                conn.execute(
+                    SIGN_IN_MISSES.update()
+                    .where(SIGN_IN_MISSES.c.name_sha256 == name)
+                    .values(throttled_until_ms=until)
+                )
+        return SignInResult(None, "unknown_account", (until - now) if until else 0)
+
+    def _opened(self, account: Account, stored: str, password: str) -> SignInResult:
         with self.engine.begin() as conn:
             conn.execute(
                 text(

@@ -111,9 +111,10 @@ def turn_filter(principal: Principal, params: dict[str, Any]) -> TurnFilter:
 async def _answer(services: Any, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
     """``fn(*args, **kw)`` off the event loop; a ``QueryError`` is the caller's 400."""
     try:
-        return await services.run_blocking(fn, *args, **kw)
+        result: T = await services.run_blocking(fn, *args, **kw)
     except QueryError as exc:
         raise bad_query(str(exc)) from exc
+    return result
 
 
 @router.get("/turns")

@@ -404,7 +404,11 @@ async def create_webhook(request: Request, principal: Manager) -> dict[str, Any]
     registry = WebhookRegistry(services.engine, services.ledger)
     try:
         hook, secret = await services.run_blocking(
-            registry.register, tenant=tenant, url=body.url, by=principal.actor
+            registry.register,
+            tenant=tenant,
+            url=body.url,
+            by=principal.actor,
+            allowed_networks=services.webhook_networks,
         )
     except ReviewError as err:
         raise await _refuse(request, principal, "webhooks", None, err) from err

@@ -82,7 +82,7 @@ def latent_disclosure(store: dict[str, Any] | None) -> dict[str, dict[str, Any]]
     manifest = (store.get("manifests") or {}).get(label) or {}
     out = dict(empty)
     for a in _assertions(manifest):
-        data = a.get("data") if isinstance(a.get("data"), dict) else {}
+        data: dict[str, Any] = a["data"] if isinstance(a.get("data"), dict) else {}
         if a.get("label") == ASSERTION_LABEL and data.get("generator"):
             out["provider"] = _field(
                 data["generator"], _location(label, ASSERTION_LABEL, "/generator")
@@ -111,7 +111,7 @@ def _soft_binding(store: dict[str, Any] | None) -> dict[str, Any]:
     manifest = ((store or {}).get("manifests") or {}).get(label) or {}
     for a in _assertions(manifest):
         if str(a.get("label", "")).startswith(SOFT_BINDING_PREFIX):
-            data = a.get("data") if isinstance(a.get("data"), dict) else {}
+            data: dict[str, Any] = a["data"] if isinstance(a.get("data"), dict) else {}
             return {
                 "present": True,
                 "alg": data.get("alg"),

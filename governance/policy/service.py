@@ -119,7 +119,7 @@ class PolicyService:
         self.on_reload: Callable[[dict[str, Any]], None] | None = None
         self._engine_factory = engine_factory
         self._reload_lock = threading.Lock()
-        self._signature = scan_signature(self.policy_dir)
+        self._signature: tuple[tuple[str, int, int], ...] | None = scan_signature(self.policy_dir)
         self._state = load_policy(self.policy_dir, engine_factory)
         self._reservations: dict[str, str] = {}  # decision id → rate-limit reservation id
         self._reservations_lock = threading.Lock()

@@ -57,6 +57,7 @@ from typing import Protocol
 
 from sqlalchemy import Engine
 
+from governance.outbound.addresses import Network
 from governance.review.desk import ReviewDesk
 from governance.review.errors import ReviewError
 from governance.review.groups import ReviewGroups
@@ -75,6 +76,7 @@ class Installation(Protocol):
     engine: Engine
     ledger: Ledger
     blobs: BlobStore
+    webhook_networks: tuple[Network, ...]  # CUSTODY_WEBHOOK_ALLOW_NETWORKS, parsed at start-up
 
 
 __all__ = [
@@ -108,4 +110,7 @@ def desk_for(services: Installation) -> ReviewDesk:
 def keep_reviews(services: Installation) -> None:
     """One tick of the review job: apply deadlines, then send due webhook deliveries."""
     desk_for(services).apply_deadlines()
-    WebhookSender(services.engine, services.ledger).deliver_due()
+    sender = WebhookSender(
+        services.engine, services.ledger, allowed_networks=services.webhook_networks
+    )
+    sender.deliver_due()

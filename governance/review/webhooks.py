@@ -18,9 +18,11 @@ the URL (endpoint URLs often carry a token of their own), only its host.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from governance.auth.keys import now_ms
 from governance.ledger_vocabulary import ledger_event
+from governance.outbound.addresses import Network, address_refusal
 from governance.review.errors import ReviewError
 from governance.review.webhook_verify import SIGNATURE_HEADER, signature_header
 from storage.ledger.events import SideRows
@@ -89,7 +92,22 @@ def url_host(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
-def check_url(url: str) -> str:
+Resolver = Callable[[str, int], list[str]]
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (A and AAAA), from the system resolver."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
+
+
+class WebhookAddressRefused(Exception):
+    """The webhook's host is, or resolves to, an address Custody does not send to."""
+
+
+def check_url(url: str, allowed_networks: Sequence[Network] = ()) -> str:
+    """``url`` if it may be registered; a literal address is judged now (a name at every
+    delivery, where it resolves), by the same rule as URL inputs."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname or len(url) > MAX_URL_CHARS:
         raise ReviewError(
@@ -98,7 +116,61 @@ def check_url(url: str) -> str:
             " (https outside a private network).",
             "BAD_WEBHOOK_URL",
         )
+    if parts.username is not None or parts.password is not None:
+        raise ReviewError(
+            400, "A webhook URL carries no credentials (user:password@).", "BAD_WEBHOOK_URL"
+        )
+    try:
+        literal = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return url
+    why = address_refusal(literal, allowed_networks)
+    if why is not None:
+        raise ReviewError(
+            400,
+            f"Custody does not send webhooks to {literal}, {why}; an operator can allow a"
+            " private network with CUSTODY_WEBHOOK_ALLOW_NETWORKS (never the metadata address).",
+            "WEBHOOK_ADDRESS_REFUSED",
+        )
     return url
+
+
+def pinned_target(
+    url: str, allowed_networks: Sequence[Network], resolve: Resolver = system_resolver
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """Where to send a delivery for ``url``: the URL with its host replaced by a checked address,
+    the Host header and the TLS server name kept as the name (the certificate is still checked
+    against it). Every address the name resolves to must pass ``address_refusal``; the
+    connection goes to the one checked, never to a second lookup (no DNS-rebinding window)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        try:
+            addresses = resolve(host, port)
+        except OSError as exc:
+            raise WebhookAddressRefused(
+                f"{host[:255]} does not resolve ({exc.strerror or exc})"
+            ) from None
+    if not addresses:
+        raise WebhookAddressRefused(f"{host[:255]} resolves to no address")
+    for text in addresses:
+        why = address_refusal(ipaddress.ip_address(text), allowed_networks)
+        if why is not None:
+            raise WebhookAddressRefused(
+                f"{host[:255]} resolves to {text}, {why} (CUSTODY_WEBHOOK_ALLOW_NETWORKS)"
+            )
+    address = addresses[0]
+    shown = f"[{address}]" if ":" in address else address
+    netloc = shown if parts.port is None else f"{shown}:{parts.port}"
+    target = parts._replace(netloc=netloc).geturl()
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    if ":" in host and not host.startswith("["):
+        host_header = f"[{host}]" if parts.port is None else f"[{host}]:{parts.port}"
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return target, {"Host": host_header}, extensions
 
 
 def encode_payload(payload: dict[str, Any]) -> str:
@@ -175,9 +247,11 @@ class WebhookRegistry:
         self.engine = engine
         self.ledger = ledger
 
-    def register(self, *, tenant: str, url: str, by: str) -> tuple[Webhook, str]:
+    def register(
+        self, *, tenant: str, url: str, by: str, allowed_networks: Sequence[Network] = ()
+    ) -> tuple[Webhook, str]:
         """A new endpoint and its secret, which is returned this once."""
-        check_url(url)
+        check_url(url, allowed_networks)
         hook = Webhook(uuid.uuid4().hex, tenant, url, now_ms(), by)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         row = (hook.webhook_id, tenant, url, secret, hook.created_ms, by)
@@ -252,7 +326,11 @@ class WebhookSender:
         backoff_base_ms: int = BACKOFF_BASE_MS,
         backoff_cap_ms: int = BACKOFF_CAP_MS,
         max_attempts: int = MAX_ATTEMPTS,
+        allowed_networks: Sequence[Network] = (),
+        resolve: Resolver = system_resolver,
     ) -> None:
+        self.allowed_networks = tuple(allowed_networks)
+        self.resolve = resolve
         self.engine = engine
         self.ledger = ledger
         self.client = client
@@ -323,16 +401,22 @@ class WebhookSender:
         }
         status: int | None = None
         error = ""
+        refused = False
         try:
-            resp = client.post(row.url, content=body, headers=headers)
+            target, host, extensions = pinned_target(row.url, self.allowed_networks, self.resolve)
+            resp = client.post(
+                target, content=body, headers={**headers, **host}, extensions=extensions
+            )
             status = resp.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
+        except WebhookAddressRefused as exc:
+            error, refused = f"refused: {exc}"[:MAX_ERROR_CHARS], True
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
         attempts = int(row.attempts) + 1
         delivered = not error
-        final = delivered or attempts >= self.max_attempts
+        final = delivered or refused or attempts >= self.max_attempts
         now = self.clock()
         next_ms = now if final else now + self.backoff_ms(attempts)
         with self.engine.begin() as conn:

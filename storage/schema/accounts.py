@@ -51,5 +51,20 @@ class ConsoleSession(SQLModel, table=True):
     revoked_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
+class SignInMiss(SQLModel, table=True):
+    """Failed sign-ins under a (tenant, username) that names no account, counted like an
+    account's own (``failed_sign_ins``, ``throttled_until_ms``) so that the throttling answer
+    does not tell which accounts exist. Keyed by the SHA-256 of the pair, never the name
+    (people type passwords into the username field). Created by ``0013_sign_in_misses``."""
+
+    __tablename__ = "console_sign_in_misses"
+
+    name_sha256: str = Field(sa_column=Column(String(64), primary_key=True))
+    failed_sign_ins: int = Field(sa_column=Column(Integer, nullable=False))
+    throttled_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    last_failed_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+
+
 CONSOLE_ACCOUNTS: Table = ConsoleAccount.__table__  # type: ignore[attr-defined]
 CONSOLE_SESSIONS: Table = ConsoleSession.__table__  # type: ignore[attr-defined]
+SIGN_IN_MISSES: Table = SignInMiss.__table__  # type: ignore[attr-defined]

@@ -125,6 +125,13 @@ def find_fault(header: str | None, prompt: str) -> tuple[Fault | None, str]:
     return None, cleaned
 
 
+def _retry_info(fault: Fault) -> list[dict[str, object]]:
+    if not fault.retry_delay_s:
+        return []
+    return [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+             "retryDelay": f"{fault.retry_delay_s:g}s"}]
+
+
 def fault_error(fault: Fault, model: str) -> GeminiError | None:
     """The Gemini error an error-kind fault answers with; None for ``slow``, ``cut``,
     ``malformed`` and ``badimage`` (answers that go wrong in their body, see ``app``)."""
@@ -147,12 +154,7 @@ def fault_error(fault: Fault, model: str) -> GeminiError | None:
                         }
                     ],
                 },
-                *(
-                    [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                      "retryDelay": f"{fault.retry_delay_s:g}s"}]
-                    if fault.retry_delay_s
-                    else []
-                ),
+                *_retry_info(fault),
             ],
         )  # fmt: skip
     if fault.kind == "500":
