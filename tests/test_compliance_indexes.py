@@ -91,7 +91,7 @@ def _sorts_outside_an_index(plan: str) -> bool:
 
 @pytest.mark.parametrize("label", ["campaign=c-3", "@version=final"])
 def test_a_label_pages_from_its_index(filled, label) -> None:
-    """``label=``: the page is a walk of ``ix_turn_labels_q`` (migration 0013) joined to each turn
+    """``label=``: the page is a walk of ``ix_turn_labels_q`` (migration 0014) joined to each turn
     by key, on a first page and after a cursor. For a common label (5 % of a tenant's turns) the
     walk is ordered, with no sort step; for a rare one (2 %) a planner may rather fetch all of
     its rows from the same index and sort them, which costs the label's size, not the table's."""

@@ -6,7 +6,7 @@ events by label and events by stage over HTTP, the CLI and the console. What is 
 filter selects exactly what it names (against the ledger's own events); rows carry their ledger
 indexes and labels; a label page continues by cursor; an auditor of one tenant finds nothing of
 another carrying the same label; an editor runs none of it; bad values are 400s that say what
-to send; and migration 0013 backfills the version labels recorded before it.
+to send; and migration 0014 backfills the version labels recorded before it.
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def test_console_filters_turns_by_label_and_events_by_stage(gateway, recorded) -
 
 def test_migration_backfills_recorded_version_labels(db_url: str) -> None:
     cfg = alembic_config(db_url)
-    command.upgrade(cfg, "0012_global_limits")
+    command.upgrade(cfg, "0013_sign_in_misses")
     engine = make_engine(db_url)
     turn = {
         "turn_id": "t" * 32, "tenant": "acme", "actor": "editor@acme", "session_id": "ses_x",

@@ -11,7 +11,7 @@ row, an event page below its last ledger index. Rows appended after a page was r
 it, so a cursor never repeats or skips a row that existed when it was issued. A cursor is opaque
 (base64url of JSON) and bound to its filters: used with other filters it is refused (400), not
 silently reinterpreted. Every turn filter is served by one ``0010_query_indexes`` index that ends
-in the paging key; the ``label`` filter by ``turn_labels``' ``ix_turn_labels_q`` (``0013``), which
+in the paging key; the ``label`` filter by ``turn_labels``' ``ix_turn_labels_q`` (``0014``), which
 ends in the same key, so a label's page is read from that index and each row joined to its turn.
 An event ``stage`` is a set of event types (``EVENT_STAGES``): each type pages from
 ``ix_ledger_entries_q_type`` on its own and the pages are merged, as ``policy=deny`` does.

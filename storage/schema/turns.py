@@ -1,7 +1,7 @@
 """The turn index: one ``turns`` row per closed turn, its images, its policy decisions' inputs.
 
 Created by ``0001_core``, ``0003_decision_inputs`` and ``0004_decision_input_commitments``; the
-compliance queries' indexes by ``0010_query_indexes``; ``turn_labels`` by ``0013_turn_labels``.
+compliance queries' indexes by ``0010_query_indexes``; ``turn_labels`` by ``0014_turn_labels``.
 These rows are written in the same transaction as the turn's closing ledger event (side rows of
 the append) and ``custody ledger verify`` checks each against the leaves; they hold digests and
 commitments, never content. ``turn_labels`` is the exception to the check: a turn's

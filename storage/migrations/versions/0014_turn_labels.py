@@ -12,8 +12,8 @@ this revision cannot be: no index row or ledger leaf held them (only each policy
 committed input, a blob that may have been erased), so those turns have no request labels in
 ``turn_labels`` (docs/api.md says so).
 
-Revision ID: 0013_turn_labels
-Revises: 0012_global_limits
+Revision ID: 0014_turn_labels
+Revises: 0013_sign_in_misses
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_turn_labels"
-down_revision = "0012_global_limits"
+revision = "0014_turn_labels"
+down_revision = "0013_sign_in_misses"
 branch_labels = None
 depends_on = None
 
