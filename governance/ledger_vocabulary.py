@@ -553,6 +553,24 @@ EVENT_BODIES: dict[str, type] = {
 CLOSING_EVENTS = ("turn.released", "turn.failed", "turn.interrupted")
 
 
+# The stages of a turn's life, by the event types that record them: what the compliance queries'
+# ``stage`` filter on events means (docs/api.md). Events outside a turn's life (keys, accounts,
+# console sign-ins, webhooks, sessions, checkpoints) belong to no stage.
+EVENT_STAGES: dict[str, tuple[str, ...]] = {
+    "receive": ("turn.received", "url_inputs.fetched"),
+    "decide": ("policy.decided",),
+    "review": (
+        "review.requested", "review.opened", "review.claimed", "review.decided",
+        "review.approved", "review.rejected", "review.changes_requested", "review.expired",
+        "review.escalated", "review.refused",
+    ),
+    "forward": ("upstream.requested", "upstream.attempt", "upstream.returned"),
+    "sign": ("output.signed",),
+    "release": ("turn.released", "turn.undelivered"),
+    "refusal": ("turn.failed", "turn.interrupted", "request.refused"),
+}  # fmt: skip
+
+
 def body_fields(event_type: str) -> tuple[frozenset[str], frozenset[str]]:
     """The (required, optional) body fields of ``event_type``; KeyError for an unknown type."""
     typed: Any = EVENT_BODIES[event_type]

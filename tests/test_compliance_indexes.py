@@ -23,6 +23,7 @@ from governance.compliance.queries import (
     events_page_query,
     turns_page_query,
 )
+from governance.ledger_vocabulary import EVENT_STAGES
 from storage.db import make_engine, migrate
 
 TURN_FILTERS = {
@@ -82,3 +83,47 @@ def test_event_pages_come_from_the_ledger_index(filled) -> None:
         assert index in plan or "ledger_entries_pkey" in plan or "PRIMARY KEY" in plan, plan
         assert "Seq Scan on ledger_entries" not in plan, plan
         assert "TEMP B-TREE" not in plan, plan
+
+
+def _sorts_outside_an_index(plan: str) -> bool:
+    return "TEMP B-TREE" in plan or "Sort Key" in plan
+
+
+@pytest.mark.parametrize("label", ["campaign=c-3", "@version=final"])
+def test_a_label_pages_from_its_index(filled, label) -> None:
+    """``label=``: the page is a walk of ``ix_turn_labels_q`` (migration 0014) joined to each turn
+    by key, on a first page and after a cursor. For a common label (5 % of a tenant's turns) the
+    walk is ordered, with no sort step; for a rare one (2 %) a planner may rather fetch all of
+    its rows from the same index and sort them, which costs the label's size, not the table's."""
+    for after in (None, [10**13, "zzzz"]):
+        flt = TurnFilter(tenant="t1", label=label)
+        plan = _plan(filled, turns_page_query(flt, after=after, limit=51))
+        assert "ix_turn_labels_q" in plan, plan
+        assert "Seq Scan" not in plan and "SCAN turn" not in plan, plan
+        if label.startswith("campaign"):
+            assert not _sorts_outside_an_index(plan), plan
+
+
+def test_events_by_label_come_from_the_ledger_and_label_indexes(filled) -> None:
+    """Events by label: SQLite walks the tenant's ledger index backwards and probes each event's
+    turn in ``turn_labels``' key, with no sort. PostgreSQL may instead collect the label's turns
+    from ``ix_turn_labels_q`` and sort their events (a set the size of the label, not the log)."""
+    flt = EventFilter(tenant="t1", label="campaign=c-3")
+    plan = _plan(filled, events_page_query(flt, after=None, limit=51))
+    assert "turn_labels" in plan and "Seq Scan" not in plan, plan
+    assert "SCAN ledger_entries" not in plan and "TEMP B-TREE" not in plan, plan
+    if "Sort Key" in plan:
+        assert "ix_turn_labels_q" in plan, plan
+
+
+def test_an_event_stage_pages_each_of_its_types_from_the_type_index(filled) -> None:
+    """``stage=``: one ``ix_ledger_entries_q_type`` walk per type; the merge sorts at most
+    types × limit rows, never the tenant's log (no scan of ``ledger_entries``)."""
+    for stage in ("receive", "release", "review"):
+        plan = _plan(filled, events_page_query(EventFilter(tenant="t1", stage=stage), after=None,
+                                               limit=51))  # fmt: skip
+        # A type holding a third of the tenant's log may walk the primary key backwards
+        # instead (as the tenant-only page may): still one bounded walk per type.
+        walks = sum(plan.count(i) for i in ("ix_ledger_entries_q_type", "ledger_entries_pkey"))
+        assert walks == len(EVENT_STAGES[stage]), plan
+        assert "Seq Scan" not in plan and "SCAN ledger_entries\n" not in plan + "\n", plan

@@ -100,6 +100,7 @@ def turn_filter(principal: Principal, params: dict[str, Any]) -> TurnFilter:
             policy=params.get("policy"),
             reviewer=params.get("reviewer"),
             stage=params.get("stage"),
+            label=params.get("label"),
             since_ms=_time("since", params.get("since")),
             until_ms=_time("until", params.get("until")),
         )
@@ -128,6 +129,7 @@ async def turns(
     policy: str | None = Query(None),
     reviewer: str | None = Query(None),
     stage: str | None = Query(None),
+    label: str | None = Query(None),
     since: int | None = Query(None),
     until: int | None = Query(None),
     cursor: str | None = Query(None),
@@ -137,7 +139,8 @@ async def turns(
     """Turns matching every filter given, newest first, each with its ledger indexes."""
     params = dict(
         tenant=tenant, actor=actor, session=session, model=model, status=status,
-        outcome=outcome, policy=policy, reviewer=reviewer, stage=stage, since=since, until=until,
+        outcome=outcome, policy=policy, reviewer=reviewer, stage=stage, label=label, since=since,
+        until=until,
     )  # fmt: skip
     flt = turn_filter(principal, params)
     services = get_services(request)
@@ -157,6 +160,8 @@ async def events(
     session: str | None = Query(None),
     model: str | None = Query(None),
     reviewer: str | None = Query(None),
+    label: str | None = Query(None),
+    stage: str | None = Query(None),
     since: int | None = Query(None),
     until: int | None = Query(None),
     cursor: str | None = Query(None),
@@ -173,6 +178,8 @@ async def events(
             session=session,
             model=model,
             reviewer=reviewer,
+            label=label,
+            stage=stage,
             since_ms=_time("since", since),
             until_ms=_time("until", until),
         )
@@ -241,7 +248,8 @@ async def prompts(
     if not isinstance(text, str):
         raise bad_query('Send {"query": "text to find", ...filters}: query must be a string.')
     allowed = {"query", "tenant", "actor", "session", "model", "status", "outcome", "policy",
-               "reviewer", "stage", "since", "until", "cursor", "limit", "scan"}  # fmt: skip
+               "reviewer", "stage", "label", "since", "until", "cursor", "limit",
+               "scan"}  # fmt: skip
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise bad_query(f"unknown fields {unknown}; the body may hold {sorted(allowed)}.")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from governance.ledger_vocabulary import EVENT_STAGES
 from governance.settings import Settings
 from governance.state import OpenState, open_state
 
@@ -47,6 +48,7 @@ def _turn_filter(args: argparse.Namespace) -> Any:
         policy=args.policy,
         reviewer=args.reviewer,
         stage=args.stage,
+        label=args.label,
         since_ms=args.since,
         until_ms=args.until,
     )
@@ -79,6 +81,8 @@ def _events(args: argparse.Namespace) -> int:
         session=args.session,
         model=args.model,
         reviewer=args.reviewer,
+        label=args.label,
+        stage=args.stage,
         since_ms=args.since,
         until_ms=args.until,
     )
@@ -235,6 +239,9 @@ def _common(p: argparse.ArgumentParser, *, paged: bool = True) -> None:
     p.add_argument("--session", help="the x-custody-session value the turns were sent with")
     p.add_argument("--model")
     p.add_argument("--reviewer", help="turns this reviewer decided")
+    p.add_argument(
+        "--label", help="name=value sent in x-custody-labels, or @version=text (a version label)"
+    )
     p.add_argument("--since", type=int, help="milliseconds since 1970 (inclusive)")
     p.add_argument("--until", type=int, help="milliseconds since 1970 (exclusive)")
     if paged:
@@ -280,6 +287,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(events)
     events.add_argument("--type", help="the event type, e.g. policy.decided")
     events.add_argument("--turn")
+    events.add_argument(
+        "--stage", choices=tuple(EVENT_STAGES), help="the events of this stage of a turn's life"
+    )
     events.set_defaults(func=_reported(_events))
 
     image = cmds.add_parser("image", help="inputs and outputs with this SHA-256, with their turns")

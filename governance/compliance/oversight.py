@@ -19,6 +19,11 @@ ledger as it happens), so anyone holding the database can re-derive it; the defi
 - ``series``: the same policy counts per UTC day, for charts.
 
 Percentiles are nearest-rank (the smallest value with at least p % of values at or below it).
+
+The database computes them (``oversight_figures``: GROUP BY and window queries, three passes over
+the period's turns, none returning a row per turn); the first, row-by-row implementation is kept
+in ``tests/test_oversight_scale.py`` as the definition the aggregation is held equal to. The cost
+stays linear in the period's turns: ``docs/performance.md`` has the figures at 10⁶.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import BigInteger, Engine, Float, Numeric, case, cast, func, select
+from sqlalchemy.dialects.postgresql import JSONB
 
 from governance.compliance.queries import DENY_REASONS, REVIEW_DECISIONS, REVIEW_TASKS
 from storage.schema.turns import TURNS
@@ -93,60 +99,64 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _turn_rows(engine: Engine, period: Period) -> list[Any]:
-    t = TURNS.c
-    conds = [t.created_ms >= period.since_ms, t.created_ms < period.until_ms]
+def _in_period(created: Any, tenant_col: Any, period: Period) -> list[Any]:
+    conds = [created >= period.since_ms, created < period.until_ms]
     if period.tenant is not None:
-        conds.append(t.tenant == period.tenant)
-    query = select(
-        t.turn_id, t.session_id, t.model, t.status, t.outcome, t.usage_json, t.timings_json,
-        t.created_ms,
-    ).where(*conds).order_by(t.created_ms, t.turn_id)  # fmt: skip
-    with engine.connect() as conn:
-        return list(conn.execute(query))
+        conds.append(tenant_col == period.tenant)
+    return conds
 
 
-def _review_rows(engine: Engine, period: Period) -> tuple[list[Any], list[Any]]:
-    r, d = REVIEW_TASKS.c, REVIEW_DECISIONS.c
-    conds = [r.created_ms >= period.since_ms, r.created_ms < period.until_ms]
-    if period.tenant is not None:
-        conds.append(r.tenant == period.tenant)
-    with engine.connect() as conn:
-        tasks = list(
-            conn.execute(
-                select(r.task_id, r.turn_id, r.status, r.created_ms, r.decided_ms).where(*conds)
-            )
-        )
-        decisions = list(
-            conn.execute(
-                select(d.decision, d.time_ms, r.created_ms)
-                .select_from(REVIEW_DECISIONS.join(REVIEW_TASKS, r.task_id == d.task_id))
-                .where(*conds)
-            )
-        )
-    return tasks, decisions
-
-
-def _tokens(usage_json: str | None) -> tuple[int, int]:
-    if not usage_json:
-        return 0, 0
-    try:
-        usage = json.loads(usage_json)
-    except json.JSONDecodeError:
-        return 0, 0
-    if not isinstance(usage, dict):
-        return 0, 0
-
-    def count(*names: str) -> int:
-        for name in names:
-            value = usage.get(name)
-            if isinstance(value, int | float):
-                return int(value)
-        return 0
-
-    return count("promptTokenCount", "prompt_token_count"), count(
-        "candidatesTokenCount", "candidates_token_count"
+def _json_number(dialect: str, column: Any, key: str) -> Any:
+    """The number at ``key`` of the JSON object in text ``column``; NULL when it is absent or
+    not a number (a string, a boolean, null). Custody writes these columns itself (orjson)."""
+    if dialect == "postgresql":
+        item = cast(column, JSONB)[key]
+        return case((func.jsonb_typeof(item) == "number", cast(item.astext, Float)), else_=None)
+    return case(
+        (
+            func.json_type(column, f"$.{key}").in_(("integer", "real")),
+            func.json_extract(column, f"$.{key}"),
+        ),
+        else_=None,
     )
+
+
+def _token_count(dialect: str, column: Any, *names: str) -> Any:
+    """The first of ``names`` holding a number, truncated to an integer; else 0."""
+    # COALESCE reads each name once, and the next only when it holds no number (a CASE per
+    # name would read each twice: SQLite before 3.45 parses the JSON text on every read).
+    first = func.coalesce(*(_json_number(dialect, column, name) for name in names))
+    truncated = func.trunc(cast(first, Numeric)) if dialect == "postgresql" else first
+    return func.coalesce(cast(truncated, BigInteger), 0)
+
+
+def _nearest_ranks(conn: Any, values: Any, ranks: list[int]) -> dict[int, float]:
+    """The ``ranks``-th smallest (1-based) of the column ``v`` of a subquery, by one sort."""
+    ordered = select(values.c.v, func.row_number().over(order_by=values.c.v).label("rn")).subquery()
+    query = select(ordered.c.rn, ordered.c.v).where(ordered.c.rn.in_(sorted(set(ranks))))
+    return {int(rn): float(v) for rn, v in conn.execute(query)}
+
+
+def _ranked_summary(
+    conn: Any, values: Any, count: int, total: float, *, decimals: int | None = None
+) -> dict[str, Any]:
+    """``_summary`` of the ``count`` values of a subquery's column ``v`` (their sum ``total``,
+    of the values as rounded): the nearest-rank values come from the database by one sort.
+    Rounding is monotonic, so the value at a rank rounds to the rounded values' value there."""
+    if not count:
+        return _summary([])
+    ranks = {p: max(1, math.ceil(p / 100 * count)) for p in (50, 95)}
+    found = _nearest_ranks(conn, values, list(ranks.values()))
+
+    def shown(x: float) -> float:
+        return round(x, decimals) if decimals is not None else float(x)
+
+    return {
+        "count": count,
+        "median": shown(found[ranks[50]]),
+        "p95": shown(found[ranks[95]]),
+        "mean": round(float(total) / count, 3),
+    }
 
 
 def oversight_figures(
@@ -156,70 +166,119 @@ def oversight_figures(
     rubber_stamp_ms: int,
     prices: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
-    """The figures of the module doc for ``period``."""
-    turns = _turn_rows(engine, period)
-    tasks, decisions = _review_rows(engine, period)
-    held = {task.turn_id for task in tasks}
+    """The figures of the module doc for ``period``, aggregated by the database: three passes
+    over the period's turns (one GROUP BY day, kind and model for the counts, tokens and the
+    latency's count and sum; one sort for the latency's two ranks; one window per session) and
+    three small reads of the review tables. Nothing returns a row per turn.
+    ``tests/test_oversight_scale.py`` holds the result equal to the row-by-row definition."""
+    t, r, d = TURNS.c, REVIEW_TASKS.c, REVIEW_DECISIONS.c
+    dialect = engine.dialect.name
+    in_period = _in_period(t.created_ms, t.tenant, period)
+    task_period = _in_period(r.created_ms, r.tenant, period)
+    held = t.turn_id.in_(select(r.turn_id).where(*task_period))
+    kind = case(
+        (held, "review"),
+        (t.outcome.in_(DENY_REASONS), "deny"),
+        (t.status == "released", "allow"),
+        else_="other",  # failed upstream, interrupted: neither allowed nor refused by policy
+    ).label("kind")
+    day = (t.created_ms // DAY_MS * DAY_MS).label("day")
+    upstream = _json_number(dialect, t.timings_json, "upstream_ms")
+    latency = case((t.status == "released", upstream), else_=None)
+    prompt = _token_count(dialect, t.usage_json, "promptTokenCount", "prompt_token_count")
+    output = _token_count(dialect, t.usage_json, "candidatesTokenCount", "candidates_token_count")
+    position = (
+        func.row_number()
+        .over(partition_by=t.session_id, order_by=(t.created_ms, t.turn_id))
+        .label("pos")
+    )
+    numbered = (
+        select(t.session_id, t.status, position)
+        .where(*in_period, t.session_id.is_not(None), t.session_id != "")
+        .subquery()
+    )
+    kept_at = func.max(case((numbered.c.status == "released", numbered.c.pos)))
+    with engine.connect() as conn:
+        groups = conn.execute(
+            select(
+                day,
+                kind,
+                t.model,
+                func.count(),
+                func.sum(prompt),
+                func.sum(output),
+                func.count(latency),
+                func.sum(func.round(cast(latency, Numeric), 3)),
+            )
+            .where(*in_period)
+            .group_by(day, kind, t.model)
+        ).all()
+        latency_count = sum(int(g[6]) for g in groups)
+        latency_sum = sum(float(g[7]) for g in groups if g[7] is not None)
+        upstream_latency = _ranked_summary(
+            conn,
+            select(upstream.label("v"))
+            .where(*in_period, t.status == "released", upstream.is_not(None))
+            .subquery(),
+            latency_count,
+            latency_sum,
+            decimals=3,
+        )
+        kept = [v for (v,) in conn.execute(select(kept_at).group_by(numbered.c.session_id))]
+        by_status = {
+            status: int(n)
+            for status, n in conn.execute(
+                select(r.status, func.count()).where(*task_period).group_by(r.status)
+            )
+        }
+        closed = (*task_period, r.status.in_(CLOSED), r.decided_ms.is_not(None))
+        decide_count, decide_sum = conn.execute(
+            select(func.count(), func.sum(r.decided_ms - r.created_ms)).where(*closed)
+        ).one()
+        decide = _ranked_summary(
+            conn,
+            select((r.decided_ms - r.created_ms).label("v")).where(*closed).subquery(),
+            int(decide_count),
+            float(decide_sum or 0),
+        )
+        decisions, stamped = conn.execute(
+            select(
+                func.count(),
+                func.coalesce(
+                    func.sum(case((d.time_ms - r.created_ms < rubber_stamp_ms, 1), else_=0)), 0
+                ),
+            )
+            .select_from(REVIEW_DECISIONS.join(REVIEW_TASKS, r.task_id == d.task_id))
+            .where(*task_period)
+        ).one()
+
     counts = {"allow": 0, "deny": 0, "review": 0, "other": 0}
     series: dict[int, dict[str, int]] = defaultdict(
         lambda: {"turns": 0, "allow": 0, "deny": 0, "review": 0}
     )
-    sessions: dict[str, list[Any]] = defaultdict(list)
-    latency: list[float] = []
     tokens: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for row in turns:
-        if row.turn_id in held:
-            kind = "review"
-        elif row.outcome in DENY_REASONS:
-            kind = "deny"
-        elif row.status == "released":
-            kind = "allow"
-        else:
-            kind = "other"  # failed upstream, interrupted: neither allowed nor refused by policy
-        counts[kind] += 1
-        day = series[row.created_ms // DAY_MS * DAY_MS]
-        day["turns"] += 1
-        if kind != "other":
-            day[kind] += 1
-        if row.session_id:
-            sessions[row.session_id].append(row)
-        if row.status == "released" and row.timings_json:
-            upstream = json.loads(row.timings_json).get("upstream_ms")
-            if isinstance(upstream, int | float):
-                latency.append(round(float(upstream), 3))
-        prompt, output = _tokens(row.usage_json)
-        tokens[row.model][0] += prompt
-        tokens[row.model][1] += output
-    total = len(turns)
-
-    until_kept = []
-    never_kept = 0
-    for rows in sessions.values():
-        released = [i for i, r in enumerate(rows) if r.status == "released"]
-        if released:
-            until_kept.append(float(released[-1] + 1))
-        else:
-            never_kept += 1
-
-    by_status: dict[str, int] = defaultdict(int)
-    decide_ms = []
-    for task in tasks:
-        by_status[task.status] += 1
-        if task.status in CLOSED and task.decided_ms is not None:
-            decide_ms.append(float(task.decided_ms - task.created_ms))
-    stamped = sum(1 for d in decisions if d.time_ms - d.created_ms < rubber_stamp_ms)
+    for day_ms, what, model, n, prompt_sum, output_sum, _, _ in groups:
+        counts[what] += n
+        series[int(day_ms)]["turns"] += n
+        if what != "other":
+            series[int(day_ms)][what] += n
+        tokens[model][0] += int(prompt_sum or 0)
+        tokens[model][1] += int(output_sum or 0)
+    total = sum(counts.values())
+    opened = sum(by_status.values())
+    until_kept = [float(v) for v in kept if v is not None]
 
     spend_by_model = {}
     unpriced = {}
-    for model, (prompt, output) in sorted(tokens.items()):
+    for model, (prompt_tokens, output_tokens) in sorted(tokens.items()):
         price = prices.get(model)
         if price is None:
-            if prompt or output:
-                unpriced[model] = {"input_tokens": prompt, "output_tokens": output}
+            if prompt_tokens or output_tokens:
+                unpriced[model] = {"input_tokens": prompt_tokens, "output_tokens": output_tokens}
             continue
-        usd = (prompt * price["input"] + output * price["output"]) / 1_000_000
+        usd = (prompt_tokens * price["input"] + output_tokens * price["output"]) / 1_000_000
         spend_by_model[model] = {
-            "input_tokens": prompt, "output_tokens": output, "usd": round(usd, 6),
+            "input_tokens": prompt_tokens, "output_tokens": output_tokens, "usd": round(usd, 6),
         }  # fmt: skip
     return {
         "tenant": period.tenant,
@@ -227,28 +286,28 @@ def oversight_figures(
         "until_ms": period.until_ms,
         "turns": total,
         "policy": {
-            **{k: v for k, v in counts.items()},
+            **counts,
             "allow_rate": _rate(counts["allow"], total),
             "deny_rate": _rate(counts["deny"], total),
             "review_rate": _rate(counts["review"], total),
         },
         "reviews": {
-            "opened": len(tasks),
+            "opened": opened,
             "by_status": dict(sorted(by_status.items())),
-            "approve_rate": _rate(by_status["approved"], len(tasks)),
-            "expired": by_status["expired"],
-            "time_to_decide_ms": _summary(decide_ms),
-            "decisions": len(decisions),
+            "approve_rate": _rate(by_status.get("approved", 0), opened),
+            "expired": by_status.get("expired", 0),
+            "time_to_decide_ms": decide,
+            "decisions": int(decisions),
             "rubber_stamp_ms": rubber_stamp_ms,
-            "rubber_stamps": stamped,
-            "rubber_stamp_rate": _rate(stamped, len(decisions)),
+            "rubber_stamps": int(stamped),
+            "rubber_stamp_rate": _rate(int(stamped), int(decisions)),
         },
         "sessions": {
             "with_kept_output": len(until_kept),
-            "without_kept_output": never_kept,
+            "without_kept_output": len(kept) - len(until_kept),
             "turns_until_kept": _summary(until_kept),
         },
-        "upstream_latency_ms": _summary(latency),
+        "upstream_latency_ms": upstream_latency,
         "spend": {
             "usd": round(sum(m["usd"] for m in spend_by_model.values()), 6),
             "by_model": spend_by_model,

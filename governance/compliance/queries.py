@@ -11,7 +11,10 @@ row, an event page below its last ledger index. Rows appended after a page was r
 it, so a cursor never repeats or skips a row that existed when it was issued. A cursor is opaque
 (base64url of JSON) and bound to its filters: used with other filters it is refused (400), not
 silently reinterpreted. Every turn filter is served by one ``0010_query_indexes`` index that ends
-in the paging key.
+in the paging key; the ``label`` filter by ``turn_labels``' ``ix_turn_labels_q`` (``0014``), which
+ends in the same key, so a label's page is read from that index and each row joined to its turn.
+An event ``stage`` is a set of event types (``EVENT_STAGES``): each type pages from
+``ix_ledger_entries_q_type`` on its own and the pages are merged, as ``policy=deny`` does.
 
 Tenant walls are the caller's ``tenant`` argument: the routes pass the caller's own tenant (an
 operator may name any, or none for every tenant, which no index serves).
@@ -28,11 +31,12 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, exists, or_, select, tuple_, union_all
 
+from governance.ledger_vocabulary import EVENT_STAGES
 from storage.ledger.leaf import decode_leaf
 from storage.schema.ledger import LEDGER_ENTRIES
 from storage.schema.reviews import ReviewDecision, ReviewTask
 from storage.schema.sessions import EDIT_SESSIONS
-from storage.schema.turns import TURN_IMAGES, TURNS
+from storage.schema.turns import TURN_IMAGES, TURN_LABELS, TURNS, VERSION_LABEL
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -40,6 +44,7 @@ DEFAULT_LIMIT = 50
 POLICY_OUTCOMES = ("allow", "deny", "review")
 DENY_REASONS = ("POLICY_DENIED", "RATE_LIMITED")
 STAGES = ("request", "response")
+_LABEL_NAME = re.compile(r"^(@version|[a-z0-9_.-]{1,64})$")
 
 REVIEW_TASKS = ReviewTask.__table__  # type: ignore[attr-defined]
 REVIEW_DECISIONS = ReviewDecision.__table__  # type: ignore[attr-defined]
@@ -62,10 +67,13 @@ class TurnFilter:
     policy: str | None = None  # allow | deny | review
     reviewer: str | None = None  # turns this reviewer decided
     stage: str | None = None  # turns held for review at this stage
+    label: str | None = None  # "name=value": an x-custody-labels pair, or "@version=text"
     since_ms: int | None = None  # created at or after
     until_ms: int | None = None  # created before
 
     def __post_init__(self) -> None:
+        if self.label is not None:
+            label_pair(self.label)
         if self.policy is not None and self.policy not in POLICY_OUTCOMES:
             raise QueryError(
                 f"policy must be one of {', '.join(POLICY_OUTCOMES)}; got {self.policy!r}"
@@ -94,11 +102,32 @@ class EventFilter:
     session: str | None = None
     model: str | None = None
     reviewer: str | None = None
+    label: str | None = None  # the events of the turns with this label (as ``TurnFilter``'s)
+    stage: str | None = None  # one of ``EVENT_STAGES``: the events of that stage of a turn
     since_ms: int | None = None
     until_ms: int | None = None
 
     def __post_init__(self) -> None:
+        if self.label is not None:
+            label_pair(self.label)
+        if self.stage is not None and self.stage not in EVENT_STAGES:
+            raise QueryError(
+                f"stage must be one of {', '.join(EVENT_STAGES)} for events; got {self.stage!r}"
+            )
+        if self.stage is not None and self.type not in (None, *EVENT_STAGES[self.stage]):
+            raise QueryError(
+                f"type {self.type!r} is not an event of stage {self.stage!r}, whose types are"
+                f" {', '.join(EVENT_STAGES[self.stage])}: drop one of the two filters"
+            )
         _check_range(self.since_ms, self.until_ms)
+
+    def types(self) -> tuple[str | None, ...]:
+        """The event types this filter pages through, each on its own (None: any type)."""
+        if self.type is not None:
+            return (self.type,)
+        if self.stage is not None:
+            return EVENT_STAGES[self.stage]
+        return (None,)
 
 
 @dataclass(frozen=True)
@@ -108,6 +137,20 @@ class Page:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "next_cursor": self.next_cursor, "count": len(self.rows)}
+
+
+def label_pair(label: str) -> tuple[str, str]:
+    """``name=value`` → its parts, as ``turn_labels`` holds them (header names lowercased)."""
+    name, sep, value = label.partition("=")
+    name = name.strip()
+    name = name if name == VERSION_LABEL else name.lower()
+    if not sep or not _LABEL_NAME.match(name) or len(value.strip()) > 256:
+        raise QueryError(
+            "label must be name=value: a pair sent in x-custody-labels (e.g. asset=production),"
+            f" or {VERSION_LABEL}=text for a label put on a version the turn made;"
+            f" got {label[:80]!r}"
+        )
+    return name, value.strip()
 
 
 def _check_range(since_ms: int | None, until_ms: int | None) -> None:
@@ -215,7 +258,16 @@ def turn_conditions(flt: TurnFilter) -> list[Any]:
         )
     if flt.reviewer is not None:
         conds.append(t.turn_id.in_(_turns_of_reviewer(flt.reviewer)))
+    if flt.label is not None:
+        conds.append(t.turn_id.in_(_turns_labelled(flt.tenant, flt.label)))
     return conds
+
+
+def _turns_labelled(tenant: str | None, label: str) -> Select[Any]:
+    name, value = label_pair(label)
+    lab = TURN_LABELS.c
+    query = select(lab.turn_id).where(lab.name == name, lab.value == value)
+    return query.where(lab.tenant == tenant) if tenant is not None else query
 
 
 TURN_COLUMNS = (
@@ -257,11 +309,45 @@ def turns_page_query(flt: TurnFilter, *, after: list[Any] | None, limit: int) ->
 
 
 def _single_page(flt: TurnFilter, after: list[Any] | None, limit: int) -> Select[Any]:
+    if flt.label is not None:
+        return _label_page(flt, after, limit)
     t = TURNS.c
     query = select(*(t[name] for name in TURN_COLUMNS)).where(*turn_conditions(flt))
     if after is not None:
         query = query.where(tuple_(t.created_ms, t.turn_id) < tuple_(after[0], after[1]))
     return query.order_by(t.created_ms.desc(), t.turn_id.desc()).limit(limit)
+
+
+def _label_page(flt: TurnFilter, after: list[Any] | None, limit: int) -> Select[Any]:
+    """A page of one label's turns: walked in ``ix_turn_labels_q`` (tenant, name, value, then
+    the paging key, repeated from the turn), each row joined to its ``turns`` row by key, where
+    the other filters apply."""
+    assert flt.label is not None
+    name, value = label_pair(flt.label)
+    lab, t = TURN_LABELS.c, TURNS.c
+    conds: list[Any] = [lab.name == name, lab.value == value]
+    if flt.tenant is not None:
+        conds.append(lab.tenant == flt.tenant)
+    if flt.since_ms is not None:
+        conds.append(lab.created_ms >= flt.since_ms)
+    if flt.until_ms is not None:
+        conds.append(lab.created_ms < flt.until_ms)
+    if after is not None:
+        conds.append(tuple_(lab.created_ms, lab.turn_id) < tuple_(after[0], after[1]))
+    # The label row's tenant and time are its turn's. Alone, the label needs nothing of
+    # ``turns`` (repeating the tenant there only tempts the planner to join the tenant's turns
+    # wholesale and sort them); with other filters the tenant leads their indexes.
+    rest = replace(flt, label=None, since_ms=None, until_ms=None)
+    if not any(v is not None for k, v in rest.used().items() if k != "tenant"):
+        rest = replace(rest, tenant=None)
+    conds.extend(turn_conditions(rest))
+    return (
+        select(*(t[name] for name in TURN_COLUMNS))
+        .select_from(TURN_LABELS.join(TURNS, t.turn_id == lab.turn_id))
+        .where(*conds)
+        .order_by(lab.created_ms.desc(), lab.turn_id.desc())
+        .limit(limit)
+    )
 
 
 def _turn_json(row: Any) -> dict[str, Any]:
@@ -271,14 +357,27 @@ def _turn_json(row: Any) -> dict[str, Any]:
 
 
 def _attach_ledger_facts(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Each turn's ledger indexes (every entry of it) and its outputs' hashes, in two reads."""
+    """Each turn's ledger indexes (every entry of it), its outputs' hashes, its
+    ``x-custody-labels`` (``labels``) and the labels of versions it made (``version_labels``),
+    in three reads."""
     if not rows:
         return
     ids = [r["turn_id"] for r in rows]
-    e, images = LEDGER_ENTRIES.c, TURN_IMAGES.c
+    e, images, lab = LEDGER_ENTRIES.c, TURN_IMAGES.c, TURN_LABELS.c
     indexes: dict[str, list[int]] = {i: [] for i in ids}
     outputs: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    labels: dict[str, dict[str, str]] = {i: {} for i in ids}
+    version_labels: dict[str, list[str]] = {i: [] for i in ids}
     with engine.connect() as conn:
+        for turn_id, name, value in conn.execute(
+            select(lab.turn_id, lab.name, lab.value)
+            .where(lab.turn_id.in_(ids))
+            .order_by(lab.turn_id, lab.name, lab.value)
+        ):
+            if name == VERSION_LABEL:
+                version_labels[turn_id].append(value)
+            else:
+                labels[turn_id][name] = value
         for turn_id, idx in conn.execute(
             select(e.turn_id, e.idx).where(e.turn_id.in_(ids)).order_by(e.idx)
         ):
@@ -294,6 +393,8 @@ def _attach_ledger_facts(engine: Engine, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         r["ledger_indexes"] = indexes[r["turn_id"]]
         r["outputs"] = outputs[r["turn_id"]]
+        r["labels"] = labels[r["turn_id"]]
+        r["version_labels"] = version_labels[r["turn_id"]]
 
 
 def query_turns(
@@ -316,12 +417,28 @@ def query_turns(
 
 
 def events_page_query(flt: EventFilter, *, after: int | None, limit: int) -> Select[Any]:
+    """The SELECT of one page of events, highest index first (``tests`` EXPLAIN it). A stage is
+    several types: each pages from ``ix_ledger_entries_q_type`` on its own and the pages (at
+    most ``types × limit`` rows) are merged, so no plan sorts the tenant's whole log."""
+    types = flt.types()
+    if len(types) == 1:
+        return _event_page(flt, types[0], after, limit)
+    parts = [select(_event_page(flt, kind, after, limit).subquery()) for kind in types]
+    merged = union_all(*parts).subquery()
+    return (
+        select(merged.c.idx, merged.c.time_ms, merged.c.leaf, merged.c.leaf_hash)
+        .order_by(merged.c.idx.desc())
+        .limit(limit)
+    )
+
+
+def _event_page(flt: EventFilter, kind: str | None, after: int | None, limit: int) -> Select[Any]:
     e, t = LEDGER_ENTRIES.c, TURNS.c
     conds: list[Any] = []
     if flt.tenant is not None:
         conds.append(e.tenant == flt.tenant)
-    if flt.type is not None:
-        conds.append(e.type == flt.type)
+    if kind is not None:
+        conds.append(e.type == kind)
     if flt.turn is not None:
         conds.append(e.turn_id == flt.turn)
     if flt.since_ms is not None:
@@ -333,6 +450,14 @@ def events_page_query(flt: EventFilter, *, after: int | None, limit: int) -> Sel
         conds.append(e.turn_id.in_(select(t.turn_id).where(*turn_conditions(by_turn))))
     if flt.reviewer is not None:
         conds.append(e.turn_id.in_(_turns_of_reviewer(flt.reviewer)))
+    if flt.label is not None:
+        # A correlated probe of ``turn_labels``' key per event, not ``IN`` (the planner would
+        # fetch every event of every labelled turn and sort them): the page walks the ledger
+        # index and stops after ``limit`` labelled events.
+        name, value = label_pair(flt.label)
+        lab = TURN_LABELS.c
+        probe = exists().where(lab.turn_id == e.turn_id, lab.name == name, lab.value == value)
+        conds.append(probe.where(lab.tenant == flt.tenant) if flt.tenant is not None else probe)
     if after is not None:
         conds.append(e.idx < after)
     return (

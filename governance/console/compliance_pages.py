@@ -1,7 +1,8 @@
 """The console's compliance pages (auditors, admins, operators): queries and oversight.
 
 ``/console/queries`` is a filter form over ``governance.compliance.queries.query_turns`` with a
-paged table; each row links to ``/console/queries/turns/{id}/proof``, which shows that turn's
+paged table (``?kind=events``: over ``query_events``, with the event filters and stages); each
+row links to ``/console/queries/turns/{id}/proof``, which shows that turn's
 entries with their RFC 6962 inclusion proofs checked against the latest signed checkpoint.
 ``/console/oversight`` shows ``governance.compliance.oversight`` figures with inline SVG charts
 (no script, no CDN: the console's CSP allows neither) and offers them as CSV and JSON downloads
@@ -17,13 +18,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from governance.api.compliance_routes import oversight_of, turn_filter
+from governance.api.compliance_routes import oversight_of, scoped_tenant, turn_filter
 from governance.api.deps import get_services
 from governance.api.errors import GeminiError
 from governance.api.tenant_scope import may_sign_checkpoints
 from governance.compliance.oversight import figures_csv
 from governance.compliance.proofs import turn_proofs
-from governance.compliance.queries import QueryError, query_turns
+from governance.compliance.queries import EventFilter, QueryError, query_events, query_turns
 from governance.console.nav import NAV, READER_ROLES, NavEntry
 from governance.console.web import (
     SECURITY_HEADERS,
@@ -32,6 +33,7 @@ from governance.console.web import (
     render,
     require_console,
 )
+from governance.ledger_vocabulary import EVENT_STAGES
 from governance.provenance.lookup import NotYetCheckpointed
 
 router = APIRouter(prefix="/console", tags=["console"], include_in_schema=False)
@@ -39,7 +41,8 @@ _reader = require_console(*READER_ROLES)
 NAV.append(NavEntry("/console/queries", "Queries", READER_ROLES))
 NAV.append(NavEntry("/console/oversight", "Oversight", READER_ROLES))
 
-FILTERS = ("actor", "session", "model", "status", "outcome", "policy", "reviewer", "stage")
+FILTERS = ("actor", "session", "model", "status", "outcome", "policy", "reviewer", "stage", "label")
+EVENT_FILTERS = ("type", "turn", "actor", "session", "model", "reviewer", "label", "stage")
 PAGE = 25
 
 
@@ -60,14 +63,31 @@ async def queries_page(
     user: ConsoleUser = Depends(_reader),  # noqa: B008
 ) -> Response:
     q = request.query_params
-    params: dict[str, Any] = {name: q.get(name) or None for name in FILTERS}
+    kind = q.get("kind") or "turns"
+    if kind not in ("turns", "events"):
+        raise ConsoleRefusal(400, "kind must be turns or events.", "BAD_QUERY", user=user)
+    names = FILTERS if kind == "turns" else EVENT_FILTERS
+    params: dict[str, Any] = {name: q.get(name) or None for name in names}
     params.update(since=_int("since", q.get("since")), until=_int("until", q.get("until")))
+    services = get_services(request)
+    cursor = q.get("cursor") or None
     try:
-        flt = turn_filter(user.principal, params)
-        services = get_services(request)
-        page = await services.run_blocking(
-            query_turns, services.read_engine, flt, cursor=q.get("cursor") or None, limit=PAGE
-        )
+        if kind == "turns":
+            page = await services.run_blocking(
+                query_turns,
+                services.read_engine,
+                turn_filter(user.principal, params),
+                cursor=cursor,
+                limit=PAGE,
+            )
+        else:
+            page = await services.run_blocking(
+                query_events,
+                services.read_engine,
+                _event_filter(user.principal, params),
+                cursor=cursor,
+                limit=PAGE,
+            )
     except GeminiError as exc:
         raise ConsoleRefusal(exc.code, exc.message, exc.reason, user=user) from None
     except QueryError as exc:
@@ -78,9 +98,24 @@ async def queries_page(
         "queries.html",
         user,
         title="Queries",
+        kind=kind,
         filters=kept,
+        event_stages=tuple(EVENT_STAGES),
         rows=page.rows,
-        next_query={**kept, "cursor": page.next_cursor} if page.next_cursor else None,
+        next_query=(
+            {**kept, "kind": kind, "cursor": page.next_cursor} if page.next_cursor else None
+        ),
+    )
+
+
+def _event_filter(principal: Any, params: dict[str, Any]) -> EventFilter:
+    """The ``EventFilter`` of the page's parameters, within the caller's tenant (as the API's)."""
+    named = {k: v for k, v in params.items() if k not in ("since", "until")}
+    return EventFilter(
+        tenant=scoped_tenant(principal, None),
+        since_ms=params["since"],
+        until_ms=params["until"],
+        **named,
     )
 
 

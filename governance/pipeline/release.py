@@ -2,10 +2,10 @@
 
 The closing path is one: whether a turn is released or fails (a deny, a hold, an upstream error,
 a failure inside Custody), its last event (``turn.released`` or ``turn.failed``) and its index
-rows (``turns``, ``turn_images``, ``decision_inputs``) are built here from the turn's state and
-committed in one append. ``outgoing`` puts each signed file in place of its upstream image,
-re-checks that nothing unsigned is left, and serialises each document: byte-heavy (base64 and
-``orjson`` of megabytes), so the orchestrator runs it off the event loop.
+rows (``turns``, ``turn_images``, ``decision_inputs``, ``turn_labels``) are built here from the
+turn's state and committed in one append. ``outgoing`` puts each signed file in place of its
+upstream image, re-checks that nothing unsigned is left, and serialises each document:
+byte-heavy (base64 and ``orjson`` of megabytes), so the orchestrator runs it off the event loop.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import orjson
 from governance import __version__
 from governance.ledger_vocabulary import TurnFailed, TurnReleased
 from governance.pipeline.errors import TurnError
+from governance.pipeline.policy_facts import parse_labels
 from governance.pipeline.response import replace_images, unsigned_inline_data
 from governance.pipeline.turn_types import TurnState
 from governance.provenance.fingerprint import Fingerprint
@@ -110,6 +111,16 @@ def turn_row(
         "created_ms": now - int(total_ms),
         "finished_ms": now,
     }
+
+
+def label_rows(state: TurnState, turn: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The turn's ``turn_labels`` rows (``LABEL_COLUMNS`` order): each ``x-custody-labels``
+    pair as the policy read it, under the tenant and creation time of ``turn`` (its row)."""
+    labels = parse_labels(state.request.headers.get("x-custody-labels"))
+    return [
+        (turn["turn_id"], name, value, turn["tenant"], turn["created_ms"])
+        for name, value in sorted(labels.items())
+    ]
 
 
 def image_rows(state: TurnState) -> list[dict[str, Any]]:

@@ -70,6 +70,7 @@ from governance.provenance.fingerprint import Fingerprint, fingerprint
 from storage.ledger import Ledger
 from storage.ledger.batching import LedgerPushback
 from storage.ledger.events import SideRows
+from storage.schema.turns import LABEL_COLUMNS
 
 log = logging.getLogger("custody")
 T = TypeVar("T")
@@ -448,6 +449,9 @@ class TurnPipeline:
         )
         if not state.content.is_closed:
             side += self.linker.closing_rows(state, row["status"], row.get("error"))
+            labels = release.label_rows(state, row)
+            if labels:
+                side.append(SideRows("turn_labels", LABEL_COLUMNS, labels))
         await self._append(state, side)
         state.content.closed()
 

@@ -7,6 +7,9 @@ A turn's own session rows go with the turn's closing append instead (``pipeline.
 from __future__ import annotations
 
 import time
+from typing import Any
+
+from sqlalchemy import select
 
 from governance.ledger_vocabulary import ledger_event
 from governance.sessions.lineage import NewImage, Provenance, new_id
@@ -20,6 +23,9 @@ from governance.sessions.records import (
 )
 from storage.blobs import Commitments
 from storage.ledger import Ledger
+from storage.ledger.events import SideRows
+from storage.schema.sessions import SESSION_VERSIONS
+from storage.schema.turns import LABEL_COLUMNS, TURNS, VERSION_LABEL
 from storage.sessions import session_side_rows
 
 
@@ -112,4 +118,23 @@ class SessionDesk:
             "actor": actor,
             "created_ms": _now(),
         }
-        self.ledger.append([event], session_side_rows({"version_labels": [row]}))
+        side = session_side_rows({"version_labels": [row]})
+        turn = self._turn_of(version_id)
+        if turn is not None:
+            # The turn that made the version carries the label too (the compliance queries'
+            # ``label`` filter); labelled twice, the second row is skipped, not a failure.
+            labelled = (turn["turn_id"], VERSION_LABEL, label, turn["tenant"], turn["created_ms"])
+            side.append(SideRows("turn_labels", LABEL_COLUMNS, [labelled], ignore_conflicts=True))
+        self.ledger.append([event], side)
+
+    def _turn_of(self, version_id: str) -> dict[str, Any] | None:
+        """The ``turns`` row of the turn that made this version (None for an upload)."""
+        v, t = SESSION_VERSIONS.c, TURNS.c
+        query = (
+            select(t.turn_id, t.tenant, t.created_ms)
+            .select_from(SESSION_VERSIONS.join(TURNS, t.turn_id == v.turn_id))
+            .where(v.version_id == version_id)
+        )
+        with self.ledger.engine.connect() as conn:
+            found = conn.execute(query).first()
+        return dict(found._mapping) if found is not None else None

@@ -1,10 +1,12 @@
 """The turn index: one ``turns`` row per closed turn, its images, its policy decisions' inputs.
 
 Created by ``0001_core``, ``0003_decision_inputs`` and ``0004_decision_input_commitments``; the
-compliance queries' indexes by ``0010_query_indexes``. These
-rows are written in the same transaction as the turn's closing ledger event (side rows of the
-append) and ``custody ledger verify`` checks each against the leaves; they hold digests and
-commitments, never content.
+compliance queries' indexes by ``0010_query_indexes``; ``turn_labels`` by ``0014_turn_labels``.
+These rows are written in the same transaction as the turn's closing ledger event (side rows of
+the append) and ``custody ledger verify`` checks each against the leaves; they hold digests and
+commitments, never content. ``turn_labels`` is the exception to the check: a turn's
+``x-custody-labels`` pairs are in no leaf (they reach the policy, whose committed decision input
+holds them); a version label is, in its ``version.labelled`` event.
 """
 
 from __future__ import annotations
@@ -97,9 +99,34 @@ class DecisionInput(SQLModel, table=True):
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+class TurnLabel(SQLModel, table=True):
+    """One label of a turn, for the compliance queries' ``label`` filter.
+
+    ``name``/``value`` are a pair of the turn's ``x-custody-labels`` header (name lowercased, as
+    the policy reads it), or ``@version`` and the text of a label put on a version the turn
+    made (``version.labelled``; ``@`` is outside the header's key alphabet, so the two never
+    clash). ``tenant`` and ``created_ms`` repeat the turn's, so a page of one label's turns is
+    read from ``ix_turn_labels_q`` alone, newest first, like every other turn filter.
+    """
+
+    __tablename__ = "turn_labels"
+    __table_args__ = (
+        Index("ix_turn_labels_q", "tenant", "name", "value", "created_ms", "turn_id"),
+    )
+
+    turn_id: str = Field(sa_column=Column(String(40), primary_key=True))
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    value: str = Field(sa_column=Column(String(256), primary_key=True))
+    tenant: str = Field(sa_column=Column(String(128), nullable=False))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 TURNS: Table = Turn.__table__  # type: ignore[attr-defined]
 TURN_IMAGES: Table = TurnImage.__table__  # type: ignore[attr-defined]
 DECISION_INPUTS: Table = DecisionInput.__table__  # type: ignore[attr-defined]
+TURN_LABELS: Table = TurnLabel.__table__  # type: ignore[attr-defined]
+LABEL_COLUMNS = ("turn_id", "name", "value", "tenant", "created_ms")
+VERSION_LABEL = "@version"  # the name of a version label in ``turn_labels``
 
 
 def columns_written(model: type[SQLModel]) -> tuple[str, ...]:
