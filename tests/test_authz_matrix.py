@@ -461,6 +461,8 @@ def _console_cell(setup: Setup, method: str, route_path: str, spec: Row, caller:
         form["csrf"] = csrf_token(token)
     if spec.sign_in_form:
         cookies[SIGN_IN_CSRF_COOKIE] = form["csrf"] = "matrix-sign-in-token"
+        # a name of its own per caller: failures under one name are throttled (429), account or not
+        form["username"] = f"{form['username']}-{caller}"
     files = (
         {"image": ("image.png", getattr(setup, spec.upload), "image/png")} if spec.upload else None
     )
