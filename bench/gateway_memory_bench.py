@@ -12,8 +12,9 @@ Each configuration runs in a fresh gateway, so one's memory does not hide anothe
 arenas every second and freezes its start-up objects out of the cycle collector's view) and as
 before (a fixed 1 MiB mmap threshold, no trim: every 2 MB buffer a fresh mapping); with ``--all``
 also glibc's malloc defaults, each malloc setting alone and 8 executor threads. ``--tracemalloc``
-adds a bench-only harness process that starts ``tracemalloc`` and then runs the same ``custody serve`` in-process, and on
-SIGUSR2 writes what Python itself holds — the product has no such switch.
+adds a bench-only harness process that starts ``tracemalloc`` and then runs the same ``custody
+serve`` in-process, and on SIGUSR2 writes what Python itself holds — the product has no such
+switch.
 
 ``python -m bench.gateway_memory_bench [--quick] [--all | --config NAME ...] [--tracemalloc]``
 (``--tracemalloc`` alone runs only the harness); ``--quick`` (or ``CUSTODY_BENCH_QUICK=1``) sends
