@@ -8,11 +8,13 @@ process): the real route, policy, signing and durable record. The gateway's VmRS
 after-100 figure (issue 14) and at most 300 MiB (issue 15).
 
 Each configuration runs in a fresh gateway, so one's memory does not hide another's: as shipped
-(``custody serve`` caps glibc malloc at 2 arenas with a fixed 1 MiB mmap threshold and freezes its
-start-up objects out of the cycle collector's view) and with glibc's malloc defaults; with ``--all``
-also each malloc setting alone and 8 executor threads. ``--tracemalloc`` adds a bench-only harness
-process that starts ``tracemalloc`` and then runs the same ``custody serve`` in-process, and on
-SIGUSR2 writes what Python itself holds — the product has no such switch.
+(``custody serve`` caps glibc malloc at 2 arenas, keeps glibc's dynamic mmap threshold, trims the
+arenas every second and freezes its start-up objects out of the cycle collector's view) and as
+before (a fixed 1 MiB mmap threshold, no trim: every 2 MB buffer a fresh mapping); with ``--all``
+also glibc's malloc defaults, each malloc setting alone and 8 executor threads. ``--tracemalloc``
+adds a bench-only harness process that starts ``tracemalloc`` and then runs the same ``custody
+serve`` in-process, and on SIGUSR2 writes what Python itself holds — the product has no such
+switch.
 
 ``python -m bench.gateway_memory_bench [--quick] [--all | --config NAME ...] [--tracemalloc]``
 (``--tracemalloc`` alone runs only the harness); ``--quick`` (or ``CUSTODY_BENCH_QUICK=1``) sends
@@ -53,16 +55,20 @@ FIRST_READING = 100
 CLIENTS = 16
 
 CONFIGS: dict[str, dict[str, str]] = {
-    "shipped": {},
+    "shipped": {},  # 2 arenas, glibc's dynamic mmap threshold, malloc_trim every second
+    "1 MiB mmap threshold, no trim": {
+        "CUSTODY_MALLOC_MMAP_THRESHOLD": "1048576",
+        "CUSTODY_MALLOC_TRIM_INTERVAL_S": "0",
+    },
     "before: glibc's malloc defaults": {
         "CUSTODY_MALLOC_ARENA_MAX": "0",
-        "CUSTODY_MALLOC_MMAP_THRESHOLD": "0",
+        "CUSTODY_MALLOC_TRIM_INTERVAL_S": "0",
     },
-    "2 arenas only": {"CUSTODY_MALLOC_MMAP_THRESHOLD": "0"},
-    "mmap threshold only": {"CUSTODY_MALLOC_ARENA_MAX": "0"},
+    "2 arenas only (no trim)": {"CUSTODY_MALLOC_TRIM_INTERVAL_S": "0"},
+    "trim only (glibc's arenas)": {"CUSTODY_MALLOC_ARENA_MAX": "0"},
     "shipped, 8 executor threads": {"CUSTODY_EXECUTOR_THREADS": "8"},
 }
-DEFAULT_CONFIGS = ("shipped", "before: glibc's malloc defaults")
+DEFAULT_CONFIGS = ("shipped", "1 MiB mmap threshold, no trim")
 
 
 def drive(stack: Stack, turns: int, image: bytes) -> dict[str, Any]:

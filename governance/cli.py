@@ -13,6 +13,9 @@ import gc
 import logging
 import os
 import sys
+import threading
+import time
+from typing import Any
 
 from governance import __version__
 from governance.settings import ConfigError, Settings
@@ -20,32 +23,60 @@ from governance.settings import ConfigError, Settings
 log = logging.getLogger("custody")
 
 
+def _libc() -> Any:
+    """glibc through ctypes, or None where the C library has no ``mallopt`` (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (both must exist)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def tune_malloc(arena_max: int, mmap_threshold: int) -> bool:
     """Set glibc's malloc up for a gateway of 2 MB requests; 0 leaves a knob at glibc's default.
 
     ``arena_max`` (``mallopt(M_ARENA_MAX)``): glibc gives each thread that allocates an arena of
     its own (up to 8 per core) and each arena keeps the request and response buffers it once held.
-    ``mmap_threshold`` (``mallopt(M_MMAP_THRESHOLD)``): a fixed threshold turns off glibc's
-    dynamic one, which after the first freed 2 MB buffer serves every later one from the arenas,
-    where it stays; above the threshold a buffer is mapped and goes back to the system when freed.
+    ``mmap_threshold`` (``mallopt(M_MMAP_THRESHOLD)``): above a fixed threshold a buffer is mapped
+    and goes back to the system when freed, so every new one is faulted in page by page again
+    (tens of thousands of page faults a turn); 0 keeps glibc's dynamic threshold, which serves the
+    2 MB buffers from the arenas, and ``trim_malloc_every`` gives their free pages back instead.
     Called before any thread starts. False where the C library is not glibc (no effect there).
     """
     if arena_max <= 0 and mmap_threshold <= 0:
         return True
-    import ctypes
-    import ctypes.util
-
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None:
         return False
     m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
     done = True
     if arena_max > 0:
-        done = bool(mallopt(m_arena_max, arena_max)) and done
+        done = bool(libc.mallopt(m_arena_max, arena_max)) and done
     if mmap_threshold > 0:
-        done = bool(mallopt(m_mmap_threshold, mmap_threshold)) and done
+        done = bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and done
     return done
+
+
+def trim_malloc_every(interval_s: float) -> threading.Thread | None:
+    """Give the free pages of glibc's arenas back to the system every ``interval_s`` seconds
+    (``malloc_trim(0)``, in a daemon thread), so the buffers of past turns do not stay resident;
+    None when ``interval_s`` is 0 or the C library is not glibc."""
+    libc = _libc() if interval_s > 0 else None
+    if libc is None:
+        return None
+
+    def trim() -> None:
+        while True:
+            time.sleep(interval_s)
+            libc.malloc_trim(0)
+
+    thread = threading.Thread(target=trim, name="custody-malloc-trim", daemon=True)
+    thread.start()
+    return thread
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -81,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)  # raises the open-file limit (governance.fd_headroom)
     app.state.health_socket = health_sock
     gc.freeze()
+    trim_malloc_every(settings.malloc_trim_interval_s)
     started = run_on_socket(
         sock,
         app,

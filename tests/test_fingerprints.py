@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,12 @@ from google.genai import types
 from PIL import Image, ImageChops, ImageEnhance, ImageOps
 from sqlalchemy import create_engine, select
 
-from governance.provenance.fingerprint import ISCC_ALG, fingerprint, iscc_distance
+from governance.provenance.fingerprint import (
+    ISCC_ALG,
+    fingerprint,
+    inflated_png,
+    iscc_distance,
+)
 from governance.provenance.verify import verify_image, verify_independently
 from storage.db import migrate, normalise_url
 from storage.fingerprint_index import (
@@ -142,6 +148,71 @@ def test_the_iscc_code_from_the_512_px_reduction_equals_the_full_image_code(
     found = fingerprint(photo_bytes[name])
     assert found is not None
     assert iscc_distance(found.iscc, _reference_iscc(photo_bytes[name])) == 0
+
+
+def _interlaced_png(image: Image.Image) -> bytes:
+    """``image`` (RGB) as an Adam7-interlaced PNG (Pillow writes none), scanlines unfiltered."""
+    width, height = image.size
+    pixels = image.tobytes()
+    stride = width * 3
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+              (0, 1, 1, 2))  # fmt: skip
+    raw = bytearray()
+    for x0, y0, dx, dy in passes:
+        for y in range(y0, height, dy):
+            row = pixels[y * stride : (y + 1) * stride]
+            picked = b"".join(row[x * 3 : x * 3 + 3] for x in range(x0, width, dx))
+            if picked:
+                raw += b"\x00" + picked
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 2, 0, 0, 1))
+    return b"".join((b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", header),
+                     chunk(b"IDAT", zlib.compress(bytes(raw))), chunk(b"IEND", b"")))  # fmt: skip
+
+
+def _png_variants(photo: Image.Image) -> dict[str, bytes]:
+    small = photo.convert("RGB").resize((317, 211))
+    out: dict[str, bytes] = {}
+    for mode in ("RGB", "RGBA", "L", "LA", "P", "1", "I;16"):
+        buf = io.BytesIO()
+        (small.convert("I").convert("I;16") if mode == "I;16" else small.convert(mode)).save(
+            buf, "PNG", compress_level=9 if mode == "RGB" else 6
+        )
+        out[mode] = buf.getvalue()
+    buf = io.BytesIO()
+    small.convert("P").save(buf, "PNG", transparency=3)
+    out["P with tRNS"] = buf.getvalue()
+    out["interlaced"] = _interlaced_png(small)
+    return out
+
+
+def test_a_png_decodes_through_isa_l_to_exactly_pillows_pixels(
+    photo_bytes: dict[str, bytes],
+) -> None:
+    """The fast PNG path (IDAT inflated by ISA-L, stored for Pillow) gives Pillow's own pixels
+    for every colour type and depth; interlaced, truncated and non-PNG bytes take Pillow's path."""
+    variants = _png_variants(Image.open(io.BytesIO(photo_bytes["sample1.png"])))
+    variants["sample1.png"] = photo_bytes["sample1.png"]
+    for name, data in variants.items():
+        inflated = inflated_png(data)
+        if name == "interlaced":
+            assert inflated is None
+            continue
+        assert inflated is not None, name
+        mine, pillows = Image.open(io.BytesIO(inflated)), Image.open(io.BytesIO(data))
+        assert (mine.mode, mine.size, mine.info.get("transparency")) == (
+            pillows.mode, pillows.size, pillows.info.get("transparency"),
+        ), name  # fmt: skip
+        assert mine.tobytes() == pillows.tobytes(), name
+        assert fingerprint(inflated) == fingerprint(data), name
+    png = photo_bytes["sample1.png"]
+    assert inflated_png(png[: len(png) // 2]) is None  # truncated: Pillow says what is wrong
+    assert inflated_png(photo_bytes["P1000827.jpg"]) is None
+    assert fingerprint(variants["interlaced"]) is not None
 
 
 def test_iscc_codes_of_a_reencoded_copy_are_near(photo_bytes: dict[str, bytes]) -> None:

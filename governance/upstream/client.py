@@ -264,7 +264,8 @@ class SseSplitter:
             cut = self._next_separator()
             if cut is None:
                 break
-            out.append(bytes(self._buffer[self._start : cut[0]]))
+            with memoryview(self._buffer) as view:  # one copy of the event, not two
+                out.append(bytes(view[self._start : cut[0]]))
             self._start = self._scan = cut[1]
         if self._start > len(self._buffer) // 2:  # amortised compaction keeps memory bounded
             del self._buffer[: self._start]
@@ -307,6 +308,12 @@ async def _sse_payloads(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def _data_of(raw: bytes) -> bytes | None:
+    if raw.startswith(b"data:") and b"\n" not in raw and b"\r" not in raw:
+        # One line (Gemini's every event): one copy of a payload of megabytes, not three.
+        start = 5
+        while raw[start : start + 1] == b" ":
+            start += 1
+        return raw[start:]
     lines = [ln[5:].lstrip(b" ") for ln in raw.splitlines() if ln.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
 
