@@ -344,3 +344,21 @@ def test_export_refuses_bad_input_clearly(exported: Exported, tmp_path: Path) ->
     done = cli("export", "--tenant", "acme", "--out", str(tmp_path / "x.zip"), "--disclose", "X!")
     assert done.returncode == 2 and "--disclose takes" in done.stderr
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_sums_listed_in_another_order_are_checked_by_name(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """The verifier matches SHA256SUMS line k to member k when the lines follow the zip, as
+    the exporter writes them; lines in another order are as valid and checked name by name."""
+    files = members(exported.bundle)
+    shuffled = b"".join(line + b"\n" for line in reversed(files["SHA256SUMS"].splitlines()))
+    other = rewrite(exported.bundle, tmp_path / "reordered.zip", "SHA256SUMS", shuffled)
+    report = verify_bundle(other, log_key=exported.vkey, check_images=False)
+    assert report.ok, report.summary()
+    assert report.checked["files"] == len(files) - 1
+    victim = sorted(n for n in files if n.startswith("entries/"))[2]
+    bad = rewrite(other, tmp_path / "bad.zip", victim, flip_one_byte(files[victim]))
+    report = verify_bundle(bad, log_key=exported.vkey, check_images=False)
+    assert not report.ok
+    assert any(f.file == victim and f.entry == layout.entry_of(victim) for f in report.faults)

@@ -170,7 +170,15 @@ async def refused(request: Request, principal: Principal, err: TurnError) -> Tur
     )
 
 
-@router.post("/bundles")
+@router.post(
+    "/bundles",
+    openapi_extra={  # the body is parsed in the route, so that a bad one is a recorded refusal
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": BundleRequest.model_json_schema()}},
+        }
+    },
+)
 async def create_bundle(request: Request, principal: Reader) -> dict[str, Any]:
     """Export the evidence of the caller's tenant that the body (``BundleRequest``) selects;
     the bundle's id."""

@@ -16,11 +16,11 @@ Checks, each fault naming the bundle file and the ledger entry it concerns:
 7. the RFC 3161 timestamp over ``SHA256SUMS``, when a TSA root is given or a token is present.
 
 Memory is constant in the number of entries beyond the zip's central directory (``zipfile`` keeps
-one ``ZipInfo`` a member), the names ``SHA256SUMS`` lists and the indexes of the entries that
-verified: members are hashed 1 MiB at a time, ``openings.jsonl`` is read line by line, and a leaf
-is decoded when its entry or its openings are checked, then dropped (the exporter writes the
-openings in entry order, so each leaf is decoded twice at most; another order is as correct, only
-slower).
+one ``ZipInfo`` a member): members are hashed 1 MiB at a time, ``SHA256SUMS`` in the exporter's
+order is matched line k to member k (any other order builds a table of its names),
+``openings.jsonl`` is read line by line, and a leaf is decoded when its entry or its openings are
+checked, then dropped (the exporter writes the openings in entry order, so each leaf is decoded
+twice at most). Only the entries that fail are remembered.
 """
 
 from __future__ import annotations
@@ -165,14 +165,15 @@ class _Bundle:
             self.report.fault(name, entry, f"the file cannot be read from the zip: {exc}")
             return None
 
-    def sha256(self, name: str, entry: int | None = None) -> str | None:
+    def sha256(self, member: str | zipfile.ZipInfo, entry: int | None = None) -> str | None:
         """The member's SHA-256 (hex), read ``CHUNK`` bytes at a time."""
         digest = hashlib.sha256()
         try:
-            with self.zf.open(name) as member:
-                while chunk := member.read(self.CHUNK):
+            with self.zf.open(member) as data:
+                while chunk := data.read(self.CHUNK):
                     digest.update(chunk)
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            name = member if isinstance(member, str) else member.filename
             self.report.fault(name, entry, f"the file cannot be read from the zip: {exc}")
             return None
         return digest.hexdigest()
@@ -265,16 +266,71 @@ def verify_bundle(
                 " by that log, or the key was replaced",
             )
         checkpoint = _check_checkpoint(bundle, report, verifier, report.origin)
-        proven = _check_entries(bundle, report, verifier, report.origin, checkpoint, index)
+        unproven = _check_entries(bundle, report, verifier, report.origin, checkpoint, index)
         if checkpoint is not None:
             _check_consistency(bundle, report, verifier, report.origin, checkpoint)
-        _check_openings(bundle, report, proven, check_images)
+        _check_openings(bundle, report, unproven, check_images)
         for check in extra_checks:
             check(bundle, report)
     return report
 
 
+def _sum_line(line: str) -> tuple[str, str] | None:
+    """(hex digest, name) of a ``sha256sum`` line, or None for a malformed one."""
+    digest, sep, name = line.partition("  ")
+    if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        return None
+    return digest, name
+
+
+def _checked_members(bundle: _Bundle) -> Iterator[zipfile.ZipInfo]:
+    """The members ``SHA256SUMS`` must list: all but itself and its timestamp."""
+    for info in bundle.zf.infolist():
+        if not info.is_dir() and info.filename not in (layout.SUMS, layout.TIMESTAMP):
+            yield info
+
+
+def _sums_follow_the_zip(bundle: _Bundle) -> bool:
+    """Whether ``SHA256SUMS`` lists every member once, in the zip's order, in well-formed
+    lines: how the exporter writes it (each line as its member goes in)."""
+    if not bundle.has(layout.SUMS):
+        return False
+    members = _checked_members(bundle)
+    try:
+        with bundle.zf.open(layout.SUMS) as raw, io.TextIOWrapper(raw, encoding="utf-8") as text:
+            for line in text:
+                parsed = _sum_line(line.rstrip("\n"))
+                info = next(members, None)
+                if parsed is None or info is None or parsed[1] != info.filename:
+                    return False
+    except (UnicodeDecodeError, zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return next(members, None) is None
+
+
 def _check_sums(bundle: _Bundle, report: BundleReport) -> None:
+    """Every member against its ``SHA256SUMS`` line. In the exporter's order, line k is member
+    k's and nothing is kept; in any other order a table of the listed names is built."""
+    if not _sums_follow_the_zip(bundle):
+        _check_sums_by_name(bundle, report)
+        return
+    for line, info in zip(bundle.lines(layout.SUMS), _checked_members(bundle), strict=False):
+        expected = _sum_line(line)
+        entry = layout.entry_of(info.filename)
+        got = bundle.sha256(info, entry)
+        if got is None or expected is None:
+            continue
+        if got != expected[0]:
+            report.fault(
+                info.filename,
+                entry,
+                f"its SHA-256 differs from the one {layout.SUMS} lists: it was changed",
+            )
+        else:
+            report.count("files")
+
+
+def _check_sums_by_name(bundle: _Bundle, report: BundleReport) -> None:
     listed: dict[str, str] = {}
     for n, line in enumerate(bundle.lines(layout.SUMS), 1):
         digest, sep, name = line.partition("  ")
@@ -344,57 +400,72 @@ def _check_entries(
     checkpoint: Checkpoint | None,
     index: dict[str, Any],
 ) -> set[int]:
-    """Each leaf against its proof; the indexes of the entries that verify (their events are
-    counted in ``report.events``)."""
-    proven: set[int] = set()
-    entries = sorted(
-        i for n in bundle.names if layout.is_entry_file(n) and (i := layout.entry_of(n)) is not None
-    )
-    proofs = {layout.entry_of(n) for n in bundle.names if n.startswith("proofs/")}
-    if index.get("entries") != len(entries):
+    """Each leaf against its proof, in the zip's order; the indexes of the entries that do NOT
+    verify (empty for a sound bundle: nothing grows with the entries). Their events are counted
+    in ``report.events``."""
+    unproven: set[int] = set()
+    held = 0
+    for name in bundle.names:
+        i = layout.entry_of(name)
+        if i is None:
+            continue
+        if not layout.is_entry_file(name):  # a proof: its entry must be there
+            if not bundle.has(layout.entry_file(i)):
+                report.fault(name, i, "a proof without its entry")
+            continue
+        held += 1
+        if not _check_entry(bundle, report, verifier, origin, checkpoint, i):
+            unproven.add(i)
+    if index.get("entries") != held:
         report.fault(
             layout.INDEX,
             None,
-            f"the index counts {index.get('entries')} entries but the bundle holds {len(entries)}",
+            f"the index counts {index.get('entries')} entries but the bundle holds {held}",
         )
-    for i in proofs - set(entries):
-        report.fault(
-            layout.proof_file(i) if i is not None else "proofs/", i, "a proof without its entry"
-        )
-    for i in entries:
-        name = layout.entry_file(i)
-        leaf = bundle.read(name, i)
-        proof = bundle.text(layout.proof_file(i), i)
-        if leaf is None or proof is None:
-            continue
-        try:
-            doc = decode_leaf(leaf)
-        except LeafError as exc:
-            report.fault(name, i, f"not a ledger leaf: {exc}")
-            continue
-        if not is_canonical(leaf):
-            report.fault(name, i, "the leaf is not in RFC 8785 canonical form: it was re-encoded")
-        if doc.get("origin") != origin:
-            report.fault(name, i, f"the leaf names log {doc.get('origin')!r}, not {origin!r}")
-        try:
-            parsed = parse_proof(proof)
-            if parsed.index != i:
-                raise ProofFileError(f"the proof is for entry {parsed.index}, not {i}")
-            if checkpoint is not None and parsed.note != checkpoint.note:
-                raise ProofFileError(
-                    f"the proof is against another checkpoint than {layout.CHECKPOINT}"
-                )
-            if checkpoint is None:  # its own fault is reported; this proof's note stands alone
-                verify_proof(proof, leaf, verifier, origin)
-            else:  # the note is checkpoint.txt's, whose signature was verified once
-                _prove(parsed.hashes, checkpoint, i, leaf)
-        except (ProofFileError, CheckpointError) as exc:
-            report.fault(name, i, f"not proven by {layout.proof_file(i)}: {exc}")
-            continue
-        proven.add(i)
-        report.count("entries")
-        report.events[_event_name(doc)] += 1
-    return proven
+    return unproven
+
+
+def _check_entry(
+    bundle: _Bundle,
+    report: BundleReport,
+    verifier: NoteVerifier,
+    origin: str,
+    checkpoint: Checkpoint | None,
+    i: int,
+) -> bool:
+    """Entry ``i``'s leaf against its proof; whether it is proven."""
+    name = layout.entry_file(i)
+    leaf = bundle.read(name, i)
+    proof = bundle.text(layout.proof_file(i), i)
+    if leaf is None or proof is None:
+        return False
+    try:
+        doc = decode_leaf(leaf)
+    except LeafError as exc:
+        report.fault(name, i, f"not a ledger leaf: {exc}")
+        return False
+    if not is_canonical(leaf):
+        report.fault(name, i, "the leaf is not in RFC 8785 canonical form: it was re-encoded")
+    if doc.get("origin") != origin:
+        report.fault(name, i, f"the leaf names log {doc.get('origin')!r}, not {origin!r}")
+    try:
+        parsed = parse_proof(proof)
+        if parsed.index != i:
+            raise ProofFileError(f"the proof is for entry {parsed.index}, not {i}")
+        if checkpoint is not None and parsed.note != checkpoint.note:
+            raise ProofFileError(
+                f"the proof is against another checkpoint than {layout.CHECKPOINT}"
+            )
+        if checkpoint is None:  # its own fault is reported; this proof's note stands alone
+            verify_proof(proof, leaf, verifier, origin)
+        else:  # the note is checkpoint.txt's, whose signature was verified once
+            _prove(parsed.hashes, checkpoint, i, leaf)
+    except (ProofFileError, CheckpointError) as exc:
+        report.fault(name, i, f"not proven by {layout.proof_file(i)}: {exc}")
+        return False
+    report.count("entries")
+    report.events[_event_name(doc)] += 1
+    return True
 
 
 def _event_name(doc: dict[str, Any]) -> str:
@@ -451,7 +522,7 @@ def _lookup(body: Any, path: str) -> str | None:
 
 
 def _check_openings(
-    bundle: _Bundle, report: BundleReport, proven: set[int], check_images: bool
+    bundle: _Bundle, report: BundleReport, unproven: set[int], check_images: bool
 ) -> None:
     """Every opening line, read one at a time; each signed image as its line is reached."""
     for n, line in enumerate(bundle.lines(layout.OPENINGS), 1):
@@ -463,9 +534,10 @@ def _check_openings(
         except (ValueError, KeyError, TypeError) as exc:
             report.fault(layout.OPENINGS, None, f"line {n} is not an opening: {exc}")
             continue
-        if entry not in proven:
-            if not bundle.has(layout.entry_file(entry)):
-                report.fault(layout.OPENINGS, entry, f"line {n} opens an entry not in the bundle")
+        if not bundle.has(layout.entry_file(entry)):
+            report.fault(layout.OPENINGS, entry, f"line {n} opens an entry not in the bundle")
+            continue
+        if entry in unproven:
             continue  # the entry's own fault is reported already
         doc = bundle.leaf(entry)
         if doc is None:
