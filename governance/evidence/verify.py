@@ -140,6 +140,8 @@ class _Bundle:
     def __init__(self, zf: zipfile.ZipFile, report: BundleReport) -> None:
         self.zf = zf
         self.report = report
+        self._leaf: tuple[int, dict[str, Any]] | None = None  # the last leaf decoded
+        self.anchors: str | None = None  # keys/c2pa-anchors.pem, read at the first image
 
     @property
     def names(self) -> Iterator[str]:
@@ -150,10 +152,6 @@ class _Bundle:
             return not self.zf.getinfo(name).is_dir()
         except KeyError:
             return False
-
-    @property
-    def present(self) -> _Names:
-        return _Names(self)
 
     def read(self, name: str, entry: int | None = None) -> bytes | None:
         if not self.has(name):
@@ -216,19 +214,6 @@ class _Bundle:
             return None
         self._leaf = (index, doc)
         return doc
-
-    _leaf: tuple[int, dict[str, Any]] | None = None
-    anchors: str | None = None  # keys/c2pa-anchors.pem, read at the first image
-
-
-class _Names:
-    """``name in bundle.present``: membership in the zip's directory."""
-
-    def __init__(self, bundle: _Bundle) -> None:
-        self.bundle = bundle
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.bundle.has(name)
 
 
 def verify_bundle(
@@ -361,7 +346,7 @@ def _check_sums_by_name(bundle: _Bundle, report: BundleReport) -> None:
 
 def _read_index(bundle: _Bundle, report: BundleReport) -> dict[str, Any] | None:
     for name in _REQUIRED:
-        if name not in bundle.present:
+        if not bundle.has(name):
             report.fault(name, None, "a required file of every bundle is missing")
     data = bundle.read(layout.INDEX)
     if data is None:
