@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             env,
         )  # fmt: skip
         vkey = out.rsplit("--log-key '", 1)[1].split("'")[0]
-        vbase_s, _, _ = _run([py, "-c", _BASELINE_VERIFY, bundle], env)
+        vbase_s, vbase_mb, _ = _run([py, "-c", _BASELINE_VERIFY, bundle], env)
         ver_s, ver_mb, report = _run(
             [py, "-m", "governance.cli", "verify-bundle", bundle, "--log-key", vkey], env
         )
@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(
             f"verify-bundle: {ver_s:6.1f} s, peak RSS {ver_mb:5.0f} MiB   (baseline: hash every"
-            f" member {vbase_s:.1f} s; ratio {ver_s / vbase_s:.1f}x)"
+            f" member {vbase_s:.1f} s, {vbase_mb:.0f} MiB; ratio {ver_s / vbase_s:.1f}x time,"
+            f" {ver_mb / vbase_mb:.1f}x memory)"
         )
 
 

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,21 @@ def session_client(custody: RunningCustody, session: str = SESSION) -> genai.Cli
     return genai.Client(api_key=custody.keys["editor"], http_options=opts)
 
 
-def run_session(custody: RunningCustody, photo: bytes) -> list[str]:
-    """Three turns of one session: an edit of a photo inside a drawn mask, a held turn a
-    reviewer approves, a follow-up; the prompts as the ledger commits to them."""
+@dataclass(frozen=True)
+class Driven:
+    """What ``run_session`` did: the chat turns' prompts as the ledger commits to them (the
+    texts of a turn, joined), Custody's id of the session, and the rollback's answer (``turn``,
+    ``versions``: the new version, ``target``: the version rolled back to)."""
+
+    prompts: list[str]
+    session: str
+    rollback: dict[str, Any]
+
+
+def run_session(custody: RunningCustody, photo: bytes) -> Driven:
+    """Three google-genai turns of one session (an edit of a photo inside a drawn mask, a held
+    turn a reviewer approves, a follow-up), then a rollback to the photograph through the native
+    sessions API (``POST /api/v1/sessions/{id}/rollback``), which rejects the masked edit."""
     client = session_client(custody)
     add_member(custody, "reviewers", "reviewer@acme")
     prompts = [
@@ -84,7 +97,33 @@ def run_session(custody: RunningCustody, photo: bytes) -> list[str]:
     thread.join(60)
     assert "r" in out
     client.models.generate_content(model=MODEL, contents=prompts[2])
-    return ["mask: the sofa\n" + prompts[0], *prompts[1:]]  # the texts of a turn, joined
+    rollback = roll_back_to_the_photograph(custody)
+    return Driven(
+        ["mask: the sofa\n" + prompts[0], *prompts[1:]], native_session(custody), rollback
+    )
+
+
+def native_session(custody: RunningCustody) -> str:
+    """The id Custody gave the editor's one session (the client named it SESSION)."""
+    listed = api(custody, custody.keys["editor"], "GET", "/api/v1/sessions").json()["sessions"]
+    assert len(listed) == 1, listed
+    return str(listed[0]["session_id"])
+
+
+def roll_back_to_the_photograph(custody: RunningCustody) -> dict[str, Any]:
+    """``POST /api/v1/sessions/{id}/rollback`` to the photograph the first turn edited inside
+    the mask (rejecting that masked edit); the rollback's answer, with ``target``."""
+    session = native_session(custody)
+    editor = custody.keys["editor"]
+    graph = api(custody, editor, "GET", f"/api/v1/sessions/{session}").json()
+    uploads = [v for v in graph["versions"] if v["kind"] == "upload"]
+    assert len(uploads) == 1, graph["versions"]
+    target = uploads[0]["version"]
+    back = api(
+        custody, editor, "POST", f"/api/v1/sessions/{session}/rollback", json={"version": target}
+    )
+    assert back.status_code == 200, back.text
+    return {**back.json(), "target": target}
 
 
 def mask_png() -> bytes:

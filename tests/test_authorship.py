@@ -241,6 +241,39 @@ def test_report_of_a_multi_turn_session(tmp_path: Path, db_url: str) -> None:
         custody.stop()
 
 
+NON_LATIN = "сделай диван бирюзовым, κάνε τον καναπέ μπλε, اجعل الأريكة زرقاء"
+
+
+def test_the_pdf_prints_prompts_in_other_scripts_as_written(tmp_path: Path) -> None:
+    """Cyrillic, Greek and Arabic (right to left) come back from the PDF's text as typed: the
+    report embeds a Unicode font and shapes the text, where Latin-1 core fonts printed '?'."""
+    custody = gateway(tmp_path, "")
+    try:
+        editor = api(custody)
+        session = editor.post("/api/v1/sessions", json={"title": "диван"}).json()["session"]
+        upload = editor.post(
+            f"/api/v1/sessions/{session}/images",
+            json={"data": b64(png(96, 64)), "mime_type": "image/png", "source": "эскиз"},
+        ).json()["version"]
+        turn = editor.post(
+            f"/api/v1/sessions/{session}/turns",
+            json={"instruction": NON_LATIN, "targets": [{"version": upload}]},
+        ).json()["results"][0]
+        assert turn["status"] == "released", turn
+        pdf = _client(custody, "auditor").get(
+            f"/api/v1/sessions/{session}/authorship", params={"format": "pdf"}
+        )
+        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+        text = " ".join((p.extract_text() or "") for p in PdfReader(io.BytesIO(pdf.content)).pages)
+        flat = " ".join(text.split())
+        for phrase in NON_LATIN.split(", "):  # each script's run in reading order
+            assert phrase in flat, (phrase, flat[:2000])
+        assert '("диван")' in flat and "эскиз" in flat
+        assert "\ufffd" not in flat
+    finally:
+        custody.stop()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCustody]:
     """A gateway started before the browser (Playwright's sync API holds the test's loop)."""

@@ -1,12 +1,15 @@
 """Evidence bundles: exported from a real session, verified offline, tamper-evident file by file.
 
-A session of three google-genai turns (an edit of a photograph, a turn held for review and
-approved in the review API, a follow-up) is exported with ``custody export``; ``custody
-verify-bundle`` then checks the zip in a process that knows no installation, with the server
-stopped and its database moved away. Its proofs also pass two RFC 6962 verifiers nobody here
-wrote (``rekor-verifier`` and the Merkle verifier inside ``sigstore``), its images c2pa-python
-and encypher-c2pa. Changing one byte of any file of the bundle (in a zip rebuilt around it, as a
-tamperer would) makes verification fail and name that file, and the entry where there is one.
+A session of three google-genai turns (an edit of a photograph inside a drawn mask, a turn held
+for review and approved in the review API, a follow-up) and a rollback to the photograph through
+the native sessions API is exported with ``custody export``; ``custody verify-bundle`` then checks
+the zip in a process that knows no installation, with the server stopped and its database moved
+away, and its report names the rollback among the events it proved. The session's authorship
+report lists the rollback in order, on entries the bundle holds. Its proofs also pass two RFC
+6962 verifiers nobody here wrote (``rekor-verifier`` and the Merkle verifier inside ``sigstore``),
+its images c2pa-python and encypher-c2pa. Changing one byte of any file of the bundle (in a zip
+rebuilt around it, as a tamperer would) makes verification fail and name that file, and the entry
+where there is one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +33,7 @@ from storage.ledger.note import split_note
 from storage.ledger.proof_file import parse_proof
 from tests.evidence_helpers import (
     SESSION,
+    Driven,
     cli,
     custody_env,
     flip_one_byte,
@@ -40,6 +45,7 @@ from tests.evidence_helpers import (
     run_session,
     start,
 )
+from tests.review_helpers import api
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "photos"
 
@@ -48,13 +54,24 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "photos"
 class Exported:
     bundle: Path
     vkey: str
-    prompts: list[str]
+    driven: Driven
+    authorship: dict[str, Any]  # the session's authorship report (JSON), read before the export
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.driven.prompts
 
 
 def _export(tmp_path: Path, db_url: str, *extra: str) -> Exported:
     custody = start(tmp_path, db_url)
     try:
-        prompts = run_session(custody, (FIXTURES / "IMG_0003.jpg").read_bytes())
+        driven = run_session(custody, (FIXTURES / "IMG_0003.jpg").read_bytes())
+        authorship = api(
+            custody,
+            custody.keys["auditor"],
+            "GET",
+            f"/api/v1/sessions/{driven.session}/authorship",
+        ).json()
         env = custody_env(custody)
         vkey = cli("ledger", "vkey", env=env).stdout.strip()
         out = tmp_path / "evidence.zip"
@@ -79,7 +96,7 @@ def _export(tmp_path: Path, db_url: str, *extra: str) -> Exported:
         )
     finally:
         custody.stop()
-    return Exported(out, vkey, prompts)
+    return Exported(out, vkey, driven, authorship)
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +134,59 @@ def test_a_session_bundle_verifies_offline_with_the_server_stopped_and_the_datab
     # the client named its session SESSION; its events carry the session Custody attached it to
     assert len({leaf["session"] for leaf in leaves}) == 1
     assert str(leaves[0]["session"]).startswith("ses_")
-    assert types.count("turn.released") == 3
+    assert types.count("turn.released") == 4  # three chat turns and the rollback
     assert "review.decided" in types and "review.opened" in types
-    assert report["checked"]["images"] == types.count("output.signed") == 3
+    assert report["checked"]["images"] == types.count("output.signed") == 4
+    lineage = [leaf for leaf in leaves if leaf["type"] == "lineage.recorded"]
+    assert [leaf["body"]["kind"] for leaf in lineage] == ["edit", "edit", "edit", "rollback"]
+    assert len(lineage[0]["body"]["masks"]) == 1  # the first edit was inside the drawn mask
+    rollback = lineage[-1]
+    assert rollback["body"]["turn"] == got.driven.rollback["turn"], rollback["body"]
+    assert rollback["body"]["outputs"][0]["version"] == got.driven.rollback["versions"][0]
+    events = report["events"]
+    assert events["lineage.recorded (rollback)"] == 1 and events["review.decided"] == 1
+    assert events["lineage.recorded (edit)"] == 3
     # --disclose prompts: the three prompts are opened, the photograph and requests withheld
     lines = openings(Path(bundle))
     opened = {files[line["file"]].decode() for line in lines if line["field"] == "prompt"}
-    assert opened == set(got.prompts)
+    # the rollback's instruction is Custody's own, committed as its turn's prompt
+    assert opened == {*got.prompts, f"Roll back to version {got.driven.rollback['target']}"}
     assert all("withheld" in line for line in lines if line["field"] in ("parent", "request"))
     assert [line["field"] for line in lines].count("mask") == 1  # the drawn mask, withheld
     assert all("withheld" in line for line in lines if line["field"] == "mask")
     assert not any(n.startswith("content/") and files[n][:2] == b"\xff\xd8" for n in files)
     plain = cli("verify-bundle", str(bundle), "--log-key", got.vkey, env=offline_env(lonely))
     assert plain.returncode == 0 and "VERIFIES" in plain.stdout
+    assert "1 lineage.recorded (rollback)" in " ".join(plain.stdout.split())
+
+
+HUMAN_ACTS = ["prompt", "mask", "session", "upload", "prompt", "review", "prompt", "rollback"]
+
+
+def test_the_authorship_report_of_the_session_lists_the_rollback_in_order_on_bundled_entries(
+    exported: Exported,
+) -> None:
+    """The chat session's report: every human act in ledger order (the first turn's prompt and
+    mask come before the session its photograph opened), the rollback last, choosing the
+    photograph over the masked edit; every entry an act names is in the bundle, as its type."""
+    report = exported.authorship
+    assert report["session"] == exported.driven.session
+    human = [a for a in report["acts"] if a["who"] == "human"]
+    assert [a["kind"] for a in human] == HUMAN_ACTS, [a["kind"] for a in human]
+    indexes = [a["entries"][0]["index"] for a in report["acts"]]
+    assert indexes == sorted(indexes), "acts in ledger order"
+    rollback = human[-1]
+    assert rollback["chosen"] == exported.driven.rollback["target"]
+    upload = human[3]
+    masked = next(a for a in report["acts"] if a["kind"] == "generation")
+    assert rollback["rejected"] == masked["versions"], (rollback, masked)
+    assert upload["version"] == exported.driven.rollback["target"]
+    assert rollback["turn"] == exported.driven.rollback["turn"]
+    files = members(exported.bundle)
+    for act in report["acts"]:
+        for ref in act["entries"]:
+            leaf = json.loads(files[layout.entry_file(ref["index"])])
+            assert leaf["type"] == ref["type"], (act["kind"], ref)
 
 
 def test_the_proofs_pass_rekor_verifier_and_the_merkle_verifier_of_sigstore(
@@ -186,7 +243,7 @@ def test_the_images_pass_encypher_c2pa_under_the_shipped_anchors(exported: Expor
     files = members(exported.bundle)
     anchors = files["keys/c2pa-anchors.pem"].decode()
     images = [n for n in files if n.startswith("images/")]
-    assert len(images) == 3
+    assert len(images) == 4  # the rollback re-signed the photograph
     for name in images:
         assert verify_independently(files[name], None, anchors).ok, name
 
@@ -287,3 +344,21 @@ def test_export_refuses_bad_input_clearly(exported: Exported, tmp_path: Path) ->
     done = cli("export", "--tenant", "acme", "--out", str(tmp_path / "x.zip"), "--disclose", "X!")
     assert done.returncode == 2 and "--disclose takes" in done.stderr
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_sums_listed_in_another_order_are_checked_by_name(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """The verifier matches SHA256SUMS line k to member k when the lines follow the zip, as
+    the exporter writes them; lines in another order are as valid and checked name by name."""
+    files = members(exported.bundle)
+    shuffled = b"".join(line + b"\n" for line in reversed(files["SHA256SUMS"].splitlines()))
+    other = rewrite(exported.bundle, tmp_path / "reordered.zip", "SHA256SUMS", shuffled)
+    report = verify_bundle(other, log_key=exported.vkey, check_images=False)
+    assert report.ok, report.summary()
+    assert report.checked["files"] == len(files) - 1
+    victim = sorted(n for n in files if n.startswith("entries/"))[2]
+    bad = rewrite(other, tmp_path / "bad.zip", victim, flip_one_byte(files[victim]))
+    report = verify_bundle(bad, log_key=exported.vkey, check_images=False)
+    assert not report.ok
+    assert any(f.file == victim and f.entry == layout.entry_of(victim) for f in report.faults)

@@ -5,6 +5,8 @@
 Proofs are against the newest stored checkpoint: an auditor's export never signs one (as with
 ``/ledger/proof/file``), so entries newer than it are left out and the answer says up to which
 size the bundle goes. A bundle of another tenant answers 404, as one that does not exist.
+A refused export (bad body, selection or disclosure; another tenant; nothing selected) is
+recorded as ``request.refused``, like every refusal of a known caller.
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from governance.api.deps import get_services
 from governance.api.errors import GeminiError
 from governance.api.tenant_scope import require_reader
 from governance.auth.principal import Principal
-from governance.evidence.export import ExportError, ExportResult, Selection
+from governance.evidence.export import (
+    ExportError,
+    ExportResult,
+    Selection,
+    time_window,
+)
 from governance.evidence.exporting import (
     NotYetWitnessed,
     checkpoint_for_export,
@@ -33,6 +40,7 @@ from governance.evidence.exporting import (
 )
 from governance.evidence.layout import parse_disclosure
 from governance.evidence.timestamp import TimestampError, TsaClient
+from governance.pipeline.errors import TurnError
 from governance.services import Services
 from storage.blobs import Commitments
 from storage.private_files import make_private_dir
@@ -40,7 +48,7 @@ from storage.private_files import make_private_dir
 router = APIRouter(prefix="/api/v1/evidence", tags=["evidence"])
 Reader = Annotated[Principal, Depends(require_reader)]
 _BUNDLE_ID = re.compile(r"eb_[0-9a-f]{24}")
-MAX_TIME_MS = 2**62
+Moment = StrictInt | Annotated[str, Field(max_length=64)]  # ms since 1970, or ISO 8601
 
 
 class BundleRequest(BaseModel):
@@ -49,8 +57,8 @@ class BundleRequest(BaseModel):
     tenant: str | None = Field(None, max_length=128)  # an operator's; others export their own
     session: str | None = Field(None, max_length=128)
     turn: str | None = Field(None, max_length=40)
-    since_ms: int | None = Field(None, ge=0, le=MAX_TIME_MS)
-    until_ms: int | None = Field(None, ge=0, le=MAX_TIME_MS)
+    since: Moment | None = None  # entries at or after (``custody export --since``)
+    until: Moment | None = None  # entries before (``--until``)
     disclose: str = Field("none", max_length=1024)
     since_checkpoints: list[str] = Field(default_factory=list, max_length=64)
 
@@ -119,15 +127,19 @@ async def make_bundle(
     """Export what ``body`` selects for ``principal``; its record. Refusals are GeminiErrors:
     400 (bad selection or disclosure), 403 (another tenant), 404 (nothing matches), 502 (the
     TSA failed), 503 (no checkpoint cosigned by the witness quorum yet)."""
+    try:
+        since_ms, until_ms = time_window(body.since, body.until)
+        parse_disclosure(body.disclose)
+    except ValueError as exc:
+        raise _bad(str(exc)) from exc
     sel = Selection(
         tenant=_tenant(principal, body),
         session=body.session,
         turn=body.turn,
-        since_ms=body.since_ms,
-        until_ms=body.until_ms,
+        since_ms=since_ms,
+        until_ms=until_ms,
     )
     try:
-        parse_disclosure(body.disclose)
         return await services.run_blocking(export_for, services, principal, sel, body)
     except TimestampError as exc:
         raise GeminiError(502, str(exc), reason="TSA_FAILED") from exc
@@ -141,11 +153,44 @@ async def make_bundle(
         raise _bad(str(exc)) from exc
 
 
-@router.post("/bundles")
-async def create_bundle(request: Request, principal: Reader, body: BundleRequest) -> dict[str, Any]:
-    """Export the evidence of the caller's tenant that ``body`` selects; the bundle's id."""
+def parse_bundle_request(raw: bytes) -> BundleRequest:
+    """The JSON body as a ``BundleRequest``; a bad one is a 400 naming the first problem."""
+    try:
+        return BundleRequest.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem.get("loc", ())) or "the body"
+        raise _bad(f"Invalid request body: {where}: {problem.get('msg')}.") from None
+
+
+async def refused(request: Request, principal: Principal, err: TurnError) -> TurnError:
+    """Record the refusal of ``principal``'s export (``request.refused``); it, to be raised."""
+    return await get_services(request).pipeline.record_refusal(
+        principal, err, http_method=request.method, path=request.url.path
+    )
+
+
+@router.post(
+    "/bundles",
+    openapi_extra={  # the body is parsed in the route, so that a bad one is a recorded refusal
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": BundleRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_bundle(request: Request, principal: Reader) -> dict[str, Any]:
+    """Export the evidence of the caller's tenant that the body (``BundleRequest``) selects;
+    the bundle's id."""
     services = get_services(request)
-    record = await make_bundle(services, principal, body)
+    limit = services.settings.max_request_bytes
+    raw = await request.body()
+    try:
+        if len(raw) > limit:
+            raise _bad(f"The body is over {limit:,} bytes (CUSTODY_MAX_REQUEST_BYTES).")
+        record = await make_bundle(services, principal, parse_bundle_request(raw))
+    except GeminiError as err:
+        raise await refused(request, principal, err) from None
     return {
         **record,
         "download": f"/api/v1/evidence/bundles/{record['id']}",

@@ -1,10 +1,18 @@
 """A report as HTML (Jinja2, self-contained: no CDN, thumbnails inline) or PDF (fpdf2, pure
-Python: no browser). ``base`` prefixes the routes a report links to (a gateway's URL)."""
+Python: no browser). ``base`` prefixes the routes a report links to (a gateway's URL).
+
+The PDF embeds DejaVu Sans (``fonts/``, from Debian's fonts-dejavu-core, Bitstream Vera licence
+in ``fonts/LICENSE``), subset to the characters used: prompts in Greek, Cyrillic, Armenian,
+Georgian, Hebrew, Arabic and the other scripts DejaVu covers print as written, shaped by
+HarfBuzz (``uharfbuzz``) so right-to-left runs read in order. It has no CJK
+glyphs; fpdf2 leaves a character no face holds out of the text (and logs that it did).
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+from importlib.resources import files
 from typing import Any
 
 from fpdf import FPDF
@@ -20,35 +28,41 @@ def to_html(report: dict[str, Any], base: str = "") -> str:
     return _ENV.get_template("report.html").render(r=report, base=base)
 
 
-def _latin(text: Any) -> str:
-    """fpdf2's core fonts hold Latin-1 only; anything else becomes '?'."""
-    return str(text).encode("latin-1", "replace").decode("latin-1")
+FONT = "DejaVuSans"
+_FACES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf", "I": "DejaVuSans-Oblique.ttf"}
 
 
 class _Pdf(FPDF):
+    def __init__(self) -> None:
+        super().__init__(format="A4")
+        fonts = files("governance.authorship") / "fonts"
+        for style, name in _FACES.items():
+            self.add_font(FONT, style, str(fonts / name))
+        self.set_text_shaping(True)  # HarfBuzz: Arabic joined, right-to-left runs in order
+
     def footer(self) -> None:
         self.set_y(-12)
-        self.set_font("Helvetica", "I", 8)
-        self.cell(0, 8, f"Custody authorship report - page {self.page_no()}", align="C")
+        self.set_font(FONT, "I", 8)
+        self.cell(0, 8, f"Custody authorship report – page {self.page_no()}", align="C")
 
 
 def to_pdf(report: dict[str, Any], base: str = "") -> bytes:
-    pdf = _Pdf(format="A4")
+    pdf = _Pdf()
     pdf.set_auto_page_break(True, margin=15)
     pdf.add_page()
     w = pdf.epw
 
     def heading(text: str) -> None:
         pdf.ln(3)
-        pdf.set_font("Helvetica", "B", 13)
-        pdf.multi_cell(w, 7, _latin(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", "", 9)
+        pdf.set_font(FONT, "B", 13)
+        pdf.multi_cell(w, 7, str(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font(FONT, "", 9)
 
     def para(text: str, style: str = "", link: str = "") -> None:
-        pdf.set_font("Helvetica", style, 9)
-        pdf.multi_cell(w, 4.5, _latin(text), new_x="LMARGIN", new_y="NEXT", link=link)
+        pdf.set_font(FONT, style, 9)
+        pdf.multi_cell(w, 4.5, str(text), new_x="LMARGIN", new_y="NEXT", link=link)
 
-    pdf.set_font("Helvetica", "B", 16)
+    pdf.set_font(FONT, "B", 16)
     pdf.cell(w, 10, "Authorship report", new_x="LMARGIN", new_y="NEXT")
     para(
         f"Session {report['session']}"

@@ -2,8 +2,9 @@
 evidence as a bundle anyone can verify offline, and download the bundles already made.
 
 The export is the one ``POST /api/v1/evidence/bundles`` makes (``evidence_routes.make_bundle``),
-with the same tenant walls; a download is the same file ``GET /api/v1/evidence/bundles/{id}``
-serves, to the same people.
+with the same tenant walls, time window (``since``/``until``: ISO 8601 or milliseconds) and
+refusals, recorded as ``request.refused`` and shown on the page; a download is the same file
+``GET /api/v1/evidence/bundles/{id}`` serves, to the same people.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from pydantic import ValidationError
 
 from governance.api.deps import get_services
 from governance.api.errors import GeminiError
-from governance.api.evidence_routes import BundleRequest, bundles_of, find_bundle, make_bundle
+from governance.api.evidence_routes import (
+    BundleRequest,
+    bundles_of,
+    find_bundle,
+    make_bundle,
+    refused,
+)
 from governance.console.nav import NAV, READER_ROLES, NavEntry
 from governance.console.web import (
     ConsoleRefusal,
@@ -57,7 +64,7 @@ async def evidence_form(
     request: Request,
     user: ConsoleUser = Depends(_reader),  # noqa: B008
 ) -> Response:
-    return await _page(request, user, made=None)
+    return await _page(request, user, made=None, form={})
 
 
 @router.post("/evidence")
@@ -66,23 +73,31 @@ async def evidence_export(
     user: ConsoleUser = Depends(_reader),  # noqa: B008
 ) -> Response:
     form = await checked_form(request, user)
-    fields = {k: str(form.get(k) or "").strip() for k in ("session", "turn", "disclose", "tenant")}
+    names = ("session", "turn", "since", "until", "disclose", "tenant")
+    fields = {k: str(form.get(k) or "").strip() for k in names}
     try:
         body = BundleRequest(
             session=fields["session"] or None,
             turn=fields["turn"] or None,
+            since=fields["since"] or None,
+            until=fields["until"] or None,
             disclose=fields["disclose"] or "none",
             tenant=fields["tenant"] or None,
         )
     except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem.get("loc", ())) or "the form"
         raise ConsoleRefusal(
-            400, str(exc.errors()[0]["msg"]), "BAD_EVIDENCE_REQUEST", user=user
+            400, f"{where}: {problem['msg']}", "BAD_EVIDENCE_REQUEST", user=user
         ) from None
     try:
         made = await make_bundle(get_services(request), user.principal, body)
     except GeminiError as exc:
-        return await _page(request, user, status=exc.code, made=None, error=exc.message)
-    return await _page(request, user, made=made)
+        await refused(request, user.principal, exc)
+        return await _page(
+            request, user, status=exc.code, made=None, error=exc.message, form=fields
+        )
+    return await _page(request, user, made=made, form=fields)
 
 
 @router.get("/evidence/{bundle_id}/download")

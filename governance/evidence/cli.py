@@ -11,31 +11,13 @@ import argparse
 import getpass
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
-
-
-def _time_ms(text: str | None, flag: str) -> int | None:
-    if text is None:
-        return None
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise SystemExit(
-            f"custody export: {flag} takes an ISO 8601 time (2026-12-03T08:00:00Z) or"
-            f" milliseconds since the epoch, not {text!r}"
-        ) from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def _export(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from governance.evidence.export import ExportError, Selection
+    from governance.evidence.export import ExportError, Selection, time_window
     from governance.evidence.exporting import (
         checkpoint_for_export,
         export_to_file,
@@ -49,6 +31,7 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         disclose = parse_disclosure(args.disclose)
+        since_ms, until_ms = time_window(args.since, args.until, ("--since", "--until"))
     except ValueError as exc:
         print(f"custody export: {exc}", file=sys.stderr)
         return 2
@@ -56,8 +39,8 @@ def _export(args: argparse.Namespace) -> int:
         tenant=args.tenant,
         session=args.session,
         turn=args.turn,
-        since_ms=_time_ms(args.since, "--since"),
-        until_ms=_time_ms(args.until, "--until"),
+        since_ms=since_ms,
+        until_ms=until_ms,
     )
     handed = [Path(p).read_text() for p in args.since_checkpoint or []]
     settings = Settings()

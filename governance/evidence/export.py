@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from sqlalchemy import text
@@ -63,6 +64,47 @@ class Selection:
             "since_ms": self.since_ms,
             "until_ms": self.until_ms,
         }
+
+
+MAX_TIME_MS = 2**62  # the ledger's times are milliseconds since 1970 in a signed 64-bit column
+
+
+def time_ms(value: int | str | None, name: str) -> int | None:
+    """A bound of the time window: milliseconds since 1970, or an ISO 8601 time (one without a
+    zone is UTC). ``ValueError`` names ``name`` and the forms it takes."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{name} takes an ISO 8601 time or milliseconds, not {value!r}")
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"{name} takes an ISO 8601 time (2026-12-03T08:00:00Z) or milliseconds since"
+                f" 1970, not {value[:64]!r}"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        value = int(moment.timestamp() * 1000)
+    if not 0 <= value <= MAX_TIME_MS:
+        raise ValueError(f"{name} must be from 1970 on (0 to 2^62 milliseconds), not {value}")
+    return value
+
+
+def time_window(
+    since: int | str | None, until: int | str | None, names: tuple[str, str] = ("since", "until")
+) -> tuple[int | None, int | None]:
+    """``[since, until)`` in milliseconds (``time_ms``); an empty window is a ``ValueError``."""
+    start, end = time_ms(since, names[0]), time_ms(until, names[1])
+    if start is not None and end is not None and end <= start:
+        raise ValueError(
+            f"{names[1]} ({end} ms) is not after {names[0]} ({start} ms): the window [since,"
+            " until) would hold nothing"
+        )
+    return start, end
 
 
 @dataclass(frozen=True)

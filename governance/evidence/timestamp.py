@@ -115,7 +115,7 @@ def timestamp_check(root_pem: bytes | None) -> ExtraCheck:
 
     def check(bundle: _Bundle, report: BundleReport) -> None:
         _check_checkpoint_token(bundle, report)
-        present = layout.TIMESTAMP in bundle.present
+        present = bundle.has(layout.TIMESTAMP)
         if not present:
             if root_pem is not None:
                 report.fault(
@@ -141,7 +141,7 @@ def timestamp_check(root_pem: bytes | None) -> ExtraCheck:
         report.notes.append(f"the TSA timestamped {layout.SUMS} at {when.isoformat()}")
 
     def _check_checkpoint_token(bundle: _Bundle, report: BundleReport) -> None:
-        if layout.CHECKPOINT_TIMESTAMP not in bundle.present or root_pem is None:
+        if not bundle.has(layout.CHECKPOINT_TIMESTAMP) or root_pem is None:
             return
         token = bundle.read(layout.CHECKPOINT_TIMESTAMP)
         note = bundle.text(layout.CHECKPOINT)

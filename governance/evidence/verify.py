@@ -14,6 +14,13 @@ Checks, each fault naming the bundle file and the ledger entry it concerns:
    (c2pa-python) under the bundle's anchors, names the entry's turn, and its manifest store's
    SHA-256 is the entry's;
 7. the RFC 3161 timestamp over ``SHA256SUMS``, when a TSA root is given or a token is present.
+
+Memory is constant in the number of entries beyond the zip's central directory (``zipfile`` keeps
+one ``ZipInfo`` a member): members are hashed 1 MiB at a time, ``SHA256SUMS`` in the exporter's
+order is matched line k to member k (any other order builds a table of its names),
+``openings.jsonl`` is read line by line, and a leaf is decoded when its entry or its openings are
+checked, then dropped (the exporter writes the openings in entry order, so each leaf is decoded
+twice at most). Only the entries that fail are remembered.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
 import zipfile
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +71,7 @@ class BundleReport:
     checked: dict[str, int] = field(default_factory=dict)
     origin: str | None = None
     checkpoint_size: int | None = None
+    events: Counter[str] = field(default_factory=Counter)  # proven entries by type (and kind)
 
     @property
     def ok(self) -> bool:
@@ -80,6 +90,7 @@ class BundleReport:
             "origin": self.origin,
             "checkpoint_size": self.checkpoint_size,
             "checked": self.checked,
+            "events": dict(sorted(self.events.items())),
             "faults": [asdict(f) for f in self.faults],
             "notes": self.notes,
         }
@@ -108,6 +119,9 @@ class BundleReport:
         for key, text in words.items():
             if key in self.checked:
                 lines.append(f"  {self.checked[key]:>7} {text}")
+        if self.events:
+            lines.append("The proven entries record:")
+            lines += [f"  {n:>7} {what}" for what, n in sorted(self.events.items())]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f.line() for f in self.faults]
         return "\n".join(lines)
@@ -118,16 +132,29 @@ ExtraCheck = Callable[["_Bundle", BundleReport], None]
 
 
 class _Bundle:
-    """The zip, read member by member; a member that cannot be read is a fault, not a crash."""
+    """The zip, read member by member; a member that cannot be read is a fault, not a crash.
+    Names are looked up in the zip's own directory (no second copy of them is kept)."""
+
+    CHUNK = 1 << 20
 
     def __init__(self, zf: zipfile.ZipFile, report: BundleReport) -> None:
         self.zf = zf
         self.report = report
-        self.names = [i.filename for i in zf.infolist() if not i.is_dir()]
-        self.present = set(self.names)
+        self._leaf: tuple[int, dict[str, Any]] | None = None  # the last leaf decoded
+        self.anchors: str | None = None  # keys/c2pa-anchors.pem, read at the first image
+
+    @property
+    def names(self) -> Iterator[str]:
+        return (i.filename for i in self.zf.infolist() if not i.is_dir())
+
+    def has(self, name: str) -> bool:
+        try:
+            return not self.zf.getinfo(name).is_dir()
+        except KeyError:
+            return False
 
     def read(self, name: str, entry: int | None = None) -> bytes | None:
-        if name not in self.present:
+        if not self.has(name):
             self.report.fault(name, entry, "the file is missing from the bundle")
             return None
         try:
@@ -135,6 +162,19 @@ class _Bundle:
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             self.report.fault(name, entry, f"the file cannot be read from the zip: {exc}")
             return None
+
+    def sha256(self, member: str | zipfile.ZipInfo, entry: int | None = None) -> str | None:
+        """The member's SHA-256 (hex), read ``CHUNK`` bytes at a time."""
+        digest = hashlib.sha256()
+        try:
+            with self.zf.open(member) as data:
+                while chunk := data.read(self.CHUNK):
+                    digest.update(chunk)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            name = member if isinstance(member, str) else member.filename
+            self.report.fault(name, entry, f"the file cannot be read from the zip: {exc}")
+            return None
+        return digest.hexdigest()
 
     def text(self, name: str, entry: int | None = None) -> str | None:
         data = self.read(name, entry)
@@ -145,6 +185,35 @@ class _Bundle:
         except UnicodeDecodeError:
             self.report.fault(name, entry, "the file is not UTF-8 text")
             return None
+
+    def lines(self, name: str) -> Iterator[str]:
+        """The member's lines, one at a time (a read or UTF-8 error ends them with a fault)."""
+        if not self.has(name):
+            self.report.fault(name, None, "the file is missing from the bundle")
+            return
+        try:
+            with self.zf.open(name) as raw, io.TextIOWrapper(raw, encoding="utf-8") as lines:
+                for line in lines:
+                    yield line.rstrip("\n")
+        except UnicodeDecodeError:
+            self.report.fault(name, None, "the file is not UTF-8 text")
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            self.report.fault(name, None, f"the file cannot be read from the zip: {exc}")
+
+    def leaf(self, index: int) -> dict[str, Any] | None:
+        """Entry ``index``'s decoded leaf (already verified by ``_check_entries``), the last
+        one kept: the openings of one entry are consecutive."""
+        if self._leaf is not None and self._leaf[0] == index:
+            return self._leaf[1]
+        data = self.read(layout.entry_file(index), index)
+        if data is None:
+            return None
+        try:
+            doc = decode_leaf(data)
+        except LeafError:
+            return None
+        self._leaf = (index, doc)
+        return doc
 
 
 def verify_bundle(
@@ -182,51 +251,102 @@ def verify_bundle(
                 " by that log, or the key was replaced",
             )
         checkpoint = _check_checkpoint(bundle, report, verifier, report.origin)
-        leaves = _check_entries(bundle, report, verifier, report.origin, checkpoint, index)
+        unproven = _check_entries(bundle, report, verifier, report.origin, checkpoint, index)
         if checkpoint is not None:
             _check_consistency(bundle, report, verifier, report.origin, checkpoint)
-        opened = _check_openings(bundle, report, leaves)
-        if check_images:
-            _check_images(bundle, report, leaves, opened)
+        _check_openings(bundle, report, unproven, check_images)
         for check in extra_checks:
             check(bundle, report)
     return report
 
 
+def _sum_line(line: str) -> tuple[str, str] | None:
+    """(hex digest, name) of a ``sha256sum`` line, or None for a malformed one."""
+    digest, sep, name = line.partition("  ")
+    if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        return None
+    return digest, name
+
+
+def _checked_members(bundle: _Bundle) -> Iterator[zipfile.ZipInfo]:
+    """The members ``SHA256SUMS`` must list: all but itself and its timestamp."""
+    for info in bundle.zf.infolist():
+        if not info.is_dir() and info.filename not in (layout.SUMS, layout.TIMESTAMP):
+            yield info
+
+
+def _sums_follow_the_zip(bundle: _Bundle) -> bool:
+    """Whether ``SHA256SUMS`` lists every member once, in the zip's order, in well-formed
+    lines: how the exporter writes it (each line as its member goes in)."""
+    if not bundle.has(layout.SUMS):
+        return False
+    members = _checked_members(bundle)
+    try:
+        with bundle.zf.open(layout.SUMS) as raw, io.TextIOWrapper(raw, encoding="utf-8") as text:
+            for line in text:
+                parsed = _sum_line(line.rstrip("\n"))
+                info = next(members, None)
+                if parsed is None or info is None or parsed[1] != info.filename:
+                    return False
+    except (UnicodeDecodeError, zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return next(members, None) is None
+
+
 def _check_sums(bundle: _Bundle, report: BundleReport) -> None:
-    text = bundle.text(layout.SUMS)
-    if text is None:
+    """Every member against its ``SHA256SUMS`` line. In the exporter's order, line k is member
+    k's and nothing is kept; in any other order a table of the listed names is built."""
+    if not _sums_follow_the_zip(bundle):
+        _check_sums_by_name(bundle, report)
         return
+    for line, info in zip(bundle.lines(layout.SUMS), _checked_members(bundle), strict=False):
+        expected = _sum_line(line)
+        entry = layout.entry_of(info.filename)
+        got = bundle.sha256(info, entry)
+        if got is None or expected is None:
+            continue
+        if got != expected[0]:
+            report.fault(
+                info.filename,
+                entry,
+                f"its SHA-256 differs from the one {layout.SUMS} lists: it was changed",
+            )
+        else:
+            report.count("files")
+
+
+def _check_sums_by_name(bundle: _Bundle, report: BundleReport) -> None:
     listed: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(bundle.lines(layout.SUMS), 1):
         digest, sep, name = line.partition("  ")
         if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             report.fault(layout.SUMS, None, f"line {n} is not a sha256sum line: {line[:120]!r}")
             continue
         listed[name] = digest
     for name in bundle.names:
+        expected = listed.pop(name, None)
         if name in (layout.SUMS, layout.TIMESTAMP):
             continue
         entry = layout.entry_of(name)
-        if name not in listed:
+        if expected is None:
             report.fault(name, entry, f"the file is not listed in {layout.SUMS}")
             continue
-        data = bundle.read(name, entry)
-        if data is None:
+        got = bundle.sha256(name, entry)
+        if got is None:
             continue
-        if hashlib.sha256(data).hexdigest() != listed[name]:
+        if got != expected:
             report.fault(
                 name, entry, f"its SHA-256 differs from the one {layout.SUMS} lists: it was changed"
             )
         else:
             report.count("files")
-    for name in listed.keys() - bundle.present:
+    for name in listed:  # what is left was listed but is not in the zip
         report.fault(name, layout.entry_of(name), f"{layout.SUMS} lists it, but it is missing")
 
 
 def _read_index(bundle: _Bundle, report: BundleReport) -> dict[str, Any] | None:
     for name in _REQUIRED:
-        if name not in bundle.present:
+        if not bundle.has(name):
             report.fault(name, None, "a required file of every bundle is missing")
     data = bundle.read(layout.INDEX)
     if data is None:
@@ -264,56 +384,80 @@ def _check_entries(
     origin: str,
     checkpoint: Checkpoint | None,
     index: dict[str, Any],
-) -> dict[int, dict[str, Any]]:
-    """Each leaf against its proof; the decoded leaves of the entries that verify."""
-    leaves: dict[int, dict[str, Any]] = {}
-    entries = sorted(
-        i for n in bundle.names if layout.is_entry_file(n) and (i := layout.entry_of(n)) is not None
-    )
-    proofs = {layout.entry_of(n) for n in bundle.names if n.startswith("proofs/")}
-    if index.get("entries") != len(entries):
+) -> set[int]:
+    """Each leaf against its proof, in the zip's order; the indexes of the entries that do NOT
+    verify (empty for a sound bundle: nothing grows with the entries). Their events are counted
+    in ``report.events``."""
+    unproven: set[int] = set()
+    held = 0
+    for name in bundle.names:
+        i = layout.entry_of(name)
+        if i is None:
+            continue
+        if not layout.is_entry_file(name):  # a proof: its entry must be there
+            if not bundle.has(layout.entry_file(i)):
+                report.fault(name, i, "a proof without its entry")
+            continue
+        held += 1
+        if not _check_entry(bundle, report, verifier, origin, checkpoint, i):
+            unproven.add(i)
+    if index.get("entries") != held:
         report.fault(
             layout.INDEX,
             None,
-            f"the index counts {index.get('entries')} entries but the bundle holds {len(entries)}",
+            f"the index counts {index.get('entries')} entries but the bundle holds {held}",
         )
-    for i in proofs - set(entries):
-        report.fault(
-            layout.proof_file(i) if i is not None else "proofs/", i, "a proof without its entry"
-        )
-    for i in entries:
-        name = layout.entry_file(i)
-        leaf = bundle.read(name, i)
-        proof = bundle.text(layout.proof_file(i), i)
-        if leaf is None or proof is None:
-            continue
-        try:
-            doc = decode_leaf(leaf)
-        except LeafError as exc:
-            report.fault(name, i, f"not a ledger leaf: {exc}")
-            continue
-        if not is_canonical(leaf):
-            report.fault(name, i, "the leaf is not in RFC 8785 canonical form: it was re-encoded")
-        if doc.get("origin") != origin:
-            report.fault(name, i, f"the leaf names log {doc.get('origin')!r}, not {origin!r}")
-        try:
-            parsed = parse_proof(proof)
-            if parsed.index != i:
-                raise ProofFileError(f"the proof is for entry {parsed.index}, not {i}")
-            if checkpoint is not None and parsed.note != checkpoint.note:
-                raise ProofFileError(
-                    f"the proof is against another checkpoint than {layout.CHECKPOINT}"
-                )
-            if checkpoint is None:  # its own fault is reported; this proof's note stands alone
-                verify_proof(proof, leaf, verifier, origin)
-            else:  # the note is checkpoint.txt's, whose signature was verified once
-                _prove(parsed.hashes, checkpoint, i, leaf)
-        except (ProofFileError, CheckpointError) as exc:
-            report.fault(name, i, f"not proven by {layout.proof_file(i)}: {exc}")
-            continue
-        leaves[i] = doc
-        report.count("entries")
-    return leaves
+    return unproven
+
+
+def _check_entry(
+    bundle: _Bundle,
+    report: BundleReport,
+    verifier: NoteVerifier,
+    origin: str,
+    checkpoint: Checkpoint | None,
+    i: int,
+) -> bool:
+    """Entry ``i``'s leaf against its proof; whether it is proven."""
+    name = layout.entry_file(i)
+    leaf = bundle.read(name, i)
+    proof = bundle.text(layout.proof_file(i), i)
+    if leaf is None or proof is None:
+        return False
+    try:
+        doc = decode_leaf(leaf)
+    except LeafError as exc:
+        report.fault(name, i, f"not a ledger leaf: {exc}")
+        return False
+    if not is_canonical(leaf):
+        report.fault(name, i, "the leaf is not in RFC 8785 canonical form: it was re-encoded")
+    if doc.get("origin") != origin:
+        report.fault(name, i, f"the leaf names log {doc.get('origin')!r}, not {origin!r}")
+    try:
+        parsed = parse_proof(proof)
+        if parsed.index != i:
+            raise ProofFileError(f"the proof is for entry {parsed.index}, not {i}")
+        if checkpoint is not None and parsed.note != checkpoint.note:
+            raise ProofFileError(
+                f"the proof is against another checkpoint than {layout.CHECKPOINT}"
+            )
+        if checkpoint is None:  # its own fault is reported; this proof's note stands alone
+            verify_proof(proof, leaf, verifier, origin)
+        else:  # the note is checkpoint.txt's, whose signature was verified once
+            _prove(parsed.hashes, checkpoint, i, leaf)
+    except (ProofFileError, CheckpointError) as exc:
+        report.fault(name, i, f"not proven by {layout.proof_file(i)}: {exc}")
+        return False
+    report.count("entries")
+    report.events[_event_name(doc)] += 1
+    return True
+
+
+def _event_name(doc: dict[str, Any]) -> str:
+    """The entry's event type; a lineage entry's with its kind (edit, rollback, upload)."""
+    kind = (doc.get("body") or {}).get("kind") if isinstance(doc.get("body"), dict) else None
+    name = str(doc.get("type"))[:64]
+    return f"{name} ({str(kind)[:32]})" if name == "lineage.recorded" and kind else name
 
 
 def _prove(path: list[bytes], cp: Checkpoint, index: int, leaf: bytes) -> None:
@@ -363,14 +507,10 @@ def _lookup(body: Any, path: str) -> str | None:
 
 
 def _check_openings(
-    bundle: _Bundle, report: BundleReport, leaves: dict[int, dict[str, Any]]
-) -> dict[str, tuple[int, str]]:
-    """Every opening line; the files opened, by name, with their entry and field."""
-    opened: dict[str, tuple[int, str]] = {}
-    text = bundle.text(layout.OPENINGS)
-    if text is None:
-        return opened
-    for n, line in enumerate(text.splitlines(), 1):
+    bundle: _Bundle, report: BundleReport, unproven: set[int], check_images: bool
+) -> None:
+    """Every opening line, read one at a time; each signed image as its line is reached."""
+    for n, line in enumerate(bundle.lines(layout.OPENINGS), 1):
         where = f"{layout.OPENINGS} line {n}"
         try:
             item = json.loads(line)
@@ -379,11 +519,15 @@ def _check_openings(
         except (ValueError, KeyError, TypeError) as exc:
             report.fault(layout.OPENINGS, None, f"line {n} is not an opening: {exc}")
             continue
-        if entry not in leaves:
-            if layout.entry_file(entry) not in bundle.present:
-                report.fault(layout.OPENINGS, entry, f"line {n} opens an entry not in the bundle")
+        if not bundle.has(layout.entry_file(entry)):
+            report.fault(layout.OPENINGS, entry, f"line {n} opens an entry not in the bundle")
+            continue
+        if entry in unproven:
             continue  # the entry's own fault is reported already
-        if _lookup(leaves[entry].get("body"), path) != commitment:
+        doc = bundle.leaf(entry)
+        if doc is None:
+            continue  # it verified a moment ago: the read's own fault is reported
+        if _lookup(doc.get("body"), path) != commitment:
             report.fault(
                 layout.OPENINGS,
                 entry,
@@ -395,15 +539,18 @@ def _check_openings(
                 report.notes.append(f"entry {entry} {path}: the content was erased on request")
             continue
         name = str(item.get("file"))
-        data = bundle.read(name, entry)
-        if data is None:
+        if not bundle.has(name):
+            report.fault(name, entry, "the file is missing from the bundle")
             continue
         try:
             salt = base64.b64decode(str(item["salt"]), validate=True)
         except (KeyError, binascii.Error, ValueError) as exc:
             report.fault(layout.OPENINGS, entry, f"line {n}: the salt is not base64: {exc}")
             continue
-        if commit_digest(hashlib.sha256(data).digest(), salt) != commitment:
+        digest = bundle.sha256(name, entry)
+        if digest is None:
+            continue
+        if commit_digest(bytes.fromhex(digest), salt) != commitment:
             report.fault(
                 name,
                 entry,
@@ -411,58 +558,48 @@ def _check_openings(
                 " the content or the salt was changed",
             )
             continue
-        opened[name] = (entry, str(item.get("field")))
         report.count("openings")
-    return opened
+        if check_images and item.get("field") == "signed_file":
+            _check_image(bundle, report, name, entry, doc)
 
 
-def _check_images(
-    bundle: _Bundle,
-    report: BundleReport,
-    leaves: dict[int, dict[str, Any]],
-    opened: dict[str, tuple[int, str]],
+def _check_image(
+    bundle: _Bundle, report: BundleReport, name: str, entry: int, doc: dict[str, Any]
 ) -> None:
     from governance.provenance.verify import verify_image
 
-    anchors = bundle.text(layout.C2PA_ANCHORS) or ""
-    for name, (entry, field_name) in sorted(opened.items()):
-        if field_name != "signed_file":
-            continue
-        doc = leaves[entry]
-        body = doc.get("body") or {}
-        data = bundle.read(name, entry)
-        if data is None:
-            continue
-        if doc.get("type") != "output.signed" or hashlib.sha256(data).hexdigest() != body.get(
-            "signed_sha256"
-        ):
-            report.fault(name, entry, "the image is not the one its output.signed entry records")
-            continue
-        result = verify_image(data, body.get("mime_type"), anchors)
-        if result.state != "Trusted":
-            why = "; ".join(result.reasons) or result.error or result.state
-            report.fault(
-                name, entry, f"its Content Credentials do not verify ({result.state}): {why}"
-            )
-            continue
-        turn = (result.custody or {}).get("turn_id")
-        if turn != doc.get("turn"):
-            report.fault(
-                name,
-                entry,
-                f"its manifest names turn {turn!r}, but its ledger entry is of turn"
-                f" {doc.get('turn')!r}",
-            )
-            continue
-        manifest = layout.manifest_file(str(body.get("manifest_sha256")))
-        if manifest in opened:
-            data_m = bundle.read(manifest, entry)
-            if data_m is not None and hashlib.sha256(data_m).hexdigest() != body.get(
-                "manifest_sha256"
-            ):
-                report.fault(manifest, entry, "the manifest store is not the one signed")
-                continue
-        report.count("images")
+    body = doc.get("body") or {}
+    data = bundle.read(name, entry)
+    if data is None:
+        return
+    if doc.get("type") != "output.signed" or hashlib.sha256(data).hexdigest() != body.get(
+        "signed_sha256"
+    ):
+        report.fault(name, entry, "the image is not the one its output.signed entry records")
+        return
+    if bundle.anchors is None:
+        bundle.anchors = bundle.text(layout.C2PA_ANCHORS) or ""
+    result = verify_image(data, body.get("mime_type"), bundle.anchors)
+    if result.state != "Trusted":
+        why = "; ".join(result.reasons) or result.error or result.state
+        report.fault(name, entry, f"its Content Credentials do not verify ({result.state}): {why}")
+        return
+    turn = (result.custody or {}).get("turn_id")
+    if turn != doc.get("turn"):
+        report.fault(
+            name,
+            entry,
+            f"its manifest names turn {turn!r}, but its ledger entry is of turn"
+            f" {doc.get('turn')!r}",
+        )
+        return
+    manifest = layout.manifest_file(str(body.get("manifest_sha256")))
+    if bundle.has(manifest):
+        shipped = bundle.sha256(manifest, entry)
+        if shipped is not None and shipped != body.get("manifest_sha256"):
+            report.fault(manifest, entry, "the manifest store is not the one signed")
+            return
+    report.count("images")
 
 
 def cosignature_check(witness_keys: Sequence[str], quorum: int) -> ExtraCheck:
