@@ -168,6 +168,7 @@ class PolicyService:
             return self._decide_request(state, facts)
 
     def _decide_request(self, state: LoadedPolicy, facts: RequestFacts) -> Decision:
+        began = time.perf_counter_ns()  # the detectors spend the policy's time budget too
         reservation_id: str | None = None
         try:
             signals = run_detectors(state.detectors, facts)
@@ -183,7 +184,7 @@ class PolicyService:
             if reservation_id:
                 self.limiter.release(reservation_id)
             return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
-        decision = self._decide(state, document, signals)
+        decision = self._decide(state, document, signals, began)
         if reservation_id:
             if decision.outcome == "deny":
                 self.limiter.release(reservation_id)
@@ -202,6 +203,7 @@ class PolicyService:
     def _decide_response(
         self, state: LoadedPolicy, facts: RequestFacts, response: ResponseFacts
     ) -> Decision:
+        began = time.perf_counter_ns()
         try:
             signals = run_detectors(state.detectors, facts)
             counters = (
@@ -213,7 +215,7 @@ class PolicyService:
             document["response"] = response_input(response)
         except Exception as exc:
             return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
-        return self._decide(state, document, signals)
+        return self._decide(state, document, signals, began)
 
     def release_reservation(self, decision_id: str) -> bool:
         """Give back the rate-limit place of a turn denied after its request decision."""
@@ -335,27 +337,47 @@ class PolicyService:
             _close(old.engine)
 
     def _decide(
-        self, state: LoadedPolicy, document: dict[str, Any], signals: dict[str, Any]
+        self,
+        state: LoadedPolicy,
+        document: dict[str, Any],
+        signals: dict[str, Any],
+        began_ns: int | None = None,
     ) -> Decision:
+        """Evaluate ``document``; ``began_ns`` is when the detectors started, whose time
+        counts toward ``timeout_ms`` with the engine's: the engine gets what they left, and
+        none when they used it all (a deny saying so, the engine not run)."""
         if state.error is not None or state.engine is None:
             return self._failed(
                 state, document, signals, f"the policy could not be loaded: {state.error}", 0
             )
         started = time.perf_counter_ns()
+        detectors_us = (started - began_ns) // 1000 if began_ns is not None else 0
+        left_ms = self.timeout_ms - detectors_us // 1000
+        if left_ms <= 0:
+            return self._failed(
+                state,
+                document,
+                signals,
+                f"the detectors took {detectors_us // 1000} ms, the whole {self.timeout_ms} ms"
+                " limit of the decision, so the policy was not evaluated",
+                0,
+            )
         try:
-            result = state.engine.evaluate(document, self.timeout_ms)
+            result = state.engine.evaluate(document, left_ms)
         except EngineError as exc:
             return self._failed(state, document, signals, str(exc), _us_since(started))
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
             return self._failed(state, document, signals, detail, _us_since(started))
         elapsed_us = _us_since(started)
-        if elapsed_us > self.timeout_ms * 1000:
+        if detectors_us + elapsed_us > self.timeout_ms * 1000:
+            of_it = f" ({detectors_us // 1000} ms of it in the detectors)" if detectors_us else ""
             return self._failed(
                 state,
                 document,
                 signals,
-                f"the decision took {elapsed_us // 1000} ms, over the {self.timeout_ms} ms limit",
+                f"the decision took {(detectors_us + elapsed_us) // 1000} ms{of_it}, over the"
+                f" {self.timeout_ms} ms limit",
                 elapsed_us,
             )
         problem = malformed(result)
