@@ -119,6 +119,18 @@ def _turns_received(engine: Engine, commitments: tuple[str, ...]) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
+def _turns_given(engine: Engine, digest: str) -> set[str]:
+    """Turns whose index rows name ``digest`` as their prompt or an input image (found too
+    when a turn's image list was too long for its leaf and went to a blob)."""
+    turns, images = TURNS.c, TURN_IMAGES.c
+    with engine.connect() as conn:
+        prompts = conn.execute(select(turns.turn_id).where(turns.prompt_sha256 == digest)).all()
+        inputs = conn.execute(
+            select(images.turn_id).where(images.sha256 == digest, images.direction == "input")
+        ).all()
+    return {str(r[0]) for r in (*prompts, *inputs)}
+
+
 def _tenants_in_turns(engine: Engine, digest: str) -> set[str]:
     """Tenants of the turns whose index rows name ``digest`` (inputs, outputs, manifests,
     prompts, requests, responses)."""
@@ -194,7 +206,9 @@ class ContentEraser:
     def _copies(self, digest: str, commitments: tuple[str, ...]) -> tuple[ContentCopy, ...]:
         """The request bodies and decision inputs, not yet erased, of the turns that received
         ``digest`` (see the module docstring)."""
-        turn_ids = sorted(_turns_received(self.engine, commitments))
+        turn_ids = sorted(
+            _turns_received(self.engine, commitments) | _turns_given(self.engine, digest)
+        )
         if not turn_ids:
             return ()
         found: list[str] = []

@@ -7,6 +7,7 @@ import base64
 import hashlib
 from pathlib import Path
 
+import httpx
 import pytest
 from google import genai
 from google.genai import types
@@ -210,3 +211,44 @@ def test_erasing_an_input_image_erases_the_request_bodies_holding_it(served, pho
     assert not any(blobs.exists(d) for d in requests), "no request body still holds the photo"
     assert blobs.exists(_blob_of(served, first["body"]["prompt"])), "the prompt is not the photo"
     verify_ok(served)
+
+
+def test_an_image_of_a_turn_whose_image_list_went_to_a_blob_takes_its_copies(served) -> None:
+    """500 inputs are too many for the leaf (the list goes to a blob, see test_leaf_bounds):
+    the turn is still found from its index rows, and its request body erased with the image."""
+    from tests.test_leaf_bounds import _png
+
+    images = [_png(i) for i in range(500)]
+    parts: list[dict[str, object]] = [
+        {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(p).decode()}}
+        for p in images
+    ]
+    parts.append({"text": "apply the same warm tone to all of these"})
+    resp = httpx.post(
+        served.base_url + "/v1beta/models/gemini-2.5-flash-image:generateContent",
+        json={"contents": [{"role": "user", "parts": parts}]},
+        headers={"x-goog-api-key": served.keys["editor"]},
+        timeout=300,
+    )
+    turn = resp.headers["x-custody-turn"]
+    (received,) = [e for e in served.ledger_events(turn) if e["type"] == "turn.received"]
+    assert "images" not in received["body"], "the list went to a blob"
+    request = _blob_of(served, received["body"]["request"])
+    assert served.services.blobs.exists(request)
+    verify_ok(served)  # the verifier reads an image list spilled to a blob
+    digest = hashlib.sha256(images[7]).hexdigest()
+    resp = call(
+        served,
+        "POST",
+        "/api/v1/erasures",
+        served.keys["admin"],
+        json={"digest": digest, "reason": "one photo of the set"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert received["body"]["request"] in resp.json()["erased"]["copies"]
+    assert not served.services.blobs.exists(request)
+    verify_ok(served)
+    listing = {"commitment": received["body"]["images_blob"], "reason": "the list too"}
+    resp = call(served, "POST", "/api/v1/erasures", served.keys["admin"], json=listing)
+    assert resp.status_code == 200, resp.text
+    verify_ok(served)  # an image list that cannot be opened any more is checked by its count
