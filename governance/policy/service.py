@@ -168,10 +168,11 @@ class PolicyService:
             return self._decide_request(state, facts)
 
     def _decide_request(self, state: LoadedPolicy, facts: RequestFacts) -> Decision:
-        began = time.perf_counter_ns()  # the detectors spend the policy's time budget too
         reservation_id: str | None = None
         try:
+            began = time.perf_counter_ns()  # the detectors spend the policy's time budget too
             signals = run_detectors(state.detectors, facts)
+            detectors_ns = time.perf_counter_ns() - began
             counters: dict[str, Any] = {}
             if state.error is None:
                 reservation = self.limiter.reserve(
@@ -184,7 +185,7 @@ class PolicyService:
             if reservation_id:
                 self.limiter.release(reservation_id)
             return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
-        decision = self._decide(state, document, signals, began)
+        decision = self._decide(state, document, signals, detectors_ns)
         if reservation_id:
             if decision.outcome == "deny":
                 self.limiter.release(reservation_id)
@@ -203,9 +204,10 @@ class PolicyService:
     def _decide_response(
         self, state: LoadedPolicy, facts: RequestFacts, response: ResponseFacts
     ) -> Decision:
-        began = time.perf_counter_ns()
         try:
+            began = time.perf_counter_ns()
             signals = run_detectors(state.detectors, facts)
+            detectors_ns = time.perf_counter_ns() - began
             counters = (
                 self.limiter.peek(facts.tenant, facts.actor, state.windows_for(facts.tenant))
                 if state.error is None
@@ -215,7 +217,7 @@ class PolicyService:
             document["response"] = response_input(response)
         except Exception as exc:
             return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
-        return self._decide(state, document, signals, began)
+        return self._decide(state, document, signals, detectors_ns)
 
     def release_reservation(self, decision_id: str) -> bool:
         """Give back the rate-limit place of a turn denied after its request decision."""
@@ -341,17 +343,17 @@ class PolicyService:
         state: LoadedPolicy,
         document: dict[str, Any],
         signals: dict[str, Any],
-        began_ns: int | None = None,
+        detectors_ns: int = 0,
     ) -> Decision:
-        """Evaluate ``document``; ``began_ns`` is when the detectors started, whose time
-        counts toward ``timeout_ms`` with the engine's: the engine gets what they left, and
-        none when they used it all (a deny saying so, the engine not run)."""
+        """Evaluate ``document``; the detectors' time (``detectors_ns``, the classifier's, not
+        the rate limiter's) counts toward ``timeout_ms`` with the engine's: the engine gets what
+        they left, and none when they used it all (a deny saying so, the engine not run)."""
         if state.error is not None or state.engine is None:
             return self._failed(
                 state, document, signals, f"the policy could not be loaded: {state.error}", 0
             )
         started = time.perf_counter_ns()
-        detectors_us = (started - began_ns) // 1000 if began_ns is not None else 0
+        detectors_us = detectors_ns // 1000
         left_ms = self.timeout_ms - detectors_us // 1000
         if left_ms <= 0:
             return self._failed(
