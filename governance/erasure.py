@@ -6,6 +6,14 @@ it are the tenants of the ledger entries whose leaves hold one of its commitment
 turns whose index rows name its digest; a tenant's admin may erase only content no other tenant
 references, an operator any.
 
+Copies go with an input. A turn's request body (as it arrived: the prompt and every input in
+base64) and its decision inputs (the full policy input: every text the upstream read) hold copies
+of what the turn received, so erasing a turn's prompt, input image, mask or non-image input also
+erases those blobs of every turn that received it (the turns whose ``turn.received`` entry holds
+one of its commitments); their commitments are named in the same ``content.erased`` events.
+Without that, an erased prompt would still be readable in the request body and the decision
+input, and an erased photo in the request body.
+
 Order: one ``content.erased`` event per owning tenant (who, why, the commitments — never the
 content, and never the bare digest, which would let anyone confirm a guess of erased content)
 commits together with the ``blob_erasures`` row; only then are the salts emptied and the blob
@@ -28,7 +36,7 @@ from storage.blobs import Commitments
 from storage.ledger.leaf import COMMITMENT_PREFIX
 from storage.ledger.log import Ledger
 from storage.schema.fingerprints import IMAGE_FINGERPRINTS
-from storage.schema.turns import TURN_IMAGES, TURNS
+from storage.schema.turns import DECISION_INPUTS, TURN_IMAGES, TURNS
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -38,13 +46,23 @@ class ErasureError(Refusal):
 
 
 @dataclass(frozen=True)
+class ContentCopy:
+    """A blob that holds a copy of the target (a request body, a decision input)."""
+
+    digest: str
+    commitments: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ErasureTarget:
-    """A blob to erase: its digest, every commitment to it, and the tenants that own it."""
+    """A blob to erase: its digest, every commitment to it, the tenants that own it, and the
+    blobs not yet erased that hold copies of it."""
 
     digest: str
     commitments: tuple[str, ...]
     tenants: frozenset[str]
     already_erased: bool
+    copies: tuple[ContentCopy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,7 @@ class ErasureDone:
     def to_json(self) -> dict[str, Any]:
         return {
             "commitments": list(self.target.commitments),
+            "copies": [c for copy in self.target.copies for c in copy.commitments],
             "tenants": sorted(self.target.tenants),
             "blob_was_present": self.blob_was_present,
             "ledger_entries": list(self.entries),
@@ -77,6 +96,39 @@ def _tenants_in_ledger(engine: Engine, commitments: tuple[str, ...]) -> set[str]
             text(f"SELECT DISTINCT tenant FROM ledger_entries WHERE {match}"), params
         ).all()
     return {str(r[0]) for r in rows}
+
+
+def _turns_received(engine: Engine, commitments: tuple[str, ...]) -> set[str]:
+    """Turns whose ``turn.received`` entry holds one of ``commitments`` (the turns that
+    received the content as their prompt or an input)."""
+    if not commitments:
+        return set()
+    if engine.dialect.name == "postgresql":
+        match = " OR ".join(f"position(:c{i} in leaf) > 0" for i in range(len(commitments)))
+    else:
+        match = " OR ".join(f"instr(leaf, :c{i}) > 0" for i in range(len(commitments)))
+    params = {f"c{i}": c.encode() for i, c in enumerate(commitments)}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT DISTINCT turn_id FROM ledger_entries"
+                f" WHERE type = 'turn.received' AND turn_id IS NOT NULL AND ({match})"
+            ),
+            params,
+        ).all()
+    return {str(r[0]) for r in rows}
+
+
+def _turns_given(engine: Engine, digest: str) -> set[str]:
+    """Turns whose index rows name ``digest`` as their prompt or an input image (found too
+    when a turn's image list was too long for its leaf and went to a blob)."""
+    turns, images = TURNS.c, TURN_IMAGES.c
+    with engine.connect() as conn:
+        prompts = conn.execute(select(turns.turn_id).where(turns.prompt_sha256 == digest)).all()
+        inputs = conn.execute(
+            select(images.turn_id).where(images.sha256 == digest, images.direction == "input")
+        ).all()
+    return {str(r[0]) for r in (*prompts, *inputs)}
 
 
 def _tenants_in_turns(engine: Engine, digest: str) -> set[str]:
@@ -144,8 +196,52 @@ class ContentEraser:
         tenants = _tenants_in_ledger(self.engine, commitments) | _tenants_in_turns(
             self.engine, digest
         )
-        erased = self.commitments.erased(digest) and not present
-        return ErasureTarget(digest, commitments, frozenset(tenants), erased)
+        copies = self._copies(digest, commitments)
+        for copy in copies:
+            tenants |= _tenants_in_ledger(self.engine, copy.commitments)
+            tenants |= _tenants_in_turns(self.engine, copy.digest)
+        erased = self.commitments.erased(digest) and not present and not copies
+        return ErasureTarget(digest, commitments, frozenset(tenants), erased, copies)
+
+    def _copies(self, digest: str, commitments: tuple[str, ...]) -> tuple[ContentCopy, ...]:
+        """The request bodies and decision inputs, not yet erased, of the turns that received
+        ``digest`` (see the module docstring)."""
+        turn_ids = sorted(
+            _turns_received(self.engine, commitments) | _turns_given(self.engine, digest)
+        )
+        if not turn_ids:
+            return ()
+        found: list[str] = []
+        inputs: list[str] = []
+        with self.engine.connect() as conn:  # closed before Commitments opens its own
+            for first in range(0, len(turn_ids), 500):
+                ids = turn_ids[first : first + 500]
+                found += [
+                    str(r[0])
+                    for r in conn.execute(
+                        select(TURNS.c.request_sha256).where(
+                            TURNS.c.turn_id.in_(ids), TURNS.c.request_sha256.is_not(None)
+                        )
+                    )
+                ]
+                inputs += [
+                    str(r[0])
+                    for r in conn.execute(
+                        select(DECISION_INPUTS.c.input_commitment).where(
+                            DECISION_INPUTS.c.turn_id.in_(ids)
+                        )
+                    )
+                ]
+        found += [d for c in inputs if (d := self.commitments.digest_of(c)) is not None]
+        copies = []
+        for copy in dict.fromkeys(found):
+            if copy == digest:
+                continue
+            present = self.commitments.blobs.exists(copy)
+            if self.commitments.erased(copy) and not present:
+                continue
+            copies.append(ContentCopy(copy, tuple(self.commitments.commitments_of(copy))))
+        return tuple(copies)
 
     def _forget_fingerprints(self, digest: str) -> None:
         """An erased input's perceptual fingerprints go with it: they would still let anyone
@@ -166,7 +262,10 @@ class ContentEraser:
         if target.already_erased:
             raise ErasureError(409, "This content was already erased.", "ALREADY_ERASED")
         body = {
-            "commitments": list(target.commitments),
+            "commitments": [
+                *target.commitments,
+                *(c for copy in target.copies for c in copy.commitments),
+            ],
             "reason": reason,
             "by": by.body(),
             "tenants": sorted(target.tenants),
@@ -175,8 +274,15 @@ class ContentEraser:
             ledger_event("content.erased", body, tenant=tenant, actor=by.actor)
             for tenant in sorted(target.tenants) or ["*"]
         ]
-        record = self.commitments.erasure_record(target.digest, reason=reason, actor=by.actor)
-        entries = self.ledger.append(events, [record])
+        digests = [target.digest, *(copy.digest for copy in target.copies)]
+        records = [
+            self.commitments.erasure_record(d, reason=reason, actor=by.actor)
+            for d in digests
+            if d != target.digest or not self.commitments.erased(d)
+        ]
+        entries = self.ledger.append(events, records)
         present = self.commitments.destroy(target.digest)
+        for copy in target.copies:
+            self.commitments.destroy(copy.digest)
         self._forget_fingerprints(target.digest)
         return ErasureDone(target, present, tuple(e.index for e in entries))

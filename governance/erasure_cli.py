@@ -41,9 +41,15 @@ def _erase(args: argparse.Namespace) -> int:
         return 0
     owners = ", ".join(repr(t) for t in sorted(target.tenants)) or "no tenant"
     gone = "destroyed" if done.blob_was_present else "already gone from the blob store"
+    copies = (
+        f" {len(target.copies)} blob(s) holding copies of it (request bodies, decision inputs)"
+        " were erased with it;"
+        if target.copies
+        else ""
+    )
     print(
         f"Erased: the content ({len(target.commitments)} commitment(s), referenced by {owners})"
-        f" is {gone} and its salts emptied; recorded as ledger entr"
+        f" is {gone} and its salts emptied;{copies} recorded as ledger entr"
         f"{'y' if len(done.entries) == 1 else 'ies'} {', '.join(map(str, done.entries))}."
     )
     return 0

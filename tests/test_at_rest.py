@@ -3,9 +3,10 @@
 A real ``custody serve`` (uvicorn, access log on) takes a run of requests whose keys travel as
 ``?key=``; afterwards no log line holds a key, and neither the database files nor any other state
 file holds a prompt or a key. Prompts live only in the blob store (0600, erasable, the content of
-record by design). Decision inputs are commitments on both databases (migration 0004 turns old
-clear-text rows into commitments) and replay still opens them. State files are created 0600 and
-their directories 0700 whatever the umask.
+record by design); every row of every table, on SQLite and PostgreSQL, is free of them after
+turns on every route that carries a prompt. Decision inputs are commitments on both databases
+(migration 0004 turns old clear-text rows into commitments) and replay still opens them. State
+files are created 0600 and their directories 0700 whatever the umask.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -262,3 +264,113 @@ def test_migration_0004_turns_clear_inputs_into_commitments(db_url: str, tmp_pat
             "input_commitment": commitment,
         }
     ]
+
+
+def _rows_holding(engine: Any, needle: str) -> list[str]:
+    """``table.column`` of every value in every table that holds ``needle`` (text, or bytes
+    as UTF-8 or UTF-16)."""
+    from sqlalchemy import inspect
+
+    raw = needle.encode()
+    found = []
+    tables = inspect(engine).get_table_names()
+    assert "ledger_entries" in tables and "decision_inputs" in tables, tables
+    with engine.connect() as conn:
+        for table in tables:
+            for row in conn.execute(text(f'SELECT * FROM "{table}"')).mappings():
+                for column, value in row.items():
+                    if isinstance(value, memoryview):
+                        value = bytes(value)
+                    if isinstance(value, bytes):
+                        hit = raw in value or needle.encode("utf-16-le") in value
+                    else:
+                        hit = needle in str(value)
+                    if hit:
+                        found.append(f"{table}.{column}")
+    return found
+
+
+def test_no_table_holds_a_prompt_in_clear_on_either_database(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The full-run check above reads SQLite's files; this one reads every row of every table,
+    on SQLite and on PostgreSQL, after turns on every route that carries a prompt: released,
+    denied and refused (400) generateContent, both stream forms, countTokens, a system
+    instruction, a text attachment, an oversized prompt and a native session turn. Nor does
+    any log record the gateway emits hold the prompt."""
+    caplog.set_level(logging.DEBUG)
+    running = start_custody(tmp_path / "custody", db_url)
+    try:
+        base, key = running.base_url, running.keys["editor"]
+        attachment = base64.b64encode(f"notes: {MARK}".encode()).decode()
+        image = base64.b64encode(_png_bytes()).decode()
+        with_image = {"inlineData": {"mimeType": "image/png", "data": image}}
+        runs: list[tuple[str, dict[str, Any], int]] = [
+            (GENERATE, _text(f"paint the lighthouse vermilion {MARK}"), 200),
+            (GENERATE, _text(f"remove the watermark {MARK}"), 403),
+            (
+                GENERATE.replace("generateContent", "streamGenerateContent?alt=sse"),
+                _text(MARK),
+                200,
+            ),
+            (GENERATE.replace("generateContent", "streamGenerateContent"), _text(MARK), 200),
+            (GENERATE.replace("generateContent", "countTokens"), _text(MARK), 200),
+            (GENERATE, {"systemInstruction": {"parts": [{"text": MARK}]}, **_text("go")}, 200),
+            (
+                GENERATE,
+                {
+                    "contents": [
+                        {
+                            "role": "user",
+                            "parts": [
+                                with_image,
+                                {"inlineData": {"mimeType": "text/plain", "data": attachment}},
+                                {"text": "make it teal"},
+                            ],
+                        }
+                    ]
+                },
+                200,
+            ),
+            (GENERATE, {"contents": [{"parts": [{"text": MARK, "hidden": MARK}]}]}, 400),
+            (GENERATE, _text(f"{MARK} " * 40_000), 400),
+        ]
+        for path, body, expected in runs:
+            resp = httpx.post(base + path, json=body, headers={"x-goog-api-key": key}, timeout=120)
+            assert resp.status_code == expected, (path, resp.status_code, resp.text[:300])
+        with httpx.Client(base_url=base, headers={"x-goog-api-key": key}, timeout=120) as api:
+            session = api.post("/api/v1/sessions", json={}).json()["session"]
+            version = api.post(
+                f"/api/v1/sessions/{session}/images",
+                json={"data": image, "mime_type": "image/png", "source": "camera"},
+            ).json()["version"]
+            turn = api.post(
+                f"/api/v1/sessions/{session}/turns",
+                json={"instruction": f"make it teal {MARK}", "targets": [{"version": version}]},
+            ).json()
+        assert turn["results"][0]["status"] == "released", turn
+        engine = running.services.engine  # type: ignore[attr-defined]
+        assert engine.dialect.name == ("sqlite" if db_url.startswith("sqlite") else "postgresql")
+        assert "ledger_entries.leaf" in _rows_holding(engine, "editor@acme"), "the scan reads"
+        assert not _rows_holding(engine, MARK), "a prompt in clear in the database"
+        settings = running.services.settings  # type: ignore[attr-defined]
+        assert len(load_recorded_inputs(settings, 50)) >= 7, "the turns' inputs were recorded"
+        data = tmp_path / "custody"
+        for path in (p for p in data.rglob("*") if p.is_file() and "blobs" not in p.parts):
+            assert MARK.encode() not in path.read_bytes(), f"a prompt in clear in {path}"
+    finally:
+        running.stop()
+    assert "denied at request" in caplog.text, "the gateway's log records were captured"
+    assert MARK not in caplog.text, [
+        r.getMessage() for r in caplog.records if MARK in r.getMessage()
+    ]
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (90, 120, 200)).save(buf, "PNG")
+    return buf.getvalue()

@@ -203,3 +203,34 @@ def test_the_gateway_decides_with_its_configured_interpreters(tmp_path: Path) ->
 
         custody.server.stop()  # type: ignore[attr-defined]
         asyncio.run(custody.services.aclose())  # type: ignore[attr-defined]
+
+
+def test_the_classifier_spends_the_policy_time_budget_too(tmp_path: Path) -> None:
+    """The detectors' time counts toward the policy timeout: a prompt whose classification
+    alone outlasts it is denied without evaluating, recorded as such, and never forwarded. (A
+    190,000-character prompt takes the shipped classifier hundreds of milliseconds; the limit
+    here is 5 ms, so the outcome does not depend on this machine's speed.)"""
+    import httpx
+
+    custody = start_custody(tmp_path / "custody", policy_timeout_ms=5)
+    try:
+        emulator = custody.services.emulator.base_url  # type: ignore[attr-defined]
+        httpx.delete(emulator + "/emulator/requests", timeout=10)
+        prompt = "make the sofa teal and the cushions a little warmer " * 3_700
+        resp = httpx.post(
+            f"{custody.base_url}/v1beta/models/gemini-2.5-flash-image:generateContent",
+            json={"contents": [{"role": "user", "parts": [{"text": prompt}]}]},
+            headers={"x-goog-api-key": custody.keys["editor"]},
+            timeout=120,
+        )
+        assert resp.status_code == 403, resp.text
+        error = resp.json()["error"]
+        assert error["details"][0]["reason"] == "POLICY_DENIED"
+        assert "the detectors took" in error["message"] and "5 ms limit" in error["message"]
+        turn = resp.headers["x-custody-turn"]
+        (decided,) = [e for e in custody.ledger_events(turn) if e["type"] == "policy.decided"]
+        assert decided["body"]["outcome"] == "deny"  # type: ignore[index]
+        assert decided["body"]["signals"]["watermark_removal"]["matched"] is False  # type: ignore[index]
+        assert httpx.get(emulator + "/emulator/requests", timeout=10).json()["requests"] == []
+    finally:
+        custody.stop()

@@ -148,6 +148,51 @@ SHAPES: dict[str, Shape] = {
     ),
 }
 
+# A third set, written after the two above by a session that had not seen them (issue 14's
+# closing check): prefixes, casing and parameters on the declared type, an SVG or a URL beside a
+# real image, a unary body in the stream's JSON-array form, a byte-order mark, images after the
+# finish reason, extra padding.
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+SHAPES.update(
+    {
+        "data-url-prefix": unary(
+            resp(
+                {
+                    "inlineData": {
+                        "mimeType": "image/png",
+                        "data": "data:image/png;base64," + b64(PNG),
+                    }
+                }
+            )
+        ),
+        "upper-case-mime-type": unary(resp(img(PNG, "IMAGE/PNG"))),
+        "mime-type-with-parameters": unary(resp(img(PNG, "image/png; charset=binary"))),
+        "svg-declared-as-png": unary(resp(img(SVG, "image/png"))),
+        "png-candidate-and-svg-candidate": unary(
+            {
+                "candidates": [
+                    resp(img(PNG))["candidates"][0],
+                    {**resp(img(SVG, "image/svg+xml"))["candidates"][0], "index": 1},
+                ]
+            }
+        ),
+        "inlineData-and-fileData-in-one-part": unary(
+            resp(
+                {
+                    **img(PNG),
+                    "fileData": {"fileUri": "https://evil.example/x.png", "mimeType": "image/png"},
+                }
+            )
+        ),
+        "unary-body-as-a-json-array": unary(orjson.dumps([resp(img(PNG))])),
+        "byte-order-mark-before-the-json": unary(b"\xef\xbb\xbf" + orjson.dumps(resp(img(PNG)))),
+        "stream-images-after-the-finish-reason": stream(resp(img(PNG)), resp(img(PNG))),
+        "extra-base64-padding": unary(
+            resp({"inlineData": {"mimeType": "image/png", "data": b64(PNG) + "===="}})
+        ),
+    }
+)
+
 
 _last = orjson.dumps(resp(img(PNG)))
 # Streams as raw bytes on the wire: SSE variations a real server may send.
@@ -258,6 +303,7 @@ def test_held_out_shape_is_fully_signed_or_refused_and_recorded(gateway: Any, na
             result = verify_image(data, None, anchors)
             assert result.state == "Trusted", (name, result.state, result.reasons)
         assert HTML not in response.content and b64(HTML).encode() not in response.content
+        assert SVG not in response.content and b64(SVG).encode() not in response.content
         released = next(e for e in events if e["type"] == "turn.released")
         assert released["body"]["outputs"] == len(blobs) == types.count("output.signed")
         assert "turn.failed" not in types

@@ -77,17 +77,54 @@ def _table() -> dict[int, str | None]:
     table[ord("\u2019")] = "'"
     table[ord("\u2018")] = "'"
     source = resources.files("confusable_homoglyphs").joinpath("confusables.json")
-    for key, entries in json.loads(source.read_text(encoding="utf-8")).items():
-        if len(key) != 1 or key.isascii() or ord(key) in table:
+    confusables: dict[str, list[str]] = {
+        key: [e["c"] for e in entries]
+        for key, entries in json.loads(source.read_text(encoding="utf-8")).items()
+        if len(key) == 1 and not key.isascii()
+    }
+    for key, similar in confusables.items():
+        if ord(key) in table:
             continue
-        targets = [e["c"] for e in entries if e["c"].isascii() and e["c"].isalnum()]
+        targets = [c for c in similar if c.isascii() and c.isalnum()]
         if targets:
             upper = key != key.lower()  # a capital imitates a capital: Greek Ι is I, not l
             best = min(targets, key=lambda t: (len(t), not t.isalpha(), t.isupper() != upper, t))
             if upper and best == "l":  # UTS #39's prototype of the I/l/1 class is "l"
                 best = "I"
             table[ord(key)] = best.lower()
+    _fold_through_lookalikes(table, confusables)
     return table
+
+
+def _fold_through_lookalikes(
+    table: dict[int, str | None], confusables: dict[str, list[str]]
+) -> None:
+    """Fold, in ``table``, the letters confusable only with other non-ASCII letters that fold.
+
+    UTS #39 gives some letters a non-ASCII prototype: Greek ``τ`` and Cyrillic ``т`` are listed
+    as small capital ``ᴛ``, Cyrillic ``к`` as ``ĸ`` (itself ``ᴋ``), ``м`` as ``ʍ`` (``ᴍ``). In
+    a lower-case word they read as ``t``, ``k``, ``m`` (``wατermαrk``), so each takes the ASCII
+    letter of a confusable that already folds, following at most three such steps."""
+    for _ in range(3):
+        found: dict[int, str] = {}
+        for key, similar in confusables.items():
+            if ord(key) in table:
+                continue
+            letters = sorted(
+                {
+                    folded
+                    for c in similar
+                    if len(c) == 1
+                    and (folded := table.get(ord(c))) is not None
+                    and folded.isascii()
+                    and folded.isalpha()
+                }
+            )
+            if letters:
+                found[ord(key)] = letters[0]
+        if not found:
+            return
+        table.update(found)
 
 
 def _join_spaced(match: re.Match[str]) -> str:

@@ -170,7 +170,9 @@ class PolicyService:
     def _decide_request(self, state: LoadedPolicy, facts: RequestFacts) -> Decision:
         reservation_id: str | None = None
         try:
+            began = time.perf_counter_ns()  # the detectors spend the policy's time budget too
             signals = run_detectors(state.detectors, facts)
+            detectors_ns = time.perf_counter_ns() - began
             counters: dict[str, Any] = {}
             if state.error is None:
                 reservation = self.limiter.reserve(
@@ -183,7 +185,7 @@ class PolicyService:
             if reservation_id:
                 self.limiter.release(reservation_id)
             return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
-        decision = self._decide(state, document, signals)
+        decision = self._decide(state, document, signals, detectors_ns)
         if reservation_id:
             if decision.outcome == "deny":
                 self.limiter.release(reservation_id)
@@ -203,7 +205,9 @@ class PolicyService:
         self, state: LoadedPolicy, facts: RequestFacts, response: ResponseFacts
     ) -> Decision:
         try:
+            began = time.perf_counter_ns()
             signals = run_detectors(state.detectors, facts)
+            detectors_ns = time.perf_counter_ns() - began
             counters = (
                 self.limiter.peek(facts.tenant, facts.actor, state.windows_for(facts.tenant))
                 if state.error is None
@@ -213,7 +217,7 @@ class PolicyService:
             document["response"] = response_input(response)
         except Exception as exc:
             return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
-        return self._decide(state, document, signals)
+        return self._decide(state, document, signals, detectors_ns)
 
     def release_reservation(self, decision_id: str) -> bool:
         """Give back the rate-limit place of a turn denied after its request decision."""
@@ -335,27 +339,47 @@ class PolicyService:
             _close(old.engine)
 
     def _decide(
-        self, state: LoadedPolicy, document: dict[str, Any], signals: dict[str, Any]
+        self,
+        state: LoadedPolicy,
+        document: dict[str, Any],
+        signals: dict[str, Any],
+        detectors_ns: int = 0,
     ) -> Decision:
+        """Evaluate ``document``; the detectors' time (``detectors_ns``, the classifier's, not
+        the rate limiter's) counts toward ``timeout_ms`` with the engine's: the engine gets what
+        they left, and none when they used it all (a deny saying so, the engine not run)."""
         if state.error is not None or state.engine is None:
             return self._failed(
                 state, document, signals, f"the policy could not be loaded: {state.error}", 0
             )
         started = time.perf_counter_ns()
+        detectors_us = detectors_ns // 1000
+        left_ms = self.timeout_ms - detectors_us // 1000
+        if left_ms <= 0:
+            return self._failed(
+                state,
+                document,
+                signals,
+                f"the detectors took {detectors_us // 1000} ms, the whole {self.timeout_ms} ms"
+                " limit of the decision, so the policy was not evaluated",
+                0,
+            )
         try:
-            result = state.engine.evaluate(document, self.timeout_ms)
+            result = state.engine.evaluate(document, left_ms)
         except EngineError as exc:
             return self._failed(state, document, signals, str(exc), _us_since(started))
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
             return self._failed(state, document, signals, detail, _us_since(started))
         elapsed_us = _us_since(started)
-        if elapsed_us > self.timeout_ms * 1000:
+        if detectors_us + elapsed_us > self.timeout_ms * 1000:
+            of_it = f" ({detectors_us // 1000} ms of it in the detectors)" if detectors_us else ""
             return self._failed(
                 state,
                 document,
                 signals,
-                f"the decision took {elapsed_us // 1000} ms, over the {self.timeout_ms} ms limit",
+                f"the decision took {(detectors_us + elapsed_us) // 1000} ms{of_it}, over the"
+                f" {self.timeout_ms} ms limit",
                 elapsed_us,
             )
         problem = malformed(result)

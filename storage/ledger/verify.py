@@ -29,7 +29,7 @@ from storage.ledger.checkpoint import CheckpointError, open_checkpoint
 from storage.ledger.leaf import LeafError, decode_leaf, is_canonical, iter_commitments
 from storage.ledger.merkle import Frontier, leaf_hash, stored_hash_count
 from storage.ledger.note import NoteVerifier
-from storage.ledger.verify_index import verify_index
+from storage.ledger.verify_index import ContentOpener, verify_index
 
 BATCH = 5_000
 
@@ -268,7 +268,8 @@ def _verify(
     def index_fault(index: int | None, kind: str, message: str, row: str | None) -> None:
         report.faults.append(Fault(index, kind, message, row))
 
-    report.turns_checked = verify_index(engine, index_fault)
+    opener = commitments if isinstance(commitments, ContentOpener) else None
+    report.turns_checked = verify_index(engine, index_fault, opener)
 
 
 def _check_root(

@@ -111,6 +111,8 @@ def check_fingerprints(
                 bad(row, f"{', '.join(wrong)} disagree with output.signed")
         else:
             img = leaf_inputs.get(position)
+            if img is None and ((received or {}).get("body") or {}).get("images_unread"):
+                continue  # its image list is in a blob that cannot be opened (erased)
             if img is None:
                 bad(row, "turn.received lists no input image at this position")
             elif _opens(row.get("sha256"), img.get("commitment"), salts) is False:

@@ -15,15 +15,20 @@ were checked against the leaf bytes first, by ``verify``):
 - index rows of no turn, an emptied salt without a ``blob_erasures`` row, and an erasure row
   whose content no ``content.erased`` event names are faults.
 
+A ``turn.received`` whose image list was too long for its leaf holds it as a blob
+(``images_blob``, ``images_count``): the list is opened through ``contents`` and checked like one
+in the leaf; when it cannot be opened (erased, no blob store given) only its count is checked.
+
 Streams the ``turns`` table in batches by key (memory bounded by the batch), with one query per
 table per batch.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import Connection, Engine, bindparam, inspect, text
 
@@ -39,6 +44,14 @@ TURN_FIELDS = (
 )
 
 FaultSink = Callable[[int | None, str, str, str | None], None]  # (index, kind, message, row)
+UNREAD = "images_unread"  # set on a decoded body whose spilled image list could not be opened
+
+
+@runtime_checkable
+class ContentOpener(Protocol):
+    """Opens a commitment to its content (``storage.blobs.Commitments``); None when erased."""
+
+    def open(self, commitment: str) -> bytes | None: ...
 
 
 @dataclass
@@ -63,9 +76,9 @@ def _in(sql: str, *names: str) -> Any:
     return text(sql).bindparams(*(bindparam(n, expanding=True) for n in names))
 
 
-def verify_index(engine: Engine, fault: FaultSink) -> int:
+def verify_index(engine: Engine, fault: FaultSink, contents: ContentOpener | None = None) -> int:
     """Check every index row against the leaves; report faults through ``fault``. Returns the
-    number of ``turns`` rows checked."""
+    number of ``turns`` rows checked. ``contents`` opens image lists spilled to blobs."""
     names = set(inspect(engine).get_table_names())
     if not {"turns", "turn_images", "decision_inputs", "blob_commitments"} <= names:
         return 0
@@ -107,7 +120,9 @@ def verify_index(engine: Engine, fault: FaultSink) -> int:
             )
             if not rows:
                 break
-            _check_batch(conn, [dict(r) for r in rows], fault, fingerprints=fingerprints)
+            _check_batch(
+                conn, [dict(r) for r in rows], fault, fingerprints=fingerprints, contents=contents
+            )
             checked += len(rows)
             after = str(rows[-1]["turn_id"])
     return checked
@@ -157,7 +172,12 @@ def _check_erasures(conn: Connection, fault: FaultSink) -> None:
 
 
 def _check_batch(
-    conn: Connection, turns: list[dict[str, Any]], fault: FaultSink, *, fingerprints: bool
+    conn: Connection,
+    turns: list[dict[str, Any]],
+    fault: FaultSink,
+    *,
+    fingerprints: bool,
+    contents: ContentOpener | None = None,
 ) -> None:
     ids = [str(t["turn_id"]) for t in turns]
     events: dict[str, _Events] = {i: _Events([]) for i in ids}
@@ -172,6 +192,10 @@ def _check_batch(
             events[str(turn_id)].docs.append((int(idx), decode_leaf(bytes(leaf))))
         except LeafError:
             continue  # already a fault of the leaf
+    for ev in events.values():
+        for _, doc in ev.docs:
+            if doc.get("type") == "turn.received":
+                _read_spilled_images(doc.get("body") or {}, contents)
     images: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
     for r in conn.execute(
         _in("SELECT * FROM turn_images WHERE turn_id IN :ids ORDER BY id", "ids"), {"ids": ids}
@@ -206,6 +230,22 @@ def _check_batch(
         if fingerprints:
             docs = [d for _, d in events[tid].docs]
             check_fingerprints(tid, turn["tenant"], docs, prints[tid], salts, fault)
+
+
+def _read_spilled_images(body: dict[str, Any], contents: ContentOpener | None) -> None:
+    """Put a spilled image list back in ``body["images"]``, or mark it unread."""
+    spilled = body.get("images_blob")
+    if "images" in body or not isinstance(spilled, str):
+        return
+    data = contents.open(spilled) if contents is not None else None
+    try:
+        listed = json.loads(data) if data is not None else None
+    except ValueError:
+        listed = None
+    if isinstance(listed, list):
+        body["images"] = listed
+    else:
+        body[UNREAD] = True
 
 
 def _opens(sha256: Any, commitment: str, salts: dict[str, bytes]) -> bool | None:
@@ -328,6 +368,16 @@ def _check_images(
 ) -> None:
     inputs = [r for r in images if r["direction"] == "input"]
     outputs = [r for r in images if r["direction"] != "input"]
+    if rbody.get(UNREAD):  # an image list in a blob that cannot be opened: its count only
+        if len(inputs) != rbody.get("images_count"):
+            fault(
+                None,
+                "index",
+                f"{len(inputs)} input image rows, but turn.received counts"
+                f" {rbody.get('images_count')}",
+                f"turn_images turn_id={tid}",
+            )
+        return
     leaf_inputs = [i for i in rbody.get("images", []) if isinstance(i, dict)]
     if len(inputs) != len(leaf_inputs) and (inputs or status != "interrupted"):
         fault(
