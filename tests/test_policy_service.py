@@ -240,3 +240,29 @@ def test_policy_dir_copy_decides_the_same(tmp_path: Path) -> None:
     a = PolicyService(POLICIES)
     b = PolicyService(tmp_path / "copy")
     assert a.bundle_revision == b.bundle_revision
+
+
+@pytest.mark.parametrize("stage", ["request", "response"])
+def test_a_detector_that_breaks_denies_without_quoting_the_input(
+    stage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's reason names what broke (its type), never the exception's text, which can
+    quote the prompt; the gateway log keeps the traceback."""
+
+    def broken(*_args: Any, **_kw: Any) -> Any:
+        raise ValueError("could not read 'a private prompt about Ms Example'")
+
+    service = PolicyService(POLICIES)
+    monkeypatch.setattr("governance.policy.service.run_detectors", broken)
+    request = facts("a private prompt about Ms Example")
+    if stage == "request":
+        decision = service.decide_request(request)
+    else:
+        answer = ResponseFacts("m", ("STOP",), None, "", 0, ())
+        decision = service.decide_response(request, answer)
+    assert decision.outcome == "deny"
+    assert decision.reasons == (
+        "the policy engine failed, so the turn is denied: preparing the policy input failed"
+        " (ValueError)",
+    )
+    assert "Ms Example" not in str(decision.reasons)

@@ -184,7 +184,7 @@ class PolicyService:
         except Exception as exc:  # a detector or the limiter broke: still an answer, a denial
             if reservation_id:
                 self.limiter.release(reservation_id)
-            return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
+            return self._preparing_failed(state, exc)
         decision = self._decide(state, document, signals, detectors_ns)
         if reservation_id:
             if decision.outcome == "deny":
@@ -216,7 +216,7 @@ class PolicyService:
             document = request_input(facts, counters, signals, stage="response")
             document["response"] = response_input(response)
         except Exception as exc:
-            return self._failed(state, {}, {}, f"preparing the policy input failed: {exc!r}", 0)
+            return self._preparing_failed(state, exc)
         return self._decide(state, document, signals, detectors_ns)
 
     def release_reservation(self, decision_id: str) -> bool:
@@ -398,6 +398,13 @@ class PolicyService:
             engine=state.engine.name,
             input_document=document,
         )
+
+    def _preparing_failed(self, state: LoadedPolicy, exc: Exception) -> Decision:
+        """A deny whose reason names what broke, never its repr (which can quote the input);
+        the gateway log has the traceback."""
+        log.error("preparing the policy input failed", exc_info=exc)
+        detail = f"preparing the policy input failed ({type(exc).__name__})"
+        return self._failed(state, {}, {}, detail, 0)
 
     def _failed(
         self,
