@@ -55,3 +55,56 @@ def test_a_failed_append_is_carried_by_the_closing_one(db_url: str, tmp_path: Pa
         assert report.ok, report.summary()
     finally:
         running.stop()
+
+
+def _verify(running: Any) -> Any:
+    services = running.services
+    services.ledger.issue_checkpoint()
+    return verify_ledger(
+        services.engine,
+        origin=services.settings.log_origin,
+        verifier=NoteVerifier.from_key_string(services.ledger_verifier_key),
+        commitments=Commitments(services.engine, services.blobs),
+    )
+
+
+def test_a_failed_blob_write_is_never_cited_by_the_failure_record(
+    db_url: str, tmp_path: Path
+) -> None:
+    running = start_custody(tmp_path / "c", db_url)
+    try:
+        blobs = running.services.blobs  # type: ignore[attr-defined]
+        real = blobs.put
+        failed: list[str] = []
+
+        def flaky(data: bytes, digest: str | None = None) -> str:
+            if not failed and b"c2pa" in data:  # the signed file (or its manifest): once
+                failed.append(digest or "")
+                raise ConnectionError("the database closed the connection")
+            return str(real(data, digest))
+
+        blobs.put = flaky
+        try:
+            with pytest.raises(errors.ServerError) as caught:
+                running.client().models.generate_content(  # type: ignore[attr-defined]
+                    model="gemini-2.5-flash-image", contents="a red bicycle"
+                )
+        finally:
+            blobs.put = real
+        assert caught.value.code == 500 and failed
+        events = running.ledger_events()
+        turn = [e for e in events if e.get("turn")][-1]["turn"]
+        kinds = [e["type"] for e in events if e.get("turn") == turn]
+        assert kinds[-2:] == ["output.signed", "turn.failed"], kinds
+        assert blobs.exists(failed[0]), "written again before the failure record cited it"
+        report = _verify(running)
+        assert report.commitments_checked > 0
+        assert report.ok, report.summary()
+        # The gateway goes on: the next turn is released and recorded whole.
+        answer = running.client().models.generate_content(  # type: ignore[attr-defined]
+            model="gemini-2.5-flash-image", contents="a blue bicycle"
+        )
+        assert answer.candidates
+        assert _verify(running).ok
+    finally:
+        running.stop()

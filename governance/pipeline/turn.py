@@ -332,6 +332,7 @@ class TurnPipeline:
         summary = state.summary
         assert summary is not None
         total_ms = state.elapsed_ms()
+        closing = len(state.events)
         if state.lineage is not None:
             for body in self.linker.closing_bodies(state.lineage, state.turn_id, "released"):
                 self._queue_session(state, "lineage.recorded", body)
@@ -343,7 +344,13 @@ class TurnPipeline:
             total_ms=total_ms,
             upstream_label=self.forwarder.label,
         )
-        await self._close(state, row)
+        try:
+            await self._close(state, row)
+        except BaseException:
+            # Not released: the failure record carries the turn's other queued events, never
+            # a ``turn.released`` (or a lineage closed as released) for a response never sent.
+            del state.events[closing:]
+            raise
         state.released = True
         outcome = (
             "released" if summary.safety_outcome == "ok" else f"released_{summary.safety_outcome}"
@@ -443,7 +450,7 @@ class TurnPipeline:
         inputs = await state.input_fingerprints if state.input_fingerprints is not None else []
         side = await state.content.closing_rows(
             row,
-            release.image_rows(state),
+            release.image_rows(state, outputs=row["status"] == "released"),
             release.fingerprint_rows(state, inputs, row["finished_ms"]),
         )
         if not state.content.is_closed:
