@@ -203,7 +203,7 @@ def run_phase(name: str, clients: list[genai.Client], turns: int, photo: bytes) 
         for t in range(turns):
             began = time.perf_counter()
             try:
-                contents: list[types.Part | str] = [
+                contents: list[types.PartUnionDict] = [
                     types.Part.from_bytes(data=photo, mime_type="image/png"),
                     f"turn {t}: make the light a little warmer",
                 ]
