@@ -41,7 +41,7 @@ from governance.connection_guard import ConnectionLimits, ConnectionTable, guard
 from governance.console import install as install_console
 from governance.fd_headroom import connection_budget
 from governance.logredact import install_key_redaction
-from governance.pipeline.errors import TurnError
+from governance.pipeline.errors import TurnError, pushback_error
 from governance.services import Services, build_services
 from governance.settings import Settings
 from governance.upstream.identity import is_google_endpoint
@@ -135,15 +135,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.exception_handler(LedgerPushback)
     async def _ledger_pushback(_: Request, exc: LedgerPushback) -> Response:
-        seconds = max(1, -(-exc.retry_after_ms // 1000))  # Retry-After is whole seconds
-        return GeminiError(
-            503,
-            "Custody's ledger is at capacity and recorded nothing more of this request, so"
-            f" nothing was released: retry in {seconds} s (Retry-After). If this persists, ask"
-            " your Custody administrator to add gateway replicas or a faster ledger database.",
-            reason="LEDGER_PUSHBACK",
-            headers={"Retry-After": str(seconds)},
-        ).response()
+        return error_response(pushback_error(exc.retry_after_ms))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

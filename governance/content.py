@@ -51,6 +51,7 @@ class TurnContent:
     is_closed: bool = False
     decision_inputs: list[tuple[str, str]] = field(default_factory=list)  # (stage, commitment)
     carried: list[SideRows] = field(default_factory=list)  # salts of a failed append
+    closing_salts: list[SideRows] = field(default_factory=list)  # the closing append's
 
     async def commit(self, *items: bytes | tuple[bytes, str]) -> list[str]:
         """Salted commitments to ``items`` — bytes, or (bytes, their SHA-256 hex) when already
@@ -154,6 +155,7 @@ class TurnContent:
         if self.is_closed:
             return []
         salts = await self.durable_rows()
+        self.closing_salts = salts
         return [
             *salts,
             SideRows("turns", TURN_COLUMNS, [tuple(turn_row[c] for c in TURN_COLUMNS)]),
@@ -173,10 +175,17 @@ class TurnContent:
             SideRows("image_fingerprints", FINGERPRINT_COLUMNS, list(fingerprint_rows)),
         ]
 
+    def closing_failed(self) -> None:
+        """The closing append failed: its salts go with the next one (the failure record's),
+        whose events cite the same commitments; its index rows are built again."""
+        self.carry(self.closing_salts)
+        self.closing_salts = []
+
     def closed(self) -> None:
         """The turn's last append (with the rows of ``closing_rows``) is durable."""
         self.made = []
         self.carried = []
+        self.closing_salts = []
         self.decision_inputs = []
         self.is_closed = True
 

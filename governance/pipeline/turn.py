@@ -23,6 +23,7 @@ released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ from governance.pipeline.decide import (
     request_verdict,
     response_verdict,
 )
-from governance.pipeline.errors import TurnError
+from governance.pipeline.errors import TurnError, pushback_error
 from governance.pipeline.forward import Forwarder, read_answer, returned_body
 from governance.pipeline.leaf_bounds import bound_body
 from governance.pipeline.lineage import SessionLinker, is_rollback, rollback_result
@@ -133,8 +134,14 @@ class TurnPipeline:
                 err.log(principal)
             await self._close_failed(state, err)
             raise
-        except LedgerPushback:  # the ledger takes nothing more now: the app answers 503
-            raise
+        except LedgerPushback as exc:
+            # The ledger takes nothing more now: 503 + Retry-After, and the turn is closed as
+            # failed (its rate-limit place given back) so its record is whole; if even that
+            # append is pushed back, what was appended is closed at the next start-up.
+            pushback = pushback_error(exc.retry_after_ms).for_turn(turn_id)
+            with contextlib.suppress(LedgerPushback):
+                await self._close_failed(state, pushback)
+            raise pushback from exc
         except Exception as exc:
             log.exception("turn %s failed inside Custody (tenant %s)", turn_id, principal.tenant)
             failure = TurnError(
@@ -455,7 +462,11 @@ class TurnPipeline:
         )
         if not state.content.is_closed:
             side += self.linker.closing_rows(state, row["status"], row.get("error"))
-        await self._append(state, side)
+        try:
+            await self._append(state, side)
+        except BaseException:
+            state.content.closing_failed()  # else the failure record would cite unsalted blobs
+            raise
         state.content.closed()
 
     async def _close_failed(self, state: TurnState, err: TurnError) -> None:
