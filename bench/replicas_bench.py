@@ -10,8 +10,9 @@ both paths; the added latency is via − direct of the same run (the machine is 
 differences and ratios compare across runs).
 
 ``python -m bench.replicas_bench [--clients 64] [--turns 20] [--latency-ms 0,5000]
-[--database-url URL]`` (``make bench`` runs it with the others); the database is a fresh
-PostgreSQL database on the local server when it answers, else SQLite in a temporary directory.
+[--database-url URL] [--log-dir DIR]`` (``make bench`` runs it with the others); the database is
+a fresh PostgreSQL database on the local server when it answers, else SQLite in a temporary
+directory; ``--log-dir`` keeps each replica's log (its warnings and tracebacks).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from google import genai
 from google.genai import types
@@ -90,7 +93,9 @@ class Replicas:
 
 
 @contextlib.contextmanager
-def two_replicas(database_url: str, work: Path, latency_ms: int) -> Iterator[Replicas]:
+def two_replicas(
+    database_url: str, work: Path, latency_ms: int, log_dir: Path | None = None
+) -> Iterator[Replicas]:
     emu_port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("CUSTODY_")}
     shared = {
@@ -106,21 +111,31 @@ def two_replicas(database_url: str, work: Path, latency_ms: int) -> Iterator[Rep
         {**base, **shared, "CUSTODY_DATA_DIR": str(work / f"replica-{i}"), "CUSTODY_PORT": str(p)}
         for i, p in enumerate((free_port(), free_port()))
     ]
+    logs: list[IO[bytes]] = []
+
+    def log_file(name: str) -> IO[bytes] | int:
+        if log_dir is None:
+            return subprocess.DEVNULL
+        log_dir.mkdir(parents=True, exist_ok=True)
+        logs.append(open(log_dir / f"{name}-latency-{latency_ms}.log", "wb"))  # noqa: SIM115
+        return logs[-1]
+
     emulator = subprocess.Popen(
         [*CUSTODY, "emulator", "--port", str(emu_port), "--latency-ms", str(latency_ms)],
         env=envs[0],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log_file("emulator"),
+        stderr=subprocess.STDOUT,
     )
     procs = [emulator]
     try:
         _wait(f"http://127.0.0.1:{emu_port}/v1beta/models", emulator)
-        for env in envs:  # one after the other: the first creates the installation and keys
+        for i, env in enumerate(envs):  # one after the other: the first creates the installation
+            out = log_file(f"replica-{i}")
             proc = subprocess.Popen(
                 [*CUSTODY, "serve", "--log-level", "warning"],
                 env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
             procs.append(proc)
             _wait(f"http://127.0.0.1:{env['CUSTODY_PORT']}/healthz", proc, timeout_s=180)
@@ -138,6 +153,8 @@ def two_replicas(database_url: str, work: Path, latency_ms: int) -> Iterator[Rep
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for log in logs:
+            log.close()
 
 
 def _keys(replicas: Replicas, clients: int) -> list[str]:
@@ -186,14 +203,13 @@ def run_phase(name: str, clients: list[genai.Client], turns: int, photo: bytes) 
         for t in range(turns):
             began = time.perf_counter()
             try:
-                answer = clients[i].models.generate_content(
-                    model=MODEL,
-                    contents=[
-                        types.Part.from_bytes(data=photo, mime_type="image/png"),
-                        f"turn {t}: make the light a little warmer",
-                    ],
-                )
-                parts = answer.candidates[0].content.parts if answer.candidates else []
+                contents: list[types.PartUnionDict] = [
+                    types.Part.from_bytes(data=photo, mime_type="image/png"),
+                    f"turn {t}: make the light a little warmer",
+                ]
+                answer = clients[i].models.generate_content(model=MODEL, contents=contents)
+                content = answer.candidates[0].content if answer.candidates else None
+                parts = content.parts if content is not None else []
                 if not any(p.inline_data for p in parts or []):
                     raise RuntimeError("no image in the answer")
                 with lock:
@@ -209,11 +225,16 @@ def run_phase(name: str, clients: list[genai.Client], turns: int, photo: bytes) 
     return phase
 
 
-def run(database_url: str, *, clients: int, turns: int, latency_ms: int) -> dict[str, object]:
+def run(
+    database_url: str, *, clients: int, turns: int, latency_ms: int, log_dir: Path | None = None
+) -> dict[str, object]:
     photo = photo_like_png(1024)
     with tempfile.TemporaryDirectory(prefix="custody-replicas-") as tmp:
         work = Path(tmp)
-        with fresh_database(database_url, work) as url, two_replicas(url, work, latency_ms) as r:
+        with (
+            fresh_database(database_url, work) as url,
+            two_replicas(url, work, latency_ms, log_dir) as r,
+        ):
             keys = _keys(r, clients)
 
             def client(base_url: str, key: str) -> genai.Client:
@@ -252,7 +273,8 @@ def run(database_url: str, *, clients: int, turns: int, latency_ms: int) -> dict
                 "clients": clients,
                 "turns_each": turns,
                 "errors": len(via.errors) + len(baseline.errors),
-                "error_samples": (via.errors + baseline.errors)[:3],
+                "errors_direct": len(baseline.errors),
+                "error_kinds": dict(Counter(e[:120] for e in via.errors + baseline.errors)),
                 "turns_recorded": int(released),
                 "verify_ok": verified.returncode == 0 and bool(report.get("ok")),
                 "entries": report.get("entries"),
@@ -286,12 +308,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--latency-ms", default="0,5000")
     parser.add_argument("--database-url", default="")
+    parser.add_argument(
+        "--log-dir", type=Path, default=None, help="keep each replica's log (warnings, tracebacks)"
+    )
     args = parser.parse_args(argv or [])  # ``python -m bench`` calls main() with none
     if os.environ.get("CUSTODY_BENCH_QUICK", "") not in ("", "0"):
         args.clients, args.turns = 8, 3
     bad = 0
     for latency in (int(x) for x in args.latency_ms.split(",")):
-        result = run(args.database_url, clients=args.clients, turns=args.turns, latency_ms=latency)
+        result = run(
+            args.database_url,
+            clients=args.clients,
+            turns=args.turns,
+            latency_ms=latency,
+            log_dir=args.log_dir,
+        )
         expected = args.clients * args.turns
         ok = result["errors"] == 0 and result["turns_recorded"] == expected and result["verify_ok"]
         bad += not ok

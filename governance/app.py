@@ -44,7 +44,7 @@ from governance.fd_headroom import connection_budget
 from governance.health_listener import health_port
 from governance.listening import bind_listener
 from governance.logredact import install_key_redaction
-from governance.pipeline.errors import TurnError
+from governance.pipeline.errors import TurnError, pushback_error
 from governance.services import Services, build_services
 from governance.settings import Settings
 from governance.upstream.identity import is_google_endpoint
@@ -163,15 +163,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         principal = getattr(request.state, "principal", None)
         if principal is not None:  # authenticated: counted for its tenant's requests.shed
             request.app.state.services.shed.count(principal, "LEDGER_PUSHBACK")
-        seconds = max(1, -(-exc.retry_after_ms // 1000))  # Retry-After is whole seconds
-        return GeminiError(
-            503,
-            "Custody's ledger is at capacity and recorded nothing more of this request, so"
-            f" nothing was released: retry in {seconds} s (Retry-After). If this persists, ask"
-            " your Custody administrator to add gateway replicas or a faster ledger database.",
-            reason="LEDGER_PUSHBACK",
-            headers={"Retry-After": str(seconds)},
-        ).response()
+        return error_response(pushback_error(exc.retry_after_ms))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -13,14 +13,16 @@ append of a turn, ``durable_rows`` waits for every blob committed so far (each f
 their salts (``blob_commitments`` rows) to that same append, in one transaction: a crash at any
 moment leaves each committed leaf with its blob and its salt, so ``ledger verify`` passes after a
 ``kill -9``. ``closing_rows`` does the same for the last append and adds the turn's index rows,
-so the index never disagrees with the ledger.
+so the index never disagrees with the ledger. A blob write that fails (the database went away)
+fails that wait, and is written again by the next one: the turn's failure record, which carries
+the same events, never cites a blob that is not stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -44,11 +46,12 @@ class TurnContent:
 
     recorder: ContentRecorder
     turn_id: str
-    pending: list[asyncio.Future[Any]] = field(default_factory=list)
+    pending: list[_BlobWrite] = field(default_factory=list)
     made: list[Commitment] = field(default_factory=list)
     is_closed: bool = False
     decision_inputs: list[tuple[str, str]] = field(default_factory=list)  # (stage, commitment)
     carried: list[SideRows] = field(default_factory=list)  # salts of a failed append
+    closing_salts: list[SideRows] = field(default_factory=list)  # the closing append's
 
     async def commit(self, *items: bytes | tuple[bytes, str]) -> list[str]:
         """Salted commitments to ``items`` — bytes, or (bytes, their SHA-256 hex) when already
@@ -77,7 +80,7 @@ class TurnContent:
 
     def _store(self, loop: asyncio.AbstractEventLoop, data: bytes, c: Commitment) -> None:
         put = partial(self.recorder.commitments.blobs.put, data, c.digest)
-        self.pending.append(loop.run_in_executor(self.recorder.executor, put))
+        self.pending.append(_BlobWrite(put, loop.run_in_executor(self.recorder.executor, put)))
         self.made.append(c)
 
     async def decision_input(self, stage: str, data: bytes) -> str:
@@ -115,7 +118,21 @@ class TurnContent:
         commitments, to commit in the same transaction as the append that refers to them."""
         pending, self.pending = self.pending, []
         if pending:
-            await asyncio.gather(*pending)
+            outcomes = await asyncio.gather(*(w.done for w in pending), return_exceptions=True)
+            failed = [
+                (w, err)
+                for w, err in zip(pending, outcomes, strict=True)
+                if isinstance(err, BaseException)
+            ]
+            if failed:
+                # Nothing cites these commitments yet, and nothing may until their blobs are
+                # stored: the next wait (the failure record's) writes them again.
+                loop = asyncio.get_running_loop()
+                self.pending = [
+                    _BlobWrite(w.put, loop.run_in_executor(self.recorder.executor, w.put))
+                    for w, _ in failed
+                ]
+                raise failed[0][1]
         made, self.made = self.made, []
         carried, self.carried = self.carried, []
         return [*carried, self.recorder.commitments.side_rows(made)] if made else carried
@@ -138,6 +155,7 @@ class TurnContent:
         if self.is_closed:
             return []
         salts = await self.durable_rows()
+        self.closing_salts = salts
         return [
             *salts,
             SideRows("turns", TURN_COLUMNS, [tuple(turn_row[c] for c in TURN_COLUMNS)]),
@@ -157,10 +175,17 @@ class TurnContent:
             SideRows("image_fingerprints", FINGERPRINT_COLUMNS, list(fingerprint_rows)),
         ]
 
+    def closing_failed(self) -> None:
+        """The closing append failed: its salts go with the next one (the failure record's),
+        whose events cite the same commitments; its index rows are built again."""
+        self.carry(self.closing_salts)
+        self.closing_salts = []
+
     def closed(self) -> None:
         """The turn's last append (with the rows of ``closing_rows``) is durable."""
         self.made = []
         self.carried = []
+        self.closing_salts = []
         self.decision_inputs = []
         self.is_closed = True
 
@@ -177,6 +202,14 @@ def _commit_all(items: list[tuple[bytes, str | None]]) -> list[Commitment]:
         raw = bytes.fromhex(known) if known else hashlib.sha256(data).digest()
         out.append(Commitment(commit_digest(raw, salt), raw.hex(), salt))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _BlobWrite:
+    """One blob being written in the background, and how to write it again if that fails."""
+
+    put: Callable[[], str]
+    done: asyncio.Future[str]
 
 
 class ContentRecorder:

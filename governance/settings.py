@@ -128,7 +128,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=128 * 1024, ge=1024)  # request line and headers
     body_idle_timeout_s: float = Field(default=15.0, gt=0)  # wait for the next body chunk
     body_timeout_s: float = Field(default=120.0, gt=0)  # the whole body, from its first read
-    keep_alive_timeout_s: float = Field(default=5.0, gt=0)  # idle between keep-alive requests
+    # idle between keep-alive requests; above clients' own idle expiry (httpx, Node: 5 s), so a
+    # client never sends on a connection the gateway is closing (nginx's default, 75 s)
+    keep_alive_timeout_s: float = Field(default=75.0, gt=0)
     max_connections: int = Field(default=10_000, ge=0)  # 0: as many as descriptors allow
     max_connections_per_client: int = Field(default=512, ge=0)  # per client address; 0: no cap
     max_inflight_requests: int = Field(default=512, ge=0)  # then 503 + Retry-After; 0: no cap

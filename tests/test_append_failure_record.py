@@ -4,17 +4,27 @@ Found by the two-replica soak (``bench.soak --replicas 2``): when an append of a
 (the host's ledger sequencer was killed), the turn closed as ``turn.failed`` with index rows
 naming images and decision inputs whose events had never been appended, and ``custody ledger
 verify`` reported the index inconsistent. Here the first append of a turn fails once; the caller
-gets a 500, and the ledger holds the whole turn and verifies."""
+gets a 500, and the ledger holds the whole turn and verifies.
+
+Found the same way (the soak's last round, PostgreSQL restarted under it): entries citing blobs
+``ledger verify`` could not open ("the committed blob is missing"), two ways. A blob write that
+failed was cited anyway by the turn's failure record, which carries the turn's queued events
+(``output.signed`` among them) with the salts of every commitment made; and when the turn's
+*closing* append failed, the salts it carried were dropped. Here the signed file's blob write
+fails once, and the closing append is pushed back once (``LedgerPushback``), which must also
+answer a recorded 503 with ``Retry-After`` instead of leaving the turn open."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from google.genai import errors
 
 from storage.blobs import Commitments
+from storage.ledger import LedgerPushback
 from storage.ledger.note import NoteVerifier
 from storage.ledger.verify import verify_ledger
 from tests.conftest import start_custody
@@ -52,6 +62,99 @@ def test_a_failed_append_is_carried_by_the_closing_one(db_url: str, tmp_path: Pa
             verifier=NoteVerifier.from_key_string(services.ledger_verifier_key),  # type: ignore[attr-defined]
             commitments=Commitments(services.engine, services.blobs),  # type: ignore[attr-defined]
         )
+        assert report.ok, report.summary()
+    finally:
+        running.stop()
+
+
+def _verify(running: Any) -> Any:
+    services = running.services
+    services.ledger.issue_checkpoint()
+    return verify_ledger(
+        services.engine,
+        origin=services.settings.log_origin,
+        verifier=NoteVerifier.from_key_string(services.ledger_verifier_key),
+        commitments=Commitments(services.engine, services.blobs),
+    )
+
+
+def test_a_failed_blob_write_is_never_cited_by_the_failure_record(
+    db_url: str, tmp_path: Path
+) -> None:
+    running = start_custody(tmp_path / "c", db_url)
+    try:
+        blobs = running.services.blobs  # type: ignore[attr-defined]
+        real = blobs.put
+        failed: list[str] = []
+
+        def flaky(data: bytes, digest: str | None = None) -> str:
+            if not failed and b"c2pa" in data:  # the signed file (or its manifest): once
+                failed.append(digest or "")
+                raise ConnectionError("the database closed the connection")
+            return str(real(data, digest))
+
+        blobs.put = flaky
+        try:
+            with pytest.raises(errors.ServerError) as caught:
+                running.client().models.generate_content(  # type: ignore[attr-defined]
+                    model="gemini-2.5-flash-image", contents="a red bicycle"
+                )
+        finally:
+            blobs.put = real
+        assert caught.value.code == 500 and failed
+        events = running.ledger_events()
+        turn = [e for e in events if e.get("turn")][-1]["turn"]
+        kinds = [e["type"] for e in events if e.get("turn") == turn]
+        assert kinds[-2:] == ["output.signed", "turn.failed"], kinds
+        assert blobs.exists(failed[0]), "written again before the failure record cited it"
+        report = _verify(running)
+        assert report.commitments_checked > 0
+        assert report.ok, report.summary()
+        # The gateway goes on: the next turn is released and recorded whole.
+        answer = running.client().models.generate_content(  # type: ignore[attr-defined]
+            model="gemini-2.5-flash-image", contents="a blue bicycle"
+        )
+        assert answer.candidates
+        assert _verify(running).ok
+    finally:
+        running.stop()
+
+
+def test_a_pushed_back_turn_is_a_recorded_503_the_caller_can_retry(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A full append queue (``LedgerPushback``) at a turn's closing append: the caller gets 503
+    with ``Retry-After``, the turn is closed as failed (not left open), and a retry succeeds."""
+    running = start_custody(tmp_path / "c", db_url)
+    try:
+        ledger = running.services.ledger  # type: ignore[attr-defined]
+        real = ledger.append
+        pushed: list[int] = []
+
+        def full(events: Any, side: Any = ()) -> Any:
+            if not pushed and any(e.type == "turn.released" for e in events):
+                pushed.append(len(events))
+                raise LedgerPushback(1500, queued_entries=16_384, queued_bytes=1 << 20)
+            return real(events, side)
+
+        ledger.append = full
+        url = f"{running.base_url}/v1beta/models/gemini-2.5-flash-image:generateContent"
+        body = {"contents": [{"role": "user", "parts": [{"text": "a red bicycle"}]}]}
+        headers = {"x-goog-api-key": running.keys["editor"]}
+        try:
+            refused = httpx.post(url, json=body, headers=headers, timeout=120)
+        finally:
+            ledger.append = real
+        assert pushed and refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "2"
+        assert refused.json()["error"]["details"][0]["reason"] == "LEDGER_PUSHBACK"
+        turn = refused.headers["x-custody-turn"]
+        kinds = [e["type"] for e in running.ledger_events() if e.get("turn") == turn]
+        assert kinds[0] == "turn.received" and kinds[-1] == "turn.failed", kinds
+        assert "turn.released" not in kinds
+        retried = httpx.post(url, json=body, headers=headers, timeout=120)
+        assert retried.status_code == 200, retried.text
+        report = _verify(running)
         assert report.ok, report.summary()
     finally:
         running.stop()

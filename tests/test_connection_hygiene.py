@@ -279,3 +279,35 @@ def test_the_open_file_limit_is_raised_and_a_reserve_kept() -> None:
     assert soft == hard or hard == resource.RLIM_INFINITY
     assert budget == max(16, soft - 1024)
     assert connection_budget(100, reserve=1024) == min(100, budget)
+
+
+def test_each_end_of_a_keep_alive_connection_lets_go_before_its_peer_closes_it() -> None:
+    """Found by the two-replica load run: 502 "no complete answer from the upstream
+    (ReadError)" and client-side resets, a few in a thousand turns. The gateway's upstream client
+    and the emulator (uvicorn) both dropped idle connections at 5 s, as did google-genai's httpx
+    and the gateway: a request sent as the server closed the connection was lost. The client
+    must let go first, on both hops."""
+    import uvicorn
+
+    from governance.settings import Settings
+    from governance.upstream.client import KEEPALIVE_EXPIRY_S
+    from governance.upstream.emulator.cli import EMULATOR_KEEP_ALIVE_S
+
+    assert KEEPALIVE_EXPIRY_S < EMULATOR_KEEP_ALIVE_S  # gateway -> emulator
+    uvicorn_default_s = uvicorn.Config(app=None).timeout_keep_alive
+    assert uvicorn_default_s > KEEPALIVE_EXPIRY_S  # any uvicorn upstream
+    assert httpx.Limits().keepalive_expiry is not None  # google-genai's transport -> gateway
+    assert httpx.Limits().keepalive_expiry < Settings().keep_alive_timeout_s
+
+
+def test_a_keep_alive_connection_idle_past_five_seconds_is_still_served(tmp_path: Path) -> None:
+    custody = start_custody(tmp_path / "c")
+    try:
+        limits = httpx.Limits(max_connections=1, keepalive_expiry=60)
+        with httpx.Client(base_url=custody.base_url, limits=limits) as client:
+            assert client.get("/healthz").status_code == 200
+            time.sleep(6)  # past the old 5 s keep-alive timeout
+            assert _table(custody).total == 1, "the idle connection is still open"
+            assert client.get("/healthz").status_code == 200
+    finally:
+        custody.stop()

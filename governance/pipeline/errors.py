@@ -61,3 +61,17 @@ class TurnError(Exception):
         if self.turn_id is None:
             self.turn_id = turn_id
         return self
+
+
+def pushback_error(retry_after_ms: int) -> TurnError:
+    """The caller-facing 503 for a ledger that took nothing more (``LedgerPushback``): retry
+    after the hint, in whole seconds (``Retry-After``)."""
+    seconds = max(1, -(-retry_after_ms // 1000))
+    return TurnError(
+        503,
+        "Custody's ledger is at capacity and recorded nothing more of this request, so"
+        f" nothing was released: retry in {seconds} s (Retry-After). If this persists, ask"
+        " your Custody administrator to add gateway replicas or a faster ledger database.",
+        reason="LEDGER_PUSHBACK",
+        headers={"Retry-After": str(seconds)},
+    )

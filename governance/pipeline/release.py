@@ -123,8 +123,10 @@ def label_rows(state: TurnState, turn: dict[str, Any]) -> list[tuple[Any, ...]]:
     ]
 
 
-def image_rows(state: TurnState) -> list[dict[str, Any]]:
-    """The turn's ``turn_images`` rows: every input it worked on, every output it signed."""
+def image_rows(state: TurnState, *, outputs: bool = True) -> list[dict[str, Any]]:
+    """The turn's ``turn_images`` rows: every input it worked on, every output it signed —
+    unless ``outputs`` is False (a turn that failed after signing released no output, so its
+    index names none; its ``output.signed`` events and fingerprint rows stay)."""
     rows: list[dict[str, Any]] = []
     for img in state.parsed.edited_images if state.parsed else []:
         rows.append(
@@ -143,7 +145,7 @@ def image_rows(state: TurnState) -> list[dict[str, Any]]:
                 "manifest_sha256": None,
             }
         )
-    for item in state.signed:
+    for item in state.signed if outputs else []:
         chunk, candidate, part = item.position
         rows.append(
             {

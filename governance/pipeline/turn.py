@@ -23,6 +23,7 @@ released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ from governance.pipeline.decide import (
     request_verdict,
     response_verdict,
 )
-from governance.pipeline.errors import TurnError
+from governance.pipeline.errors import TurnError, pushback_error
 from governance.pipeline.forward import Forwarder, read_answer, returned_body
 from governance.pipeline.leaf_bounds import bound_body
 from governance.pipeline.lineage import SessionLinker, is_rollback, rollback_result
@@ -134,8 +135,14 @@ class TurnPipeline:
                 err.log(principal)
             await self._close_failed(state, err)
             raise
-        except LedgerPushback:  # the ledger takes nothing more now: the app answers 503
-            raise
+        except LedgerPushback as exc:
+            # The ledger takes nothing more now: 503 + Retry-After, and the turn is closed as
+            # failed (its rate-limit place given back) so its record is whole; if even that
+            # append is pushed back, what was appended is closed at the next start-up.
+            pushback = pushback_error(exc.retry_after_ms).for_turn(turn_id)
+            with contextlib.suppress(LedgerPushback):
+                await self._close_failed(state, pushback)
+            raise pushback from exc
         except Exception as exc:
             log.exception("turn %s failed inside Custody (tenant %s)", turn_id, principal.tenant)
             failure = TurnError(
@@ -333,6 +340,7 @@ class TurnPipeline:
         summary = state.summary
         assert summary is not None
         total_ms = state.elapsed_ms()
+        closing = len(state.events)
         if state.lineage is not None:
             for body in self.linker.closing_bodies(state.lineage, state.turn_id, "released"):
                 self._queue_session(state, "lineage.recorded", body)
@@ -344,7 +352,13 @@ class TurnPipeline:
             total_ms=total_ms,
             upstream_label=self.forwarder.label,
         )
-        await self._close(state, row)
+        try:
+            await self._close(state, row)
+        except BaseException:
+            # Not released: the failure record carries the turn's other queued events, never
+            # a ``turn.released`` (or a lineage closed as released) for a response never sent.
+            del state.events[closing:]
+            raise
         state.released = True
         outcome = (
             "released" if summary.safety_outcome == "ok" else f"released_{summary.safety_outcome}"
@@ -444,7 +458,7 @@ class TurnPipeline:
         inputs = await state.input_fingerprints if state.input_fingerprints is not None else []
         side = await state.content.closing_rows(
             row,
-            release.image_rows(state),
+            release.image_rows(state, outputs=row["status"] == "released"),
             release.fingerprint_rows(state, inputs, row["finished_ms"]),
         )
         if not state.content.is_closed:
@@ -452,7 +466,11 @@ class TurnPipeline:
             labels = release.label_rows(state, row)
             if labels:
                 side.append(SideRows("turn_labels", LABEL_COLUMNS, labels))
-        await self._append(state, side)
+        try:
+            await self._append(state, side)
+        except BaseException:
+            state.content.closing_failed()  # else the failure record would cite unsalted blobs
+            raise
         state.content.closed()
 
     async def _close_failed(self, state: TurnState, err: TurnError) -> None:

@@ -5,6 +5,11 @@ Why raw HTTP (httpx) and not google-genai's typed client: the SDK's pydantic mod
 client re-serialises the body. Custody must forward every field and every ``thoughtSignature``
 byte for byte, so the body is passed through as the caller sent it; only the credential changes
 (the caller's Custody key is never forwarded; the upstream key is added here and nowhere else).
+
+Idle connections are dropped after ``KEEPALIVE_EXPIRY_S``, below the idle timeout of common
+servers (uvicorn's, the emulator's old default, is 5 s): a server closes an idle connection at its
+timeout, and a request sent on it at that moment is lost with nothing received (``ReadError``).
+The client that lets go first never sends on a connection the server is closing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import httpx
 
 FORWARDED_HEADERS = ("content-type", "accept", "x-goog-api-client", "user-agent")
 EMULATOR_HEADERS = ("x-emulator-fault",)
+KEEPALIVE_EXPIRY_S = 4.0
 
 
 @dataclass
@@ -52,7 +58,9 @@ class UpstreamClient:
         self.label = label
         self.is_emulator = is_emulator
         self._api_key = api_key
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        limits = httpx.Limits(
+            max_connections=256, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY_S
+        )
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=10.0),

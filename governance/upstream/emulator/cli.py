@@ -11,6 +11,8 @@ import argparse
 
 from governance.upstream.emulator.config import EmulatorConfig
 
+EMULATOR_KEEP_ALIVE_S = 75  # seconds an idle connection stays open
+
 BANNER = """\
 ================================================================================
   CUSTODY GEMINI EMULATOR — this is NOT Google Gemini.
@@ -67,5 +69,8 @@ def run_emulator(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         access_log=args.access_log,
+        # Gemini's front end keeps idle connections open far longer than uvicorn's 5 s; at 5 s
+        # a client's request on a connection closing at that instant is lost (ReadError).
+        timeout_keep_alive=EMULATOR_KEEP_ALIVE_S,
     )
     return 0 if started else 3
