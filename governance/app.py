@@ -151,18 +151,23 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         log.info("request body too slow on %s %s: %s", request.method, request.url.path, exc)
         return error_response(await _recorded_if_model_route(request, body_timeout_error(exc)))
 
-    @app.exception_handler(TurnError)  # GeminiError is one too
-    async def _turn_error(request: Request, exc: TurnError) -> Response:
-        if exc.code in (401, 403) and exc.reason.startswith("API_KEY"):
-            request.app.state.services.metrics.auth_failures.inc()
-        return error_response(exc)
-
-    @app.exception_handler(LedgerPushback)
-    async def _ledger_pushback(request: Request, exc: LedgerPushback) -> Response:
+    def _count_pushback(request: Request) -> None:
         shed_counts["ledger_pushback"] += 1
         principal = getattr(request.state, "principal", None)
         if principal is not None:  # authenticated: counted for its tenant's requests.shed
             request.app.state.services.shed.count(principal, "LEDGER_PUSHBACK")
+
+    @app.exception_handler(TurnError)  # GeminiError is one too
+    async def _turn_error(request: Request, exc: TurnError) -> Response:
+        if exc.code in (401, 403) and exc.reason.startswith("API_KEY"):
+            request.app.state.services.metrics.auth_failures.inc()
+        if exc.reason == "LEDGER_PUSHBACK":  # a turn the pipeline closed on a push-back
+            _count_pushback(request)
+        return error_response(exc)
+
+    @app.exception_handler(LedgerPushback)
+    async def _ledger_pushback(request: Request, exc: LedgerPushback) -> Response:
+        _count_pushback(request)
         return error_response(pushback_error(exc.retry_after_ms))
 
     @app.exception_handler(RequestValidationError)
