@@ -217,8 +217,8 @@ class Settings(BaseSettings):
     # -- process
     executor_threads: int = Field(default=32, ge=1)  # threads for byte-heavy turn work
     malloc_arena_max: int = Field(default=2, ge=0)  # glibc malloc arenas at `serve` (0: glibc's)
-    malloc_mmap_threshold: int = Field(default=0, ge=0)  # bytes; 0: glibc's dynamic one
-    malloc_trim_interval_s: float = Field(default=1.0, ge=0)  # malloc_trim at `serve`; 0: never
+    malloc_mmap_threshold: int = Field(default=1_048_576, ge=0)  # bytes; 0: glibc's dynamic one
+    malloc_trim_interval_s: float = Field(default=0.0, ge=0)  # malloc_trim at `serve`; 0: never
 
     @field_validator("data_dir", mode="after")
     @classmethod
