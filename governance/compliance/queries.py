@@ -29,7 +29,7 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from sqlalchemy import Engine, Select, exists, or_, select, tuple_, union_all
+from sqlalchemy import Engine, Select, String, exists, literal, or_, select, tuple_, union_all
 
 from governance.ledger_vocabulary import EVENT_STAGES
 from storage.ledger.leaf import decode_leaf
@@ -223,7 +223,10 @@ def _in_session(column: Any, flt: TurnFilter) -> Any:
     keyed = select(EDIT_SESSIONS.c.session_id).where(EDIT_SESSIONS.c.client_key == flt.session)
     if flt.tenant is not None:
         keyed = keyed.where(EDIT_SESSIONS.c.tenant == flt.tenant)
-    return or_(column == flt.session, column.in_(keyed))
+    # One IN over "the value itself, or a session it keys" (not ``= value OR IN (…)``, which
+    # keeps PostgreSQL off the session index: 160 ms against a few at 10⁶ turns).
+    named = select(literal(flt.session, String).label("session_id")).union_all(keyed)
+    return column.in_(named)
 
 
 def turn_conditions(flt: TurnFilter) -> list[Any]:
