@@ -81,16 +81,22 @@ class ErasureDone:
         }
 
 
+def _leaf_holds_any(engine: Engine, commitments: tuple[str, ...]) -> tuple[str, dict[str, bytes]]:
+    """A WHERE clause (and its parameters) true of a ledger entry whose leaf bytes hold one of
+    ``commitments``, in the database's own substring function."""
+    if engine.dialect.name == "postgresql":
+        match = " OR ".join(f"position(:c{i} in leaf) > 0" for i in range(len(commitments)))
+    else:
+        match = " OR ".join(f"instr(leaf, :c{i}) > 0" for i in range(len(commitments)))
+    return match, {f"c{i}": c.encode() for i, c in enumerate(commitments)}
+
+
 def _tenants_in_ledger(engine: Engine, commitments: tuple[str, ...]) -> set[str]:
     """Tenants of the entries whose leaf bytes hold one of ``commitments`` (a scan of the
     ledger: erasure is rare, and the ledger is the record of who holds what)."""
     if not commitments:
         return set()
-    if engine.dialect.name == "postgresql":
-        match = " OR ".join(f"position(:c{i} in leaf) > 0" for i in range(len(commitments)))
-    else:
-        match = " OR ".join(f"instr(leaf, :c{i}) > 0" for i in range(len(commitments)))
-    params = {f"c{i}": c.encode() for i, c in enumerate(commitments)}
+    match, params = _leaf_holds_any(engine, commitments)
     with engine.connect() as conn:
         rows = conn.execute(
             text(f"SELECT DISTINCT tenant FROM ledger_entries WHERE {match}"), params
@@ -103,11 +109,7 @@ def _turns_received(engine: Engine, commitments: tuple[str, ...]) -> set[str]:
     received the content as their prompt or an input)."""
     if not commitments:
         return set()
-    if engine.dialect.name == "postgresql":
-        match = " OR ".join(f"position(:c{i} in leaf) > 0" for i in range(len(commitments)))
-    else:
-        match = " OR ".join(f"instr(leaf, :c{i}) > 0" for i in range(len(commitments)))
-    params = {f"c{i}": c.encode() for i, c in enumerate(commitments)}
+    match, params = _leaf_holds_any(engine, commitments)
     with engine.connect() as conn:
         rows = conn.execute(
             text(
