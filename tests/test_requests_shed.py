@@ -114,6 +114,7 @@ def test_ledger_pushback_refusals_are_recorded_once_the_ledger_takes_entries_aga
             return real_append(rows, side)
 
         monkeypatch.setattr(ledger.store, "append", held_append)
+        limits = ledger.commits.limits
         monkeypatch.setattr(ledger.commits, "limits", BatchLimits(max_queued_entries=1))
         url = f"{custody.base_url}/v1beta/models/{MODEL}:generateContent"
         headers = {"x-goog-api-key": custody.keys["editor"]}
@@ -139,6 +140,9 @@ def test_ledger_pushback_refusals_are_recorded_once_the_ledger_takes_entries_aga
                 assert refused.json()["error"]["details"][0]["reason"] == "LEDGER_PUSHBACK"
             time.sleep(0.5)  # flushes tried meanwhile are pushed back too, and keep their counts
         finally:
+            # Room again before the held flush ends: else the first turn's next append can
+            # meet the second's queued entry and be pushed back too (a fourth 503).
+            ledger.commits.limits = limits
             gate.set()
             first.join(120)
             second.join(120)
