@@ -483,20 +483,13 @@ def _console_cell(setup: Setup, method: str, route_path: str, spec: Row, caller:
         assert "refused" in resp.text or "Sign in" in resp.text
 
 
-@pytest.mark.parametrize(("key", "caller"), CELLS)
-def test_cell(setup: Setup, key: tuple[str, str], caller: str) -> None:
-    method, route_path = key
-    spec = MATRIX[key]
-    if spec.console:
-        _console_cell(setup, method, route_path, spec, caller)
-        return
-    headers = {} if caller == "no_key" else {"x-goog-api-key": setup.keys[caller]}
-    body = spec.body
-    if isinstance(body, str):
-        body = getattr(setup, body)
+def _send(setup: Setup, method: str, route_path: str, spec: Row, key: str | None) -> httpx.Response:
+    """One keyed-API cell's request, sent with ``key`` (None: no key at all)."""
+    headers = {} if key is None else {"x-goog-api-key": key}
+    body = getattr(setup, spec.body) if isinstance(spec.body, str) else spec.body
     if spec.content_type:
         headers["content-type"] = spec.content_type
-    resp = httpx.request(
+    return httpx.request(
         method,
         setup.custody.base_url + (spec.path or route_path),
         params=spec.params,
@@ -505,6 +498,17 @@ def test_cell(setup: Setup, key: tuple[str, str], caller: str) -> None:
         content=body if isinstance(body, bytes) else None,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize(("key", "caller"), CELLS)
+def test_cell(setup: Setup, key: tuple[str, str], caller: str) -> None:
+    method, route_path = key
+    spec = MATRIX[key]
+    if spec.console:
+        _console_cell(setup, method, route_path, spec, caller)
+        return
+    api_key = None if caller == "no_key" else setup.keys[caller]
+    resp = _send(setup, method, route_path, spec, api_key)
     expected = spec.expect[caller]
     assert resp.status_code == expected, f"{method} {route_path} as {caller}: {resp.text[:300]}"
     if resp.status_code >= 400 and method != "HEAD":
@@ -551,19 +555,7 @@ def test_a_revoked_key_is_refused_on_every_route(
 ) -> None:
     method, route_path = key
     spec = MATRIX[key]
-    body = getattr(setup, spec.body) if isinstance(spec.body, str) else spec.body
-    headers = {"x-goog-api-key": revoked[caller]}
-    if spec.content_type:
-        headers["content-type"] = spec.content_type
-    resp = httpx.request(
-        method,
-        setup.custody.base_url + (spec.path or route_path),
-        params=spec.params,
-        headers=headers,
-        json=body if isinstance(body, dict) else None,
-        content=body if isinstance(body, bytes) else None,
-        timeout=60,
-    )
+    resp = _send(setup, method, route_path, spec, revoked[caller])
     assert resp.status_code == 403, f"{method} {route_path}: {resp.status_code} {resp.text[:300]}"
     error = resp.json()["error"]
     assert error["status"] == "PERMISSION_DENIED" and "revoked" in error["message"], error
