@@ -171,10 +171,13 @@ def running_stack(
             created = subprocess.run(
                 [*command, "--actor", f"bench-editor-{actor}"],
                 env=env,
-                check=True,
                 capture_output=True,
                 text=True,
             )
+            if created.returncode != 0:  # say why: a bare CalledProcessError hides stderr
+                raise RuntimeError(
+                    f"custody keys create exited {created.returncode}: {created.stderr.strip()}"
+                )
             return created.stdout.strip().splitlines()[-1]
 
         with ThreadPoolExecutor(4) as pool:

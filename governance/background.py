@@ -143,10 +143,19 @@ def keep_reviews(services: Services) -> None:
 
 
 async def _every(services: Services, period_ms: int, job: Callable[[Services], Any]) -> None:
+    """Run ``job`` in the executor every ``period_ms``. Cancelled (shutting down) while a run is
+    in its thread, it waits for that run to end first: the services close after it, so a
+    checkpoint is never signed after this replica gave its signer lease up, and no job uses a
+    closed ledger."""
     while True:
         await asyncio.sleep(period_ms / 1000)
+        running = asyncio.ensure_future(services.run_blocking(job, services))
         try:
-            await services.run_blocking(job, services)
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await running
+            raise
         except Exception:
             log.exception("background job %s failed; retrying next tick", job.__name__)
 

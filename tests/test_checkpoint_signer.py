@@ -8,11 +8,14 @@ signs; when it stops, the other takes over."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -185,3 +188,35 @@ def _wait_for(condition, seconds: float = 20.0) -> None:  # type: ignore[no-unty
         if time.monotonic() > deadline:
             raise AssertionError("the condition did not hold in time")
         time.sleep(0.05)
+
+
+def test_shutdown_waits_for_a_background_job_already_in_its_thread() -> None:
+    """A replica shutting down while its checkpoint job runs lets that run end before its
+    services close (and its signer lease is given up): else it could sign after another
+    replica took the lease over, or sign with a closed ledger."""
+    from governance.background import _every
+
+    started, ended = threading.Event(), threading.Event()
+
+    def job(_services: object) -> None:
+        started.set()
+        time.sleep(0.3)
+        ended.set()
+
+    class Services:  # what ``_every`` uses of the services
+        def __init__(self) -> None:
+            self.executor = ThreadPoolExecutor(1)
+
+        async def run_blocking(self, fn: Any, *args: Any) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def shut_down_mid_job() -> bool:
+        task = asyncio.create_task(_every(Services(), 1, job))  # type: ignore[arg-type]
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return ended.is_set()
+
+    assert asyncio.run(shut_down_mid_job()), "the job was still running when shutdown went on"
