@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from governance.accounts.cli import register as register_accounts
     from governance.auth.cli import register as register_keys
-    from governance.authorship.cli import register as register_authorship
+    from governance.authorship_cli import register as register_authorship
     from governance.compliance.cli import register as register_query
     from governance.db_cli import register as register_db
     from governance.doctor import register as register_doctor

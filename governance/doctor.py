@@ -14,17 +14,17 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from sqlalchemy import text
+from typing import TYPE_CHECKING, Any
 
 from governance.settings import GOOGLE_GEMINI_URL, Settings, config_file
-from governance.state import StateError, open_state, trust_anchors_pem
+
+if TYPE_CHECKING:  # the report's parts import what they read: building the parser stays cheap
+    from cryptography import x509
 
 
 def _certificate(cert: x509.Certificate) -> dict[str, str]:
+    from cryptography.hazmat.primitives import serialization
+
     der = cert.public_bytes(serialization.Encoding.DER)
     return {
         "subject": cert.subject.rfc4514_string(),
@@ -49,6 +49,10 @@ def _upstream(settings: Settings) -> dict[str, Any]:
 
 
 def _provenance(settings: Settings) -> dict[str, Any]:
+    from cryptography import x509
+
+    from governance.state import trust_anchors_pem
+
     anchors_pem = trust_anchors_pem(settings)
     anchors = (
         [_certificate(c) for c in x509.load_pem_x509_certificates(anchors_pem.encode())]
@@ -84,6 +88,10 @@ def _policy(settings: Settings) -> dict[str, Any]:
 
 
 def _ledger(settings: Settings) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    from governance.state import open_state
+
     state = open_state(settings, create=False)
     try:
         ledger = state.ledger
@@ -113,6 +121,8 @@ def _unread_config_here(in_force: Path | None) -> str | None:
 
 def diagnose(settings: Settings) -> dict[str, Any]:
     """The whole report as a JSON-able dict; ``installation`` says whether one was found."""
+    from governance.state import StateError
+
     path = config_file()
     report: dict[str, Any] = {
         "config_file": str(path) if path else None,

@@ -6,13 +6,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from governance.settings import Settings
-from governance.state import OpenState, open_state
+
+if TYPE_CHECKING:  # the state (and the storage layer) is imported by the commands that open it
+    from governance.state import OpenState
 
 
 def _open() -> OpenState:
     """This installation's state, read-only: never creates a ledger to report on."""
+    from governance.state import open_state
+
     return open_state(Settings(), create=False)
 
 

@@ -12,14 +12,18 @@ import getpass
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from governance.ledger_vocabulary import EVENT_STAGES
 from governance.settings import Settings
-from governance.state import OpenState, open_state
+
+if TYPE_CHECKING:  # the state (and the storage layer) is imported by the commands that open it
+    from governance.state import OpenState
 
 
 def _open() -> OpenState:
+    from governance.state import open_state
+
     return open_state(Settings(), create=False)
 
 
