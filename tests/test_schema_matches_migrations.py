@@ -129,3 +129,39 @@ def test_cli_diffs_against_a_given_database_only_at_head(
     migrate(db_url)
     assert main(argv) == 0
     assert "no migration written" in capsys.readouterr().out
+
+
+def test_sqlite_migrates_in_one_transaction_and_processes_racing_on_one_file_all_succeed(
+    tmp_path: Path,
+) -> None:
+    """The upgrade of a fresh SQLite file is one transaction (one commit, where each DDL
+    statement used to commit and fsync on its own), and four processes migrating the same new
+    file at once all succeed: the first takes the write lock, the others then find it at head."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'custody.db'}"
+    code = f"from storage.db import migrate; migrate({url!r})"
+    racers = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
+    assert [p.wait(timeout=120) for p in racers] == [0, 0, 0, 0]
+    with _engine(url).connect() as conn:
+        assert not _differences(conn)
+
+    commits: list[str] = []
+    fresh = f"sqlite:///{tmp_path / 'counted.db'}"
+    import sqlite3
+    import sqlite3.dbapi2  # what SQLAlchemy's pysqlite dialect connects through
+
+    real_connect = sqlite3.dbapi2.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(
+            lambda sql: commits.append(sql) if sql.strip().upper().startswith("COMMIT") else None
+        )
+        return conn
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sqlite3.dbapi2, "connect", counting_connect)
+        migrate(fresh)
+    assert len(commits) == 1, commits

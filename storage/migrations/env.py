@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.pool import NullPool
 from sqlmodel.sql.sqltypes import AutoString
 
@@ -33,8 +33,31 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
     return False
 
 
+def _transactional_sqlite(engine: Engine) -> None:
+    """Run SQLite's DDL inside one transaction, as PostgreSQL's is.
+
+    Python's sqlite3 begins a transaction only before DML, so every ``CREATE``/``DROP`` of a
+    migration committed (and fsynced) on its own: a fresh database took ~180 commits and about a
+    second of waiting on the disk, and a crash could leave half a migration behind. Here the
+    driver's own transaction handling steps aside and ``BEGIN IMMEDIATE`` opens the one
+    transaction of the upgrade: it commits once, atomically, and a second process migrating the
+    same file waits for the write lock, then finds the schema at head (Alembic reads the version
+    inside the transaction)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def run_migrations_online() -> None:
     engine = create_engine(url, poolclass=NullPool)
+    if engine.dialect.name == "sqlite":
+        _transactional_sqlite(engine)
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             # Two replicas starting at once must not both run the same migration.
@@ -48,6 +71,7 @@ def run_migrations_online() -> None:
             # operations, which are plain ALTERs on PostgreSQL.
             render_as_batch=True,
             render_item=render_item,
+            transactional_ddl=True,  # SQLite's too (``_transactional_sqlite``)
         )
         with context.begin_transaction():
             context.run_migrations()
