@@ -23,11 +23,14 @@ from typing import Any
 import c2pa
 import httpx
 import iscc_core
+import numpy as np
+import pdqhash
 import pytest
 from google.genai import types
 from PIL import Image, ImageChops, ImageEnhance, ImageOps
 from sqlalchemy import create_engine, select
 
+from governance.provenance import fingerprint as fingerprint_module
 from governance.provenance.fingerprint import (
     ISCC_ALG,
     _trim_border,
@@ -265,6 +268,30 @@ def test_the_iscc_code_is_iscc_cores_own_for_any_pixels(photo_bytes: dict[str, b
         cases.append(bytes((a * (i % 32) + b * (i // 32)) // 62 for i in range(1024)))
     for pixels in cases:
         assert image_code(pixels) == iscc_core.gen_image_code(list(pixels), bits=64)["iscc"]
+
+
+def test_the_pdq_hash_is_pdqhashs_own_through_its_cpp_entry(
+    photo_bytes: dict[str, bytes],
+) -> None:
+    """PDQ runs pdqhash's C++ ``pdqHash256FromFloatLuma`` with the luminance computed strip by
+    strip: the installed pdqhash exports it, and hash and quality are ``pdqhash.compute``'s for
+    photographs, random and flat images of every shape a hash reads (4 px: no hash)."""
+    assert fingerprint_module._PDQ_FROM_LUMA is not None  # else every hash took the slow path
+    rng = np.random.default_rng(256)
+    images = []
+    for data in photo_bytes.values():
+        photo = Image.open(io.BytesIO(data)).convert("RGB")
+        photo.thumbnail((512, 512), Image.Resampling.BILINEAR)
+        images.append(np.asarray(photo))
+    for rows, columns in ((512, 512), (341, 512), (512, 7), (65, 129), (4, 300), (64, 64)):
+        images.append(rng.integers(0, 256, (rows, columns, 3), dtype=np.uint8))
+        images.append(np.full((rows, columns, 3), 90, np.uint8))
+    for rgb in images:
+        bits, quality = pdqhash.compute(rgb)
+        expected = int("".join("1" if b else "0" for b in reversed(bits.tolist())), 2)
+        assert fingerprint_module._pdq_from_luma(rgb, fingerprint_module._PDQ_FROM_LUMA) == (
+            f"{expected:064x}", int(quality),
+        ), rgb.shape  # fmt: skip
 
 
 def _sdk_trim(image: Image.Image) -> Image.Image:

@@ -30,15 +30,18 @@ and iscc-core calls would; docs/performance.md ("Fingerprints") has the cost of 
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import math
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 import iscc_core
 import numpy as np
 import pdqhash
+import pdqhash.bindings as pdqhash_bindings
 from isal import isal_zlib
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
@@ -197,11 +200,66 @@ def _stored_zlib(raw: list[bytes]) -> list[bytes | memoryview]:
 
 
 def _pdq(image: Image.Image) -> tuple[str, int]:
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    bits, quality = pdqhash.compute(np.asarray(rgb))
+    """PDQ hash (hex, bit 0 of Meta's ``Hash256`` first) and quality of ``image``."""
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    if _PDQ_FROM_LUMA is not None:
+        return _pdq_from_luma(rgb, _PDQ_FROM_LUMA)
+    bits, quality = pdqhash.compute(rgb)
     # pdqhash gives bit 0 first; the hex form writes bit 255 first.
     value = int("".join("1" if b else "0" for b in reversed(bits.tolist())), 2)
     return f"{value:064x}", int(quality)
+
+
+# ``pdqhash.compute`` is a Cython wrapper round Meta's C++: it computes the luminance
+# (0.299 R + 0.587 G + 0.114 B in float64, then float32) with numpy over the whole image, in
+# temporaries of 1–2 MB (8 MB for a 512² image), and calls ``pdqHash256FromFloatLuma``. Under
+# the gateway's malloc settings (``CUSTODY_MALLOC_MMAP_THRESHOLD``, 1 MiB) each temporary is a
+# fresh mapping, faulted in page by page: ~8 ms a 512² hash, against ~3.5 ms with glibc's
+# dynamic threshold. The extension exports that C++ function (its mangled name spells its
+# parameter types: another signature would be another name, and None here); ``_pdq_from_luma``
+# computes the same luminance 128 rows at a time and calls it (~5 ms under the gateway's
+# settings): the same numbers in, the same hash out (tests/test_fingerprints.py compares them).
+# Without the symbol ``pdqhash.compute`` does it all, as before.
+_PDQ_SYMBOL = (
+    "_ZN8facebook3pdq7hashing23pdqHash256FromFloatLumaEPfS2_iiPA64_fS4_PA16_fRNS1_7Hash256ERi"
+)
+_LUMA_ROWS = 128  # 512 KiB of float64 a strip of a 512 px wide image: from the heap
+
+
+def _pdq_entry() -> Any | None:
+    """``facebook::pdq::hashing::pdqHash256FromFloatLuma`` in pdqhash's extension, or None.
+
+    Through ``PyDLL``: the call holds the GIL, as pdqhash's own does."""
+    try:
+        entry = ctypes.PyDLL(pdqhash_bindings.__file__)[_PDQ_SYMBOL]
+    except (OSError, AttributeError, TypeError):
+        return None
+    pointer, count = ctypes.c_void_p, ctypes.c_int
+    entry.argtypes = [pointer, pointer, count, count, pointer, pointer, pointer, pointer, pointer]
+    entry.restype = None
+    return entry
+
+
+_PDQ_FROM_LUMA = _pdq_entry()
+
+
+def _pdq_from_luma(rgb: np.ndarray, entry: Any) -> tuple[str, int]:
+    """What ``pdqhash.compute`` returns for ``rgb`` (rows × columns × 3, uint8), as hex."""
+    rows, columns = rgb.shape[:2]
+    luma = np.empty((rows, columns), np.float32)
+    for top in range(0, rows, _LUMA_ROWS):  # pdqhash's expression, in its order, per strip
+        strip = rgb[top : top + _LUMA_ROWS]
+        y = strip[:, :, 0] * 0.299
+        y += strip[:, :, 1] * 0.587
+        y += strip[:, :, 2] * 0.114
+        luma[top : top + _LUMA_ROWS] = y  # float64 -> float32, as ``astype("float32")``
+    scratch = np.empty_like(luma)
+    dct = [np.empty(shape, np.float32) for shape in ((64, 64), (16, 64), (16, 16))]
+    words, quality = np.zeros(16, "<u2"), np.zeros(1, np.intc)  # Hash256 (16 × uint16), int
+    entry(luma.ctypes.data, scratch.ctypes.data, rows, columns,
+          *(b.ctypes.data for b in dct), words.ctypes.data, quality.ctypes.data)  # fmt: skip
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little")  # bits[k]: bit k of the hash
+    return np.packbits(bits).tobytes().hex(), int(quality[0])
 
 
 def _iscc(image: Image.Image) -> str:
