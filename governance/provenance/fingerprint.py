@@ -3,10 +3,12 @@
 Two standard, published algorithms, computed by well-kept implementations:
 
 - **PDQ** (Meta's 256-bit perceptual hash, the hash-sharing standard of trust-and-safety teams),
-  through ``pdqhash`` (bindings to Meta's C++). The image is first scaled so its longer side is at
-  most 512 px, as PDQ's own reference tools do: the hash reads a 64×64 luminance grid, so the
-  pixels beyond that change nothing but the time. PDQ also reports a quality (0–100); below 50 the
-  image is too flat for its hash to mean much (Meta's guidance), and a lookup says so.
+  through ``pdqhash`` (bindings to Meta's C++; its C++ entry is called with the luminance
+  computed in strips: the comment at ``_PDQ_SYMBOL`` says why). The image is first scaled so its
+  longer side is at most 512 px, as PDQ's own reference tools do: the hash reads a 64×64
+  luminance grid, so the pixels beyond that change nothing but the time. PDQ also reports a
+  quality (0–100); below 50 the image is too flat for its hash to mean much (Meta's guidance),
+  and a lookup says so.
 - **ISCC Image-Code** (ISO 24138 Content-Code Image, 64 bits, algorithm v0): ``iscc-core``'s
   ``gen_image_code``, its DCT run on numpy rows (``image_code``: the same operations in the
   same order, so the same code, bit for bit; tests/test_fingerprints.py compares them). Its
