@@ -12,11 +12,17 @@
    docs/provenance.md.
 2. **Hashing cost.** PDQ + ISCC Image-Code (``governance.provenance.fingerprint``) of an output
    against ``OutputSigner.sign_output`` of the same bytes, alternating, same run: the ratio of the
-   medians, for 512², 1024² and 2048² PNG and JPEG.
+   medians, for 512², 1024² and 2048² PNG and JPEG. Then each step of a fingerprint in CPU time
+   of the thread (``time.thread_time``, minimum of ``--rounds``; wall-clock says little on a shared
+   machine): PNG inflate and re-wrap, Pillow's decode, EXIF transposition, the 512 px reduction,
+   PDQ, ISCC. ``--gateway-malloc`` first sets glibc's malloc as ``custody serve`` does by default
+   (2 arenas, a fixed 1 MiB mmap threshold: every larger buffer is a fresh mapping), which is
+   what a turn pays; ``--steps`` measures only the steps.
 
-``python -m bench.fingerprint_bench [sqlite] [postgres] [--images N] [--lookups N]``;
-``CUSTODY_BENCH_QUICK=1`` uses 10⁵ images. PostgreSQL: ``CUSTODY_TEST_PG_URL`` (default
-``postgresql://postgres@127.0.0.1:5432/test``); a scratch database is created and dropped.
+``python -m bench.fingerprint_bench [sqlite] [postgres] [--images N] [--lookups N] [--steps]
+[--rounds N] [--gateway-malloc]``; ``CUSTODY_BENCH_QUICK=1`` uses 10⁵ images. PostgreSQL:
+``CUSTODY_TEST_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``); a scratch
+database is created and dropped.
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 from sqlalchemy import Engine, create_engine
 
 from bench.c2pa_bench import FORMATS, SIZES, _context, _image
+from governance.cli import tune_malloc
+from governance.provenance import fingerprint as fp
 from governance.provenance.fingerprint import (
     Fingerprint,
     fingerprint,
@@ -46,6 +54,7 @@ from governance.provenance.fingerprint import (
 )
 from governance.provenance.pki import ensure_dev_pki
 from governance.provenance.signer import FileKeyBackend, OutputSigner
+from governance.settings import Settings
 from storage.db import migrate, normalise_url
 from storage.fingerprint_index import FINGERPRINT_COLUMNS, MAX_DISTANCE, find_similar, pdq_bands
 
@@ -210,6 +219,51 @@ def hashing_cost(rounds: int = 9) -> None:
     )
 
 
+STEPS = ("inflate + re-wrap", "Pillow decode", "EXIF transpose", "reduce to 512", "PDQ", "ISCC")
+
+
+def _steps(data: bytes, spent: dict[str, list[float]]) -> None:
+    """One fingerprint, step by step as ``fingerprint`` takes them, each step's CPU into spent."""
+    clock = time.thread_time
+    t0 = clock()
+    inflated = fp.inflated_png(data)
+    t1 = clock()
+    with Image.open(io.BytesIO(inflated or data)) as image:
+        image.draft("RGB", (fp.PDQ_SIDE, fp.PDQ_SIDE))
+        image.load()
+        t2 = clock()
+        ImageOps.exif_transpose(image, in_place=True)
+        t3 = clock()
+        small = fp._reduced(image)
+        t4 = clock()
+        fp._pdq(small)
+        t5 = clock()
+        fp._iscc(small)
+        t6 = clock()
+    for name, (a, b) in zip(STEPS, itertools.pairwise((t0, t1, t2, t3, t4, t5, t6)), strict=True):
+        spent[name].append((b - a) * 1000)
+
+
+def hashing_steps(rounds: int = 15) -> None:
+    """CPU of each step of a fingerprint and of ``fingerprint`` itself: minimum of ``rounds``."""
+    print(f"{'image':<12}" + "".join(f"{name:>19}" for name in (*STEPS, "fingerprint()")))
+    for size in SIZES:
+        for fmt, _ in FORMATS:
+            data = _image(size, fmt)
+            spent: dict[str, list[float]] = {name: [] for name in (*STEPS, "fingerprint()")}
+            for _ in range(rounds):
+                _steps(data, spent)
+                t = time.thread_time()
+                fingerprint(data)
+                spent["fingerprint()"].append((time.thread_time() - t) * 1000)
+            print(
+                f"{fmt + ' ' + str(size) + '²':<12}"
+                + "".join(f"{min(values):>17.2f}ms" for values in spent.values()),
+                flush=True,
+            )
+    print(f"CPU time of the thread, minimum of {rounds} rounds per cell.")
+
+
 PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "photos"
 # sample1.png is IMG_0003.jpg as a PNG (PDQ distance 0): the same picture, counted once.
 DISTINCT_PHOTOS = ("P1000827.jpg", "IMG_0003.jpg", "earth_apollo17.jpg", "mars.webp")
@@ -291,11 +345,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=100_000 if quick else 1_000_000)
     parser.add_argument("--lookups", type=int, default=200)
     parser.add_argument("--no-hashing", action="store_true")
+    parser.add_argument("--steps", action="store_true", help="only the CPU of each hashing step")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--gateway-malloc", action="store_true")
     args = parser.parse_args(argv or [])
+    if args.gateway_malloc:  # before the big buffers of the run: as `custody serve` starts
+        defaults = Settings.model_fields
+        arenas = defaults["malloc_arena_max"].default
+        threshold = defaults["malloc_mmap_threshold"].default
+        print(f"glibc malloc as custody serve sets it: {tune_malloc(arenas, threshold)}")
+    if args.steps:
+        hashing_steps(args.rounds)
+        return
     for kind in args.kinds:
         lookup_bench(kind, args.images, args.lookups)
     if not args.no_hashing:
         hashing_cost()
+        hashing_steps(args.rounds)
     robustness()
 
 

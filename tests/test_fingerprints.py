@@ -23,14 +23,19 @@ from typing import Any
 import c2pa
 import httpx
 import iscc_core
+import numpy as np
+import pdqhash
 import pytest
 from google.genai import types
 from PIL import Image, ImageChops, ImageEnhance, ImageOps
 from sqlalchemy import create_engine, select
 
+from governance.provenance import fingerprint as fingerprint_module
 from governance.provenance.fingerprint import (
     ISCC_ALG,
+    _trim_border,
     fingerprint,
+    image_code,
     inflated_png,
     iscc_distance,
 )
@@ -213,6 +218,109 @@ def test_a_png_decodes_through_isa_l_to_exactly_pillows_pixels(
     assert inflated_png(png[: len(png) // 2]) is None  # truncated: Pillow says what is wrong
     assert inflated_png(photo_bytes["P1000827.jpg"]) is None
     assert fingerprint(variants["interlaced"]) is not None
+
+
+def test_the_stored_stream_holds_the_scanlines_in_any_idat_chunking(
+    photo_bytes: dict[str, bytes],
+) -> None:
+    """The IDAT stream is inflated chunk by chunk and re-stored in blocks of at most 65,535
+    bytes: whatever the chunk sizes, Pillow reads the same pixels, and the chunk's CRC holds."""
+    photo = Image.open(io.BytesIO(photo_bytes["sample1.png"])).convert("RGB").resize((300, 200))
+    stream = zlib.compress(b"".join(b"\x00" + photo.tobytes()[y * 900 : (y + 1) * 900]
+                                    for y in range(200)))  # fmt: skip
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    header = chunk(b"IHDR", (300).to_bytes(4, "big") + (200).to_bytes(4, "big") + b"\x08\x02\0\0\0")
+    for size in (1, 7, 8192, 65535, 65536, len(stream)):
+        idat = b"".join(chunk(b"IDAT", stream[n : n + size]) for n in range(0, len(stream), size))
+        png = b"\x89PNG\r\n\x1a\n" + header + idat + chunk(b"IEND", b"")
+        inflated = inflated_png(png)
+        assert inflated is not None, size
+        assert Image.open(io.BytesIO(inflated)).tobytes() == photo.tobytes(), size
+        length = int.from_bytes(inflated[33:37], "big")
+        assert inflated[37:41] == b"IDAT"
+        body = inflated[41 : 41 + length]
+        assert zlib.crc32(b"IDAT" + body).to_bytes(4, "big") == inflated[41 + length : 45 + length]
+        assert zlib.decompress(body) == zlib.decompress(stream), size
+    # a stream that ends early is Pillow's to report; one that goes on past the image is cut
+    short = chunk(b"IDAT", zlib.compress(zlib.decompress(stream)[:-1]))
+    assert inflated_png(b"\x89PNG\r\n\x1a\n" + header + short + chunk(b"IEND", b"")) is None
+    long = chunk(b"IDAT", zlib.compress(zlib.decompress(stream) + b"\x00" * 901))
+    longer = inflated_png(b"\x89PNG\r\n\x1a\n" + header + long + chunk(b"IEND", b""))
+    assert longer is not None and Image.open(io.BytesIO(longer)).tobytes() == photo.tobytes()
+
+
+def test_the_iscc_code_is_iscc_cores_own_for_any_pixels(photo_bytes: dict[str, bytes]) -> None:
+    """``image_code`` (iscc-core's DCT on numpy rows) gives ``iscc_core.gen_image_code``'s code,
+    bit for bit: on each photograph's normalised pixels and on random, flat and banded ones."""
+    rng = random.Random(24138)
+    cases = [bytes(1024), bytes([255]) * 1024, bytes(range(256)) * 4]
+    for data in photo_bytes.values():
+        gray = Image.open(io.BytesIO(data)).convert("L").resize((32, 32), Image.Resampling.BICUBIC)
+        cases.append(gray.tobytes())
+    for _ in range(300):
+        cases.append(bytes(rng.randrange(256) for _ in range(1024)))
+        cases.append(bytes(rng.choice((0, 128, 255)) for _ in range(1024)))
+        a, b = rng.randrange(256), rng.randrange(256)
+        cases.append(bytes((a * (i % 32) + b * (i // 32)) // 62 for i in range(1024)))
+    for pixels in cases:
+        assert image_code(pixels) == iscc_core.gen_image_code(list(pixels), bits=64)["iscc"]
+
+
+def test_the_pdq_hash_is_pdqhashs_own_through_its_cpp_entry(
+    photo_bytes: dict[str, bytes],
+) -> None:
+    """PDQ runs pdqhash's C++ ``pdqHash256FromFloatLuma`` with the luminance computed strip by
+    strip: the installed pdqhash exports it, and hash and quality are ``pdqhash.compute``'s for
+    photographs, random and flat images of every shape a hash reads (4 px: no hash)."""
+    assert fingerprint_module._PDQ_FROM_LUMA is not None  # else every hash took the slow path
+    rng = np.random.default_rng(256)
+    images = []
+    for data in photo_bytes.values():
+        photo = Image.open(io.BytesIO(data)).convert("RGB")
+        photo.thumbnail((512, 512), Image.Resampling.BILINEAR)
+        images.append(np.asarray(photo))
+    for rows, columns in ((512, 512), (341, 512), (512, 7), (65, 129), (4, 300), (64, 64)):
+        images.append(rng.integers(0, 256, (rows, columns, 3), dtype=np.uint8))
+        images.append(np.full((rows, columns, 3), 90, np.uint8))
+    for rgb in images:
+        bits, quality = pdqhash.compute(rgb)
+        expected = int("".join("1" if b else "0" for b in reversed(bits.tolist())), 2)
+        assert fingerprint_module._pdq_from_luma(rgb, fingerprint_module._PDQ_FROM_LUMA) == (
+            f"{expected:064x}", int(quality),
+        ), rgb.shape  # fmt: skip
+
+
+def _sdk_trim(image: Image.Image) -> Image.Image:
+    """The ISCC SDK's border trim, pixel by pixel over the whole image."""
+    background = Image.new(image.mode, image.size, image.getpixel((0, 0)))
+    diff = ImageChops.difference(image, background)
+    box = ImageChops.add(diff, diff).getbbox()
+    return image if box is None or box == (0, 0, *image.size) else image.crop(box)
+
+
+def test_the_border_trim_reads_the_edges_first_and_cuts_what_the_sdk_cuts(
+    photo_bytes: dict[str, bytes],
+) -> None:
+    """A uniform border is cut exactly as the SDK's whole-image comparison cuts it, whether or
+    not an edge looks uniform (one pixel unlike the border, anywhere, included)."""
+    rng = random.Random(7)
+    photo = Image.open(io.BytesIO(photo_bytes["IMG_0003.jpg"])).convert("RGB").resize((120, 80))
+    images = [photo, Image.new("RGB", (1, 1)), Image.new("RGB", (9, 1), (4, 5, 6))]
+    for _ in range(60):
+        border = tuple(rng.choice((0, 0, 1, 3)) for _ in range(4))
+        colour = rng.choice([(255, 255, 255), (0, 0, 0), photo.getpixel((0, 0)), (9, 200, 3)])
+        framed = ImageOps.expand(photo, border, fill=colour)
+        if rng.random() < 0.4:
+            xy = (rng.randrange(framed.width), rng.randrange(framed.height))
+            framed.putpixel(xy, (colour[0] ^ 1, *colour[1:]))
+        images.append(framed)
+    for image in images:
+        mine, sdk = _trim_border(image), _sdk_trim(image)
+        assert (mine.size, mine.tobytes()) == (sdk.size, sdk.tobytes())
 
 
 def test_iscc_codes_of_a_reencoded_copy_are_near(photo_bytes: dict[str, bytes]) -> None:

@@ -3,16 +3,19 @@
 Two standard, published algorithms, computed by well-kept implementations:
 
 - **PDQ** (Meta's 256-bit perceptual hash, the hash-sharing standard of trust-and-safety teams),
-  through ``pdqhash`` (bindings to Meta's C++). The image is first scaled so its longer side is at
-  most 512 px, as PDQ's own reference tools do: the hash reads a 64×64 luminance grid, so the
-  pixels beyond that change nothing but the time. PDQ also reports a quality (0–100); below 50 the
-  image is too flat for its hash to mean much (Meta's guidance), and a lookup says so.
-- **ISCC Image-Code** (ISO 24138 Content-Code Image, 64 bits, algorithm v0), through
-  ``iscc-core``'s ``gen_image_code``. Its input is normalised as the ISCC SDK's reference
-  normalisation does: EXIF orientation applied, transparency over white, a uniform border
-  trimmed, grayscale, 32×32 bicubic — from the same 512 px reduction PDQ reads (``_reduced``
-  says why that changes nothing measurable). This is the code the ``c2pa.soft-binding``
-  assertion carries
+  through ``pdqhash`` (bindings to Meta's C++; its C++ entry is called with the luminance
+  computed in strips: the comment at ``_PDQ_SYMBOL`` says why). The image is first scaled so its
+  longer side is at most 512 px, as PDQ's own reference tools do: the hash reads a 64×64
+  luminance grid, so the pixels beyond that change nothing but the time. PDQ also reports a
+  quality (0–100); below 50 the image is too flat for its hash to mean much (Meta's guidance),
+  and a lookup says so.
+- **ISCC Image-Code** (ISO 24138 Content-Code Image, 64 bits, algorithm v0): ``iscc-core``'s
+  ``gen_image_code``, its DCT run on numpy rows (``image_code``: the same operations in the
+  same order, so the same code, bit for bit; tests/test_fingerprints.py compares them). Its
+  input is normalised as the ISCC SDK's reference normalisation does: EXIF orientation applied,
+  transparency over white, a uniform border trimmed, grayscale, 32×32 bicubic — from the same
+  512 px reduction PDQ reads (``_reduced`` says why that changes nothing measurable). This is
+  the code the ``c2pa.soft-binding`` assertion carries
   (``alg`` ``io.iscc.v0`` on the C2PA soft-binding algorithm list).
 
 ``fingerprint`` is blocking (decoding and two DCTs): callers run it in a worker thread. It returns
@@ -23,19 +26,24 @@ Decoding is most of its cost, and for a PNG most of the decoding is inflating th
 ``inflated_png`` inflates it with ISA-L (``isal``, several times faster than zlib) and hands
 Pillow the same PNG with that stream stored uncompressed: Pillow still parses every chunk and
 undoes the scanline filters, so the pixels are exactly Pillow's own (tests/test_fingerprints.py
-holds that); docs/performance.md has the figures.
+holds that). Every step gives the same pixels, hashes and codes as the plain Pillow, pdqhash
+and iscc-core calls would; docs/performance.md ("Fingerprints") has the cost of each step.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
-import zlib
+import math
+import statistics
 from dataclasses import dataclass
+from typing import Any
 
 import iscc_core
 import numpy as np
 import pdqhash
+import pdqhash.bindings as pdqhash_bindings
 from isal import isal_zlib
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
@@ -63,11 +71,11 @@ class Fingerprint:
 def fingerprint(data: bytes) -> Fingerprint | None:
     """Both fingerprints of an encoded image (PNG, JPEG, WebP, ...); None when not decodable."""
     try:
-        with Image.open(io.BytesIO(inflated_png(data) or data)) as opened:
+        with Image.open(io.BytesIO(inflated_png(data) or data)) as image:
             # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale, never below 512 px.
-            opened.draft("RGB", (PDQ_SIDE, PDQ_SIDE))
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
+            image.draft("RGB", (PDQ_SIDE, PDQ_SIDE))
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # not copied when nothing is to turn
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         log.info("fingerprint: not a decodable image (%s)", type(exc).__name__)
         return None
@@ -87,7 +95,7 @@ def _reduced(image: Image.Image) -> Image.Image:
     starting it from this reduction instead of the full image changes its code by 0 bits on
     every photograph of tests/fixtures/photos (tests/test_fingerprints.py holds that).
     """
-    if max(image.size) > PDQ_SIDE:  # in place: ``image`` is the decoder's own transposed copy
+    if max(image.size) > PDQ_SIDE:  # in place: ``image`` is the decoder's own
         image.thumbnail((PDQ_SIDE, PDQ_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return image
 
@@ -135,23 +143,125 @@ def inflated_png(data: bytes) -> bytes | None:
     if interlaced or colour not in _PNG_CHANNELS or (limit and width * height > limit):
         return None  # Pillow decodes it (and warns of or refuses a decompression bomb)
     scanlines = height * (1 + (width * _PNG_CHANNELS[colour] * depth + 7) // 8)
+    raw = _inflated(idat, scanlines) if scanlines else None
+    if raw is None:
+        return None
+    stored = _stored_zlib(raw)
+    crc = isal_zlib.crc32(b"IDAT")
+    for piece in stored:
+        crc = isal_zlib.crc32(piece, crc)
+    chunk = sum(map(len, stored)).to_bytes(4, "big") + b"IDAT"
+    return b"".join((view[:first], chunk, *stored, crc.to_bytes(4, "big"), view[last:]))
+
+
+def _inflated(idat: list[memoryview], scanlines: int) -> list[bytes] | None:
+    """The first ``scanlines`` bytes the IDAT chunks' zlib stream inflates to, in the pieces
+    ISA-L gives chunk by chunk, or None when the stream is broken or holds fewer bytes.
+
+    Neither the stream nor the scanlines are joined: each would be a buffer of megabytes, and
+    under the gateway's malloc settings (``CUSTODY_MALLOC_MMAP_THRESHOLD``, 1 MiB) every such
+    buffer is a fresh mapping, faulted in page by page."""
+    inflater = isal_zlib.decompressobj()
+    pieces, room = [], scanlines
     try:
-        raw = isal_zlib.decompressobj().decompress(b"".join(idat), scanlines)
+        for data in idat:
+            piece = inflater.decompress(data, room)  # room > 0: 0 would mean "no limit"
+            if piece:
+                pieces.append(piece)
+                room -= len(piece)
+            if not room:  # the rest, if any, is beyond the declared image: not read
+                return pieces
     except _INFLATE_ERROR:
         return None
-    if len(raw) != scanlines:
-        return None
-    stored = zlib.compress(raw, 0)
-    crc = isal_zlib.crc32(stored, isal_zlib.crc32(b"IDAT"))
-    chunk = len(stored).to_bytes(4, "big") + b"IDAT"
-    return b"".join((view[:first], chunk, stored, crc.to_bytes(4, "big"), view[last:]))
+    return None
+
+
+_STORED_MAX = 0xFFFF  # the most one stored deflate block holds
+
+
+def _stored_zlib(raw: list[bytes]) -> list[bytes | memoryview]:
+    """The bytes of ``raw`` as one zlib stream of stored (uncompressed) deflate blocks, in
+    pieces to join (RFC 1950/1951).
+
+    It means what ``zlib.compress(b"".join(raw), 0)`` does, without that call's copy through
+    the deflate window (1.5 ms of CPU for a 1024² RGB image, and a 3 MB buffer); the Adler-32 is
+    ISA-L's. Pillow inflates these blocks with a copy and unfilters the scanlines as ever."""
+    pieces: list[bytes | memoryview] = [b"\x78\x01"]  # deflate, 32 KiB window, no dictionary
+    adler = 1
+    for n, piece in enumerate(raw):
+        adler = isal_zlib.adler32(piece, adler)
+        view = memoryview(piece)
+        for start in range(0, len(piece), _STORED_MAX):
+            block = view[start : start + _STORED_MAX]
+            final = n == len(raw) - 1 and start + _STORED_MAX >= len(piece)
+            size = len(block)  # LEN, then NLEN (its one's complement), little-endian
+            header = size.to_bytes(2, "little") + (size ^ 0xFFFF).to_bytes(2, "little")
+            pieces += (b"\x01" if final else b"\x00", header, block)
+    pieces.append(adler.to_bytes(4, "big"))
+    return pieces
 
 
 def _pdq(image: Image.Image) -> tuple[str, int]:
-    bits, quality = pdqhash.compute(np.asarray(image.convert("RGB")))
+    """PDQ hash (hex, bit 0 of Meta's ``Hash256`` first) and quality of ``image``."""
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    if _PDQ_FROM_LUMA is not None:
+        return _pdq_from_luma(rgb, _PDQ_FROM_LUMA)
+    bits, quality = pdqhash.compute(rgb)
     # pdqhash gives bit 0 first; the hex form writes bit 255 first.
     value = int("".join("1" if b else "0" for b in reversed(bits.tolist())), 2)
     return f"{value:064x}", int(quality)
+
+
+# ``pdqhash.compute`` is a Cython wrapper round Meta's C++: it computes the luminance
+# (0.299 R + 0.587 G + 0.114 B in float64, then float32) with numpy over the whole image, in
+# temporaries of 1–2 MB (8 MB for a 512² image), and calls ``pdqHash256FromFloatLuma``. Under
+# the gateway's malloc settings (``CUSTODY_MALLOC_MMAP_THRESHOLD``, 1 MiB) each temporary is a
+# fresh mapping, faulted in page by page: ~8 ms a 512² hash, against ~3.5 ms with glibc's
+# dynamic threshold. The extension exports that C++ function (its mangled name spells its
+# parameter types: another signature would be another name, and None here); ``_pdq_from_luma``
+# computes the same luminance 128 rows at a time and calls it (~5 ms under the gateway's
+# settings): the same numbers in, the same hash out (tests/test_fingerprints.py compares them).
+# Without the symbol ``pdqhash.compute`` does it all, as before.
+_PDQ_SYMBOL = (
+    "_ZN8facebook3pdq7hashing23pdqHash256FromFloatLumaEPfS2_iiPA64_fS4_PA16_fRNS1_7Hash256ERi"
+)
+_LUMA_ROWS = 128  # 512 KiB of float64 a strip of a 512 px wide image: from the heap
+
+
+def _pdq_entry() -> Any | None:
+    """``facebook::pdq::hashing::pdqHash256FromFloatLuma`` in pdqhash's extension, or None.
+
+    Through ``PyDLL``: the call holds the GIL, as pdqhash's own does."""
+    try:
+        entry = ctypes.PyDLL(pdqhash_bindings.__file__)[_PDQ_SYMBOL]
+    except (OSError, AttributeError, TypeError):
+        return None
+    pointer, count = ctypes.c_void_p, ctypes.c_int
+    entry.argtypes = [pointer, pointer, count, count, pointer, pointer, pointer, pointer, pointer]
+    entry.restype = None
+    return entry
+
+
+_PDQ_FROM_LUMA = _pdq_entry()
+
+
+def _pdq_from_luma(rgb: np.ndarray, entry: Any) -> tuple[str, int]:
+    """What ``pdqhash.compute`` returns for ``rgb`` (rows × columns × 3, uint8), as hex."""
+    rows, columns = rgb.shape[:2]
+    luma = np.empty((rows, columns), np.float32)
+    for top in range(0, rows, _LUMA_ROWS):  # pdqhash's expression, in its order, per strip
+        strip = rgb[top : top + _LUMA_ROWS]
+        y = strip[:, :, 0] * 0.299
+        y += strip[:, :, 1] * 0.587
+        y += strip[:, :, 2] * 0.114
+        luma[top : top + _LUMA_ROWS] = y  # float64 -> float32, as ``astype("float32")``
+    scratch = np.empty_like(luma)
+    dct = [np.empty(shape, np.float32) for shape in ((64, 64), (16, 64), (16, 16))]
+    words, quality = np.zeros(16, "<u2"), np.zeros(1, np.intc)  # Hash256 (16 × uint16), int
+    entry(luma.ctypes.data, scratch.ctypes.data, rows, columns,
+          *(b.ctypes.data for b in dct), words.ctypes.data, quality.ctypes.data)  # fmt: skip
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little")  # bits[k]: bit k of the hash
+    return np.packbits(bits).tobytes().hex(), int(quality[0])
 
 
 def _iscc(image: Image.Image) -> str:
@@ -159,13 +269,71 @@ def _iscc(image: Image.Image) -> str:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)  # transparency over white, as the SDK does
-    trimmed = _trim_border(image.convert("RGB"))
+    trimmed = _trim_border(image if image.mode == "RGB" else image.convert("RGB"))
     pixels = trimmed.convert("L").resize((32, 32), Image.Resampling.BICUBIC)
-    return str(iscc_core.gen_image_code(list(pixels.tobytes()), bits=ISCC_BITS)["iscc"])
+    return image_code(pixels.tobytes())
+
+
+def image_code(pixels: bytes) -> str:
+    """``iscc_core.gen_image_code`` of 32×32 gray pixels (64 bits), the same doubles computed.
+
+    iscc-core's DCT (``alg_dct``, Nayuki's fast recursive DCT) runs on Python lists, 64 of
+    them for one code (2 ms); ``_dct_rows`` does its operations, in its order, on all rows of a
+    numpy array at once (0.2 ms). IEEE-754 doubles give the same result for the same operation
+    on the same operands, so the DCT matrix, its median and the bits are iscc-core's own
+    (tests/test_fingerprints.py compares the two on photographs and on random pixels)."""
+    gray = np.frombuffer(pixels, np.uint8).reshape(32, 32).astype(float)
+    matrix = _dct_rows(_dct_rows(gray).T).T  # rows, then columns, as soft_hash_image_v0
+    corner = matrix[:8, :8].ravel().tolist()  # the first 64 bits: the upper-left 8×8 block
+    median = statistics.median(corner)
+    bits = int("".join("1" if value > median else "0" for value in corner), 2)
+    code = iscc_core.encode_component(
+        mtype=iscc_core.MT.CONTENT,
+        stype=iscc_core.ST_CC.IMAGE,
+        version=iscc_core.VS.V0,
+        bit_length=ISCC_BITS,
+        digest=bits.to_bytes(ISCC_BITS // 8, "big"),
+    )
+    return f"ISCC:{code}"
+
+
+# alg_dct's divisors, cos((i + 0.5)·π / n)·2, for each length its recursion reaches
+_DCT_DIVISORS = {
+    n: np.array([math.cos((i + 0.5) * math.pi / n) * 2.0 for i in range(n // 2)])
+    for n in (2, 4, 8, 16, 32)
+}
+
+
+def _dct_rows(rows: np.ndarray) -> np.ndarray:
+    """``iscc_core.alg_dct`` of every row of ``rows`` (float64), operation for operation: the
+    halves' sums and scaled differences are transformed together, one level at a time."""
+    count, n = rows.shape
+    if n == 1:
+        return rows
+    half = n // 2
+    head, tail = rows[:, :half], rows[:, : half - 1 : -1]  # v[i], v[-(i + 1)]
+    both = _dct_rows(np.concatenate((head + tail, (head - tail) / _DCT_DIVISORS[n])))
+    alpha, beta = both[:count], both[count:]
+    out = np.empty_like(rows)
+    out[:, 0::2] = alpha
+    out[:, 1:-1:2] = beta[:, :-1] + beta[:, 1:]
+    out[:, -1] = beta[:, -1]
+    return out
 
 
 def _trim_border(image: Image.Image) -> Image.Image:
-    """Cut a uniform border (the colour of the top-left pixel) off, as the ISCC SDK does."""
+    """Cut a uniform border (the colour of the top-left pixel) off, as the ISCC SDK does.
+
+    The box of the pixels unlike the top-left one is the whole image exactly when each of the
+    four edges holds such a pixel: that is read first from the edges alone, and only an image with
+    a uniform edge is compared pixel by pixel (a photograph almost never has one)."""
+    width, height = image.size
+    corner = image.crop((0, 0, 1, 1)).tobytes()
+    edges = ((0, 0, width, 1), (0, height - 1, width, height), (0, 0, 1, height),
+             (width - 1, 0, width, height))  # fmt: skip
+    if all(image.crop(edge).tobytes() != corner * ((edge[2] - edge[0]) * (edge[3] - edge[1]))
+           for edge in edges):  # fmt: skip
+        return image
     background = Image.new(image.mode, image.size, image.getpixel((0, 0)))
     diff = ImageChops.difference(image, background)
     box = ImageChops.add(diff, diff).getbbox()
