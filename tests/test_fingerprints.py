@@ -124,6 +124,29 @@ def test_every_signed_output_carries_its_iscc_soft_binding_and_stays_trusted(
     assert rows["input"].role == "parent"
 
 
+def test_a_refused_turns_input_is_fingerprinted_too(
+    tmp_path: Path, photo_bytes: dict[str, bytes]
+) -> None:
+    """A turn denied at the request gate never reaches the upstream, whose wait the inputs'
+    fingerprints otherwise fill: its closing append computes them, so a lookup still finds who
+    tried to edit the image."""
+    from google.genai import errors
+
+    from tests.conftest import write_test_policy
+
+    running = start_custody(tmp_path / "custody", policy_dir=write_test_policy(tmp_path))
+    try:
+        with pytest.raises(errors.ClientError) as refused:
+            edit(running, photo_bytes["sample1.png"], "image/png", "a forbidden-word edit")
+        assert refused.value.code == 403
+        turn = refused.value.response.headers["x-custody-turn"]
+        [row] = fingerprint_rows(running.services.engine, turn)  # type: ignore[attr-defined]
+        source = fingerprint(photo_bytes["sample1.png"])
+        assert source is not None and row.direction == "input" and row.pdq == source.pdq
+    finally:
+        running.stop()
+
+
 def test_an_input_that_is_not_decodable_gets_no_fingerprint_and_the_turn_goes_on(
     custody: Any,
 ) -> None:

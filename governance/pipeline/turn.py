@@ -166,11 +166,6 @@ class TurnPipeline:
         if parsed.files and self.url_inputs is not None:
             inlined, parsed = await self._inline_url_inputs(state, parsed)
         state.parsed = parsed
-        # The inputs' fingerprints are computed in a worker thread while the turn goes on; the
-        # closing append waits for them (their rows are written with the turn's index rows).
-        state.input_fingerprints = asyncio.ensure_future(
-            self._off_loop(input_fingerprints, state.parsed.edited_images)
-        )
         made = await state.content.commitments(*request_content(state.parsed))
         state.stored = stored_request(state.parsed, made)
         state.request_sha256 = state.stored.request_sha256
@@ -280,6 +275,10 @@ class TurnPipeline:
             self._queue(state, "upstream.attempt", body)
             await self._append(state)
 
+        # The inputs' fingerprints are computed in a worker thread while the upstream works
+        # (not earlier: decoding holds the GIL for much of its ~25 ms, which the gates' own work
+        # would wait for); the closing append waits for them (their rows go with the index rows).
+        self._fingerprint_inputs(state)
         started = time.perf_counter()
         sent = await self.forwarder.send(state.request, tenant, record_attempt)
         result = sent.result
@@ -453,9 +452,19 @@ class TurnPipeline:
         if state.first_index is None:
             state.first_index = entries[0].index
 
+    def _fingerprint_inputs(self, state: TurnState) -> asyncio.Future[list[Fingerprint | None]]:
+        """The inputs' fingerprints, started once per turn (for a turn that never reaches the
+        upstream, by its closing append); none before the request is parsed."""
+        if state.input_fingerprints is None:
+            images = state.parsed.edited_images if state.parsed is not None else []
+            state.input_fingerprints = asyncio.ensure_future(
+                self._off_loop(input_fingerprints, images)
+            )
+        return state.input_fingerprints
+
     async def _close(self, state: TurnState, row: dict[str, Any]) -> None:
         """The one closing append: the queued closing event with every salt and index row."""
-        inputs = await state.input_fingerprints if state.input_fingerprints is not None else []
+        inputs = await self._fingerprint_inputs(state)
         side = await state.content.closing_rows(
             row,
             release.image_rows(state, outputs=row["status"] == "released"),
