@@ -49,6 +49,17 @@ def test_limiters_on_separate_engines_admit_exactly_the_limit(db_url: str) -> No
     assert peeked["actor_images"] == attempts
 
 
+def test_a_forgotten_reservation_keeps_its_place_and_is_not_held(db_url: str) -> None:
+    migrate(db_url)
+    limiter = DatabaseRateLimiter(make_engine(db_url))
+    held = [limiter.reserve("acme", "a@acme", 1, MINUTE) for _ in range(3)]
+    for reservation in held:  # the turns ended released: nothing will give them back
+        limiter.forget(reservation.reservation_id)
+    assert limiter.release(held[0].reservation_id) is False
+    assert limiter.peek("acme", "a@acme", MINUTE)["per_minute"]["actor_turns"] == 3
+    assert not limiter._held, "one entry per turn would stay until 100,000 later turns"
+
+
 def test_a_restart_sees_the_counts_and_a_give_back_returns_one_place(db_url: str) -> None:
     migrate(db_url)
     first = DatabaseRateLimiter(make_engine(db_url))

@@ -58,3 +58,26 @@ def test_window_slides() -> None:
     assert limiter.peek("t", "a", window)["per_minute"]["actor_images"] == 6
     now[0] += 61
     assert limiter.peek("t", "a", window)["per_minute"]["actor_turns"] == 0
+
+
+def test_a_settled_turn_keeps_its_place_and_leaves_no_reservation_behind() -> None:
+    service = PolicyService(POLICIES)  # ratelimited: 5 per actor per minute
+    allowed = [service.decide_request(facts("sofa", tenant="ratelimited")) for _ in range(5)]
+    assert [d.outcome for d in allowed] == ["allow"] * 5
+    for decision in allowed:  # each turn ended released (or held): it keeps its place
+        service.settle_reservation(decision.decision_id)
+        service.settle_reservation(decision.decision_id)  # idempotent
+    assert service.release_reservation(allowed[0].decision_id) is False, "nothing to give back"
+    assert service.decide_request(facts("sofa", tenant="ratelimited")).outcome == "deny"
+    # Nothing per turn is kept once the turns are over (a bound, not a time).
+    assert not service._reservations
+    assert not service.limiter._reservations  # type: ignore[attr-defined]
+
+
+def test_a_given_back_turn_is_settled_without_effect() -> None:
+    service = PolicyService(POLICIES)
+    decision = service.decide_request(facts("sofa", tenant="ratelimited"))
+    assert service.release_reservation(decision.decision_id) is True
+    service.settle_reservation(decision.decision_id)  # what every turn's end does
+    allowed = [service.decide_request(facts("sofa", tenant="ratelimited")) for _ in range(6)]
+    assert [d.outcome for d in allowed].count("allow") == 5

@@ -105,6 +105,10 @@ class PolicyGates:
         """The turn releases nothing: its rate-limit place goes back (idempotent)."""
         self._policy.release_reservation(decision.decision_id)
 
+    def settle_reservation(self, decision: Decision) -> None:
+        """The turn is over and keeps its rate-limit place: nothing is kept to give it back."""
+        self._policy.settle_reservation(decision.decision_id)
+
 
 def request_verdict(turn_id: str, decision: Decision, input_ref: str) -> GateVerdict:
     """The request gate's verdict on ``decision``."""

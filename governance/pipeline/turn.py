@@ -154,6 +154,11 @@ class TurnPipeline:
             ).for_turn(turn_id)
             await self._close_failed(state, failure)
             raise failure from exc
+        finally:
+            # Released, held, or given back by ``_close_failed``: the turn needs its
+            # reservation no longer (a dict lookup, no database work).
+            if state.decision is not None:
+                self.gates.settle_reservation(state.decision)
 
     async def receive(self, state: TurnState) -> None:
         """Parse the request and commit to its content (``turn.received``).

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from governance.policy.cxx_allocator import use_one_allocator
+
+# Before any module of this package loads rego-cpp (regopy): see governance.policy.cxx_allocator.
+use_one_allocator()
+
 
 class EngineError(Exception):
     """The policy engine could not produce a decision; the message says why, for the record."""

@@ -95,6 +95,8 @@ class Limiter(Protocol):
 
     def release(self, reservation_id: str) -> bool: ...
 
+    def forget(self, reservation_id: str) -> None: ...
+
 
 def _scopes(tenant: str, actor: str) -> tuple[tuple[str, str], ...]:
     return (("actor", f"{tenant}\x00{actor}"), ("tenant", tenant))
@@ -167,6 +169,12 @@ class DatabaseRateLimiter:
         rate_counters.release(self._engine, *held)
         return True
 
+    def forget(self, reservation_id: str) -> None:
+        """The turn keeps its place (it ended released, or held for review): nothing will
+        release it, so what ``release`` would need goes now, not 100,000 turns later."""
+        with self._lock:
+            self._held.pop(reservation_id, None)
+
 
 class RateLimiter:
     """Sliding-window logs keyed by (window, actor or tenant); every operation under one lock."""
@@ -232,6 +240,12 @@ class RateLimiter:
                 if log is not None:
                     log.drop(rid)
             return True
+
+    def forget(self, reservation_id: str) -> None:
+        """The turn keeps its place (it ended released, or held for review): its entries stay
+        in their windows until they age out; only what ``release`` would need goes."""
+        with self._lock:
+            self._reservations.pop(reservation_id, None)
 
     def _pruned(self, key: str, cutoff: float) -> _Log:
         log = self._logs.get(key)

@@ -225,6 +225,15 @@ class PolicyService:
             reservation_id = self._reservations.pop(decision_id, None)
         return self.limiter.release(reservation_id) if reservation_id else False
 
+    def settle_reservation(self, decision_id: str) -> None:
+        """The turn is over and keeps its rate-limit place (released, or held for review): its
+        reservation is forgotten, here and in the limiter, so neither holds one entry per
+        turn (bounded only at 100,000). After ``release_reservation`` this is a no-op."""
+        with self._reservations_lock:
+            reservation_id = self._reservations.pop(decision_id, None)
+        if reservation_id:
+            self.limiter.forget(reservation_id)
+
     def tenant_settings(self, tenant: str) -> dict[str, Any]:
         """The policy data's settings for ``tenant`` (``default`` for unknown tenants)."""
         return self._state.tenant_settings(tenant)

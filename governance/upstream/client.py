@@ -10,6 +10,11 @@ Idle connections are dropped after ``KEEPALIVE_EXPIRY_S``, below the idle timeou
 servers (uvicorn's, the emulator's old default, is 5 s): a server closes an idle connection at its
 timeout, and a request sent on it at that moment is lost with nothing received (``ReadError``).
 The client that lets go first never sends on a connection the server is closing.
+
+httpx binds each response's stream to the response (``Response.stream`` is a stream that refers
+back to it): a reference cycle holding the request body and the answer, megabytes each on an
+image turn, until the cycle collector's next full collection. Every response is unbound once it
+is closed (``unbind``), so both go the moment the turn lets go of them.
 """
 
 from __future__ import annotations
@@ -95,8 +100,10 @@ class UpstreamClient:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(deadline_s):
-                resp = await self._http.post(
-                    path, content=body, headers=self._headers(incoming), params=params
+                resp = unbind(
+                    await self._http.post(
+                        path, content=body, headers=self._headers(incoming), params=params
+                    )
                 )
         except TimeoutError:
             return UpstreamResult(
@@ -165,6 +172,7 @@ class UpstreamClient:
         events: list[bytes],
         start: float,
     ) -> UpstreamResult:
+        resp: httpx.Response | None = None
         try:
             async with self._http.stream(
                 "POST", path, content=body, headers=self._headers(incoming), params=params
@@ -206,6 +214,9 @@ class UpstreamClient:
                 transport_error=_describe(exc),
                 timed_out=isinstance(exc, httpx.TimeoutException),
             )
+        finally:
+            if resp is not None:  # closed by the block above: only now may its stream go
+                unbind(resp)
 
     async def get_resource(
         self, path: str, incoming: dict[str, str], params: dict[str, str]
@@ -216,7 +227,9 @@ class UpstreamClient:
         start = time.perf_counter()
         params = {k: v for k, v in params.items() if k != "key"}
         try:
-            resp = await self._http.get(path, headers=self._headers(incoming), params=params)
+            resp = unbind(
+                await self._http.get(path, headers=self._headers(incoming), params=params)
+            )
         except httpx.HTTPError as exc:
             return UpstreamResult(
                 0, b"", {}, (time.perf_counter() - start) * 1000, transport_error=_describe(exc)
@@ -231,10 +244,19 @@ class UpstreamClient:
     async def get(self, path: str) -> int:
         """GET ``path`` upstream (readiness); returns the status, 0 when unreachable."""
         try:
-            resp = await self._http.get(path, headers=self._headers({}), timeout=5.0)
+            resp = unbind(await self._http.get(path, headers=self._headers({}), timeout=5.0))
         except httpx.HTTPError:
             return 0
         return resp.status_code
+
+
+def unbind(resp: httpx.Response) -> httpx.Response:
+    """``resp``, closed, without the cycle httpx makes through its stream (``Response.stream``
+    refers back to the response): what it holds (the request with its body, the answer) is
+    freed by reference counting when the last name for it goes, not at a full collection."""
+    if resp.is_closed:
+        resp.stream = httpx.ByteStream(b"")
+    return resp
 
 
 def _deadline(deadline_s: float | None) -> str:
