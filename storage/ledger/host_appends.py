@@ -291,8 +291,11 @@ class HostAppends:
                 thread = threading.Thread(
                     target=self._serve_peer, args=(peer,), name="custody-ledger-peer", daemon=True
                 )
+                # Started under the mutex: ``close`` joins every listed handler, and joining
+                # one not yet started raises (a ``custody keys create`` exiting 1 beside a
+                # busy gateway was that race).
+                thread.start()
                 self._handlers.append(thread)
-            thread.start()
 
     def _serve_peer(self, peer: socket.socket) -> None:
         try:
