@@ -149,11 +149,14 @@ def test_two_replicas_never_sign_checkpoints_at_once(engine: Engine, db_url: str
 def test_only_the_lease_holder_of_two_gateways_signs_and_the_other_takes_over(
     db_url: str, tmp_path: Path
 ) -> None:
-    a = start_custody(tmp_path / "a", db_url, checkpoint_lease_ms=1_000)
+    # A lease long enough that a loaded machine's late renewal (a full suite at load 10+ stalled
+    # one past a 1 s lease, and b rightly took over) cannot pass it on while a serves: a gives
+    # it up when it stops, so b's takeover does not wait for it to expire.
+    a = start_custody(tmp_path / "a", db_url, checkpoint_lease_ms=15_000)
     b = start_custody(
         tmp_path / "b",
         db_url,
-        checkpoint_lease_ms=1_000,
+        checkpoint_lease_ms=15_000,
         log_key_file=tmp_path / "a" / "ledger-note.key",
     )
     running = [a, b]
