@@ -188,3 +188,38 @@ def test_no_private_directory_means_direct_appends(tmp_path: Path) -> None:
     shared.mkdir(mode=0o777)
     os.chmod(shared, 0o777)
     assert endpoint_for("x", shared) is None
+
+
+def test_closing_while_a_peer_is_being_accepted_joins_only_started_handlers(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sequencer closing just as it accepts a peer: ``close`` never meets a handler thread
+    that is listed but not yet started (joining one raises; ``custody keys create`` beside a
+    busy gateway exited 1 on it)."""
+    from storage.ledger import host_appends
+
+    starting = threading.Event()
+
+    class SlowToStart(threading.Thread):
+        def start(self) -> None:
+            if self.name == "custody-ledger-peer":  # the handler of an accepted peer
+                starting.set()
+                threading.Event().wait(0.3)  # the window in which close used to run
+            super().start()
+
+    migrate(sqlite_url)
+    signer = load_or_create_note_signer(tmp_path / "ledger-note.key", ORIGIN)
+    engine = make_engine(sqlite_url)
+    first = Ledger.open(engine, origin=ORIGIN, signer=signer)
+    second = Ledger.open(engine, origin=ORIGIN, signer=signer)
+    assert first.append([_event(1, 0)])[0].index == 0 and first.store.serving  # type: ignore[attr-defined]
+    monkeypatch.setattr(host_appends.threading, "Thread", SlowToStart)
+    indexes: list[int] = []
+    peer = threading.Thread(target=lambda: indexes.append(second.append([_event(2, 0)])[0].index))
+    peer.start()
+    assert starting.wait(10)
+    first.close()  # raised RuntimeError('cannot join thread before it is started') before
+    peer.join(30)
+    assert indexes == [1]  # answered, or sent again directly once the sequencer went: once
+    second.close()
+    engine.dispose()
