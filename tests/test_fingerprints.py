@@ -8,6 +8,7 @@ verifiers, the real ``custody verify`` CLI, and the fingerprint index on SQLite 
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +317,44 @@ def test_the_pdq_hash_is_pdqhashs_own_through_its_cpp_entry(
         assert fingerprint_module._pdq_from_luma(rgb, fingerprint_module._PDQ_FROM_LUMA) == (
             f"{expected:064x}", int(quality),
         ), rgb.shape  # fmt: skip
+
+
+def test_pdq_runs_without_the_gil_and_gives_the_same_hashes_on_many_threads(
+    photo_bytes: dict[str, bytes],
+) -> None:
+    """The C++ entry is called through ``CDLL`` (the GIL is released: a turn's input and output
+    hashes, and other turns', run on several cores), and hashing on eight threads at once gives
+    every image the hash and quality one thread gives it."""
+    entry = fingerprint_module._PDQ_FROM_LUMA
+    assert entry is not None
+    assert not entry._flags_ & ctypes._FUNCFLAG_PYTHONAPI  # a PyDLL function would hold the GIL
+    rng = np.random.default_rng(8)
+    images = [
+        np.asarray(Image.open(io.BytesIO(d)).convert("RGB").reduce(4)) for d in photo_bytes.values()
+    ]
+    images += [rng.integers(0, 256, (300, 400, 3), dtype=np.uint8) for _ in range(8)]
+    serial = [fingerprint_module._pdq_from_luma(rgb, entry) for rgb in images]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            assert (
+                list(pool.map(lambda rgb: fingerprint_module._pdq_from_luma(rgb, entry), images))
+                == serial
+            )
+
+
+def test_the_staged_fingerprint_tells_the_iscc_once_before_it_returns(
+    photo_bytes: dict[str, bytes],
+) -> None:
+    """``staged_fingerprint`` (the signer starts on the ISCC while PDQ runs) tells the very code
+    ``fingerprint`` computes, exactly once, and None once for bytes that are no image."""
+    data = next(iter(photo_bytes.values()))
+    told: list[str | None] = []
+    found = fingerprint_module.staged_fingerprint(data, told.append)
+    assert found == fingerprint_module.fingerprint(data)
+    assert found is not None and told == [found.iscc]
+    told.clear()
+    assert fingerprint_module.staged_fingerprint(b"not an image", told.append) is None
+    assert told == [None]
 
 
 def _sdk_trim(image: Image.Image) -> Image.Image:

@@ -159,6 +159,37 @@ def test_an_internal_failure_names_the_turn_and_leaks_nothing(gateway, monkeypat
     assert gateway.ledger_events(turn_id)[-1]["type"] == "turn.failed"
 
 
+def test_a_response_that_cannot_be_built_is_never_recorded_as_released(
+    gateway, monkeypatch
+) -> None:
+    """The signed documents are built beside the closing append, which waits for them: when
+    building fails the caller gets a 500 naming the turn, and the turn's record ends in
+    ``turn.failed`` with no ``turn.released`` (its outputs were signed, never sent), and the
+    ledger still verifies."""
+    from governance.pipeline import release
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("outgoing-detail-xyz")
+
+    monkeypatch.setattr(release, "outgoing", broken)
+    resp = httpx.post(
+        gateway.base_url + GENERATE,
+        json=_text("a red bicycle"),
+        headers={"x-goog-api-key": gateway.keys["editor"]},
+        timeout=60,
+    )
+    assert resp.status_code == 500, resp.text
+    turn_id = resp.headers["x-custody-turn"]
+    assert "outgoing-detail-xyz" not in resp.text
+    types_ = [e["type"] for e in gateway.ledger_events(turn_id)]
+    assert "output.signed" in types_ and "turn.released" not in types_, types_
+    assert types_[-1] == "turn.failed", types_
+    ledger = gateway.services.ledger  # type: ignore[attr-defined]
+    ledger.issue_checkpoint()
+    report = verify_ledger(ledger.engine, origin=ledger.origin, verifier=ledger.signer.verifier())
+    assert report.ok, report.summary()
+
+
 def test_an_unexpected_error_outside_a_turn_is_a_gemini_envelope(gateway, monkeypatch) -> None:
     async def broken(*_: object) -> None:
         raise RuntimeError("internal-detail-xyz")

@@ -15,7 +15,7 @@ from governance.ledger_vocabulary import OutputSigned
 from governance.pipeline.errors import TurnError
 from governance.pipeline.response import OutputImage
 from governance.pipeline.turn_types import SignedItem, TurnState
-from governance.provenance.fingerprint import Fingerprint, fingerprint
+from governance.provenance.fingerprint import Fingerprint
 from governance.provenance.signer import OutputSigner
 from governance.provenance.types import Approval, InputImage, ProvenanceContext, ProvenanceError
 from governance.upstream.identity import identify_upstream
@@ -94,17 +94,17 @@ class OutputSigning:
             thumbnails=bool(decision.obligations.get("thumbnails", False)),
         )
 
-    def sign_one(self, img: OutputImage, ctx: ProvenanceContext) -> SignedItem:
+    def sign_one(
+        self, img: OutputImage, ctx: ProvenanceContext, soft_binding: str | None
+    ) -> SignedItem:
         """Sign one image exactly as the upstream returned it (never re-encoded); a file c2pa
         cannot sign fails the turn with a 502 naming the upstream, so nothing goes out unsigned.
 
-        The image's fingerprints are computed first: its ISCC Image-Code goes into the manifest
-        as the ``c2pa.soft-binding`` assertion (the signed file has the same pixels)."""
-        found = fingerprint(img.data)
+        ``soft_binding`` is the image's ISCC Image-Code (``OutputPrint.iscc``): it goes into the
+        manifest as the ``c2pa.soft-binding`` assertion (the signed file has the same pixels).
+        The item's ``fingerprint`` is the orchestrator's to fill in (computed beside this)."""
         try:
-            out = self._signer.sign_output(
-                img.data, img.mime_type, ctx, soft_binding=found.iscc if found else None
-            )
+            out = self._signer.sign_output(img.data, img.mime_type, ctx, soft_binding=soft_binding)
         except ProvenanceError as exc:
             # The walk already read the image's header; c2pa failing on its structure is the
             # upstream's fault, and nothing unsigned may go out instead.
@@ -115,7 +115,7 @@ class OutputSigning:
                 reason="UPSTREAM_MALFORMED",
             ) from exc
         position = (img.chunk, img.candidate, img.part)
-        return SignedItem(position, hashlib.sha256(img.data).hexdigest(), out, found)
+        return SignedItem(position, hashlib.sha256(img.data).hexdigest(), out)
 
 
 def manifest_approvals(state: TurnState) -> list[Approval]:

@@ -50,6 +50,7 @@ from governance.pipeline.leaf_bounds import bound_body
 from governance.pipeline.lineage import SessionLinker, is_rollback, rollback_result
 from governance.pipeline.parse import InputImage, ParsedRequest
 from governance.pipeline.receive import Receiver, request_content, stored_request
+from governance.pipeline.response import OutputImage
 from governance.pipeline.review_gate import (
     ReviewGate,
     Stage,
@@ -58,7 +59,13 @@ from governance.pipeline.review_gate import (
     retry_wait_s,
 )
 from governance.pipeline.signing import OutputSigning, signed_body
-from governance.pipeline.turn_types import TurnOutcome, TurnRequest, TurnState
+from governance.pipeline.turn_types import (
+    OutputPrint,
+    SignedItem,
+    TurnOutcome,
+    TurnRequest,
+    TurnState,
+)
 from governance.pipeline.url_inputs import (
     FETCH_OBLIGATION,
     InlinedRequest,
@@ -67,7 +74,8 @@ from governance.pipeline.url_inputs import (
     refused_url_inputs,
 )
 from governance.policy.decision import Decision
-from governance.provenance.fingerprint import Fingerprint, fingerprint
+from governance.provenance.fingerprint import Fingerprint, fingerprint, staged_fingerprint
+from governance.provenance.types import ProvenanceContext
 from storage.ledger import Ledger
 from storage.ledger.batching import LedgerPushback
 from storage.ledger.events import SideRows
@@ -294,6 +302,8 @@ class TurnPipeline:
         self.metrics.upstream_latency.labels(tenant).observe(result.elapsed_ms / 1000)
         answer = await self._off_loop(read_answer, state.request, result)
         state.documents, state.summary = answer.documents, answer.summary
+        if answer.error is None:
+            self._fingerprint_outputs(state)  # beside the answer's blob and the response gate
         response_ref = await state.content.upstream_response(result)
         self._queue(state, "upstream.returned", returned_body(result, answer, response_ref, sent))
         if answer.error is not None:
@@ -312,7 +322,8 @@ class TurnPipeline:
         )
 
     async def sign(self, state: TurnState) -> None:
-        """Sign every output image in parallel worker threads (``output.signed`` each)."""
+        """Sign every output image in parallel worker threads (``output.signed`` each); each
+        signature starts once its image's ISCC is known, while its PDQ is still computed."""
         assert state.summary is not None
         lineage, images = state.lineage, state.summary.images
         if images:
@@ -323,11 +334,12 @@ class TurnPipeline:
                     self.linker.allocate, lineage, [img.data for img in images]
                 )
                 contexts = [replace(ctx, lineage=lineage.manifest_facts(o)) for o in outs]
+            prints = self._fingerprint_outputs(state)
             state.signed = list(
                 await asyncio.gather(
                     *(
-                        self._off_loop(self.signing.sign_one, img, c)
-                        for img, c in zip(images, contexts, strict=True)
+                        self._signed(img, c, found)
+                        for img, c, found in zip(images, contexts, prints, strict=True)
                     )
                 )
             )
@@ -337,10 +349,41 @@ class TurnPipeline:
                 self.linker.signed(lineage.outputs[n], item, ref)
             self._queue(state, "output.signed", signed_body(item, ref))
 
+    async def _signed(
+        self, img: OutputImage, ctx: ProvenanceContext, prints: OutputPrint
+    ) -> SignedItem:
+        """One output signed with its ISCC as the soft binding, its fingerprint beside it."""
+        await asyncio.wait((prints.iscc, prints.found), return_when=asyncio.FIRST_COMPLETED)
+        if prints.iscc.done():
+            code = prints.iscc.result()
+        else:  # the fingerprint ended without telling its code: it raised (raised here)
+            ended = await prints.found
+            code = ended.iscc if ended is not None else None
+        signing = self._off_loop(self.signing.sign_one, img, ctx, code)
+        item, found = await asyncio.gather(signing, prints.found)
+        return replace(item, fingerprint=found)
+
+    def _fingerprint_outputs(self, state: TurnState) -> list[OutputPrint]:
+        """The output images' fingerprints, started once per turn (``OutputPrint``)."""
+        if state.output_prints is None:
+            assert state.summary is not None
+            loop = asyncio.get_running_loop()
+            prints = []
+            for img in state.summary.images:
+                iscc: asyncio.Future[str | None] = loop.create_future()
+                told = partial(loop.call_soon_threadsafe, _settle, iscc)
+                found = loop.run_in_executor(self.executor, staged_fingerprint, img.data, told)
+                prints.append(OutputPrint(iscc, found))
+            state.output_prints = prints
+        return state.output_prints
+
     async def release(self, state: TurnState) -> TurnOutcome:
         """Release the signed response: ``turn.released`` and the turn's index rows are durable
         before a byte goes back to the caller."""
-        documents, serialised = await self._off_loop(release.outgoing, state)
+        # The signed documents are placed and serialised in a worker thread while the closing
+        # append waits for the outputs' blobs; the append waits for them in turn, so a response
+        # that cannot be built is never recorded as released.
+        outgoing = asyncio.ensure_future(self._off_loop(release.outgoing, state))
         summary = state.summary
         assert summary is not None
         total_ms = state.elapsed_ms()
@@ -357,12 +400,15 @@ class TurnPipeline:
             upstream_label=self.forwarder.label,
         )
         try:
-            await self._close(state, row)
+            await self._close(state, row, before_append=outgoing)
         except BaseException:
             # Not released: the failure record carries the turn's other queued events, never
             # a ``turn.released`` (or a lineage closed as released) for a response never sent.
             del state.events[closing:]
+            if not outgoing.done():
+                outgoing.cancel()
             raise
+        documents, serialised = outgoing.result()
         state.released = True
         outcome = (
             "released" if summary.safety_outcome == "ok" else f"released_{summary.safety_outcome}"
@@ -467,8 +513,15 @@ class TurnPipeline:
             )
         return state.input_fingerprints
 
-    async def _close(self, state: TurnState, row: dict[str, Any]) -> None:
-        """The one closing append: the queued closing event with every salt and index row."""
+    async def _close(
+        self,
+        state: TurnState,
+        row: dict[str, Any],
+        *,
+        before_append: asyncio.Future[Any] | None = None,
+    ) -> None:
+        """The one closing append: the queued closing event with every salt and index row.
+        ``before_append`` (the release's outgoing documents) must succeed before it is made."""
         inputs = await self._fingerprint_inputs(state)
         side = await state.content.closing_rows(
             row,
@@ -481,6 +534,8 @@ class TurnPipeline:
             if labels:
                 side.append(SideRows("turn_labels", LABEL_COLUMNS, labels))
         try:
+            if before_append is not None:
+                await before_append
             await self._append(state, side)
         except BaseException:
             state.content.closing_failed()  # else the failure record would cite unsalted blobs
@@ -552,6 +607,11 @@ class TurnPipeline:
 def input_fingerprints(images: Sequence[InputImage]) -> list[Fingerprint | None]:
     """Each input image's fingerprints (blocking: decoding and hashing)."""
     return [fingerprint(img.data) for img in images]
+
+
+def _settle(future: asyncio.Future[str | None], value: str | None) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _outcome_label(err: TurnError) -> str:

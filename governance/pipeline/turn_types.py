@@ -69,6 +69,17 @@ class StoredRequest:
 
 
 @dataclass(frozen=True)
+class OutputPrint:
+    """An output image's fingerprints, computed in a worker thread from the moment the
+    upstream's answer is read (the response gate and the answer's blob go on meanwhile): the
+    ISCC Image-Code first, which the signer waits for (the manifest's soft binding), then the
+    whole ``Fingerprint``, computed while c2pa signs."""
+
+    iscc: asyncio.Future[str | None]
+    found: asyncio.Future[Fingerprint | None]
+
+
+@dataclass(frozen=True)
 class SignedItem:
     """One signed output and where it goes back into the response."""
 
@@ -125,7 +136,8 @@ class TurnState:
     summary: ResponseSummary | None = None
     # decide (response gate)
     response_decision: Decision | None = None
-    # sign
+    # sign: the outputs' fingerprints (started when the answer is read), the signed outputs
+    output_prints: list[OutputPrint] | None = None
     signed: list[SignedItem] = field(default_factory=list)
     # record
     events: list[LedgerEvent] = field(default_factory=list)

@@ -37,6 +37,7 @@ import io
 import logging
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,17 @@ class Fingerprint:
 
 def fingerprint(data: bytes) -> Fingerprint | None:
     """Both fingerprints of an encoded image (PNG, JPEG, WebP, ...); None when not decodable."""
+    return staged_fingerprint(data, lambda _iscc: None)
+
+
+def staged_fingerprint(data: bytes, on_iscc: Callable[[str | None], None]) -> Fingerprint | None:
+    """``fingerprint``, telling ``on_iscc`` the ISCC Image-Code (None: there is none) as soon as
+    it is known, before PDQ is computed: a signer waiting for the code (the manifest's soft
+    binding) starts while PDQ runs, on another core (PDQ's C++ runs without the GIL).
+
+    ``on_iscc`` is called exactly once. Should PDQ fail after the code was told (a decoded image
+    whose ISCC could be computed and whose PDQ could not: not seen on any test image), the
+    result is None, as for an image no hash can read."""
     try:
         with Image.open(io.BytesIO(inflated_png(data) or data)) as image:
             # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale, never below 512 px.
@@ -78,12 +90,19 @@ def fingerprint(data: bytes) -> Fingerprint | None:
             ImageOps.exif_transpose(image, in_place=True)  # not copied when nothing is to turn
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         log.info("fingerprint: not a decodable image (%s)", type(exc).__name__)
+        on_iscc(None)
         return None
+    told = False
     try:
         small = _reduced(image)
-        return Fingerprint(*_pdq(small), iscc=_iscc(small))
+        iscc = _iscc(small)
+        told = True
+        on_iscc(iscc)
+        return Fingerprint(*_pdq(small), iscc=iscc)
     except Exception:  # a decoded image a hash cannot read: looked up by its bytes only
         log.warning("fingerprint: hashing a decoded %s image failed", image.mode, exc_info=True)
+        if not told:
+            on_iscc(None)
         return None
 
 
@@ -231,18 +250,20 @@ _LUMA_ROWS = 128  # 512 KiB of float64 a strip of a 512 px wide image: from the 
 def _pdq_entry() -> Any | None:
     """``facebook::pdq::hashing::pdqHash256FromFloatLuma`` in pdqhash's extension, or None.
 
-    Through ``PyDLL``: the call holds the GIL, as pdqhash's own does."""
+    Through ``CDLL``: the call releases the GIL, so the hashes of several images (a turn's
+    inputs and outputs, other turns') run on several cores, and a signer beside it is not held
+    up. That is safe because the function reads and writes only the buffers it is given (numpy
+    arrays the caller keeps alive for the call) and a DCT matrix it fills on its first call,
+    which is made here, once, before any other thread can reach the entry."""
     try:
-        entry = ctypes.PyDLL(pdqhash_bindings.__file__)[_PDQ_SYMBOL]
+        entry = ctypes.CDLL(pdqhash_bindings.__file__)[_PDQ_SYMBOL]
     except (OSError, AttributeError, TypeError):
         return None
     pointer, count = ctypes.c_void_p, ctypes.c_int
     entry.argtypes = [pointer, pointer, count, count, pointer, pointer, pointer, pointer, pointer]
     entry.restype = None
+    _pdq_from_luma(np.zeros((64, 64, 3), np.uint8), entry)  # the first call, on one thread
     return entry
-
-
-_PDQ_FROM_LUMA = _pdq_entry()
 
 
 def _pdq_from_luma(rgb: np.ndarray, entry: Any) -> tuple[str, int]:
@@ -262,6 +283,9 @@ def _pdq_from_luma(rgb: np.ndarray, entry: Any) -> tuple[str, int]:
           *(b.ctypes.data for b in dct), words.ctypes.data, quality.ctypes.data)  # fmt: skip
     bits = np.unpackbits(words.view(np.uint8), bitorder="little")  # bits[k]: bit k of the hash
     return np.packbits(bits).tobytes().hex(), int(quality[0])
+
+
+_PDQ_FROM_LUMA = _pdq_entry()
 
 
 def _iscc(image: Image.Image) -> str:
