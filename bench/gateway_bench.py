@@ -3,8 +3,12 @@
 SDK → Custody → emulator against SDK → emulator, interleaved request by request in one run and
 against the same emulator process, with the real google-genai SDK as the client. Custody and the
 emulator each run in their own process (``custody serve`` and ``custody emulator``, as in
-production), so the client's threads share neither interpreter. Three runs: unary at 1 client,
-unary at 16 clients, and the streamed edit (``streamGenerateContent?alt=sse``) at 1 client.
+production), so the client's threads share neither interpreter. Every call sends new bytes (the
+same pixels with a ``tEXt`` chunk numbering the call), so the gateway fingerprints every input
+as it would an image never seen before; ``--same-input`` sends one file throughout (the gateway's
+fingerprint memo then answers for it, as in a session editing its last output). Three runs:
+unary at 1 client, unary at 16 clients, and the streamed edit (``streamGenerateContent?alt=sse``)
+at 1 client.
 
 Every latency figure is a difference (via − direct) or a ratio against the same run's direct path;
 the machine is shared, so absolute figures from another run would not compare. For each run the
@@ -18,13 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -208,8 +215,32 @@ def running_stack(
                 proc.kill()
 
 
+def same_input() -> bool:
+    """Whether every call sends the very same bytes (``--same-input`` or
+    ``CUSTODY_BENCH_SAME_INPUT=1``): then the gateway's fingerprint memo answers for the input
+    from the second turn on, as it does in a session whose next turn edits the last output."""
+    flag = os.environ.get("CUSTODY_BENCH_SAME_INPUT", "")
+    return "--same-input" in sys.argv[1:] or flag not in ("", "0")
+
+
+_CALLS = itertools.count()
+_IHDR_END = 8 + 25  # the PNG signature, then IHDR (length, type, 13 bytes, CRC)
+
+
+def fresh_png(image: bytes) -> bytes:
+    """``image`` with a ``tEXt`` chunk numbering this call: new bytes (a new SHA-256, so nothing
+    is remembered from an earlier turn), the same pixels (the same work for the upstream)."""
+    if image[:8] != b"\x89PNG\r\n\x1a\n" or image[12:16] != b"IHDR":
+        raise ValueError("fresh_png takes a PNG")
+    text = b"custody-bench\x00" + str(next(_CALLS)).encode()
+    crc = zlib.crc32(b"tEXt" + text)
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", crc)
+    return image[:_IHDR_END] + chunk + image[_IHDR_END:]
+
+
 def _contents(image: bytes) -> list[types.Part | str]:
-    return [types.Part.from_bytes(data=image, mime_type="image/png"), "make it teal"]
+    data = image if same_input() else fresh_png(image)
+    return [types.Part.from_bytes(data=data, mime_type="image/png"), "make it teal"]
 
 
 def unary_call(client: genai.Client, image: bytes) -> float:
@@ -279,7 +310,13 @@ def main() -> None:
         print(
             f"\nGateway added latency, 1024x1024 PNG edit ({len(image) / 1e6:.2f} MB image),"
             " SDK → Custody → emulator vs SDK → emulator, interleaved in one run"
-            f"{' (--quick: rough)' if short else ''}; gateway RSS after warm-up"
+            f"{' (--quick: rough)' if short else ''}; "
+            + (
+                "the same input bytes every call (--same-input)"
+                if same_input()
+                else "new input bytes every call (a tEXt chunk each)"
+            )
+            + "; gateway RSS after warm-up"
             f" {started.rss_mib:.0f} MiB"
         )
         print(

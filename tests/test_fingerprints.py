@@ -35,6 +35,7 @@ from sqlalchemy import create_engine, select
 from governance.provenance import fingerprint as fingerprint_module
 from governance.provenance.fingerprint import (
     ISCC_ALG,
+    Fingerprint,
     _trim_border,
     fingerprint,
     image_code,
@@ -147,6 +148,62 @@ def test_a_refused_turns_input_is_fingerprinted_too(
         assert source is not None and row.direction == "input" and row.pdq == source.pdq
     finally:
         running.stop()
+
+
+def test_a_turn_editing_the_previous_output_reuses_its_fingerprint_within_its_tenant(
+    custody: Any, photo_bytes: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next turn of a session edits the signed output of the last one: its fingerprint is
+    the output's (the signed file has the upstream's pixels), taken from the memo instead of
+    decoded again — for the tenant that made it; another tenant's turn computes its own."""
+    from governance.provenance import fingerprint_memo
+
+    computed: list[str] = []
+
+    def counted(data: bytes) -> Any:
+        computed.append(hashlib.sha256(data).hexdigest())
+        return fingerprint(data)
+
+    monkeypatch.setattr(fingerprint_memo, "fingerprint", counted)
+    first, turn1 = edit(custody, photo_bytes["sample1.png"], "image/png", "make it teal")
+    assert computed == [hashlib.sha256(photo_bytes["sample1.png"]).hexdigest()]  # the input
+    output_row = next(
+        r for r in fingerprint_rows(custody.services.engine, turn1) if r.direction == "output"
+    )
+    assert fingerprint(first) == Fingerprint(
+        output_row.pdq, output_row.pdq_quality, output_row.iscc
+    )
+    _, turn2 = edit(custody, first, "image/png", "now make it warmer")
+    assert len(computed) == 1  # remembered: the signed output, under its own digest
+    [input_row] = [
+        r for r in fingerprint_rows(custody.services.engine, turn2) if r.direction == "input"
+    ]
+    assert (input_row.sha256, input_row.pdq, input_row.iscc) == (
+        hashlib.sha256(first).hexdigest(), output_row.pdq, output_row.iscc,
+    )  # fmt: skip
+    _, turn3 = edit(custody, first, "image/png", "a third edit", role="other-tenant-editor")
+    assert computed[1:] == [hashlib.sha256(first).hexdigest()]  # globex computes its own
+    [other] = [
+        r for r in fingerprint_rows(custody.services.engine, turn3) if r.direction == "input"
+    ]
+    assert other.tenant == "globex" and other.pdq == output_row.pdq
+
+
+def test_the_fingerprint_memo_is_bounded_and_forgets_the_least_recently_used() -> None:
+    from governance.provenance.fingerprint_memo import FingerprintMemo
+
+    memo = FingerprintMemo(capacity=2)
+    a, b = Fingerprint("a" * 64, 90, "ISCC:A"), Fingerprint("b" * 64, 90, "ISCC:B")
+    memo.remember("t", "1", a)
+    memo.remember("t", "2", b)
+    assert memo.lookup("t", "1") == (True, a)  # 1 is now the most recent
+    memo.remember("t", "3", None)  # undecodable bytes are remembered too
+    assert len(memo) == 2
+    assert memo.lookup("t", "2") == (False, None)
+    assert memo.lookup("t", "3") == (True, None)
+    assert memo.lookup("other", "1") == (False, None)
+    with pytest.raises(ValueError):
+        FingerprintMemo(capacity=0)
 
 
 def test_an_input_that_is_not_decodable_gets_no_fingerprint_and_the_turn_goes_on(

@@ -74,7 +74,8 @@ from governance.pipeline.url_inputs import (
     refused_url_inputs,
 )
 from governance.policy.decision import Decision
-from governance.provenance.fingerprint import Fingerprint, fingerprint, staged_fingerprint
+from governance.provenance.fingerprint import Fingerprint, staged_fingerprint
+from governance.provenance.fingerprint_memo import FingerprintMemo
 from governance.provenance.types import ProvenanceContext
 from storage.ledger import Ledger
 from storage.ledger.batching import LedgerPushback
@@ -102,8 +103,10 @@ class TurnPipeline:
         metrics: Metrics,
         executor: Executor,
         url_inputs: UrlInliner | None = None,
+        prints: FingerprintMemo | None = None,
     ) -> None:
         self.url_inputs = url_inputs
+        self.prints = prints if prints is not None else FingerprintMemo()
         self.receiver = receiver
         self.gates = gates
         self.forwarder = forwarder
@@ -344,6 +347,9 @@ class TurnPipeline:
                 )
             )
         for n, item in enumerate(state.signed):
+            if item.fingerprint is not None:  # the next turn may edit either file
+                for digest in (item.upstream_sha256, item.output.sha256):
+                    self.prints.remember(state.principal.tenant, digest, item.fingerprint)
             ref = await state.content.signed_output(item.output)
             if lineage is not None:
                 self.linker.signed(lineage.outputs[n], item, ref)
@@ -509,9 +515,16 @@ class TurnPipeline:
         if state.input_fingerprints is None:
             images = state.parsed.edited_images if state.parsed is not None else []
             state.input_fingerprints = asyncio.ensure_future(
-                self._off_loop(input_fingerprints, images)
+                self._off_loop(self._input_fingerprints, state.principal.tenant, images)
             )
         return state.input_fingerprints
+
+    def _input_fingerprints(
+        self, tenant: str, images: Sequence[InputImage]
+    ) -> list[Fingerprint | None]:
+        """Each input image's fingerprints (blocking): remembered when the same bytes were seen
+        before — a session's parent is usually its previous output — else computed."""
+        return [self.prints.fingerprint(tenant, img.data, img.sha256) for img in images]
 
     async def _close(
         self,
@@ -602,11 +615,6 @@ class TurnPipeline:
         )
         await self._off_loop(self.ledger.append, [event])
         self.metrics.turns.labels(outcome.tenant, "undelivered").inc()
-
-
-def input_fingerprints(images: Sequence[InputImage]) -> list[Fingerprint | None]:
-    """Each input image's fingerprints (blocking: decoding and hashing)."""
-    return [fingerprint(img.data) for img in images]
 
 
 def _settle(future: asyncio.Future[str | None], value: str | None) -> None:
