@@ -16,12 +16,15 @@ from governance.pipeline.turn_types import StoredRequest, TurnRequest
 from storage.blobs import Commitment
 
 
-def request_content(parsed: ParsedRequest) -> list[bytes | tuple[bytes, str]]:
+def request_content(
+    parsed: ParsedRequest, body_sha256: str | None = None
+) -> list[bytes | tuple[bytes, str]]:
     """What a turn commits to on receipt, in this order: the request as it arrived, its prompt,
     every image the turn works on and every non-image input — the last two with the SHA-256
-    parsing computed, so nothing is hashed twice."""
+    parsing computed, the body with ``body_sha256`` when it was hashed beside the parse, so
+    nothing is hashed twice."""
     return [
-        parsed.body,
+        parsed.body if body_sha256 is None else (parsed.body, body_sha256),
         parsed.prompt.encode(),
         *((i.data, i.sha256) for i in parsed.edited_images),
         *((d.data, d.sha256) for d in parsed.documents),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -177,12 +178,21 @@ class TurnPipeline:
         URL inputs the policy lets Custody fetch are fetched and inlined first (``url_inputs``):
         ``turn.received`` then describes the request as it will be forwarded, and
         ``url_inputs.fetched`` commits to the request as it arrived and says what was fetched."""
-        parsed = await self._off_loop(self.receiver.parse, state.request, state.principal.tenant)
+        body = state.request.body  # hashed in another worker thread while it is parsed
+        body_sha256 = asyncio.ensure_future(self._off_loop(sha256_hex, body))
+        try:
+            parsed = await self._off_loop(
+                self.receiver.parse, state.request, state.principal.tenant
+            )
+        except BaseException:
+            await asyncio.gather(body_sha256, return_exceptions=True)
+            raise
         inlined: InlinedRequest | None = None
         if parsed.files and self.url_inputs is not None:
             inlined, parsed = await self._inline_url_inputs(state, parsed)
         state.parsed = parsed
-        made = await state.content.commitments(*request_content(state.parsed))
+        digest = await body_sha256 if parsed.body is body else None  # not if URLs were inlined
+        made = await state.content.commitments(*request_content(state.parsed, digest))
         state.stored = stored_request(state.parsed, made)
         state.request_sha256 = state.stored.request_sha256
         state.lineage = await self._off_loop(self.linker.link, state)
@@ -615,6 +625,10 @@ class TurnPipeline:
         )
         await self._off_loop(self.ledger.append, [event])
         self.metrics.turns.labels(outcome.tenant, "undelivered").inc()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _settle(future: asyncio.Future[str | None], value: str | None) -> None:
