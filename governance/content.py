@@ -91,12 +91,13 @@ class TurnContent:
         self.decision_inputs.append((stage, commitment))
         return commitment
 
-    async def upstream_response(self, result: UpstreamResult) -> dict[str, Any]:
-        """Commit to the upstream's answer exactly as it arrived (unsigned images included)."""
-        raw = result.body if not result.events else b"\n".join(result.events)
+    async def upstream_response(self, raw: bytes, sha256: str | None = None) -> dict[str, Any]:
+        """Commit to the upstream's answer exactly as it arrived (``upstream_bytes``: unsigned
+        images included); ``sha256`` when it was hashed already."""
         if not raw:
             return {}
-        return {"response": (await self.commit(raw))[0], "response_bytes": len(raw)}
+        item = raw if sha256 is None else (raw, sha256)
+        return {"response": (await self.commit(item))[0], "response_bytes": len(raw)}
 
     async def signed_output(self, output: SignedOutput) -> dict[str, Any]:
         """Keep the released file and its manifest (the signer already hashed both)."""
@@ -188,6 +189,11 @@ class TurnContent:
         self.closing_salts = []
         self.decision_inputs = []
         self.is_closed = True
+
+
+def upstream_bytes(result: UpstreamResult) -> bytes:
+    """The upstream's answer as it arrived: the body, or a stream's events one per line."""
+    return result.body if not result.events else b"\n".join(result.events)
 
 
 def decision_input_bytes(document: dict[str, Any]) -> bytes:

@@ -34,7 +34,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from governance.auth.principal import Principal
-from governance.content import ContentRecorder, decision_input_bytes
+from governance.content import ContentRecorder, decision_input_bytes, upstream_bytes
 from governance.ledger_vocabulary import UpstreamAttempt, ledger_event
 from governance.metrics import Metrics
 from governance.pipeline import refusal, release
@@ -313,11 +313,19 @@ class TurnPipeline:
             state.upstream_phase_ms = (time.perf_counter() - started) * 1000
         self.metrics.upstream_attempts.labels(tenant, sent.step.outcome).inc()
         self.metrics.upstream_latency.labels(tenant).observe(result.elapsed_ms / 1000)
-        answer = await self._off_loop(read_answer, state.request, result)
+        raw = upstream_bytes(result)  # hashed in another worker thread while it is read
+        raw_sha256 = asyncio.ensure_future(self._off_loop(sha256_hex, raw)) if raw else None
+        try:
+            answer = await self._off_loop(read_answer, state.request, result)
+        except BaseException:
+            if raw_sha256 is not None:
+                await asyncio.gather(raw_sha256, return_exceptions=True)
+            raise
         state.documents, state.summary = answer.documents, answer.summary
         if answer.error is None:
             self._fingerprint_outputs(state)  # beside the answer's blob and the response gate
-        response_ref = await state.content.upstream_response(result)
+        digest = await raw_sha256 if raw_sha256 is not None else None
+        response_ref = await state.content.upstream_response(raw, digest)
         self._queue(state, "upstream.returned", returned_body(result, answer, response_ref, sent))
         if answer.error is not None:
             await self._append(state)
