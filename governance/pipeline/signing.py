@@ -8,8 +8,6 @@ hashing): the orchestrator runs one per image in worker threads.
 
 from __future__ import annotations
 
-import hashlib
-
 from governance import __version__
 from governance.ledger_vocabulary import OutputSigned
 from governance.pipeline.errors import TurnError
@@ -95,13 +93,18 @@ class OutputSigning:
         )
 
     def sign_one(
-        self, img: OutputImage, ctx: ProvenanceContext, soft_binding: str | None
+        self,
+        img: OutputImage,
+        ctx: ProvenanceContext,
+        soft_binding: str | None,
+        upstream_sha256: str,
     ) -> SignedItem:
         """Sign one image exactly as the upstream returned it (never re-encoded); a file c2pa
         cannot sign fails the turn with a 502 naming the upstream, so nothing goes out unsigned.
 
         ``soft_binding`` is the image's ISCC Image-Code (``OutputPrint.iscc``): it goes into the
         manifest as the ``c2pa.soft-binding`` assertion (the signed file has the same pixels).
+        ``upstream_sha256`` is the SHA-256 hex of ``img.data`` (hashed beside the fingerprint).
         The item's ``fingerprint`` is the orchestrator's to fill in (computed beside this)."""
         try:
             out = self._signer.sign_output(img.data, img.mime_type, ctx, soft_binding=soft_binding)
@@ -115,7 +118,7 @@ class OutputSigning:
                 reason="UPSTREAM_MALFORMED",
             ) from exc
         position = (img.chunk, img.candidate, img.part)
-        return SignedItem(position, hashlib.sha256(img.data).hexdigest(), out)
+        return SignedItem(position, upstream_sha256, out)
 
 
 def manifest_approvals(state: TurnState) -> list[Approval]:

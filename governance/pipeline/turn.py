@@ -383,7 +383,8 @@ class TurnPipeline:
         else:  # the fingerprint ended without telling its code: it raised (raised here)
             ended = await prints.found
             code = ended.iscc if ended is not None else None
-        signing = self._off_loop(self.signing.sign_one, img, ctx, code)
+        digest = await prints.sha256
+        signing = self._off_loop(self.signing.sign_one, img, ctx, code, digest)
         item, found = await asyncio.gather(signing, prints.found)
         return replace(item, fingerprint=found)
 
@@ -397,7 +398,8 @@ class TurnPipeline:
                 iscc: asyncio.Future[str | None] = loop.create_future()
                 told = partial(loop.call_soon_threadsafe, _settle, iscc)
                 found = loop.run_in_executor(self.executor, staged_fingerprint, img.data, told)
-                prints.append(OutputPrint(iscc, found))
+                digest = loop.run_in_executor(self.executor, sha256_hex, img.data)
+                prints.append(OutputPrint(iscc, found, digest))
             state.output_prints = prints
         return state.output_prints
 

@@ -77,6 +77,7 @@ class OutputPrint:
 
     iscc: asyncio.Future[str | None]
     found: asyncio.Future[Fingerprint | None]
+    sha256: asyncio.Future[str]  # of the upstream's bytes, hashed in a worker thread meanwhile
 
 
 @dataclass(frozen=True)
