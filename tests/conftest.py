@@ -21,6 +21,36 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"  # in the repository: se
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def _share_httpx_default_tls_context() -> None:
+    """Every ``httpx.Client`` made with the default ``verify=True`` (each ``httpx.get``/``post``
+    makes one) gets the same CA-verifying SSL context, built once per test process.
+
+    httpx builds a new context per client, loading certifi's ~150 CA certificates (20-25 ms of
+    CPU); the suite's ~2,500 ``httpx.post(...)``-style calls per 1,400 tests spent half their time
+    there, for loopback ``http://`` URLs that never use TLS. The context is unchanged (what
+    ``httpx.create_ssl_context()`` returns: certifi's roots, hostname checks); no client of the
+    suite asks for HTTP/2, so the ALPN list httpcore sets on it is always ``http/1.1``. An
+    explicit ``verify`` (a context, ``False``, a path) or a client certificate is built as before.
+    """
+    import httpx._transports.default as transports
+
+    build = transports.create_ssl_context
+    shared: dict[tuple[str | None, str | None], Any] = {}
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None or not trust_env:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if key not in shared:
+            shared[key] = build(verify=verify, cert=cert, trust_env=trust_env)
+        return shared[key]
+
+    transports.create_ssl_context = create_ssl_context  # type: ignore[assignment]
+
+
+_share_httpx_default_tls_context()
+
+
 def _skip_or_fail(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: nothing may skip)")
