@@ -38,12 +38,16 @@ run: $(STAMP)
 
 # The suite waits more than it computes (servers, fsyncs, subprocesses): three pytest-xdist workers,
 # one test file each at a time (module fixtures stay in one worker). TEST_WORKERS=0 runs serially.
+# Python may write its bytecode caches here whatever the shell says (PYTHONDONTWRITEBYTECODE=1
+# is common): without them each worker re-rewrites the asserts of all 400 test and plugin modules
+# (~4.6 s of CPU each) and each of the suite's hundreds of `custody` subprocesses compiles the
+# modules it imports again (~0.05 s each).
 TEST_WORKERS ?= 3
 test: $(STAMP)
 	@$(MAKE) --no-print-directory witness-venv || echo "make test: no witness venv; tests/test_witness.py skips (under CI=true it fails)"
 	$(BIN)/ruff check governance storage tests bench
 	$(BIN)/lint-imports
-	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
+	@env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure"; fi; \
 	exit $$rc
 

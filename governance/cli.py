@@ -80,13 +80,14 @@ def trim_malloc_every(interval_s: float) -> threading.Thread | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from governance.app import create_app, server_options
-    from governance.listening import bind_or_explain, run_on_socket
-
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
     settings.upstream_key()  # a Custody key as upstream key: refuse before anything starts
     settings.check_blob_store()
+    # The app (FastAPI, c2pa, the policy engine: ~1 s of imports) only once the settings hold.
+    from governance.app import create_app, server_options
+    from governance.listening import bind_or_explain, run_on_socket
+
     if not tune_malloc(settings.malloc_arena_max, settings.malloc_mmap_threshold):
         log.warning("this C library is not glibc: CUSTODY_MALLOC_* settings have no effect")
     sock = bind_or_explain("custody serve", settings.host, settings.port, "--port or CUSTODY_PORT")

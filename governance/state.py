@@ -17,7 +17,6 @@ from pathlib import Path
 
 from sqlalchemy import Engine, inspect
 
-from governance.provenance.pki import DevPki
 from governance.settings import Settings
 from storage.blobs import BlobStore, Commitments, open_blob_store
 from storage.db import is_sqlite, make_engine, migrate, normalise_url
@@ -91,6 +90,8 @@ def trust_anchors_pem(settings: Settings) -> str:
     ``trust_anchors_file``. ``OutputSigner.from_settings`` gives the same set when it signs."""
     pem = ""
     if settings.signing_cert_file is None:
+        from governance.provenance.pki import DevPki  # cryptography.x509: only where it is read
+
         root = DevPki(settings.data_dir / "pki").root_cert
         if root.is_file():
             pem = root.read_text()

@@ -16,16 +16,17 @@ from __future__ import annotations
 import re
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.operations.ops import MigrationScript
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.pool import NullPool
 
 from storage.private_files import create_private_file, tighten
+
+if TYPE_CHECKING:  # alembic is imported where a migration or a revision is made: every
+    # ``custody`` command migrates, and a database already at head needs none of it (~0.1 s)
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -101,6 +102,8 @@ def make_engine(url: str, *, pool_size: int = 10, immediate: bool = True) -> Eng
 
 def alembic_config(url: str) -> Config:
     """An Alembic configuration pointing at Custody's migrations and ``url``."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
@@ -108,15 +111,67 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+_REVISION = re.compile(r"""^revision\s*(?::[^=]*)?=\s*['"]([^'"]+)['"]\s*$""", re.M)
+_DOWN_REVISION = re.compile(
+    r"""^down_revision\s*(?::[^=]*)?=\s*(?:None|['"]([^'"]+)['"])\s*$""", re.M
+)
+
+
+def newest_revision() -> str | None:
+    """The head of ``MIGRATIONS_DIR``, read from the files without Alembic: the one revision no
+    other names as its ``down_revision``. None when the files are not that plain chain (two
+    heads, a parent that is not there, a revision written otherwise): Alembic decides then."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
+        if revision is None or down is None:
+            return None
+        revisions.add(revision.group(1))
+        if down.group(1):
+            parents.add(down.group(1))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 and parents <= revisions else None
+
+
+def _at_head(url: str) -> bool:
+    """True when the database at ``url`` records exactly the newest revision, where Alembic's
+    upgrade would find nothing to do. Any doubt (no version table yet, a lock, a connection
+    error) is False: Alembic's upgrade then runs, and raises what it raises."""
+    head = newest_revision()
+    if head is None:
+        return False
+    try:
+        engine = create_engine(normalise_url(url), poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                recorded = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        finally:
+            engine.dispose()
+    except Exception:
+        return False
+    return [str(row[0]) for row in recorded] == [head]
+
+
 def migrate(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema (idempotent, safe across replicas)."""
+    """Bring the database at ``url`` to the newest schema (idempotent, safe across replicas).
+
+    A database that already records the newest revision is left as it is without loading
+    Alembic (what its upgrade would do there); any other goes through Alembic's upgrade."""
     create_private_sqlite(url)
+    if _at_head(url):
+        return
+    from alembic import command
+
     command.upgrade(alembic_config(url), "head")
 
 
 def next_revision_id(cfg: Config, message: str) -> str:
     """``NNNN_slug``: one more than the highest numbered revision, and the message in
     lower-case words (the form of every migration so far)."""
+    from alembic.script import ScriptDirectory
+
     numbers = [
         int(m.group(1))
         for script in ScriptDirectory.from_config(cfg).walk_revisions()
@@ -130,6 +185,8 @@ def next_revision_id(cfg: Config, message: str) -> str:
 
 def _drop_if_empty(_context: MigrationContext, _rev: Any, directives: list[Any]) -> None:
     # An autogenerate run that finds the models equal to the database writes no file.
+    from alembic.operations.ops import MigrationScript
+
     script = directives[0]
     if isinstance(script, MigrationScript) and all(
         ops.is_empty() for ops in script.upgrade_ops_list
@@ -145,6 +202,8 @@ def new_revision(cfg: Config, message: str, *, autogenerate: bool) -> Path | Non
     written. Without it, an empty migration to write by hand. Where ruff is installed (the
     ``test`` extra), the file is written in the repository's format.
     """
+    from alembic import command
+
     if find_spec("ruff") is not None:
         cfg.set_section_option("post_write_hooks", "hooks", "ruff")
         cfg.set_section_option("post_write_hooks", "ruff.type", "module")

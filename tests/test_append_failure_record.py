@@ -29,6 +29,8 @@ from storage.ledger.note import NoteVerifier
 from storage.ledger.verify import verify_ledger
 from tests.conftest import start_custody
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 
 def test_a_failed_append_is_carried_by_the_closing_one(db_url: str, tmp_path: Path) -> None:
     running = start_custody(tmp_path / "c", db_url)

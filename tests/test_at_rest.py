@@ -211,6 +211,7 @@ def test_state_files_are_created_private_whatever_the_umask(tmp_path: Path) -> N
         os.umask(old)
 
 
+@pytest.mark.pg_at_head
 def test_decision_inputs_are_commitments_that_replay_opens(db_url: str, tmp_path: Path) -> None:
     running = start_custody(tmp_path / "custody", db_url)
     try:
@@ -290,6 +291,7 @@ def _rows_holding(engine: Any, needle: str) -> list[str]:
     return found
 
 
+@pytest.mark.pg_at_head
 def test_no_table_holds_a_prompt_in_clear_on_either_database(
     db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

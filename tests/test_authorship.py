@@ -26,6 +26,8 @@ from tests.evidence_helpers import cli, custody_env, policy_dir
 from tests.review_helpers import add_member, decide
 from tests.session_helpers import api, b64, gateway, mask_png, png
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 HUMAN_ORDER = [
     "session",
     "upload",

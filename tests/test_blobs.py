@@ -23,6 +23,8 @@ from storage.ledger.log import Ledger
 from storage.ledger.note import Ed25519NoteSigner
 from storage.ledger.verify import verify_ledger
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 ORIGIN = "test.custody.example/ledger"
 
 

@@ -28,6 +28,8 @@ from storage.ledger.note import Ed25519NoteSigner, NoteVerifier
 from storage.ledger.verify import verify_ledger
 from tests.conftest import start_custody
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 ORIGIN = "test.custody.example/ledger"
 
 

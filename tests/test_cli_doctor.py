@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
 
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_SECRET = "AIza-doctor-must-never-print-this"

@@ -9,7 +9,8 @@ must not scan the ``turns`` table whole. The latency at 10⁶ turns is measured 
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from governance.compliance.queries import (
 )
 from governance.ledger_vocabulary import EVENT_STAGES
 from storage.db import make_engine, migrate
+from tests.conftest import new_pg_database
 
 TURN_FILTERS = {
     "ix_turns_q_tenant": TurnFilter(tenant="t1"),
@@ -36,15 +38,23 @@ TURN_FILTERS = {
 }
 
 
-@pytest.fixture()
-def filled(db_url: str, tmp_path: Path) -> Engine:
-    url = db_url or f"sqlite:///{tmp_path / 'q.db'}"
-    migrate(url)
-    engine = make_engine(url)
-    synthesise_turns(engine, turns=20_000, tenants=4)
-    with engine.begin() as conn:
-        conn.execute(text("ANALYZE"))
-    return engine
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def filled(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """One filled database per dialect for the module: every test only EXPLAINs queries on it."""
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('indexes') / 'q.db'}"
+        else:
+            url = stack.enter_context(new_pg_database())
+        migrate(url)
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        synthesise_turns(engine, turns=20_000, tenants=4)
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+        yield engine
 
 
 def _plan(engine: Engine, query: Any) -> str:

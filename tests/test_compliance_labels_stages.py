@@ -134,6 +134,7 @@ def editor_graph(custody: RunningCustody, session: str) -> dict[str, Any]:
     return resp.json()  # type: ignore[no-any-return]
 
 
+@pytest.mark.pg_at_head
 def test_turns_by_label_are_exactly_the_labelled_turns(gateway, recorded) -> None:
     spring = rows(gateway, "/api/v1/query/turns", label="campaign=spring")
     assert [r["turn_id"] for r in spring] == [recorded["denied"], recorded["spring"]]
@@ -179,6 +180,7 @@ def test_turns_by_label_are_exactly_the_labelled_turns(gateway, recorded) -> Non
     assert "name=value" in bad.json()["error"]["message"]
 
 
+@pytest.mark.pg_at_head
 def test_events_by_label_are_the_events_of_the_labelled_turns(gateway, recorded) -> None:
     found = rows(gateway, "/api/v1/query/events", label="campaign=spring")
     expected = sorted(
@@ -191,6 +193,7 @@ def test_events_by_label_are_the_events_of_the_labelled_turns(gateway, recorded)
     assert all(r["type"] == "policy.decided" for r in typed)
 
 
+@pytest.mark.pg_at_head
 def test_events_by_stage_are_the_types_of_that_stage(gateway, recorded) -> None:
     acme = [e for e in gateway.ledger_events() if e["tenant"] == "acme"]
     for stage, types in EVENT_STAGES.items():
@@ -219,6 +222,7 @@ def test_events_by_stage_are_the_types_of_that_stage(gateway, recorded) -> None:
     assert clash.status_code == 400 and "output.signed" in clash.json()["error"]["message"]
 
 
+@pytest.mark.pg_at_head
 def test_label_and_stage_queries_are_walled_and_refused_to_editors(gateway, recorded) -> None:
     for path, params in (
         ("/api/v1/query/turns", {"label": "campaign=spring"}),
@@ -243,6 +247,7 @@ def test_label_and_stage_queries_are_walled_and_refused_to_editors(gateway, reco
     assert [r["turn_id"] for r in searched.json()["rows"]] == [recorded["spring"]]
 
 
+@pytest.mark.pg_at_head
 def test_cli_filters_by_label_and_stage(gateway, recorded) -> None:
     settings = gateway.services.settings  # type: ignore[attr-defined]
     env = {
@@ -271,6 +276,7 @@ def test_cli_filters_by_label_and_stage(gateway, recorded) -> None:
     assert bad.returncode == 2 and "name=value" in bad.stderr
 
 
+@pytest.mark.pg_at_head
 def test_console_filters_turns_by_label_and_events_by_stage(gateway, recorded) -> None:
     make_account(gateway, "alice", "auditor")
     make_account(gateway, "rita", "reviewer")

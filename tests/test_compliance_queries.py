@@ -27,6 +27,8 @@ from storage.ledger.merkle import check_inclusion, leaf_hash
 from storage.ledger.note import NoteVerifier
 from tests.conftest import RunningCustody, start_custody
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 
 

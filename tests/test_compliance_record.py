@@ -28,6 +28,8 @@ from governance.provenance.types import InputImage
 from tests.conftest import RunningCustody, start_custody
 from tests.test_provenance_signing import make_ctx, make_signer
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 
 

@@ -16,6 +16,8 @@ from governance.auth.lifecycle import Operator
 from tests.console_helpers import PASSWORD, ConsoleClient, console_events, make_account
 from tests.keys_helpers import cli, cli_ok, gateway, leaves, verify_ok
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 BY = Operator(actor="test", via="cli")
 
 

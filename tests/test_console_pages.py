@@ -22,6 +22,8 @@ from tests.console_helpers import (
     signed_image,
 )
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCustody]:

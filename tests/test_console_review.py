@@ -20,6 +20,8 @@ from tests.console_helpers import ConsoleClient, console_events, csrf_of, make_a
 from tests.console_review_helpers import PROMPT, make_reviewer, mask_for, open_shown_task
 from tests.review_helpers import api
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 
 @pytest.fixture()
 def served(tmp_path: Path, db_url: str) -> Iterator[RunningCustody]:

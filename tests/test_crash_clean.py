@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from bench.soak import soak, soak_replicas
@@ -56,6 +57,7 @@ def _open_turn(gateway: RunningCustody, turn_id: str, process: dict[str, object]
     gateway.services.ledger.append([event])  # type: ignore[attr-defined]
 
 
+@pytest.mark.pg_at_head
 def test_start_up_closes_only_turns_whose_process_is_really_gone(
     db_url: str, tmp_path: Path
 ) -> None:

@@ -25,6 +25,8 @@ from PIL import Image
 from governance.upstream.embedded import ThreadedServer
 from tests.conftest import asgi_request_ready
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 
 

@@ -16,6 +16,8 @@ from governance.auth.keys import parse_key
 from storage.blobs import Commitments
 from tests.keys_helpers import call, cli, cli_ok, events_of, gateway, new_key, verify_ok
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 PHOTO = "earth_apollo17.jpg"
 
 

@@ -47,6 +47,8 @@ from tests.evidence_helpers import (
 )
 from tests.review_helpers import api
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "photos"
 
 

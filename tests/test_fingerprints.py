@@ -57,6 +57,8 @@ from storage.schema.fingerprints import IMAGE_FINGERPRINTS
 from tests.conftest import RunningCustody, start_custody
 from tests.console_helpers import ConsoleClient, csrf_of, make_account
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 
 

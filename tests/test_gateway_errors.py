@@ -23,6 +23,8 @@ from governance.sessions.lineage import keyed_session_id
 from storage.ledger.verify import verify_ledger
 from tests.conftest import TEST_POLICY, RunningCustody, start_custody
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 GENERATE = f"/v1beta/models/{MODEL}:generateContent"
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"

@@ -27,6 +27,8 @@ from governance.upstream.emulator import EmulatorConfig, create_emulator_app
 from tests.conftest import RunningCustody, start_custody
 from tests.test_provenance_signing import active_manifest, assertion
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 # Turns 3 and 5 ask for nothing the emulator recognises: it returns the history image unchanged,
 # i.e. an earlier Custody output carrying Custody's manifest — the echo that once doubled the tree.

@@ -14,10 +14,13 @@ import shutil
 from pathlib import Path
 
 import httpx
+import pytest
 
 from governance.policy.ratelimit import DatabaseRateLimiter, Window
 from storage.db import make_engine, migrate
 from tests.conftest import start_custody
+
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
 
 MINUTE = (Window("per_minute", 60),)
 REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"

@@ -10,6 +10,8 @@ import pytest
 from governance.auth.keys import parse_key
 from tests.keys_helpers import call, events_of, gateway, leaves, new_key, verify_ok
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 
 @pytest.fixture()
 def served(tmp_path: Path, db_url: str):

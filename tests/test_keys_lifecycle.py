@@ -19,6 +19,8 @@ from governance.auth.keys import KeyRing, parse_key
 from governance.auth.lifecycle import KeyLifecycle, Operator
 from tests.keys_helpers import call, cli, cli_ok, events_of, gateway, leaves, new_key, verify_ok
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 
 

@@ -23,6 +23,8 @@ from governance.upstream.embedded import ThreadedServer
 from storage.ledger.leaf import MAX_LEAF_BYTES
 from tests.conftest import asgi_request_ready
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 
 

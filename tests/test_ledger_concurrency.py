@@ -15,10 +15,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from storage.db import make_engine, migrate
 from storage.ledger.events import LedgerEvent
 from storage.ledger.log import Ledger, load_or_create_note_signer
 from storage.ledger.verify import verify_ledger
+
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
 
 ORIGIN = "test.custody.example/ledger"
 PROCESSES, APPENDS = 4, 500

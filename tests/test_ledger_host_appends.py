@@ -31,6 +31,8 @@ from storage.ledger.open_store import open_store
 from storage.ledger.store import LeafRow
 from storage.ledger.verify import verify_ledger
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 ORIGIN = "test.custody.example/ledger"
 
 

@@ -10,6 +10,8 @@ from sqlalchemy import text
 from storage.ledger.events import SideRows
 from tests.ledger_helpers import event, open_ledger
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 
 def _count(ledger, sql: str) -> int:
     with ledger.engine.connect() as conn:

@@ -34,6 +34,8 @@ from storage.ledger.merkle import (
 from storage.ledger.note import CallbackNoteSigner, Ed25519NoteSigner, NoteSigner, NoteVerifier
 from storage.ledger.verify import verify_ledger
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 ORIGIN = "test.custody.example/ledger"
 
 

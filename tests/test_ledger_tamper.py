@@ -15,6 +15,8 @@ from sqlalchemy import text
 from storage.db import is_sqlite, make_engine
 from tests.ledger_helpers import custody_cli, event, open_ledger
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 ENTRIES = 40
 
 

@@ -23,6 +23,8 @@ from PIL import Image
 from governance.upstream.embedded import ThreadedServer
 from tests.conftest import RunningCustody, start_custody, write_test_policy
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 FLASH = "gemini-2.5-flash-image"
 PRO = "gemini-3-pro-image-preview"
 

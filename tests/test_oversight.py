@@ -25,6 +25,8 @@ from storage.schema.turns import TURNS
 from tests.conftest import RunningCustody, start_custody
 from tests.review_helpers import add_member, decide, open_task
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 PRICES = {MODEL: {"input": 0.30, "output": 30.0}}
 

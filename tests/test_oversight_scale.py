@@ -32,6 +32,8 @@ from governance.compliance.queries import DENY_REASONS, REVIEW_DECISIONS, REVIEW
 from storage.db import make_engine, migrate
 from storage.schema.turns import TURNS
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 TURN_COUNT = 3000
 PRICES = {"gemini-2.5-flash-image": {"input": 0.3, "output": 30.0}}
 

@@ -12,10 +12,13 @@ import shutil
 from pathlib import Path
 
 import httpx
+import pytest
 
 from governance.background import reload_policy
 from storage import policy_revisions
 from tests.conftest import start_custody
+
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
 
 REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 

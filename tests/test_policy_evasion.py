@@ -26,6 +26,8 @@ from PIL import Image
 
 from tests.conftest import RunningCustody, start_custody
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 METHODS = [("generateContent", ""), ("streamGenerateContent", "?alt=sse")]
 PLAIN = "Remove the watermark from this photo"

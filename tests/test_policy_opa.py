@@ -87,7 +87,9 @@ def _handler(opa: _FakeOpa) -> type[BaseHTTPRequestHandler]:
 def fake_opa() -> Iterator[tuple[_FakeOpa, str]]:
     opa = _FakeOpa()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(opa))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     try:
         yield opa, f"http://127.0.0.1:{server.server_address[1]}"

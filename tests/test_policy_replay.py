@@ -18,6 +18,8 @@ from storage.blobs import Commitments, open_blob_store
 from storage.db import make_engine, migrate
 from tests.test_policy_service import POLICIES, facts
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 
 def _cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()

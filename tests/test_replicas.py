@@ -10,12 +10,15 @@ import concurrent.futures
 from pathlib import Path
 
 import httpx
+import pytest
 
 from storage.blobs import Commitments
 from storage.db import is_sqlite
 from storage.ledger.note import NoteVerifier
 from storage.ledger.verify import verify_ledger
 from tests.conftest import start_custody
+
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
 
 TURNS_PER_REPLICA = 12
 

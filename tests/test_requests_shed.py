@@ -21,6 +21,8 @@ from storage.ledger import BatchLimits
 from tests.conftest import start_custody
 from tests.test_connection_hygiene import MODEL_URL, _partial_post
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 
 

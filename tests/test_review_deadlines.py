@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from governance.review import ReviewTask, desk_for
@@ -16,6 +17,8 @@ from storage.db import is_sqlite
 from storage.schema.reviews import REVIEW_TASKS
 from tests.conftest import RunningCustody, start_custody
 from tests.review_helpers import add_member, api, decide, open_task, reason_of
+
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
 
 
 def _until(custody: RunningCustody, task: ReviewTask, status: str) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from governance.upstream.emulator.config import EmulatorConfig
 from tests.conftest import RunningCustody, start_custody
 from tests.review_helpers import add_member, api, decide
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 
 # Holds 'needs-a-human' before the call and 'hold-the-output' before release; the wait and the

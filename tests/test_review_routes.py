@@ -14,6 +14,8 @@ from governance.review import desk_for, shown_digest
 from tests.conftest import RunningCustody, start_custody
 from tests.review_helpers import add_member, api, decide, open_task, reason_of
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 
 @pytest.fixture()
 def custody(db_url: str, tmp_path: Path) -> Iterator[RunningCustody]:

@@ -25,6 +25,8 @@ from governance.upstream.embedded import ThreadedServer
 from tests.conftest import RunningCustody, start_custody
 from tests.review_helpers import add_member, api, decide, open_task
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 
 @dataclass
 class Receiver:

@@ -18,6 +18,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -32,7 +33,14 @@ from sqlalchemy import (
 from sqlmodel.sql.sqltypes import AutoString
 
 from governance.cli import main
-from storage.db import MIGRATIONS_DIR, alembic_config, migrate, new_revision, normalise_url
+from storage.db import (
+    MIGRATIONS_DIR,
+    alembic_config,
+    migrate,
+    new_revision,
+    newest_revision,
+    normalise_url,
+)
 from storage.schema import metadata
 
 
@@ -57,6 +65,37 @@ def test_models_match_the_migrated_database(db_url: str) -> None:
                 assert reflected == [c.name for c in table.primary_key], table.name
     finally:
         engine.dispose()
+
+
+def test_migrate_skips_alembic_only_for_a_database_at_alembics_head(db_url: str) -> None:
+    """``migrate`` leaves a database recording the newest revision alone without loading
+    Alembic; that revision, read from the files, is Alembic's head, and a database one revision
+    behind is still upgraded to it."""
+    import subprocess
+    import sys
+
+    cfg = alembic_config(db_url)
+    scripts = ScriptDirectory.from_config(cfg)
+    head = scripts.get_current_head()
+    assert head is not None and newest_revision() == head
+    previous = scripts.get_revision(head).down_revision
+    assert isinstance(previous, str)
+    command.upgrade(cfg, previous)
+    migrate(db_url)
+    engine = _engine(db_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(head,)]
+            assert _differences(conn) == []
+    finally:
+        engine.dispose()
+    code = (
+        f"import sys; from storage.db import migrate; migrate({db_url!r});"
+        " print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_the_comparison_sees_a_drift(db_url: str) -> None:

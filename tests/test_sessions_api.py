@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.session_helpers import (
     api,
     b64,
@@ -19,6 +21,8 @@ from tests.session_helpers import (
     png,
     walk_chain,
 )
+
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
 
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
 

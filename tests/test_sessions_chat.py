@@ -8,6 +8,7 @@ import itertools
 import threading
 from pathlib import Path
 
+import pytest
 from google.genai import types
 
 from tests.session_helpers import (
@@ -22,6 +23,8 @@ from tests.session_helpers import (
     version_of_turn,
     walk_chain,
 )
+
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
 
 
 def _photo(photo_bytes: dict[str, bytes]) -> types.Part:

@@ -18,6 +18,8 @@ from tests.conftest import RunningCustody, start_custody
 from tests.emulator_front import EmulatorFront
 from tests.session_helpers import api, b64, index_graph, ledger_graph, png
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 FAILING = (13, 13, 13)  # the colour of the image whose first edit the upstream refuses
 
 

@@ -22,6 +22,8 @@ from storage.ledger.events import LedgerEvent
 from tests.conftest import RunningCustody, start_custody
 from tests.test_gateway_provenance import _edit
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 GENERATE = "/v1beta/models/gemini-2.5-flash-image:generateContent"
 BODY = {"contents": [{"role": "user", "parts": [{"text": "a red bicycle"}]}]}
 

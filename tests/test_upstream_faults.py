@@ -27,6 +27,8 @@ from governance.provenance.verify import verify_image
 from tests.fault_upstream import FaultUpstream
 from tests.ledger_helpers import ORIGIN, custody_cli
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 BASE_MS = 20

@@ -29,6 +29,8 @@ from governance.provenance.verify import verify_image
 from governance.upstream.embedded import ThreadedServer
 from tests.conftest import asgi_request_ready
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 MODEL = "gemini-2.5-flash-image"
 PG_ADMIN_URL = os.environ.get("CUSTODY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -33,6 +33,8 @@ from tests.evidence_helpers import SESSION, cli, custody_env, offline_env, run_s
 from tests.ledger_helpers import event
 from tests.review_helpers import api
 
+pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it first
+
 REPO = Path(__file__).resolve().parent.parent
 WITNESS_BIN = REPO / ".venv-witness" / "bin" / "aics-witness"
 ORIGIN = "custody.local/ledger"  # the default CUSTODY_LOG_ORIGIN

@@ -177,7 +177,9 @@ def start_tsa(folder: Path) -> LocalTsa:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    ).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/tsa"
     return LocalTsa(url, folder, folder / "root.pem", folder / "chain.pem", server)
 

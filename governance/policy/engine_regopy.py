@@ -324,25 +324,60 @@ def run_rego_tests(bundle: PolicyBundle) -> list[RegoTestResult]:
     from governance.policy.bundle import package_of
 
     interp = new_interpreter(bundle, with_tests=True)
+    tests = [
+        (rel, package_of(source) or "", name)
+        for rel, source in sorted(bundle.tests.items())
+        for name in dict.fromkeys(_TEST_RULE.findall(source))
+    ]
+    passed = _passing_in_one_plan(interp, [_entrypoint(p, n) for _, p, n in tests])
     results: list[RegoTestResult] = []
-    for rel, source in sorted(bundle.tests.items()):
-        package = package_of(source) or ""
-        for name in dict.fromkeys(_TEST_RULE.findall(source)):
-            query = f"data.{package}.{name}"
-            try:
-                output = interp.query(query)
-            except RegoError as exc:
-                detail = describe_rego_error(exc, {**bundle.modules, **bundle.tests})
-                results.append(RegoTestResult(rel, package, name, "error", detail))
-                continue
-            if not output.ok():
-                results.append(RegoTestResult(rel, package, name, "error", str(output)[:500]))
-                continue
-            exprs = output.results[0].expressions if output.results else []
-            value = exprs[0] if exprs else None
-            if value is True:
-                results.append(RegoTestResult(rel, package, name, "pass"))
-            else:
-                got = "undefined" if value is None else json.dumps(value)[:200]
-                results.append(RegoTestResult(rel, package, name, "fail", f"evaluated to {got}"))
+    for rel, package, name in tests:
+        if _entrypoint(package, name) in passed:
+            results.append(RegoTestResult(rel, package, name, "pass"))
+            continue
+        # Not true in the plan: the test's own query says how it failed.
+        try:
+            output = interp.query(f"data.{package}.{name}")
+        except RegoError as exc:
+            detail = describe_rego_error(exc, {**bundle.modules, **bundle.tests})
+            results.append(RegoTestResult(rel, package, name, "error", detail))
+            continue
+        if not output.ok():
+            results.append(RegoTestResult(rel, package, name, "error", str(output)[:500]))
+            continue
+        exprs = output.results[0].expressions if output.results else []
+        value = exprs[0] if exprs else None
+        if value is True:
+            results.append(RegoTestResult(rel, package, name, "pass"))
+        else:
+            got = "undefined" if value is None else json.dumps(value)[:200]
+            results.append(RegoTestResult(rel, package, name, "fail", f"evaluated to {got}"))
     return results
+
+
+def _entrypoint(package: str, rule: str) -> str:
+    """The plan entry point of a test rule: ``custody/decision_test/test_x``."""
+    return f"{package}.{rule}".replace(".", "/")
+
+
+def _passing_in_one_plan(interp: Interpreter, entrypoints: list[str]) -> set[str]:
+    """The entry points that evaluate to true in one plan built for all of them.
+
+    A query of its own compiles the whole policy for each test (~0.23 s apiece for the default
+    policy's 32 tests, 7.2 s); the plan is compiled once (0.18 s, then 0.12 s for all 32). A test
+    that is not true there, or a plan that cannot be built, is left to its own query, which
+    reports the failure or the error."""
+    try:
+        plan = interp.build(None, entrypoints)
+    except RegoError:
+        return set()
+    if not plan.ok():
+        return set()
+    passed = set()
+    for entrypoint in entrypoints:
+        try:
+            if _query(interp, plan, entrypoint) is True:
+                passed.add(entrypoint)
+        except (RegoError, EngineError, ValueError):
+            continue
+    return passed
