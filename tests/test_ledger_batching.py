@@ -271,3 +271,13 @@ def test_many_writers_with_lingering_and_small_batches_each_get_their_own_durabl
     assert len(got) == 1800 and sorted(got.values()) == list(range(1800))
     assert all(sum(1 + (x % 1000) % 2 for x in b) <= 3 or len(b) == 1 for b in log.batches)
     assert gc.queued == (0, 0) and not gc._flushing and gc._lingerer is None
+
+
+def test_a_lone_writer_flushes_without_queueing_and_a_failure_is_its_own() -> None:
+    log = _Log(fail_if=lambda items: 13 in items)
+    gc: GroupCommit[int, int] = GroupCommit(log.flush)
+    assert [gc.submit(i) for i in range(3)] == [0, 1, 2]
+    with pytest.raises(OSError):
+        gc.submit(13)
+    assert gc.submit(3) == 3 and gc.queued == (0, 0) and not gc._flushing
+    assert log.batches == [[0], [1], [2], [13], [3]] and gc.flushes == 4 and gc.entries == 4
