@@ -281,3 +281,18 @@ def test_a_lone_writer_flushes_without_queueing_and_a_failure_is_its_own() -> No
         gc.submit(13)
     assert gc.submit(3) == 3 and gc.queued == (0, 0) and not gc._flushing
     assert log.batches == [[0], [1], [2], [13], [3]] and gc.flushes == 4 and gc.entries == 4
+
+
+def test_a_lone_flush_that_fails_still_hands_the_lead_to_the_item_behind_it() -> None:
+    log = _Log(held=1, fail_if=lambda items: 0 in items)
+    gc: GroupCommit[int, int] = GroupCommit(log.flush)
+    out: dict[int, object] = {}
+    first = _submit_in_threads(gc, [0], out)
+    assert log.entered.wait(30)  # 0 flushes alone (nothing queued, nobody to linger for)
+    second = _submit_in_threads(gc, [1], out)
+    _wait_for(lambda: gc.queued[0] == 1)
+    log.gate.set()
+    for t in [*first, *second]:
+        t.join(30)
+    assert isinstance(out[0], OSError) and out[1] == 0
+    assert log.batches == [[0], [1]] and not gc._flushing
