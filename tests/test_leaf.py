@@ -272,3 +272,70 @@ def test_the_fast_encoder_gives_exactly_the_rfc8785_bytes() -> None:
                 encode_leaf("o", event, 1)
             continue
         assert encode_leaf("o", event, 1) == expected
+
+
+def test_the_append_fast_path_equals_the_checked_path_or_steps_aside() -> None:
+    """``_fast_leaf`` (no paths, the document written key by key) gives the bytes of the fully
+    checked encoder, or None for anything it does not vouch for (then the checked one decides)."""
+    import enum
+    import random
+
+    from storage.ledger.leaf import _fast_leaf, _slow_leaf
+
+    class Kind(enum.StrEnum):
+        T = "turn.received"
+
+    class Big(enum.IntEnum):
+        ONE = 1
+
+    rng = random.Random(6962)
+    plain_strings = ["", "a", "é", '"q"', "\\", "\u2028", "😀", "t1-2", "\x00", "\x7f"]
+    plain_scalars = [None, True, False, 0, -7, 2**53 - 1, -(2**53 - 1), 10**15]
+    odd = [Kind.T, Big.ONE, 2**53, -(2**53), 1.5, float("nan"), b"x", {1, 2}]
+
+    def pick(plain: list[object], weird: bool) -> object:
+        return rng.choice(odd) if weird and rng.random() < 0.1 else rng.choice(plain)
+
+    def value(depth: int, weird: bool) -> object:
+        kind = rng.randint(0, 4 if depth < 3 else 1)
+        if kind == 0:
+            return pick(plain_scalars, weird)
+        if kind == 1:
+            return pick(plain_strings, weird)
+        if kind == 2:
+            return [value(depth + 1, weird) for _ in range(rng.randint(0, 3))]
+        if kind == 3:
+            return tuple(value(depth + 1, weird) for _ in range(rng.randint(0, 3)))
+        keys: list[object] = ["k", "é", "b a", 1, "z"] if weird else ["k", "b a", "z", "A"]
+        return {rng.choice(keys): value(depth + 1, weird) for _ in range(3)}
+
+    fast = slow_only = 0
+    for _ in range(3000):
+        weird = rng.random() < 0.5
+        event = LedgerEvent(
+            type=pick(["t", "policy.decided"], weird),  # type: ignore[arg-type]
+            tenant=pick(["acme", "ünï"], weird),  # type: ignore[arg-type]
+            actor=rng.choice(["a", ""]) if weird else "a",
+            session=pick([None, "s"], weird),  # type: ignore[arg-type]
+            turn=pick([None, "t\u2028"], weird),  # type: ignore[arg-type]
+            body={
+                rng.choice(["a", "b", 1, "ü"] if weird else ["a", "b"]): value(0, weird)
+                for _ in range(rng.randint(0, 3))
+            },
+        )
+        time_ms = (
+            pick([0, 1700000000123], weird)
+            if rng.random() < 0.9
+            else rng.choice([2**53, -1, True, 1.0])
+        )
+        got = _fast_leaf(ORIGIN, event, time_ms)  # type: ignore[arg-type]
+        try:
+            want: bytes | None = _slow_leaf(ORIGIN, event, time_ms)  # type: ignore[arg-type]
+        except Exception:
+            want = None
+        if got is None:
+            slow_only += 1
+        else:
+            fast += 1
+            assert got == want
+    assert fast > 300 and slow_only > 300

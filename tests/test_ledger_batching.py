@@ -163,3 +163,136 @@ def test_the_byte_bound_pushes_back_too_and_an_empty_queue_takes_any_item() -> N
     for t in [big, *threads]:
         t.join()
     assert log.committed == [0, 1]
+
+
+# --- lingering: a new leader waits briefly for the callers the last batch released ---------------
+
+
+def _lingering(gc: GroupCommit[int, int], want: int, seconds: float) -> None:
+    """White-box: as after a flush of ``want`` items that took ``seconds``."""
+    gc._last_seen, gc._last_flush_s = want, seconds
+
+
+class _ThreadLog(_Log):
+    """A ``_Log`` that also records which thread called each flush."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.flushers: list[str] = []
+
+    def flush(self, items: Sequence[int]) -> list[int]:
+        self.flushers.append(threading.current_thread().name)
+        return super().flush(items)
+
+
+def _named_submit(
+    gc: GroupCommit[int, int], item: int, out: dict[int, object], entries: int = 1
+) -> threading.Thread:
+    def run() -> None:
+        try:
+            out[item] = gc.submit(item, entries=entries)
+        except BaseException as exc:
+            out[item] = exc
+
+    t = threading.Thread(target=run, name=f"submitter-{item}")
+    t.start()
+    return t
+
+
+def test_the_caller_that_completes_a_lingering_batch_flushes_it_itself() -> None:
+    log = _ThreadLog()
+    gc: GroupCommit[int, int] = GroupCommit(log.flush, BatchLimits(max_age_ms=60_000))
+    _lingering(gc, want=3, seconds=60.0)  # the leader would wait up to a minute for 3 items
+    out: dict[int, object] = {}
+    first = _named_submit(gc, 0, out)
+    _wait_for(lambda: gc._lingerer is not None)
+    second = _named_submit(gc, 1, out)
+    _wait_for(lambda: gc.queued[0] == 2)
+    third = _named_submit(gc, 2, out)  # completes the batch: flushes at once, in its thread
+    for t in (first, second, third):
+        t.join(10)
+        assert not t.is_alive(), "the lingering leader was not taken over"
+    assert log.batches == [[0, 1, 2]] and log.flushers == ["submitter-2"]
+    assert out == {0: 0, 1: 1, 2: 2}
+    assert gc._lingerer is None and gc.queued == (0, 0)
+
+
+def test_a_lingering_leader_flushes_what_arrived_when_its_wait_ends() -> None:
+    log = _ThreadLog()
+    gc: GroupCommit[int, int] = GroupCommit(log.flush, BatchLimits(max_age_ms=200))
+    _lingering(gc, want=3, seconds=60.0)  # bounded by max_age_ms: 0.2 s
+    out: dict[int, object] = {}
+    first = _named_submit(gc, 0, out)
+    _wait_for(lambda: gc._lingerer is not None)
+    second = _named_submit(gc, 1, out)
+    for t in (first, second):
+        t.join(10)
+    assert log.batches == [[0, 1]] and log.flushers == ["submitter-0"]
+    assert out == {0: 0, 1: 1}
+
+
+def test_a_taker_whose_item_does_not_fit_the_batch_flushes_the_next_one() -> None:
+    log = _ThreadLog()
+    gc: GroupCommit[int, int] = GroupCommit(
+        log.flush, BatchLimits(max_entries=3, max_age_ms=60_000)
+    )
+    _lingering(gc, want=3, seconds=60.0)
+    out: dict[int, object] = {}
+    first = _named_submit(gc, 0, out)
+    _wait_for(lambda: gc._lingerer is not None)
+    second = _named_submit(gc, 1, out)
+    _wait_for(lambda: gc.queued[0] == 2)
+    third = _named_submit(gc, 2, out, entries=2)  # 4 entries queued: past a full flush
+    for t in (first, second, third):
+        t.join(10)
+        assert not t.is_alive()
+    assert log.batches == [[0, 1], [2]]
+    assert log.flushers == ["submitter-2", "submitter-2"]
+    assert out == {0: 0, 1: 1, 2: 2}
+
+
+def test_many_writers_with_lingering_and_small_batches_each_get_their_own_durable_result() -> None:
+    log = _Log()
+    gc: GroupCommit[int, int] = GroupCommit(log.flush, BatchLimits(max_entries=3, max_age_ms=5))
+    got: dict[int, int] = {}
+
+    def writer(k: int) -> None:
+        for i in range(300):
+            item = k * 1000 + i
+            index = gc.submit(item, entries=1 + (i % 2))
+            assert log.committed[index] == item
+            got[item] = index
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 1800 and sorted(got.values()) == list(range(1800))
+    assert all(sum(1 + (x % 1000) % 2 for x in b) <= 3 or len(b) == 1 for b in log.batches)
+    assert gc.queued == (0, 0) and not gc._flushing and gc._lingerer is None
+
+
+def test_a_lone_writer_flushes_without_queueing_and_a_failure_is_its_own() -> None:
+    log = _Log(fail_if=lambda items: 13 in items)
+    gc: GroupCommit[int, int] = GroupCommit(log.flush)
+    assert [gc.submit(i) for i in range(3)] == [0, 1, 2]
+    with pytest.raises(OSError):
+        gc.submit(13)
+    assert gc.submit(3) == 3 and gc.queued == (0, 0) and not gc._flushing
+    assert log.batches == [[0], [1], [2], [13], [3]] and gc.flushes == 4 and gc.entries == 4
+
+
+def test_a_lone_flush_that_fails_still_hands_the_lead_to_the_item_behind_it() -> None:
+    log = _Log(held=1, fail_if=lambda items: 0 in items)
+    gc: GroupCommit[int, int] = GroupCommit(log.flush)
+    out: dict[int, object] = {}
+    first = _submit_in_threads(gc, [0], out)
+    assert log.entered.wait(30)  # 0 flushes alone (nothing queued, nobody to linger for)
+    second = _submit_in_threads(gc, [1], out)
+    _wait_for(lambda: gc.queued[0] == 1)
+    log.gate.set()
+    for t in [*first, *second]:
+        t.join(30)
+    assert isinstance(out[0], OSError) and out[1] == 0
+    assert log.batches == [[0], [1]] and not gc._flushing

@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
-import pickle
 import shutil
 import socket
 import tempfile
@@ -23,7 +22,7 @@ import pytest
 
 from storage.db import make_engine, migrate
 from storage.ledger.events import LedgerEvent
-from storage.ledger.host_appends import HostAppends, _read, endpoint_for
+from storage.ledger.host_appends import HostAppends, _read, batch_from, endpoint_for
 from storage.ledger.leaf import encode_leaf
 from storage.ledger.log import Ledger, load_or_create_note_signer
 from storage.ledger.merkle import leaf_hash
@@ -135,7 +134,7 @@ def _fake_sequencer(endpoint: Path, store: HostAppends, *, commit: bool) -> thre
 
     def serve() -> None:
         peer, _ = listener.accept()
-        rows, side = pickle.loads(_read(peer))
+        rows, side = batch_from(_read(peer))
         if commit:
             store.store.append(rows, side)
         peer.close()
@@ -224,4 +223,70 @@ def test_closing_while_a_peer_is_being_accepted_joins_only_started_handlers(
     peer.join(30)
     assert indexes == [1]  # answered, or sent again directly once the sequencer went: once
     second.close()
+    engine.dispose()
+
+
+def test_a_batch_crosses_the_wire_as_it_was_sent() -> None:
+    from storage.ledger.events import SideRows
+    from storage.ledger.host_appends import batch_message
+
+    rows = _rows(_event(0, 0), LedgerEvent("t", "acme", "a", turn="turn-1", body={"é": [1]}))
+    side = [
+        SideRows("turn_index", ("turn_id", "n"), [("turn-1", 1), ("turn-2", None)]),
+        SideRows("sessions", ("id",), [(b"\x00raw",)], ignore_conflicts=True),
+    ]
+    got_rows, got_side = batch_from(batch_message(rows, side))
+    assert got_rows == rows and all(isinstance(r, LeafRow) for r in got_rows)
+    assert got_rows[1].turn_id == "turn-1" and got_rows[0].turn_id is None
+    assert got_side == side
+
+
+class _RefusingStore:
+    """A store whose appends of tenant ``refused`` fail, as a constraint would."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.engine, self.read_engine = store.engine, store.read_engine
+
+    def append(self, rows: Any, side: Any) -> int:
+        if any(r.tenant == "refused" for r in rows):
+            raise ValueError("the store refused the batch")
+        return int(self.store.append(rows, side))
+
+    def locate(self, rows: Any, after: int) -> int | None:
+        return self.store.locate(rows, after)  # type: ignore[no-any-return]
+
+    def add_checkpoint(self, checkpoint: Any, time_ms: int) -> None:
+        self.store.add_checkpoint(checkpoint, time_ms)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def test_the_sequencer_answers_errors_and_push_back_to_the_sender(
+    sqlite_url: str, endpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage.ledger.batching import LedgerPushback
+
+    migrate(sqlite_url)
+    engine = make_engine(sqlite_url)
+    serving = HostAppends(_RefusingStore(open_store(engine)), endpoint)  # type: ignore[arg-type]
+    assert serving.append(_rows(_event(0, 0)), []) == 0 and serving.serving
+    sender = HostAppends(open_store(engine), endpoint)
+    assert sender.append(_rows(_event(1, 0)), []) == 1 and sender.sent_batches == 1
+    with pytest.raises(ValueError, match="the store refused the batch"):
+        sender.append(_rows(LedgerEvent("t", "refused", "a")), [])
+
+    def full(*_: object, **__: object) -> int:
+        raise LedgerPushback(7, queued_entries=3, queued_bytes=9)
+
+    monkeypatch.setattr(serving._commits, "submit", full)
+    with pytest.raises(LedgerPushback) as caught:
+        sender.append(_rows(_event(1, 1)), [])
+    assert (caught.value.retry_after_ms, caught.value.queued_entries) == (7, 3)
+    monkeypatch.undo()
+    assert sender.append(_rows(_event(1, 2)), []) == 2  # the connection is still good
+    assert sender.sent_batches == 4 and serving.remote_batches == 4
+    sender.close()
+    serving.close()
     engine.dispose()

@@ -392,3 +392,24 @@ def test_two_handles_taking_turns_keep_one_tree(engine: Engine, signer: NoteSign
     finally:
         a.close()
         b.close()
+
+
+def test_awkward_column_values_are_stored_exactly(ledger: Ledger, engine: Engine) -> None:
+    """The PostgreSQL append sends its arrays as literals: quotes, backslashes, braces, commas,
+    a literal NULL, blanks and non-ASCII text must all arrive as they were."""
+    awkward = ['a"b', "back\\slash", "{x,y}", "NULL", "", " sp ", "é😀", '\\"', "a,b", "}"]
+    events = [
+        LedgerEvent(type=f"t{v}", tenant=v or "t", actor="a", turn=v, body={"v": v})
+        for v in awkward
+    ] + [LedgerEvent(type="t", tenant="t", actor="a", turn=None)]
+    entries = ledger.append(events)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT idx, type, tenant, turn_id, leaf FROM ledger_entries ORDER BY idx")
+        ).all()
+    assert [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows] == [
+        (e.index, ev.type, ev.tenant, ev.turn, e.leaf)
+        for e, ev in zip(entries, events, strict=True)
+    ]
+    assert [e.index for e in ledger.entries_for_turn("NULL")] == [entries[3].index]
+    assert verify_ledger(engine, origin=ORIGIN, verifier=ledger.signer.verifier()).ok

@@ -25,6 +25,12 @@ Contract (``HostAppends`` is a ``LedgerStore``; the store contract holds unchang
 - Who may connect: the socket lives in a per-user directory (mode 0700, owned by this user) and
   a peer's uid is checked (``SO_PEERCRED``) before anything is read, because batches travel as
   pickles — a peer with the same uid can already open the database itself.
+
+Wire: a length-prefixed pickle of plain tuples (the rows' and side rows' fields, no classes to
+look up or rebuild: a tenth of the cost of pickling ``LeafRow`` objects), answered by 9 bytes
+(the first index) or, for push-back and errors, a pickle. The protocol's version is part of the
+socket's name, so processes of two Custody versions elect two sequencers (both correct: the
+store's lock still orders every transaction) instead of misreading each other.
 """
 
 from __future__ import annotations
@@ -54,12 +60,18 @@ from storage.ledger.store import LeafRow, LedgerStore, read_size
 
 log = logging.getLogger("custody.ledger")
 
+_PROTOCOL = 2  # part of the socket's name (see the module docstring)
 _LENGTH = struct.Struct("!Q")
+_ANSWER = struct.Struct("!Bq")  # kind, first index
+_OK, _PICKLED = 0, 1
+_RECV = 1 << 16  # first read of a message: its length and, nearly always, all of it
 _CONNECT_TRIES = 20  # about 0.2 s for a new sequencer to start listening, then append directly
 _RETRY_SHARING_S = 1.0  # after falling back to direct appends, look for a sequencer again
 _MAX_MESSAGE = 1 << 30
 
 Batch = tuple[Sequence[LeafRow], Sequence[SideRows]]
+# A batch waiting for the sequencer's transaction, and the peer to answer (None: this process's).
+_Queued = tuple[Sequence[LeafRow], Sequence[SideRows], socket.socket | None]
 
 
 class SequencerGone(ConnectionError):
@@ -97,7 +109,8 @@ def endpoint_for(identity: str, directory: Path | None = None) -> Path | None:
             base,
         )
         return None
-    return base / (hashlib.sha256(identity.encode()).hexdigest()[:32] + ".sock")
+    name = hashlib.sha256(f"{_PROTOCOL}:{identity}".encode()).hexdigest()[:32]
+    return base / (name + ".sock")
 
 
 class HostAppends:
@@ -109,7 +122,7 @@ class HostAppends:
         self.store = store
         self.endpoint = endpoint
         self._lock_path = endpoint.with_suffix(".lock")
-        self._commits: GroupCommit[Batch, int] = GroupCommit(self._flush, limits)
+        self._commits: GroupCommit[_Queued, int] = GroupCommit(self._flush, limits)
         self._mutex = threading.Lock()
         self._lock_fd: int | None = None  # held while this process is the sequencer
         self._listener: socket.socket | None = None
@@ -150,7 +163,7 @@ class HostAppends:
             if self._closing or time.monotonic() < self._direct_until:
                 return self._direct(rows, side)
             if self.serving or (self._client is None and self._try_to_serve()):
-                return self._commits.submit((rows, side), entries=len(rows))
+                return self._commits.submit((rows, side, None), entries=len(rows))
             try:
                 client = self._connected()
             except OSError:
@@ -183,29 +196,41 @@ class HostAppends:
         self, client: socket.socket, rows: Sequence[LeafRow], side: Sequence[SideRows]
     ) -> int:
         try:
-            _write(client, pickle.dumps((list(rows), list(side)), pickle.HIGHEST_PROTOCOL))
-            reply = pickle.loads(_read(client))
+            _write(client, batch_message(rows, side))
+            answer = _read(client)
         except OSError as exc:
             raise SequencerGone(str(exc)) from exc
         self.sent_batches += 1
-        kind = reply[0]
-        if kind == "ok":
-            first = int(reply[1])
+        if len(answer) == _ANSWER.size and answer[0] == _OK:
+            first: int = _ANSWER.unpack(answer)[1]
             self._after = max(self._after, first + len(rows))
             return first
+        if answer[:1] != bytes([_PICKLED]):
+            raise SequencerGone(f"the sequencer's answer is not understood: {answer[:16]!r}")
+        reply = pickle.loads(answer[1:])
+        kind = reply[0]
         if kind == "pushback":
             _, retry_ms, entries, nbytes = reply
             raise LedgerPushback(retry_ms, queued_entries=entries, queued_bytes=nbytes)
         raise _error_from(reply)
 
-    def _flush(self, batches: Sequence[Batch]) -> list[int]:
-        """The sequencer's one transaction for every batch that arrived together."""
-        rows = [r for batch_rows, _ in batches for r in batch_rows]
-        side = [s for _, batch_side in batches for s in batch_side]
+    def _flush(self, batches: Sequence[_Queued]) -> list[int]:
+        """The sequencer's one transaction for every batch that arrived together. Once it is
+        durable, the peers' answers go out from here, in this thread: waking each peer's
+        handler thread first would put a thread hand-off before every answer."""
+        if len(batches) == 1:
+            rows, side = batches[0][0], batches[0][1]
+        else:
+            rows = [r for batch in batches for r in batch[0]]
+            side = [s for batch in batches for s in batch[1]]
         first = self.store.append(rows, side)
         out, at = [], first
-        for batch_rows, _ in batches:
+        for batch_rows, _, peer in batches:
             out.append(at)
+            if peer is not None:
+                self.remote_batches += 1
+                with contextlib.suppress(OSError):  # gone: its handler finds out on reading
+                    _write(peer, _ANSWER.pack(_OK, at))
             at += len(batch_rows)
         self._after = max(self._after, at)
         return out
@@ -306,17 +331,24 @@ class HostAppends:
                     return
                 if self._closing:
                     return  # unanswered and not committed: the sender locates, then re-sends
-                rows, side = pickle.loads(message)
+                rows, side = batch_from(message)
                 try:
-                    first = self._commits.submit((rows, side), entries=len(rows))
-                    reply: tuple[Any, ...] = ("ok", first)
+                    self._commits.submit((rows, side, peer), entries=len(rows))
+                    continue  # answered (and counted) by the transaction's flush, ``_flush``
                 except LedgerPushback as exc:
-                    reply = ("pushback", exc.retry_after_ms, exc.queued_entries, exc.queued_bytes)
+                    reply: tuple[Any, ...] = (
+                        "pushback",
+                        exc.retry_after_ms,
+                        exc.queued_entries,
+                        exc.queued_bytes,
+                    )
+                    answer = bytes([_PICKLED]) + pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
                 except Exception as exc:
                     reply = _error_reply(exc)
+                    answer = bytes([_PICKLED]) + pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
                 self.remote_batches += 1
                 try:
-                    _write(peer, pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
+                    _write(peer, answer)
                 except OSError:
                     return
         finally:
@@ -365,10 +397,38 @@ def _write(sock: socket.socket, payload: bytes) -> None:
 
 
 def _read(sock: socket.socket) -> bytes:
-    (length,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
+    """One message. Each side sends its next message only after reading the other's answer, so
+    a read never runs into the next message: one ``recv`` nearly always gets it all."""
+    data = sock.recv(_RECV)
+    if len(data) < _LENGTH.size:
+        if not data:
+            raise ConnectionResetError("the ledger's host sequencer closed the connection")
+        data += _read_exactly(sock, _LENGTH.size - len(data))
+    (length,) = _LENGTH.unpack_from(data)
     if length > _MAX_MESSAGE:
         raise ConnectionError(f"a ledger host message of {length} bytes is not believable")
-    return _read_exactly(sock, length)
+    end = _LENGTH.size + length
+    if len(data) < end:
+        return data[_LENGTH.size :] + _read_exactly(sock, end - len(data))
+    if len(data) > end:
+        raise ConnectionError("a ledger host peer sent a second message before its answer")
+    return data[_LENGTH.size :]
+
+
+def batch_message(rows: Sequence[LeafRow], side: Sequence[SideRows]) -> bytes:
+    """A batch on the wire: plain tuples, pickled (``batch_from`` reads it)."""
+    return pickle.dumps(
+        (
+            [tuple(r) for r in rows],
+            [(s.table, s.columns, s.rows, s.ignore_conflicts) for s in side],
+        ),
+        pickle.HIGHEST_PROTOCOL,
+    )
+
+
+def batch_from(message: bytes) -> Batch:
+    rows, side = pickle.loads(message)
+    return [LeafRow._make(r) for r in rows], [SideRows(*s) for s in side]
 
 
 def _read_exactly(sock: socket.socket, n: int) -> bytes:

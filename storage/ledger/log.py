@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -58,14 +58,11 @@ __all__ = ["Ledger", "frontier_indexes", "load_or_create_note_signer"]
 frontier_indexes = Frontier.indexes  # the stored-hash indexes an append of a tree reads
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
+class _Pending(NamedTuple):
     """One caller's append, encoded and hashed in the caller's thread before it queues."""
 
     events: Sequence[LedgerEvent]
-    time_ms: int
-    leaves: list[bytes]
-    hashes: list[bytes]
+    rows: list[LeafRow]
     side: Sequence[SideRows]
 
 
@@ -154,25 +151,28 @@ class Ledger:
         # commit; ``time_ms`` is when the ledger received the event (entries from concurrent
         # writers may differ in order by a millisecond).
         now = int(time.time() * 1000)
-        leaves = [encode_leaf(self.origin, ev, now) for ev in events]
-        pending = _Pending(events, now, leaves, [leaf_hash(leaf) for leaf in leaves], side)
-        return self.commits.submit(
-            pending, entries=len(leaves), nbytes=sum(len(leaf) for leaf in leaves)
-        )
+        origin = self.origin
+        rows = []
+        nbytes = 0
+        for ev in events:
+            leaf = encode_leaf(origin, ev, now)
+            rows.append(LeafRow(now, ev.type, ev.tenant, ev.turn, leaf, leaf_hash(leaf)))
+            nbytes += len(leaf)
+        return self.commits.submit(_Pending(events, rows, side), entries=len(rows), nbytes=nbytes)
 
     def _flush(self, batch: Sequence[_Pending]) -> list[list[Entry]]:
         """The one flush function of group commit: the whole batch in one store append."""
-        rows = [
-            LeafRow(p.time_ms, ev.type, ev.tenant, ev.turn, leaf, lh)
-            for p in batch
-            for ev, leaf, lh in zip(p.events, p.leaves, p.hashes, strict=True)
-        ]
-        index = self.store.append(rows, [s for p in batch for s in p.side])
+        if len(batch) == 1:
+            rows, side = batch[0].rows, batch[0].side
+        else:
+            rows = [r for p in batch for r in p.rows]
+            side = [s for p in batch for s in p.side]
+        index = self.store.append(rows, side)
         out = []
         for p in batch:
             entries = []
-            for ev, leaf, lh in zip(p.events, p.leaves, p.hashes, strict=True):
-                entries.append(Entry(index, p.time_ms, leaf, lh, ev))
+            for ev, r in zip(p.events, p.rows, strict=True):
+                entries.append(Entry(index, r.time_ms, r.leaf, r.leaf_hash, ev))
                 index += 1
             out.append(entries)
         return out

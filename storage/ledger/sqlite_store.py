@@ -39,7 +39,8 @@ class SqliteStore:
         self._read_engine = make_engine(
             engine.url.render_as_string(hide_password=False), immediate=False
         )
-        self._writer: Any = None  # the leader's DB-API connection
+        self._writer: Any = None  # the leader's pooled DB-API connection
+        self._cursor: Any = None  # a cursor of its sqlite3 connection, kept between appends
         self._frontier: Frontier | None = None  # the right edge after this store's last write
 
     @property
@@ -54,39 +55,38 @@ class SqliteStore:
         # Everything that does not need the lock is done before it, for the size this store
         # wrote last; under the lock it is redone only if another process appended meanwhile.
         hashes = [r.leaf_hash for r in rows]
-        frontier = self._frontier.copy() if self._frontier is not None else None
-        guess = frontier.size if frontier is not None else -1
-        stored = frontier.extend(hashes) if frontier is not None else []
-        entry_rows = _entry_rows(guess, rows)
-        if self._writer is None:
+        frontier = self._frontier
+        if frontier is not None:
+            guess = frontier.size
+            frontier = frontier.copy()
+            stored = frontier.extend(hashes)
+            entry_rows = _entry_rows(guess, rows)
+        cur = self._cursor
+        if cur is None:
             self._writer = self._engine.raw_connection()
-        raw = self._writer
+            cur = self._cursor = self._writer.driver_connection.cursor()
         try:
-            cur = raw.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")  # the write lock, before the head is read
-                cur.execute("SELECT size FROM ledger_head WHERE id = 1")
-                size = int(cur.fetchone()[0])
-                if frontier is None or size != guess:
-                    frontier = Frontier.read(size, CursorHashReader(cur))
-                    stored = frontier.extend(hashes)
-                    entry_rows = _entry_rows(size, rows)
-                first_hash = stored_hash_count(size)
-                cur.executemany(
-                    "INSERT INTO ledger_entries"
-                    " (idx, time_ms, type, tenant, turn_id, leaf, leaf_hash)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    entry_rows,
-                )
-                cur.executemany(
-                    "INSERT INTO ledger_hashes (idx, hash) VALUES (?, ?)",
-                    [(first_hash + i, h) for i, h in enumerate(stored)],
-                )
-                cur.execute("UPDATE ledger_head SET size = ? WHERE id = 1", (size + len(rows),))
-                insert_side_rows(cur, side, "?")
-                raw.commit()
-            finally:
-                cur.close()
+            cur.execute("BEGIN IMMEDIATE")  # the write lock, before the head is read
+            cur.execute("SELECT size FROM ledger_head WHERE id = 1")
+            size = int(cur.fetchone()[0])
+            if frontier is None or size != guess:
+                frontier = Frontier.read(size, CursorHashReader(cur))
+                stored = frontier.extend(hashes)
+                entry_rows = _entry_rows(size, rows)
+            first_hash = stored_hash_count(size)
+            cur.executemany(
+                "INSERT INTO ledger_entries"
+                " (idx, time_ms, type, tenant, turn_id, leaf, leaf_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                entry_rows,
+            )
+            cur.executemany(
+                "INSERT INTO ledger_hashes (idx, hash) VALUES (?, ?)",
+                [(first_hash + i, h) for i, h in enumerate(stored)],
+            )
+            cur.execute("UPDATE ledger_head SET size = ? WHERE id = 1", (size + len(rows),))
+            insert_side_rows(cur, side, "?")
+            cur.execute("COMMIT")
         except BaseException:
             self._frontier = None
             self._drop_writer(failed=True)
@@ -124,9 +124,12 @@ class SqliteStore:
 
     def _drop_writer(self, *, failed: bool) -> None:
         raw, self._writer = self._writer, None
+        cur, self._cursor = self._cursor, None
         if raw is None:
             return
         try:
+            if cur is not None:
+                cur.close()
             if failed:
                 raw.rollback()
             raw.close()
