@@ -22,11 +22,15 @@ pytestmark = pytest.mark.pg_at_head  # what uses PostgreSQL here migrates it fir
 
 
 def _until(custody: RunningCustody, task: ReviewTask, status: str) -> dict[str, Any]:
-    """Poll the API until the task has ``status`` (the job runs every half second)."""
+    """Poll the API until the task has ``status`` (the job runs every half second) and, for an
+    outcome, its event's ledger index: the desk changes the status first and records the
+    outcome's index once that event is appended (the desk module's docstring), so a poll
+    between the two sees the status without the index."""
     for _ in range(200):
         resp = api(custody, custody.keys["reviewer"], "GET", f"/api/v1/reviews/{task.task_id}")
         review: dict[str, Any] = resp.json()["review"]
-        if review["status"] == status:
+        recorded = status == "escalated" or review["outcome_index"] is not None
+        if review["status"] == status and recorded:
             return review
         time.sleep(0.1)
     raise AssertionError(f"task {task.task_id} never became {status}: {review}")
