@@ -27,9 +27,9 @@ def _share_httpx_default_tls_context() -> None:
     makes one) gets the same CA-verifying SSL context, built once per test process.
 
     httpx builds a new context per client, loading certifi's ~150 CA certificates (20-25 ms of
-    CPU); the suite's ~2,500 ``httpx.post(...)``-style calls per 1,400 tests spent half their time
-    there, for loopback ``http://`` URLs that never use TLS. The context is unchanged (what
-    ``httpx.create_ssl_context()`` returns: certifi's roots, hostname checks); no client of the
+    CPU): test_redteam_requests and test_authz_matrix (1,394 tests) built 2,564 and spent half
+    their time there, for loopback ``http://`` URLs that never use TLS. The context is what
+    ``httpx.create_ssl_context()`` returns (certifi's roots, hostname checks); no client of the
     suite asks for HTTP/2, so the ALPN list httpcore sets on it is always ``http/1.1``. An
     explicit ``verify`` (a context, ``False``, a path) or a client certificate is built as before.
     """
