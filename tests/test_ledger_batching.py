@@ -296,3 +296,100 @@ def test_a_lone_flush_that_fails_still_hands_the_lead_to_the_item_behind_it() ->
         t.join(30)
     assert isinstance(out[0], OSError) and out[1] == 0
     assert log.batches == [[0], [1]] and not gc._flushing
+
+
+def test_a_taker_behind_an_item_that_does_not_fit_waits_its_turn_one_flush_at_a_time() -> None:
+    """The lingering leader's batch is completed by a taker, but an item queued before the taker
+    does not fit the flush either: that item leads next, and the taker waits behind it (it used
+    to lead at the same time: two flushes at once)."""
+    in_flush = threading.Lock()
+    log = _Log(held=1)
+
+    def flush(items: Sequence[int]) -> list[int]:
+        assert in_flush.acquire(blocking=False), "two flushes at once"
+        try:
+            return log.flush(items)
+        finally:
+            in_flush.release()
+
+    gc: GroupCommit[int, int] = GroupCommit(flush, BatchLimits(max_entries=5, max_age_ms=60_000))
+    lingerers: list[str] = []
+    linger = gc._linger
+
+    def recorded(me: object) -> bool:
+        lingerers.append(threading.current_thread().name)
+        return linger(me)  # type: ignore[arg-type]
+
+    gc._linger = recorded  # type: ignore[method-assign]
+    out: dict[int, object] = {}
+    threads = [_named_submit(gc, 0, out)]
+    assert log.entered.wait(30)  # 0 flushes alone and is held there
+    for item in (1, 2, 3):  # 2 entries each: they queue behind it
+        threads.append(_named_submit(gc, item, out, entries=2))
+        _wait_for(lambda item=item: gc.queued[0] == item)
+    time.sleep(0.2)  # the held flush takes 0.2 s: item 1's linger is bounded by that
+    log.gate.set()  # 1 leads next and lingers for 4 items (as many as were waiting)
+    _wait_for(lambda: gc._lingerer is not None)
+    threads.append(_named_submit(gc, 4, out))  # the 4th: takes over; 1 and 2 fit, 3 does not
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert out == {0: 0, 1: 1, 2: 2, 3: 3, 4: 4}
+    assert log.batches == [[0], [1, 2], [3, 4]]
+    assert lingerers == ["submitter-1", "submitter-3"]  # never the taker a second time
+    assert not gc._flushing and gc.queued == (0, 0)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_writers_limits_and_failures_keep_the_contract(seed: int) -> None:
+    """One flush at a time, every item flushed exactly once or failed with its batch, each
+    writer's items in its order, nothing left queued: over random limits, lingers, entry
+    counts, slow and failing flushes."""
+    import random
+
+    rng = random.Random(seed)
+    committed: list[tuple[int, int]] = []
+    in_flush = threading.Lock()
+
+    def flush(items: Sequence[tuple[int, int]]) -> list[int]:
+        assert in_flush.acquire(blocking=False), "two flushes at once"
+        try:
+            if rng.random() < 0.2:
+                time.sleep(rng.random() * 0.0005)
+            if rng.random() < 0.03:
+                raise OSError("disk full")
+            first = len(committed)
+            committed.extend(items)
+            return list(range(first, first + len(items)))
+        finally:
+            in_flush.release()
+
+    limits = BatchLimits(
+        max_entries=rng.choice([1, 2, 3, 5, 1024]), max_age_ms=rng.choice([0, 0.2, 1, 5])
+    )
+    gc: GroupCommit[tuple[int, int], int] = GroupCommit(flush, limits)
+    got: dict[tuple[int, int], int | None] = {}
+
+    def writer(k: int) -> None:
+        pick = random.Random(seed * 100 + k)
+        for i in range(100):
+            try:
+                index = gc.submit((k, i), entries=pick.choice([1, 1, 2]))
+                assert committed[index] == (k, i)
+                got[(k, i)] = index
+            except OSError:
+                got[(k, i)] = None
+
+    writers = rng.choice([2, 4, 7, 16])
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive(), "a writer never got its answer"
+    assert len(got) == writers * 100
+    assert sorted(i for i in got.values() if i is not None) == list(range(len(committed)))
+    for k in range(writers):
+        mine = [i for (w, _), i in sorted(got.items()) if w == k and i is not None]
+        assert mine == sorted(mine)
+    assert gc.queued == (0, 0) and not gc._flushing and gc._lingerer is None

@@ -142,8 +142,11 @@ class GroupCommit(Generic[T, R]):
                 wake = me.wake = _locked()
         if not lead:
             wake.acquire()  # done, or handed the lead (the leader is always the queue's head)
-        while not me.done:  # a taker whose item did not fit its batch leads the next one
-            self._lead(me, took_over=took_over)
+        while not me.done:
+            if not self._lead(me, took_over=took_over):
+                # A taker whose item did not fit its batch, behind other items: it waits its
+                # turn like them (``_lead`` gave it a lock), until done or handed the lead.
+                me.wake.acquire()  # type: ignore[union-attr]
             took_over = False
         if me.error is not None:
             raise me.error
@@ -198,10 +201,12 @@ class GroupCommit(Generic[T, R]):
             retry_ms, queued_entries=self._queued_entries, queued_bytes=self._queued_bytes
         )
 
-    def _lead(self, me: _Waiter[T, R], *, took_over: bool) -> None:
+    def _lead(self, me: _Waiter[T, R], *, took_over: bool) -> bool:
+        """Lead one flush. False when ``me`` is not done and must now wait its turn (a taker
+        whose item did not fit the batch, with other items queued before it)."""
         with self._mutex:
             if not took_over and not self._linger(me):
-                return  # another caller took the lead over and flushed ``me`` with its batch
+                return True  # another caller took the lead over and flushed ``me`` with its batch
             batch = self._take()
             self._last_seen = len(batch) + len(self._queue)
         started = time.monotonic()
@@ -224,11 +229,14 @@ class GroupCommit(Generic[T, R]):
             successor = self._queue[0] if self._queue else None
             if successor is None:
                 self._flushing = False
+            elif successor is not me and not me.done:
+                me.wake = _locked()  # released when done, or when handed the lead
         for w in batch:
             if w is not me and w.wake is not None:
                 w.wake.release()
         if successor is not None and successor is not me:
             successor.wake.release()  # type: ignore[union-attr]  # it waits: it leads next
+        return me.done or successor is me
 
     def _linger(self, me: _Waiter[T, R]) -> bool:
         """Mutex held (released while waiting): wait briefly for the items the last flush's
