@@ -91,13 +91,12 @@ class TurnContent:
         self.decision_inputs.append((stage, commitment))
         return commitment
 
-    async def upstream_response(self, raw: bytes, sha256: str | None = None) -> dict[str, Any]:
+    async def upstream_response(self, raw: bytes, sha256: str) -> dict[str, Any]:
         """Commit to the upstream's answer exactly as it arrived (``upstream_bytes``: unsigned
-        images included); ``sha256`` when it was hashed already."""
+        images included), whose SHA-256 hex the caller computed."""
         if not raw:
             return {}
-        item = raw if sha256 is None else (raw, sha256)
-        return {"response": (await self.commit(item))[0], "response_bytes": len(raw)}
+        return {"response": (await self.commit((raw, sha256)))[0], "response_bytes": len(raw)}
 
     async def signed_output(self, output: SignedOutput) -> dict[str, Any]:
         """Keep the released file and its manifest (the signer already hashed both)."""

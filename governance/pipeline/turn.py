@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +80,7 @@ from governance.provenance.types import ProvenanceContext
 from storage.ledger import Ledger
 from storage.ledger.batching import LedgerPushback
 from storage.ledger.events import SideRows
+from storage.ledger.verify import sha256_hex
 from storage.schema.turns import LABEL_COLUMNS
 
 log = logging.getLogger("custody")
@@ -179,19 +179,15 @@ class TurnPipeline:
         ``turn.received`` then describes the request as it will be forwarded, and
         ``url_inputs.fetched`` commits to the request as it arrived and says what was fetched."""
         body = state.request.body  # hashed in another worker thread while it is parsed
-        body_sha256 = asyncio.ensure_future(self._off_loop(sha256_hex, body))
-        try:
-            parsed = await self._off_loop(
-                self.receiver.parse, state.request, state.principal.tenant
-            )
-        except BaseException:
-            await asyncio.gather(body_sha256, return_exceptions=True)
-            raise
+        parsed, body_sha256 = await asyncio.gather(
+            self._off_loop(self.receiver.parse, state.request, state.principal.tenant),
+            self._off_loop(sha256_hex, body),
+        )
         inlined: InlinedRequest | None = None
         if parsed.files and self.url_inputs is not None:
             inlined, parsed = await self._inline_url_inputs(state, parsed)
         state.parsed = parsed
-        digest = await body_sha256 if parsed.body is body else None  # not if URLs were inlined
+        digest = body_sha256 if parsed.body is body else None  # not if URLs were inlined
         made = await state.content.commitments(*request_content(state.parsed, digest))
         state.stored = stored_request(state.parsed, made)
         state.request_sha256 = state.stored.request_sha256
@@ -314,18 +310,13 @@ class TurnPipeline:
         self.metrics.upstream_attempts.labels(tenant, sent.step.outcome).inc()
         self.metrics.upstream_latency.labels(tenant).observe(result.elapsed_ms / 1000)
         raw = upstream_bytes(result)  # hashed in another worker thread while it is read
-        raw_sha256 = asyncio.ensure_future(self._off_loop(sha256_hex, raw)) if raw else None
-        try:
-            answer = await self._off_loop(read_answer, state.request, result)
-        except BaseException:
-            if raw_sha256 is not None:
-                await asyncio.gather(raw_sha256, return_exceptions=True)
-            raise
+        answer, raw_sha256 = await asyncio.gather(
+            self._off_loop(read_answer, state.request, result), self._off_loop(sha256_hex, raw)
+        )
         state.documents, state.summary = answer.documents, answer.summary
         if answer.error is None:
             self._fingerprint_outputs(state)  # beside the answer's blob and the response gate
-        digest = await raw_sha256 if raw_sha256 is not None else None
-        response_ref = await state.content.upstream_response(raw, digest)
+        response_ref = await state.content.upstream_response(raw, raw_sha256)
         self._queue(state, "upstream.returned", returned_body(result, answer, response_ref, sent))
         if answer.error is not None:
             await self._append(state)
@@ -635,10 +626,6 @@ class TurnPipeline:
         )
         await self._off_loop(self.ledger.append, [event])
         self.metrics.turns.labels(outcome.tenant, "undelivered").inc()
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _settle(future: asyncio.Future[str | None], value: str | None) -> None:
