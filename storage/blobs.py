@@ -70,6 +70,7 @@ class FileBlobStore:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+                _drop_cached(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -94,6 +95,22 @@ class FileBlobStore:
             return False
         _fsync_dir(path.parent)
         return True
+
+
+def _drop_cached(fd: int) -> None:
+    """Let the kernel drop a written, fsynced blob's pages from the page cache at once.
+
+    Blobs are written once and seldom read soon after, yet without this every write grows the
+    page cache by new pages: on the 2-core VM of docs/performance.md a 3 MB write + fsync took
+    6.6 ms of CPU and 8.5 ms when the cache grew, and 1.1 ms of CPU and 2.4 ms once the pages
+    of earlier blobs were handed back (200 writes each, "Blob writes"). A turn of a 1024² edit
+    writes about 12 MB of blobs. The pages are clean after the fsync, so this only frees them;
+    a later read comes from the disk. Not every platform has ``posix_fadvise``."""
+    if _FADV_DONTNEED is not None:
+        os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
+
+
+_FADV_DONTNEED: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import mmap
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +190,47 @@ def test_erasure_keeps_the_ledger_verifying(engine: Engine, store: BlobStore) ->
     # Three commitments in leaves (the content.erased event names the erased one again); two of
     # them are to the erased content.
     assert (report.erased, report.commitments_checked) == (2, 3)
+
+
+def _resident_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache, by mincore(2) over a mapping that touches none."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]  # fmt: skip
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size, page = path.stat().st_size, mmap.PAGESIZE
+    pages = -(-size // page)
+    with path.open("rb") as f:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = ctypes.create_string_buffer(pages)
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(b & 1 for b in vec.raw)
+        finally:
+            libc.munmap(addr, size)
+
+
+def _filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (the longest mount point above it)."""
+    best, kind = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, point, fstype, *_ = line.split()
+        if str(path.resolve()).startswith(point.rstrip("/") + "/") and len(point) > len(best):
+            best, kind = point, fstype
+    return kind
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore(2) as Linux has it")
+def test_a_written_blob_leaves_the_page_cache_once_it_is_durable(tmp_path: Path) -> None:
+    # Each blob is written once and seldom read soon after: its pages go back to the kernel
+    # after the fsync instead of growing the page cache (docs/performance.md, "Blob writes").
+    if _filesystem_of(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("the test directory is in memory: its pages are the file itself")
+    blobs = FileBlobStore(tmp_path / "blobs")
+    data = os.urandom(3 << 20)
+    digest = blobs.put(data)
+    assert _resident_pages(blobs.path(digest)) == 0
+    assert blobs.get(digest) == data  # read back from the disk, the same bytes
