@@ -185,7 +185,7 @@ def build_services(settings: Settings) -> Services:
     )
     commitments = Commitments(engine, blobs)
     content = ContentRecorder(commitments, executor)
-    policy = PolicyService.from_settings(settings, DatabaseRateLimiter(engine))
+    policy = PolicyService.from_settings(settings, DatabaseRateLimiter(engine, read_engine))
     metrics = Metrics()
     # This replica's policy is the newest loaded: every replica converges to it (background).
     policy_revisions.publish(
@@ -211,7 +211,9 @@ def build_services(settings: Settings) -> Services:
             log_origin=settings.log_origin,
             training_mining=settings.training_mining,
         ),
-        review=ReviewGate(ReviewDesk(engine, ledger, commitments), ledger, commitments),
+        review=ReviewGate(
+            ReviewDesk(engine, ledger, commitments, read_engine=read_engine), ledger, commitments
+        ),
         linker=SessionLinker(SessionStore(read_engine)),
         ledger=ledger,
         content=content,

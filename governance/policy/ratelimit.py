@@ -106,8 +106,16 @@ class DatabaseRateLimiter:
     """Fixed windows counted in the database's ``rate_counters`` (see ``storage.rate_counters``):
     one budget for every replica on the database, kept across restarts."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        read_engine: Engine | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._engine = engine
+        # ``peek`` (the response gate's counters, every turn) reads through ``read_engine``: on
+        # SQLite a transaction of ``engine`` takes the write lock, which the ledger's appends hold.
+        self._reader = read_engine or engine
         self._clock = clock
         self._lock = threading.Lock()
         self._held: OrderedDict[str, tuple[list[rate_counters.Count], int]] = OrderedDict()
@@ -157,7 +165,7 @@ class DatabaseRateLimiter:
     def peek(self, tenant: str, actor: str, windows: tuple[Window, ...]) -> dict[str, Any]:
         buckets = self._buckets(tenant, actor, windows)
         now_ms = int(self._clock() * 1000)
-        counts = rate_counters.peek(self._engine, [(n, ms) for *_, n, ms in buckets], now_ms)
+        counts = rate_counters.peek(self._reader, [(n, ms) for *_, n, ms in buckets], now_ms)
         return self._counters(buckets, counts)
 
     def release(self, reservation_id: str) -> bool:

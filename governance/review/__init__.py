@@ -74,6 +74,7 @@ class Installation(Protocol):
     does not import it, so the pipeline may import the review package)."""
 
     engine: Engine
+    read_engine: Engine  # reads only: on SQLite it never takes the write lock
     ledger: Ledger
     blobs: BlobStore
     webhook_networks: tuple[Network, ...]  # CUSTODY_WEBHOOK_ALLOW_NETWORKS, parsed at start-up
@@ -103,7 +104,10 @@ def desk_for(services: Installation) -> ReviewDesk:
     from storage.blobs import Commitments
 
     return ReviewDesk(
-        services.engine, services.ledger, Commitments(services.engine, services.blobs)
+        services.engine,
+        services.ledger,
+        Commitments(services.engine, services.blobs),
+        read_engine=services.read_engine,
     )
 
 

@@ -105,8 +105,13 @@ class ReviewDesk:
         commitments: Commitments,
         *,
         clock: Callable[[], int] = now_ms,
+        read_engine: Engine | None = None,
     ) -> None:
         self.engine = engine
+        # Reads that change nothing (a task, the queue, what is due) go through ``read_engine``:
+        # on SQLite every transaction of ``engine`` takes the write lock at BEGIN, so a read
+        # there waited for the ledger's appends (and their fsyncs) and they for it.
+        self.reader = read_engine or engine
         self.ledger = ledger
         self.commitments = commitments
         self.clock = clock
@@ -186,7 +191,7 @@ class ReviewDesk:
     # --- reading --------------------------------------------------------------------------------
 
     def get(self, task_id: str, *, decisions: bool = True) -> ReviewTask | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return self._read(conn, task_id, decisions=decisions)
 
     def _read(self, conn: Connection, task_id: str, *, decisions: bool = True) -> ReviewTask | None:
@@ -207,7 +212,7 @@ class ReviewDesk:
     def find_by_request_hash(self, tenant: str, request_hash: str) -> ReviewTask | None:
         """The newest task of ``tenant`` opened for a request with this hash (the identical
         request sent again), with its decisions; None when there is none."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             found = conn.execute(
                 select(TASKS.c.task_id)
                 .where(TASKS.c.tenant == tenant, TASKS.c.request_hash == request_hash)
@@ -217,7 +222,7 @@ class ReviewDesk:
             return None if found is None else self._read(conn, found.task_id)
 
     def tasks_for_turn(self, turn_id: str) -> list[ReviewTask]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             ids = conn.execute(
                 select(TASKS.c.task_id)
                 .where(TASKS.c.turn_id == turn_id)
@@ -243,7 +248,7 @@ class ReviewDesk:
         if flt.due_before_ms is not None:
             query = query.where(TASKS.c.deadline_ms < flt.due_before_ms)
         query = query.order_by(TASKS.c.deadline_ms, TASKS.c.task_id).limit(flt.limit)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(query).all()
             counts: dict[str, int] = {}
             if rows:
@@ -513,7 +518,7 @@ class ReviewDesk:
         this process changed. A compare-and-set on the deadline makes each change happen once
         across processes."""
         now = self.clock()
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             due = conn.execute(
                 select(TASKS.c.task_id)
                 .where(TASKS.c.status.in_(OPEN), TASKS.c.deadline_ms <= now)
@@ -592,7 +597,7 @@ class ReviewDesk:
     def _record_unrecorded(self, now: int) -> list[tuple[str, str]]:
         """Append the outcome event of tasks closed long ago whose own append never happened
         (their process died between the two): until then they are held, never released."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             stale = conn.execute(
                 select(TASKS)
                 .where(
