@@ -387,7 +387,7 @@ class TurnPipeline:
             prints = []
             for img in state.summary.images:
                 iscc: asyncio.Future[str | None] = loop.create_future()
-                told = partial(loop.call_soon_threadsafe, _settle, iscc)
+                told = _teller(loop, iscc)
                 found = loop.run_in_executor(self.executor, staged_fingerprint, img.data, told)
                 digest = loop.run_in_executor(self.executor, sha256_hex, img.data)
                 prints.append(OutputPrint(iscc, found, digest))
@@ -626,6 +626,17 @@ class TurnPipeline:
         )
         await self._off_loop(self.ledger.append, [event])
         self.metrics.turns.labels(outcome.tenant, "undelivered").inc()
+
+
+def _teller(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[str | None]
+) -> Callable[[str | None], None]:
+    """A callback for a worker thread: settles ``future`` with its value on ``loop``."""
+
+    def tell(value: str | None) -> None:
+        loop.call_soon_threadsafe(_settle, future, value)
+
+    return tell
 
 
 def _settle(future: asyncio.Future[str | None], value: str | None) -> None:
