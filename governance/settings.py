@@ -219,6 +219,7 @@ class Settings(BaseSettings):
     malloc_arena_max: int = Field(default=2, ge=0)  # glibc malloc arenas at `serve` (0: glibc's)
     malloc_mmap_threshold: int = Field(default=1_048_576, ge=0)  # bytes; 0: glibc's dynamic one
     malloc_trim_interval_s: float = Field(default=0.0, ge=0)  # malloc_trim at `serve`; 0: never
+    malloc_huge_pages: bool = True  # `serve` runs with glibc.malloc.hugetlb=1 (madvise THP)
 
     @field_validator("data_dir", mode="after")
     @classmethod
