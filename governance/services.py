@@ -81,6 +81,7 @@ class Services:
     witness: WitnessPublisher | None = None  # submits checkpoints to CUSTODY_WITNESSES
     webhook_networks: tuple[Network, ...] = ()  # CUSTODY_WEBHOOK_ALLOW_NETWORKS
     shed: ShedTally = field(default_factory=ShedTally)  # 503s under overload, per tenant
+    counter_engine: Engine | None = None  # the rate counters' (commits without their own fsync)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (database, hashing, signing, Rego) off the event loop."""
@@ -99,6 +100,8 @@ class Services:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
         self.read_engine.dispose()
+        if self.counter_engine is not None:
+            self.counter_engine.dispose()
 
 
 def _upstream(settings: Settings) -> tuple[UpstreamClient, EmbeddedEmulator | None]:
@@ -185,7 +188,11 @@ def build_services(settings: Settings) -> Services:
     )
     commitments = Commitments(engine, blobs)
     content = ContentRecorder(commitments, executor)
-    policy = PolicyService.from_settings(settings, DatabaseRateLimiter(engine, read_engine))
+    # Rate counts commit without their own fsync: the turn's next ledger append flushes them.
+    counter_engine = make_engine(
+        settings.effective_database_url, pool_size=4, flush_on_commit=False
+    )
+    policy = PolicyService.from_settings(settings, DatabaseRateLimiter(counter_engine, read_engine))
     metrics = Metrics()
     # This replica's policy is the newest loaded: every replica converges to it (background).
     policy_revisions.publish(
@@ -244,4 +251,5 @@ def build_services(settings: Settings) -> Services:
         instance=instance,
         interrupted=interrupted,
         witness=WitnessPublisher(ledger, witnesses) if witnesses else None,
+        counter_engine=counter_engine,
     )

@@ -10,6 +10,14 @@ transactions wait on each other's rows the other way round).
 
 MUST: ``release`` only what ``reserve`` returned, once; it takes the turn back from the window
 it was counted in and never from a later one.
+
+Durability: a count commits without waiting for its own log flush (PostgreSQL
+``synchronous_commit = off`` for the transaction; on SQLite the caller passes an engine made
+with ``flush_on_commit=False``). The gateway's next step after counting a turn is always a
+ledger append of that turn, which flushes the log (the WAL, on SQLite) up to and past the count:
+the count is durable before the turn goes upstream or is answered, and a crash can lose only a
+count whose turn has recorded nothing yet. The count's own fsync used to wait behind the turn's
+blob writes on the same disk (~3 ms of a 1024² turn's request gate, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Connection, Engine, bindparam, text
 
 _UPSERT = text(
     """
@@ -53,6 +61,12 @@ class Count:
     images: int
 
 
+def _no_flush_wait(conn: Connection) -> None:
+    """On PostgreSQL, this transaction's commit returns without waiting for its WAL flush."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
 def bucket_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
 
@@ -64,6 +78,7 @@ def reserve(
     counts including it."""
     out: dict[str, Count] = {}
     with engine.begin() as conn:
+        _no_flush_wait(conn)
         for name, window_ms in sorted(buckets, key=lambda b: bucket_key(b[0])):
             key = bucket_key(name)
             row = conn.execute(
@@ -77,6 +92,7 @@ def reserve(
 def release(engine: Engine, counted: list[Count], images: int) -> None:
     """Take one reserved turn back from each bucket's window it was counted in."""
     with engine.begin() as conn:
+        _no_flush_wait(conn)
         for count in sorted(counted, key=lambda c: c.bucket):
             conn.execute(
                 _RELEASE,

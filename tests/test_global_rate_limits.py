@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from governance.policy.ratelimit import DatabaseRateLimiter, Window
 from storage.db import make_engine, migrate
@@ -141,3 +142,34 @@ def test_two_replicas_admit_exactly_n_per_minute_and_a_restart_grants_nothing(
     finally:
         for r in running:
             r.stop()
+
+
+def test_a_count_commits_without_its_own_log_flush_and_the_ledger_still_flushes(
+    db_url: str,
+) -> None:
+    # A count's next step is always a ledger append of its turn, which flushes the log past it
+    # (storage/rate_counters.py): the count's commit does not wait for a flush of its own.
+    migrate(db_url)
+    counters = make_engine(db_url, flush_on_commit=False)
+    ledger_side = make_engine(db_url)
+    seen: list[str] = []
+
+    @event.listens_for(counters, "before_cursor_execute")
+    def _statement(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement.strip().split()[0].upper() + " " + statement[:60])
+
+    limiter = DatabaseRateLimiter(counters)
+    reservation = limiter.reserve("acme", "a@acme", 1, MINUTE)
+    assert limiter.release(reservation.reservation_id)
+    if counters.dialect.name == "sqlite":
+        with counters.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        with ledger_side.connect() as other:
+            assert other.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    else:
+        sets = [s for s in seen if "synchronous_commit" in s]
+        assert len(sets) == 2, seen  # the reservation's and the give-back's transactions
+        with ledger_side.connect() as other:
+            assert other.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    counters.dispose()
+    ledger_side.dispose()
