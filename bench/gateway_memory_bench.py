@@ -67,6 +67,7 @@ CONFIGS: dict[str, dict[str, str]] = {
     "2 arenas only (no trim)": {"CUSTODY_MALLOC_TRIM_INTERVAL_S": "0"},
     "trim only (glibc's arenas)": {"CUSTODY_MALLOC_ARENA_MAX": "0"},
     "shipped, 8 executor threads": {"CUSTODY_EXECUTOR_THREADS": "8"},
+    "shipped without huge pages": {"CUSTODY_MALLOC_HUGE_PAGES": "false"},
 }
 DEFAULT_CONFIGS = ("shipped", "dynamic mmap threshold, trim every second")
 
