@@ -46,7 +46,7 @@ from governance.witness.config import witness_policy
 from governance.witness.publisher import WitnessPublisher
 from storage import policy_revisions
 from storage.blobs import BlobStore, Commitments
-from storage.db import make_engine
+from storage.db import is_sqlite, make_engine
 from storage.leases import Lease
 from storage.ledger.log import Ledger
 from storage.sessions import SessionStore
@@ -81,7 +81,7 @@ class Services:
     witness: WitnessPublisher | None = None  # submits checkpoints to CUSTODY_WITNESSES
     webhook_networks: tuple[Network, ...] = ()  # CUSTODY_WEBHOOK_ALLOW_NETWORKS
     shed: ShedTally = field(default_factory=ShedTally)  # 503s under overload, per tenant
-    counter_engine: Engine | None = None  # the rate counters' (commits without their own fsync)
+    counter_engine: Engine | None = None  # SQLite: the rate counters' (no fsync of their own)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (database, hashing, signing, Rego) off the event loop."""
@@ -188,11 +188,15 @@ def build_services(settings: Settings) -> Services:
     )
     commitments = Commitments(engine, blobs)
     content = ContentRecorder(commitments, executor)
-    # Rate counts commit without their own fsync: the turn's next ledger append flushes them.
-    counter_engine = make_engine(
-        settings.effective_database_url, pool_size=4, flush_on_commit=False
+    # Rate counts commit without their own fsync: the turn's next ledger append flushes them
+    # (on PostgreSQL storage.rate_counters says so per transaction, on the main engine).
+    url = settings.effective_database_url
+    counter_engine = (
+        make_engine(url, pool_size=4, flush_on_commit=False) if is_sqlite(url) else None
     )
-    policy = PolicyService.from_settings(settings, DatabaseRateLimiter(counter_engine, read_engine))
+    policy = PolicyService.from_settings(
+        settings, DatabaseRateLimiter(counter_engine or engine, read_engine)
+    )
     metrics = Metrics()
     # This replica's policy is the newest loaded: every replica converges to it (background).
     policy_revisions.publish(

@@ -17,7 +17,8 @@ with ``flush_on_commit=False``). The gateway's next step after counting a turn i
 ledger append of that turn, which flushes the log (the WAL, on SQLite) up to and past the count:
 the count is durable before the turn goes upstream or is answered, and a crash can lose only a
 count whose turn has recorded nothing yet. The count's own fsync used to wait behind the turn's
-blob writes on the same disk (~3 ms of a 1024² turn's request gate, docs/performance.md).
+blob writes on the same disk (~3 ms of a 1024² turn's request gate, docs/performance.md,
+"Request gate").
 """
 
 from __future__ import annotations

@@ -5,32 +5,19 @@ Also ``custody verify IMG | head -1``: a closed pipe ends the command quietly, n
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 from google import genai
 from google.genai import types
 
 from governance.upstream.embedded import free_port
+from tests.serve_helpers import serve_env, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTODY_")}
-    env.update(
-        HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO), CUSTODY_DATA_DIR=str(tmp_path / "data")
-    )
-    env.pop("XDG_CONFIG_HOME", None)
-    env.pop("XDG_DATA_HOME", None)
-    env.update(extra)
-    return env
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -44,21 +31,8 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _wait_healthy(base_url: str, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "custody serve exited during start-up"
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("custody serve did not become healthy")
-
-
 def test_serve_announces_once_and_stops_cleanly_on_sigterm(tmp_path, photo_bytes) -> None:
-    env = _env(tmp_path, GEMINI_API_KEY="ck_app_key_in_the_shell_0000")
+    env = serve_env(tmp_path, GEMINI_API_KEY="ck_app_key_in_the_shell_0000")
     made = _cli(env, "keys", "create", "--role", "editor", "--tenant", "acme")
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip().splitlines()[-1]
@@ -73,7 +47,7 @@ def test_serve_announces_once_and_stops_cleanly_on_sigterm(tmp_path, photo_bytes
     )
     try:
         base_url = f"http://127.0.0.1:{port}"
-        _wait_healthy(base_url, proc)
+        wait_healthy(base_url, proc)
         client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=base_url))
         response = client.models.generate_content(
             model="gemini-2.5-flash-image",
@@ -107,7 +81,7 @@ def test_a_busy_port_is_one_clear_line_before_anything_starts(tmp_path) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
         port = holder.getsockname()[1]
-        proc = _cli(_env(tmp_path), "serve", "--port", str(port))
+        proc = _cli(serve_env(tmp_path), "serve", "--port", str(port))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"custody serve: port {port} on 127.0.0.1 is in use;"
@@ -124,7 +98,7 @@ def test_a_closed_pipe_ends_verify_without_a_traceback(tmp_path, fixtures_dir) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(tmp_path),
+        env=serve_env(tmp_path),
         cwd=REPO,
     )
     assert proc.stdout is not None

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,39 +126,24 @@ def test_with_the_tunable_glibc_backs_a_large_buffer_with_huge_pages() -> None:
 def _serving_environ(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Start custody serve, wait for /healthz: the environment of the started process (its
     pid) as /proc shows it, which is the one its last exec was given."""
-    import httpx
-
     from governance.upstream.embedded import free_port
+    from tests.serve_helpers import serve_env, wait_healthy
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTODY_")}
+    env = serve_env(tmp_path, **extra)
     env.pop("GLIBC_TUNABLES", None)
-    env.update(
-        HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO), CUSTODY_DATA_DIR=str(tmp_path / "data")
-    )
-    env.update(extra)
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "governance.cli", "serve", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        text=True,
         env=env,
         cwd=REPO,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "custody serve exited during start-up"
-            assert time.monotonic() < deadline, "custody serve did not become healthy"
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
         raw = Path(f"/proc/{proc.pid}/environ").read_bytes()
-        environ = dict(v.split("=", 1) for v in raw.decode().split("\0") if "=" in v)
-        return environ
+        return dict(v.split("=", 1) for v in raw.decode().split("\0") if "=" in v)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
