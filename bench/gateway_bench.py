@@ -16,6 +16,12 @@ gateway's RSS (``VmRSS``, and the high-water mark ``VmHWM``) is read from ``/pro
 its CPU seconds (utime + stime from ``/proc/<pid>/stat``) are taken before and after, divided by
 the turns it served. ``--quick`` (or ``CUSTODY_BENCH_QUICK=1``) runs a short version for a
 developer; its percentiles are rough.
+
+``--floor`` (or ``CUSTODY_BENCH_FLOOR=1``) measures the same three runs a second time through
+``bench.passthrough_proxy`` in place of Custody: a third process that forwards bytes and does
+nothing else, on the same server and client libraries. Its added latency is what one Python hop
+costs on this machine before any governance; the floor's runs follow Custody's, so the two
+never share the cores.
 """
 
 from __future__ import annotations
@@ -135,6 +141,8 @@ class Stack:
     vias: list[genai.Client]
     gateway_pid: int
     gateway: subprocess.Popen[bytes]
+    floor: genai.Client | None = None  # through bench.passthrough_proxy, with ``--floor``
+    floor_pid: int = 0
 
     def via(self, actor: int) -> genai.Client:
         return self.vias[actor % len(self.vias)]
@@ -146,11 +154,13 @@ def running_stack(
     gateway_command: list[str] | None = None,
     gateway_stdout: int | None = subprocess.DEVNULL,
     actors: int = 16,
+    with_floor: bool = False,
 ) -> Iterator[Stack]:
     """Start ``custody emulator`` and ``custody serve`` (or ``gateway_command``) in their own
-    processes on a fresh data directory; yield SDK clients for both; stop both with SIGINT."""
+    processes on a fresh data directory; yield SDK clients for both; stop both with SIGINT.
+    ``with_floor`` starts ``bench.passthrough_proxy`` in front of the emulator as well."""
     work = Path(tempfile.mkdtemp(prefix="custody-bench-"))
-    emu_port, gw_port = free_port(), free_port()
+    emu_port, gw_port, floor_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "CUSTODY_DATA_DIR": str(work / "data"),
@@ -170,9 +180,21 @@ def running_stack(
         stdout=gateway_stdout,
         stderr=subprocess.DEVNULL,
     )
+    floor = (
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.passthrough_proxy", "--port", str(floor_port),
+             "--upstream", f"http://127.0.0.1:{emu_port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if with_floor
+        else None
+    )  # fmt: skip
     try:
         _wait(f"http://127.0.0.1:{emu_port}/v1beta/models", emulator)
         _wait(f"http://127.0.0.1:{gw_port}/healthz", gateway)
+        if floor is not None:
+            _wait(f"http://127.0.0.1:{floor_port}/v1beta/models", floor)
 
         def create_key(actor: int) -> str:
             command = [*CUSTODY, "keys", "create", "--role", "editor", "--tenant", "bench"]
@@ -205,11 +227,22 @@ def running_stack(
             )
             for key in keys
         ]
-        yield Stack(direct, vias, gateway.pid, gateway)
+        floor_client = (
+            genai.Client(
+                api_key="bench",
+                http_options=types.HttpOptions(
+                    base_url=f"http://127.0.0.1:{floor_port}", timeout=300_000
+                ),
+            )
+            if floor is not None
+            else None
+        )
+        yield Stack(direct, vias, gateway.pid, gateway, floor_client, floor.pid if floor else 0)
     finally:
-        for proc in (gateway, emulator):
+        procs = (gateway, emulator) if floor is None else (gateway, floor, emulator)
+        for proc in procs:
             proc.send_signal(signal.SIGINT)
-        for proc in (gateway, emulator):
+        for proc in procs:
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -217,6 +250,11 @@ def running_stack(
                 proc.wait()
         # A 1,000-turn run leaves ~10 GB of blobs: gone with the stack, or a few runs fill a disk.
         shutil.rmtree(work, ignore_errors=True)
+
+
+def with_floor() -> bool:
+    """Whether to measure the pass-through floor too (``--floor`` or ``CUSTODY_BENCH_FLOOR=1``)."""
+    return "--floor" in sys.argv[1:] or os.environ.get("CUSTODY_BENCH_FLOOR", "") not in ("", "0")
 
 
 def same_input() -> bool:
@@ -274,15 +312,21 @@ Call = Callable[[genai.Client, bytes], float]
 
 
 def interleaved(
-    stack: Stack, call: Call, clients: int, rounds: int, image: bytes, first_actor: int = 0
+    stack: Stack,
+    call: Call,
+    clients: int,
+    rounds: int,
+    image: bytes,
+    first_actor: int = 0,
+    through_floor: bool = False,
 ) -> tuple[list[float], list[float]]:
     """Each of ``clients`` threads (actors ``first_actor``, ``first_actor + 1``, ...) alternates a
-    direct and a via call ``rounds`` times."""
+    direct and a via call ``rounds`` times; via the pass-through floor when ``through_floor``."""
     direct_ms: list[float] = []
     via_ms: list[float] = []
 
     def worker(n: int) -> None:
-        via = stack.via(first_actor + n)
+        via = stack.floor if through_floor and stack.floor else stack.via(first_actor + n)
         for _ in range(rounds):
             direct_ms.append(call(stack.direct, image))
             via_ms.append(call(via, image))
@@ -307,9 +351,13 @@ def main() -> None:
     short = quick()
     rounds_1, rounds_16, rounds_stream = (8, 1, 8) if short else (60, 6, 60)
     image = photo_like_png()
-    with running_stack() as stack:
+    floor = with_floor()
+    with running_stack(with_floor=floor) as stack:
         interleaved(stack, unary_call, 1, 3, image)  # warm-up: connections, caches, PKI, Rego
         interleaved(stack, streamed_call, 1, 2, image, first_actor=1)
+        if floor:
+            interleaved(stack, unary_call, 1, 3, image, through_floor=True)
+            interleaved(stack, streamed_call, 1, 2, image, through_floor=True)
         started = sample_process(stack.gateway_pid)
         print(
             f"\nGateway added latency, 1024x1024 PNG edit ({len(image) / 1e6:.2f} MB image),"
@@ -328,18 +376,24 @@ def main() -> None:
             f" {'via p99':>8} {'added p50':>9} {'added p99':>9} {'ratio':>6}"
             f" {'RSS':>5} {'HWM':>5} {'CPU/turn':>8}"
         )
-        runs: tuple[tuple[str, Call, int, int, int], ...] = (  # label, call, clients, rounds, actor
+        runs: list[tuple[str, Call, int, int, int]] = [  # label, call, clients, rounds, actor
             ("unary, 1", unary_call, 1, rounds_1, 0),
             ("unary, 16", unary_call, 16, rounds_16, 0),
             ("streamed, 1", streamed_call, 1, rounds_stream, 1),
-        )
+        ]
+        if floor:
+            runs += [(f"floor {label}", c, n, r, a) for label, c, n, r, a in runs]
         added: dict[str, tuple[float, float]] = {}
         served = 0
         for label, call, clients, rounds, actor in runs:
-            before = sample_process(stack.gateway_pid)
-            d, v = interleaved(stack, call, clients, rounds, image, first_actor=actor)
-            after = sample_process(stack.gateway_pid)
-            served += len(v)
+            through_floor = label.startswith("floor ")
+            pid = stack.floor_pid if through_floor else stack.gateway_pid
+            before = sample_process(pid)
+            d, v = interleaved(
+                stack, call, clients, rounds, image, first_actor=actor, through_floor=through_floor
+            )
+            after = sample_process(pid)
+            served += 0 if through_floor else len(v)
             d50, d99 = percentile(d, 50), percentile(d, 99)
             v50, v99 = percentile(v, 50), percentile(v, 99)
             added[label] = (v50 - d50, v99 - d99)
@@ -354,6 +408,17 @@ def main() -> None:
                 print(f"{'':>14} median of paired differences: {paired:+.1f} ms")
         end = sample_process(stack.gateway_pid)
         rollup = memory_breakdown(stack.gateway_pid)
+    if floor:
+        print(
+            "Custody beyond the pass-through floor"
+            " (added p50 via Custody − added p50 via the floor):"
+        )
+        for label in ("unary, 1", "unary, 16", "streamed, 1"):
+            own, hop = added[label][0], added[f"floor {label}"][0]
+            print(
+                f"  {label:<12} floor {hop:+7.1f} ms, Custody {own:+7.1f} ms,"
+                f" beyond {own - hop:+7.1f} ms"
+            )
     print(
         f"gateway after {served} turns (+ warm-up): RSS {end.rss_mib:.0f} MiB, HWM"
         f" {end.hwm_mib:.0f} MiB, anonymous {rollup.get('Anonymous', 0):.0f} MiB"

@@ -33,6 +33,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,7 @@ class RoundReport:
     round: int
     load_s: float
     acknowledged: int = 0
-    client_errors: int = 0
+    client_errors: dict[str, int] = field(default_factory=dict)  # answer (status) -> count
     interrupted: int = 0
     entries: int = 0
     verify_ok: bool = False
@@ -67,7 +69,14 @@ class RoundReport:
         return (
             f"round {self.round}: killed {self.load_s:.1f} s after the first response;"
             f" {self.acknowledged} acknowledged, {self.interrupted} interrupted recorded,"
-            f" {self.entries} entries, verify "
+            + (
+                " other answers "
+                + ", ".join(f"{n} × {why}" for why, n in sorted(self.client_errors.items()))
+                + ","
+                if self.client_errors
+                else ""
+            )
+            + f" {self.entries} entries, verify "
             f"{'OK' if self.verify_ok else 'FAILED'}, restart {self.restart_s:.1f} s"
             + (f"; PROBLEMS: {self.problems}" if self.problems else "")
         )
@@ -105,11 +114,21 @@ class Gateway:
             timeout=600,
         )
 
-    def key(self) -> str:
-        made = self.cli("keys", "create", "--role", "editor", "--tenant", "acme")
+    def key(self, actor: str = "editor@acme") -> str:
+        made = self.cli("keys", "create", "--role", "editor", "--tenant", "acme", "--actor", actor)
         if made.returncode != 0:
             raise RuntimeError(made.stderr)
         return made.stdout.strip().splitlines()[-1]
+
+    def keys(self, count: int) -> list[str]:
+        """One editor key per client, as a team of editors has: the default policy's per-actor
+        rate limit (120 turns a minute) would otherwise answer most of one shared key's load with
+        429s, and the soak would test refusals instead of turns. The first key makes the
+        installation; the rest are made four at a time."""
+        first = self.key("soak-editor-0@acme")
+        with ThreadPoolExecutor(4) as pool:
+            rest = pool.map(self.key, [f"soak-editor-{n}@acme" for n in range(1, count)])
+            return [first, *rest]
 
     def start(self) -> float:
         """Start serving; returns the seconds until healthy (start-up recovery included)."""
@@ -154,6 +173,8 @@ class Acknowledged:
 
 
 def _client(base_url: str, key: str, body: bytes, stop: threading.Event, out: list[Any]) -> None:
+    """Edit until ``stop``; ``out`` gets an ``Acknowledged`` per response and a reason per
+    other answer."""
     with httpx.Client(base_url=base_url, timeout=60) as http:
         while not stop.is_set():
             try:
@@ -163,11 +184,13 @@ def _client(base_url: str, key: str, body: bytes, stop: threading.Event, out: li
                     headers={"x-goog-api-key": key, "content-type": "application/json"},
                 )
             except httpx.HTTPError:
-                out.append("error")
+                out.append("connection lost")
                 return  # the gateway is gone
             turn = resp.headers.get("x-custody-turn")
             if resp.status_code != 200 or not turn:
-                out.append("error")
+                out.append(f"HTTP {resp.status_code}")
+                if resp.status_code in (429, 503):  # told to wait: a real client would
+                    stop.wait(min(float(resp.headers.get("retry-after") or 1), 5.0))
                 continue
             parts = resp.json()["candidates"][0]["content"]["parts"]
             images = [
@@ -180,15 +203,16 @@ def _client(base_url: str, key: str, body: bytes, stop: threading.Event, out: li
 
 def load_and_kill(
     gateway: Gateway,
-    key: str,
+    keys: list[str],
     *,
     clients: int,
     load_s: float,
     serving: list[Gateway] | None = None,
-) -> tuple[list[Acknowledged], int]:
-    """Run ``clients`` threads against the gateways ``serving`` (default: ``gateway`` alone,
-    clients split evenly); ``kill -9`` ``gateway`` ``load_s`` seconds after the first
-    acknowledged response."""
+) -> tuple[list[Acknowledged], dict[str, int]]:
+    """Run ``clients`` threads (client ``i`` with ``keys[i]``) against the gateways ``serving``
+    (default: ``gateway`` alone, clients split evenly); ``kill -9`` ``gateway`` ``load_s``
+    seconds after the first acknowledged response. Returns the acknowledged responses and a
+    count of every other answer by reason."""
     targets = serving or [gateway]
     photo = base64.b64encode(PHOTO.read_bytes()).decode()
     body = json.dumps(
@@ -209,7 +233,7 @@ def load_and_kill(
     threads = [
         threading.Thread(
             target=_client,
-            args=(targets[i % len(targets)].base_url, key, body, stop, results[i]),
+            args=(targets[i % len(targets)].base_url, keys[i], body, stop, results[i]),
         )
         for i in range(clients)
     ]
@@ -229,7 +253,7 @@ def load_and_kill(
         t.join(timeout=120)
     flat = [r for rs in results for r in rs]
     acked = [r for r in flat if isinstance(r, Acknowledged)]
-    return acked, sum(1 for r in flat if r == "error")
+    return acked, dict(Counter(r for r in flat if isinstance(r, str)))
 
 
 def check_round(gateway: Gateway, acked: list[Acknowledged], report: RoundReport) -> None:
@@ -299,7 +323,7 @@ def soak(
     """``rounds`` rounds of load, ``kill -9`` at a random moment, restart and check."""
     rng = random.Random(seed)
     gateway = Gateway(database_url, data_dir)
-    key = gateway.key()
+    keys = gateway.keys(clients)
     reports = []
     gateway.start()
     try:
@@ -307,7 +331,7 @@ def soak(
         for n in range(1, rounds + 1):
             report = RoundReport(n, rng.uniform(*load_s))
             acked, report.client_errors = load_and_kill(
-                gateway, key, clients=clients, load_s=report.load_s
+                gateway, keys, clients=clients, load_s=report.load_s
             )
             report.acknowledged = len(acked)
             report.restart_s = gateway.start()
@@ -344,7 +368,7 @@ def soak_replicas(
         "CUSTODY_LOG_KEY_FILE": str(work / "ledger-note.key"),
     }
     gateways = [Gateway(database_url, work / f"replica-{i}", shared) for i in range(2)]
-    key = gateways[0].key()
+    keys = gateways[0].keys(clients)
     reports = []
     for gateway in gateways:
         gateway.start()
@@ -354,7 +378,7 @@ def soak_replicas(
             victim = gateways[n % 2]
             report = RoundReport(n, rng.uniform(*load_s))
             acked, report.client_errors = load_and_kill(
-                victim, key, clients=clients, load_s=report.load_s, serving=gateways
+                victim, keys, clients=clients, load_s=report.load_s, serving=gateways
             )
             report.acknowledged = len(acked)
             report.restart_s = victim.start()
