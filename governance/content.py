@@ -116,26 +116,35 @@ class TurnContent:
     async def durable_rows(self) -> list[SideRows]:
         """Wait until every blob committed so far is durable, then return the salts of those
         commitments, to commit in the same transaction as the append that refers to them."""
-        pending, self.pending = self.pending, []
-        if pending:
-            outcomes = await asyncio.gather(*(w.done for w in pending), return_exceptions=True)
-            failed = [
-                (w, err)
-                for w, err in zip(pending, outcomes, strict=True)
-                if isinstance(err, BaseException)
-            ]
-            if failed:
-                # Nothing cites these commitments yet, and nothing may until their blobs are
-                # stored: the next wait (the failure record's) writes them again.
-                loop = asyncio.get_running_loop()
-                self.pending = [
-                    _BlobWrite(w.put, loop.run_in_executor(self.recorder.executor, w.put))
-                    for w, _ in failed
-                ]
-                raise failed[0][1]
+        if self.pending:
+            error = await self._rewrite_failed()
+            if error is not None:
+                # Raised without a name left in this frame (which the traceback holds): a
+                # cycle here kept the failed blob and the turn until a full collection.
+                try:
+                    raise error
+                finally:
+                    del error
         made, self.made = self.made, []
         carried, self.carried = self.carried, []
         return [*carried, self.recorder.commitments.side_rows(made)] if made else carried
+
+    async def _rewrite_failed(self) -> BaseException | None:
+        """Wait for the pending writes; the first one's error if any failed, after starting
+        those writes again. Nothing cites their commitments yet, and nothing may until their
+        blobs are stored: the next wait (the failure record's) waits for the new writes."""
+        pending, self.pending = self.pending, []
+        outcomes = await asyncio.gather(*(w.done for w in pending), return_exceptions=True)
+        failed = [
+            w for w, err in zip(pending, outcomes, strict=True) if isinstance(err, BaseException)
+        ]
+        if not failed:
+            return None
+        loop = asyncio.get_running_loop()
+        self.pending = [
+            _BlobWrite(w.put, loop.run_in_executor(self.recorder.executor, w.put)) for w in failed
+        ]
+        return next(err for err in outcomes if isinstance(err, BaseException))
 
     def carry(self, rows: list[SideRows]) -> None:
         """Salt rows an append that failed did not commit: the next append carries them."""

@@ -12,10 +12,20 @@ failed was cited anyway by the turn's failure record, which carries the turn's q
 (``output.signed`` among them) with the salts of every commitment made; and when the turn's
 *closing* append failed, the salts it carried were dropped. Here the signed file's blob write
 fails once, and the closing append is pushed back once (``LedgerPushback``), which must also
-answer a recorded 503 with ``Retry-After`` instead of leaving the turn open."""
+answer a recorded 503 with ``Retry-After`` instead of leaving the turn open.
+
+Found with a full disk under 16 clients (docs/performance.md, "Failing turns hold no memory"):
+when the failure record's own blob writes failed as well, that second error escaped the turn,
+so the caller got a bare 500 or a dropped connection, and each failed turn's request, answer and
+outputs stayed in reference cycles (an exception whose traceback held the frame naming it) until
+a full collection: 797 MiB RSS after 400 such turns against 259 MiB now."""
 
 from __future__ import annotations
 
+import errno
+import gc
+import logging
+import types
 from pathlib import Path
 from typing import Any
 
@@ -158,5 +168,119 @@ def test_a_pushed_back_turn_is_a_recorded_503_the_caller_can_retry(
         assert retried.status_code == 200, retried.text
         report = _verify(running)
         assert report.ok, report.summary()
+    finally:
+        running.stop()
+
+
+def _turn_frames_in_garbage() -> list[str]:
+    """Frames of Custody's code that only a reference cycle keeps (collected now, kept aside).
+
+    pytest's log capture keeps each record, and an exception's record keeps its traceback, so
+    those records are dropped first: in the gateway nothing keeps them."""
+    for logger in (logging.getLogger(), logging.getLogger("custody")):
+        for handler in logger.handlers:
+            if hasattr(handler, "records") and hasattr(handler, "reset"):
+                handler.reset()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return [
+            f"{o.f_code.co_name} ({o.f_code.co_filename})"
+            for o in gc.garbage
+            if isinstance(o, types.FrameType)
+            and ("/governance/" in o.f_code.co_filename or "/storage/" in o.f_code.co_filename)
+            and "/upstream/emulator/" not in o.f_code.co_filename  # the stand-in, not the gateway
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def test_a_blob_store_that_keeps_failing_answers_each_turn_with_the_envelope(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The signed file cannot be stored, and neither can it be by the failure record's retry
+    (a full disk): each caller still gets Gemini's 500 envelope naming its turn, no turn's
+    memory is left in a reference cycle, and once the store is back the gateway releases
+    turns again and the ledger verifies (the open turns are closed at the next start-up)."""
+    running = start_custody(tmp_path / "c", db_url)
+    try:
+        blobs = running.services.blobs  # type: ignore[attr-defined]
+        real = blobs.put
+        refused: list[str] = []
+
+        def full(data: bytes, digest: str | None = None) -> str:
+            if b"c2pa" in data:  # the signed file and its manifest, every time
+                refused.append(digest or "")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return str(real(data, digest))
+
+        url = f"{running.base_url}/v1beta/models/gemini-2.5-flash-image:generateContent"
+        body = {"contents": [{"role": "user", "parts": [{"text": "a red bicycle"}]}]}
+        headers = {"x-goog-api-key": running.keys["editor"]}
+        _turn_frames_in_garbage()  # what earlier work left
+        blobs.put = full
+        gc.disable()  # else a collection during the turns could free a cycle before it is seen
+        try:
+            answers = [httpx.post(url, json=body, headers=headers, timeout=120) for _ in range(2)]
+            held = _turn_frames_in_garbage()
+        finally:
+            gc.enable()
+            blobs.put = real
+        assert len(refused) >= 4, "each turn's write and the failure record's retry both failed"
+        turns = []
+        for answer in answers:
+            assert answer.status_code == 500, answer.text
+            error = answer.json()["error"]
+            assert error["code"] == 500 and error["status"] == "INTERNAL"
+            assert error["details"][0]["reason"] == "INTERNAL_ERROR"
+            turns.append(answer.headers["x-custody-turn"])
+            assert turns[-1] in error["message"]
+        assert held == [], f"failed turns kept in reference cycles: {held[:8]}"
+        events = running.ledger_events()
+        for turn in turns:
+            kinds = [e["type"] for e in events if e.get("turn") == turn]
+            assert kinds[0] == "turn.received", kinds
+            assert "turn.released" not in kinds and "output.signed" not in kinds, kinds
+        again = httpx.post(url, json=body, headers=headers, timeout=120)
+        assert again.status_code == 200, again.text
+        report = _verify(running)
+        assert report.ok, report.summary()
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    ("contents", "model", "status"),
+    [
+        ("a red bicycle", "gemini-2.0-flash", 403),  # the request gate denies the model
+        ("a red bicycle [emulator:fault=400]", "gemini-2.5-flash-image", 400),  # upstream error
+        ("a red bicycle [emulator:fault=malformed]", "gemini-2.5-flash-image", 502),
+        ("a red bicycle [emulator:fault=badimage]", "gemini-2.5-flash-image", 502),
+    ],
+    ids=["denied", "upstream-400", "upstream-malformed", "upstream-badimage"],
+)
+def test_a_refused_or_failed_turn_leaves_no_reference_cycle(
+    db_url: str, tmp_path: Path, contents: str, model: str, status: int
+) -> None:
+    """Every way a turn ends with an error frees the turn when the answer is sent: no frame of
+    the turn (holding its request, the upstream's answer, its outputs) waits for the cycle
+    collector, which under load ran only every few dozen turns."""
+    running = start_custody(tmp_path / "c", db_url)
+    try:
+        url = f"{running.base_url}/v1beta/models/{model}:generateContent"
+        body = {"contents": [{"role": "user", "parts": [{"text": contents}]}]}
+        headers = {"x-goog-api-key": running.keys["editor"]}
+        httpx.post(url, json=body, headers=headers, timeout=120)  # warm: imports, caches
+        _turn_frames_in_garbage()
+        gc.disable()
+        try:
+            answer = httpx.post(url, json=body, headers=headers, timeout=120)
+            held = _turn_frames_in_garbage()
+        finally:
+            gc.enable()
+        assert answer.status_code == status, answer.text
+        assert answer.headers["x-custody-turn"]
+        assert held == [], f"the failed turn kept in reference cycles: {held[:8]}"
     finally:
         running.stop()

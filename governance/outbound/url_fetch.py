@@ -89,6 +89,14 @@ def _where(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.host}"  # never the path or query: a signed URL's token
 
 
+def _too_big(url: httpx.URL, limit: int) -> UrlInputError:
+    return UrlInputError(
+        f"the URL input at {_where(url)} is larger than {limit:,} bytes"
+        " (CUSTODY_URL_INPUT_MAX_BYTES)",
+        "URL_INPUT_TOO_LARGE",
+    )
+
+
 def _unreachable(url: httpx.URL, exc: httpx.HTTPError) -> UrlInputError:
     return UrlInputError(
         f"the URL input at {_where(url)} could not be fetched ({type(exc).__name__})",
@@ -238,18 +246,15 @@ class UrlFetcher:
     async def _read_bounded(self, response: httpx.Response, url: httpx.URL) -> bytes:
         limit = self.rules.max_bytes
         declared = response.headers.get("content-length", "")
-        too_big = UrlInputError(
-            f"the URL input at {_where(url)} is larger than {limit:,} bytes"
-            " (CUSTODY_URL_INPUT_MAX_BYTES)",
-            "URL_INPUT_TOO_LARGE",
-        )
         if declared.isdigit() and int(declared) > limit:
-            raise too_big
+            raise _too_big(url, limit)
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > limit:
-                raise too_big
+                # Made here, never named in this frame (the traceback holds it: a local naming
+                # the error would keep the chunks read so far in a reference cycle).
+                raise _too_big(url, limit)
             chunks.append(chunk)
         return b"".join(chunks)

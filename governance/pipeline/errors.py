@@ -63,6 +63,18 @@ class TurnError(Exception):
         return self
 
 
+def internal_error(turn_id: str) -> TurnError:
+    """The caller-facing 500 for a turn that failed inside Custody: nothing was released, the
+    turn is recorded as failed, the cause is in the server log under the turn id."""
+    return TurnError(
+        500,
+        f"Custody failed while handling this turn (turn {turn_id}); nothing was released"
+        " and the turn is recorded as failed. The cause is in Custody's server log under"
+        " this turn id: give it to your Custody administrator if retrying does not help.",
+        reason="INTERNAL_ERROR",
+    )
+
+
 def pushback_error(retry_after_ms: int) -> TurnError:
     """The caller-facing 503 for a ledger that took nothing more (``LedgerPushback``): retry
     after the hint, in whole seconds (``Retry-After``)."""

@@ -23,7 +23,6 @@ released.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +43,7 @@ from governance.pipeline.decide import (
     request_verdict,
     response_verdict,
 )
-from governance.pipeline.errors import TurnError, pushback_error
+from governance.pipeline.errors import TurnError, internal_error, pushback_error
 from governance.pipeline.forward import Forwarder, read_answer, returned_body
 from governance.pipeline.leaf_bounds import bound_body
 from governance.pipeline.lineage import SessionLinker, is_rollback, rollback_result
@@ -145,27 +144,22 @@ class TurnPipeline:
             err.for_turn(turn_id)  # every error of a turn names it (x-custody-turn, ErrorInfo)
             if isinstance(err, PolicyRefusal):
                 err.log(principal)
-            await self._close_failed(state, err)
+            await self._closed_as_failed(state, err)
             raise
+        # The two branches below raise a new error without binding it in this frame: its
+        # traceback holds this frame, so a local naming it would be a reference cycle keeping
+        # the whole turn (request, answer, outputs: ~10 MB for a 1024² edit) until the next
+        # full collection (docs/performance.md, "Failing turns hold no memory").
         except LedgerPushback as exc:
             # The ledger takes nothing more now: 503 + Retry-After, and the turn is closed as
             # failed (its rate-limit place given back) so its record is whole; if even that
             # append is pushed back, what was appended is closed at the next start-up.
-            pushback = pushback_error(exc.retry_after_ms).for_turn(turn_id)
-            with contextlib.suppress(LedgerPushback):
-                await self._close_failed(state, pushback)
-            raise pushback from exc
+            raise await self._closed_as_failed(
+                state, pushback_error(exc.retry_after_ms), pushed_back=True
+            ) from exc
         except Exception as exc:
             log.exception("turn %s failed inside Custody (tenant %s)", turn_id, principal.tenant)
-            failure = TurnError(
-                500,
-                f"Custody failed while handling this turn (turn {turn_id}); nothing was released"
-                " and the turn is recorded as failed. The cause is in Custody's server log under"
-                " this turn id: give it to your Custody administrator if retrying does not help.",
-                reason="INTERNAL_ERROR",
-            ).for_turn(turn_id)
-            await self._close_failed(state, failure)
-            raise failure from exc
+            raise await self._closed_as_failed(state, internal_error(turn_id)) from exc
         finally:
             # Released, held, or given back by ``_close_failed``: the turn needs its
             # reservation no longer (a dict lookup, no database work).
@@ -565,6 +559,36 @@ class TurnPipeline:
             state.content.closing_failed()  # else the failure record would cite unsalted blobs
             raise
         state.content.closed()
+
+    async def _closed_as_failed(
+        self, state: TurnState, err: TurnError, *, pushed_back: bool = False
+    ) -> TurnError:
+        """``err`` for this turn, once the turn is recorded as failed with it.
+
+        The caller gets ``err`` even when that record cannot be written: when the blob store
+        or the database fails again (its writes are retried once, by this record), or, with
+        ``pushed_back`` (the ledger refused an append), when the ledger refuses this one too.
+        The turn's record then stays open, and the next start-up closes it as interrupted
+        (``governance.recovery``). Otherwise a second failure escaped the turn, and the caller
+        got a bare 500 or a dropped connection instead of Gemini's error envelope."""
+        err.for_turn(state.turn_id)
+        try:
+            await self._close_failed(state, err)
+        except LedgerPushback:
+            if not pushed_back:
+                raise
+            log.warning(
+                "turn %s: its failure record was pushed back too; the next start-up records"
+                " the turn as interrupted",
+                state.turn_id,
+            )
+        except Exception:
+            log.exception(
+                "turn %s: its failure record could not be written either; the caller gets its"
+                " error, and the next start-up records the turn as interrupted",
+                state.turn_id,
+            )
+        return err
 
     async def _close_failed(self, state: TurnState, err: TurnError) -> None:
         """Record why the turn ended without a release; the error still reaches the caller.

@@ -149,7 +149,10 @@ class GroupCommit(Generic[T, R]):
                 me.wake.acquire()  # type: ignore[union-attr]
             took_over = False
         if me.error is not None:
-            raise me.error
+            try:
+                raise me.error
+            finally:  # the traceback holds this frame: it must not name the error (a cycle)
+                del me
         return me.result  # type: ignore[return-value]  # set with done, error is None
 
     def _flush_alone(self, item: T, entries: int) -> R:
@@ -217,6 +220,9 @@ class GroupCommit(Generic[T, R]):
                     f"bad math: the flush returned {len(results)} results for {len(batch)} items"
                 )
         except BaseException as exc:  # every waiter of this batch, and only them, fails
+            # Its traceback starts at the flush, not in this frame, whose ``batch`` holds the
+            # error: that reference cycle kept every item of the batch until a full collection.
+            exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
             for w in batch:
                 w.error = exc
         else:

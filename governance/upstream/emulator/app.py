@@ -205,9 +205,11 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> FastAPI:
         parsed = wire.parse_generate_request(model, await request.body())
         fault, prompt = find_fault(request.headers.get("x-emulator-fault"), parsed.prompt)
         entry.update(text=prompt, images=len(parsed.images), fault=fault.label if fault else None)
-        error = fault_error(fault, model) if fault else None
-        if error is not None:
-            raise error
+        if fault is not None and (error := fault_error(fault, model)) is not None:
+            try:
+                raise error
+            finally:  # the traceback holds this frame: it must not name the error (a cycle)
+                del error
         delay_ms = cfg.latency_ms + (fault.slow_ms if fault else 0)
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)
