@@ -20,6 +20,11 @@ Which open turns are dead, with several replicas on one database (the rule, in t
 
 A turn closed twice is impossible: the ``turns`` row's primary key makes the second replica's
 append fail (nothing written), which is then skipped.
+
+A live process closes one of its own turns this way too (``record_interrupted``, reason
+``failure_not_recorded``): a turn that failed and whose failure record could not be written,
+because the blobs that record commits to could not be stored (a full disk). The interruption
+cites only what the ledger already holds, so it can be written when the failure record cannot.
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ from storage.ledger.leaf import decode_leaf
 log = logging.getLogger("custody")
 
 MIN_STALE_MS = 600_000
+# Why an open turn is closed as interrupted (the event's ``reason``), in words for its row.
+FAILURE_NOT_RECORDED = "failure_not_recorded"
+_WHY = {
+    "process_gone": "its process ended",
+    "stale": "its process ended",
+    FAILURE_NOT_RECORDED: "its failure record could not be stored",
+}
 _MADE_HERE: set[str] = set()  # instance ids made in this process: their turns are alive
 
 
@@ -109,18 +121,21 @@ def why_dead(turn: OpenTurn, me: ProcessInstance, now_ms: int, stale_ms: int) ->
     return "stale" if now_ms - last_ms > stale_ms else None
 
 
-def find_open_turns(engine: Engine) -> list[OpenTurn]:
-    """Every turn with a ``turn.received`` and no closing event, with its entries in order."""
+def find_open_turns(engine: Engine, turn_id: str | None = None) -> list[OpenTurn]:
+    """Every turn with a ``turn.received`` and no closing event (or only ``turn_id``, if it is
+    open), with its entries in order."""
     closing = ", ".join(f"'{t}'" for t in CLOSING_EVENTS)
+    only = " AND r.turn_id = :only" if turn_id is not None else ""
     with engine.connect() as conn:
         ids = [
             str(r[0])
             for r in conn.execute(
                 text(
-                    "SELECT r.turn_id FROM ledger_entries r WHERE r.type = 'turn.received'"
+                    f"SELECT r.turn_id FROM ledger_entries r WHERE r.type = 'turn.received'{only}"
                     " AND NOT EXISTS (SELECT 1 FROM ledger_entries c WHERE c.turn_id = r.turn_id"
                     f" AND c.type IN ({closing})) ORDER BY r.idx"
-                )
+                ),
+                {"only": turn_id} if turn_id is not None else {},
             ).all()
         ]
         turns = []
@@ -193,7 +208,7 @@ def _interrupted(
         None,
         None,
         None,
-        f"the turn was interrupted after {last_type} (entry {last_idx}): its process ended",
+        f"the turn was interrupted after {last_type} (entry {last_idx}): {_WHY[reason]}",
         None,
         None,
         first_idx,
@@ -256,6 +271,26 @@ def recover_interrupted(
             ", ".join(done[:20]) + (" ..." if len(done) > 20 else ""),
         )
     return done
+
+
+def record_interrupted(
+    ledger: Ledger, engine: Engine, me: ProcessInstance, turn_id: str, reason: str
+) -> bool:
+    """Close one open turn of this process as interrupted at once: a turn that failed and
+    whose failure record could not be written (its blobs could not be stored), instead of
+    leaving it open until the next start-up. The record cites only what the ledger already
+    holds. False when the turn is not open, or this append fails too (start-up retries it)."""
+    turns = find_open_turns(engine, turn_id)
+    if not turns:
+        return False
+    event, side = _interrupted(turns[0], reason, me, _now_ms(), engine)
+    try:
+        ledger.append([event], side)
+    except Exception as exc:
+        log.warning("turn %s could not be recorded as interrupted now: %s", turn_id, exc)
+        return False
+    log.warning("turn %s recorded as interrupted (%s)", turn_id, reason)
+    return True
 
 
 def _now_ms() -> int:

@@ -33,7 +33,7 @@ from governance.pipeline.url_inputs import UrlInliner
 from governance.policy.ratelimit import DatabaseRateLimiter
 from governance.policy.service import PolicyService
 from governance.provenance.signer import OutputSigner
-from governance.recovery import ProcessInstance, recover_interrupted
+from governance.recovery import ProcessInstance, record_interrupted, recover_interrupted
 from governance.review.desk import ReviewDesk
 from governance.settings import GOOGLE_GEMINI_URL, Settings
 from governance.shed_records import ShedTally
@@ -228,6 +228,7 @@ def build_services(settings: Settings) -> Services:
         linker=SessionLinker(SessionStore(read_engine)),
         ledger=ledger,
         content=content,
+        interrupt=partial(record_interrupted, ledger, engine, instance),
         metrics=metrics,
         executor=executor,
         url_inputs=UrlInliner(UrlFetcher(OutboundRules.from_settings(settings))),

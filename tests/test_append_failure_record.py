@@ -32,7 +32,9 @@ from typing import Any
 import httpx
 import pytest
 from google.genai import errors
+from sqlalchemy import bindparam, text
 
+from governance.recovery import find_open_turns
 from storage.blobs import Commitments
 from storage.ledger import LedgerPushback
 from storage.ledger.note import NoteVerifier
@@ -200,9 +202,10 @@ def test_a_blob_store_that_keeps_failing_answers_each_turn_with_the_envelope(
     db_url: str, tmp_path: Path
 ) -> None:
     """The signed file cannot be stored, and neither can it be by the failure record's retry
-    (a full disk): each caller still gets Gemini's 500 envelope naming its turn, no turn's
-    memory is left in a reference cycle, and once the store is back the gateway releases
-    turns again and the ledger verifies (the open turns are closed at the next start-up)."""
+    (a full disk): each caller still gets Gemini's 500 envelope naming its turn, each turn is
+    closed at once as interrupted (``failure_not_recorded``) with what the ledger holds, no
+    turn's memory is left in a reference cycle, and once the store is back the gateway
+    releases turns again and the ledger verifies."""
     running = start_custody(tmp_path / "c", db_url)
     try:
         blobs = running.services.blobs  # type: ignore[attr-defined]
@@ -238,10 +241,24 @@ def test_a_blob_store_that_keeps_failing_answers_each_turn_with_the_envelope(
             assert turns[-1] in error["message"]
         assert held == [], f"failed turns kept in reference cycles: {held[:8]}"
         events = running.ledger_events()
-        for turn in turns:
-            kinds = [e["type"] for e in events if e.get("turn") == turn]
-            assert kinds[0] == "turn.received", kinds
+        for turn in turns:  # closed at once with what the ledger holds, not left open
+            mine = [e for e in events if e.get("turn") == turn]
+            kinds = [e["type"] for e in mine]
+            assert kinds[0] == "turn.received" and kinds[-1] == "turn.interrupted", kinds
             assert "turn.released" not in kinds and "output.signed" not in kinds, kinds
+            assert mine[-1]["body"]["reason"] == "failure_not_recorded"
+        engine = running.services.engine  # type: ignore[attr-defined]
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT turn_id, status, outcome, error FROM turns WHERE turn_id IN :t"
+                ).bindparams(bindparam("t", expanding=True)),
+                {"t": turns},
+            ).all()
+        assert sorted(r[0] for r in rows) == sorted(turns)
+        assert {(r[1], r[2]) for r in rows} == {("interrupted", "failure_not_recorded")}
+        assert all("failure record could not be stored" in r[3] for r in rows)
+        assert find_open_turns(engine) == []
         again = httpx.post(url, json=body, headers=headers, timeout=120)
         assert again.status_code == 200, again.text
         report = _verify(running)

@@ -76,6 +76,7 @@ from governance.policy.decision import Decision
 from governance.provenance.fingerprint import Fingerprint, staged_fingerprint
 from governance.provenance.fingerprint_memo import FingerprintMemo
 from governance.provenance.types import ProvenanceContext
+from governance.recovery import FAILURE_NOT_RECORDED
 from storage.ledger import Ledger
 from storage.ledger.batching import LedgerPushback
 from storage.ledger.events import SideRows
@@ -104,7 +105,11 @@ class TurnPipeline:
         executor: Executor,
         url_inputs: UrlInliner | None = None,
         prints: FingerprintMemo | None = None,
+        interrupt: Callable[[str, str], bool] | None = None,
     ) -> None:
+        """``interrupt(turn_id, reason)`` closes an open turn of this process as interrupted
+        (``governance.recovery.record_interrupted``), for a failure that could not be recorded."""
+        self.interrupt = interrupt
         self.url_inputs = url_inputs
         self.prints = prints if prints is not None else FingerprintMemo()
         self.receiver = receiver
@@ -565,12 +570,13 @@ class TurnPipeline:
     ) -> TurnError:
         """``err`` for this turn, once the turn is recorded as failed with it.
 
-        The caller gets ``err`` even when that record cannot be written: when the blob store
-        or the database fails again (its writes are retried once, by this record), or, with
-        ``pushed_back`` (the ledger refused an append), when the ledger refuses this one too.
-        The turn's record then stays open, and the next start-up closes it as interrupted
-        (``governance.recovery``). Otherwise a second failure escaped the turn, and the caller
-        got a bare 500 or a dropped connection instead of Gemini's error envelope."""
+        The caller gets ``err`` even when that record cannot be written (a second failure
+        escaping here gave a bare 500 or a dropped connection instead of Gemini's envelope):
+        when the blob store or the database fails again (the record retries the turn's blob
+        writes once), the turn is closed at once as interrupted with what the ledger already
+        holds (``interrupt``); when that fails too, or, with ``pushed_back`` (the ledger refused
+        an append), the ledger refuses this one as well, the next start-up closes it
+        (``governance.recovery``)."""
         err.for_turn(state.turn_id)
         try:
             await self._close_failed(state, err)
@@ -585,10 +591,23 @@ class TurnPipeline:
         except Exception:
             log.exception(
                 "turn %s: its failure record could not be written either; the caller gets its"
-                " error, and the next start-up records the turn as interrupted",
+                " error and the turn is recorded as interrupted",
                 state.turn_id,
             )
+            await self._interrupted_now(state)
         return err
+
+    async def _interrupted_now(self, state: TurnState) -> None:
+        """Close the turn as interrupted now (``interrupt``), if it can be; else start-up will."""
+        if self.interrupt is None:
+            return
+        try:
+            await self._off_loop(self.interrupt, state.turn_id, FAILURE_NOT_RECORDED)
+        except Exception:
+            log.exception(
+                "turn %s could not be recorded as interrupted now; the next start-up will",
+                state.turn_id,
+            )
 
     async def _close_failed(self, state: TurnState, err: TurnError) -> None:
         """Record why the turn ended without a release; the error still reaches the caller.
