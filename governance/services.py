@@ -98,6 +98,7 @@ class Services:
         if self.emulator is not None:
             self.emulator.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.policy.close()  # its engine's large-input thread stops (else it lived until GC)
         self.engine.dispose()
         self.read_engine.dispose()
         if self.counter_engine is not None:

@@ -45,8 +45,17 @@ decision := {{"outcome": "deny", "reasons": ["watermark"], "obligations": {{}}}}
 """
 
 
-def _engine_threads(revision: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(f"custody-rego-{revision[:8]}")]
+def _engine_threads(
+    revision: str, besides: frozenset[threading.Thread] = frozenset()
+) -> list[threading.Thread]:
+    """The engine threads of policy ``revision`` alive now but those in ``besides`` (threads
+    another service with the same policy started before, e.g. in an earlier test)."""
+    prefix = f"custody-rego-{revision[:8]}"
+    return [t for t in threading.enumerate() if t.name.startswith(prefix) and t not in besides]
+
+
+def _threads() -> frozenset[threading.Thread]:
+    return frozenset(threading.enumerate())
 
 
 def _policy(tmp_path: Path, source: str) -> Path:
@@ -71,6 +80,7 @@ def _slow(n: int) -> RequestFacts:
 
 
 def test_large_inputs_from_many_threads_do_not_grow_memory() -> None:
+    earlier = _threads()
     service = PolicyService(POLICIES)
     turns = [large_facts(i, TWO_MB) for i in range(50)]
     before = rss_mib()
@@ -85,10 +95,13 @@ def test_large_inputs_from_many_threads_do_not_grow_memory() -> None:
     assert outcomes == {("allow", "regopy")}
     # Evaluated on the calling threads (one interpreter each, as before) this grew about 130 MB.
     assert grown < 100, f"RSS grew {grown:.0f} MiB over 200 decisions of 2 MB from 8 threads"
-    assert [t.name[-5:] for t in _engine_threads(service.bundle_revision)] == ["large"]
+    threads = _engine_threads(service.bundle_revision, besides=earlier)
+    service.close()
+    assert [t.name[-5:] for t in threads] == ["large"]
 
 
 def test_ordinary_inputs_share_the_configured_interpreters() -> None:
+    earlier = _threads()
     service = PolicyService(POLICIES, engine_factory=_with(interpreters=3))
     engine = service._state.engine
     assert isinstance(engine, RegopyEngine)
@@ -98,9 +111,9 @@ def test_ordinary_inputs_share_the_configured_interpreters() -> None:
         )
     assert outcomes == {"allow"}
     assert engine._pool.qsize() == 3  # none compiled per calling thread, all given back
-    assert not _engine_threads(service.bundle_revision)  # no hand-off for ordinary inputs
+    assert not _engine_threads(service.bundle_revision, earlier)  # no hand-off for ordinary ones
     assert service.decide_request(large_facts(1, TWO_MB)).outcome == "allow"
-    (large,) = _engine_threads(service.bundle_revision)
+    (large,) = _engine_threads(service.bundle_revision, earlier)
     service.close()
     large.join(timeout=30)
     assert not large.is_alive()
