@@ -8,6 +8,7 @@ on it; text reaches the rules whole (no cut at a NUL).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,15 @@ def _engine_threads(
     another service with the same policy started before, e.g. in an earlier test)."""
     prefix = f"custody-rego-{revision[:8]}"
     return [t for t in threading.enumerate() if t.name.startswith(prefix) and t not in besides]
+
+
+def _within_budget(reason: str, words: str, budget_ms: int) -> None:
+    """``reason`` says ``words`` and a limit within the policy's ``budget_ms``: the engine is
+    given what is left of it once the detectors ran (``PolicyService``), so ``budget_ms`` on an
+    idle machine and a little less on a loaded one."""
+    found = re.search(re.escape(words) + r" (\d+) ms limit", reason)
+    assert found is not None, reason
+    assert 0 < int(found.group(1)) <= budget_ms, reason
 
 
 def _threads() -> frozenset[threading.Thread]:
@@ -135,11 +145,9 @@ def test_a_caller_waits_at_most_the_policy_timeout(tmp_path: Path) -> None:
     service = PolicyService(root, engine_factory=_with(interpreters=1), timeout_ms=20)
     running = service.decide_request(_large(400_000))  # the large-input thread works on it
     queued = service.decide_request(_large(10))  # behind it
-    assert (
-        running.outcome == "deny"
-        and "did not finish within the 20 ms limit" in (running.reasons[0])
-    )
-    assert queued.outcome == "deny" and "did not start within the 20 ms limit" in queued.reasons[0]
+    assert running.outcome == "deny" and queued.outcome == "deny"
+    _within_budget(running.reasons[0], "did not finish within the", 20)
+    _within_budget(queued.reasons[0], "did not start within the", 20)
     inline = service.decide_request(_slow(400_000))  # on this thread: judged after the fact
     assert inline.outcome == "deny" and "over the 20 ms limit" in inline.reasons[0]
     patient = PolicyService(root, engine_factory=_with(interpreters=1), timeout_ms=60_000)
@@ -160,7 +168,7 @@ def test_a_caller_waits_at_most_the_policy_timeout_for_an_interpreter(tmp_path: 
     waiting = service.decide_request(_slow(10))
     busy.join(timeout=120)
     assert waiting.outcome == "deny"
-    assert "no policy interpreter became free within the 20 ms limit" in waiting.reasons[0]
+    _within_budget(waiting.reasons[0], "no policy interpreter became free within the", 20)
 
 
 def test_a_reload_closes_the_old_engine_only_after_its_last_decision(tmp_path: Path) -> None:
